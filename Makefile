@@ -1,0 +1,56 @@
+# One interface for people and CI. Everything needs root (namespaces, nftables).
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+APT_PKGS  := python3-venv nftables conntrack tshark iproute2 openssl
+PROTOS    := $(wildcard proto/pinhole/rpc/v1/*.proto)
+STAMP_APT := $(VENV)/.apt-stamp
+STAMP_PIP := $(VENV)/.pip-stamp
+GEN       := pinhole/rpc/v1/.generated
+
+.PHONY: setup run test unit e2e proto clean lab-up lab-down
+
+setup: $(STAMP_APT) $(STAMP_PIP) $(GEN)
+
+$(STAMP_APT):
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@touch $@
+
+$(STAMP_PIP): pyproject.toml $(STAMP_APT)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(GEN): $(PROTOS) $(STAMP_PIP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@touch pinhole/rpc/v1/__init__.py $@
+
+proto: $(GEN)
+
+## run: the RFC 5763 §7.3 flow end to end with RFC timers: ladder, verdict, artifacts in out/last
+run: setup
+	$(VENV)/bin/pinhole run rfc5763-7.3
+
+## test: every test (unit, interop with openssl, namespace labs end to end)
+test: setup
+	$(PY) -m pytest -q
+
+unit: setup
+	$(PY) -m pytest -q -m "not lab"
+
+lab-up: setup
+	$(VENV)/bin/pinhole lab up
+
+lab-down: setup
+	$(VENV)/bin/pinhole lab down
+
+## clean: remove stragglers (every ph-* namespace and the processes pinhole recorded), outputs
+clean:
+	-@test -x $(PY) && $(PY) -c "from netns.lab import NetnsLab; print('removed:', NetnsLab.cleanup_stragglers())"
+	rm -rf out .pytest_cache

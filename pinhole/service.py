@@ -1,0 +1,85 @@
+"""What every pinhole service shares: its command line, its gRPC server and its shutdown.
+
+A service is wiring: config in, gRPC server up (with the standard health service and server
+reflection, so grpcurl-style tools can drive it), library objects driven, evidence out. The
+gRPC server listens on a unix socket at a file path: reachable from the controller in any
+namespace without touching the lab's data plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--name", required=True, help="instance name, e.g. alice or proxy-a")
+    parser.add_argument("--grpc", required=True, help="gRPC listen address, e.g. unix:/run/pinhole/lab/alice.sock")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
+
+
+async def serve(
+    address: str,
+    servicers: Iterable[tuple[Callable[[object, grpc.aio.Server], None], object, str]],
+    *,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a gRPC server until SIGTERM/SIGINT.
+
+    `servicers` are (add_XServicer_to_server, servicer, full service name) triples. The
+    health service reports SERVING for each of them only once the server is listening,
+    so readiness can be awaited with a health Watch instead of a sleep.
+    """
+    server = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    for add, servicer, name in servicers:
+        add(servicer, server)
+        names.append(name)
+    reflection.enable_server_reflection(names, server)
+    server.add_insecure_port(address)
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC listening on %s", address)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if on_stop is not None:
+        await on_stop()
+    await server.stop(grace=1.0)
+
+
+def invalid(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
+    """Abort an RPC with INVALID_ARGUMENT and a precise message."""
+    return context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """'203.0.113.10:5060' -> ('203.0.113.10', 5060), with an error that names the field."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what}: expected host:port, got {value!r}")
+    return host, int(port)
