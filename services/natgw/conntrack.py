@@ -1,0 +1,125 @@
+"""The NAT's UDP mappings as conntrack sees them (`conntrack -L -p udp`).
+
+A masqueraded UDP flow is one conntrack entry: the original tuple (inside host -> remote) and
+the reply tuple (remote -> the NAT's outside address and port). RFC 4787 calls the pair of
+inside and outside endpoints a mapping; the remote endpoint matters for filtering.
+
+`parse_udp_mappings` is pure (text in, mappings out); `list_udp_mappings` and `flush` run the
+conntrack tool in the calling thread's network namespace, or in `netns` when given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "ConntrackError",
+    "NatMapping",
+    "flush",
+    "list_udp_mappings",
+    "parse_udp_mappings",
+]
+
+
+class ConntrackError(ValueError):
+    """conntrack output is malformed or the tool failed; the message says where."""
+
+
+@dataclass(frozen=True)
+class NatMapping:
+    """One UDP mapping (RFC 4787 §4.1): `internal` -> `external` while talking to `remote`;
+    `timeout` is the seconds left, `assured` whether conntrack saw traffic both ways long
+    enough to call the flow a stream."""
+
+    internal: tuple[str, int]
+    external: tuple[str, int]
+    remote: tuple[str, int]
+    timeout: int
+    assured: bool
+
+
+def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
+    """Entries of `conntrack -L -p udp` output that are translated to `wan_address` (pure).
+
+    A line reads `udp 17 TIMEOUT src= dst= sport= dport= [UNREPLIED] src= dst= sport= dport=
+    [ASSURED] mark= use=1`: the first src/dst/sport/dport set is the original direction, the
+    second the reply direction, whose destination is the NAT's outside endpoint.
+    """
+    wan = str(ipaddress.IPv4Address(wan_address))
+    out: list[NatMapping] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] != "udp":
+            continue
+        if len(fields) < 3 or not fields[2].isdigit():
+            raise ConntrackError(f"line {number}: no timeout after 'udp 17': {line!r}")
+        timeout = int(fields[2])
+        tuples: list[dict[str, str]] = [{}, {}]
+        side = 0
+        for token in fields[3:]:
+            key, sep, value = token.partition("=")
+            if not sep or key not in ("src", "dst", "sport", "dport"):
+                continue
+            if key in tuples[side]:
+                side += 1
+                if side > 1:
+                    raise ConntrackError(f"line {number}: more than two tuples: {line!r}")
+            tuples[side][key] = value
+        orig, reply = tuples
+        for name, tup in (("original", orig), ("reply", reply)):
+            if set(tup) != {"src", "dst", "sport", "dport"}:
+                raise ConntrackError(f"line {number}: incomplete {name} tuple: {line!r}")
+        if reply["dst"] != wan:
+            continue
+        try:
+            out.append(
+                NatMapping(
+                    internal=(orig["src"], int(orig["sport"])),
+                    external=(reply["dst"], int(reply["dport"])),
+                    remote=(orig["dst"], int(orig["dport"])),
+                    timeout=timeout,
+                    assured="[ASSURED]" in fields,
+                )
+            )
+        except ValueError:
+            raise ConntrackError(f"line {number}: a port is not a number: {line!r}") from None
+    return out
+
+
+@contextlib.contextmanager
+def _namespace(netns: str | None) -> Iterator[None]:
+    if netns is None:
+        yield
+        return
+    from netns.lab import in_netns  # only callers outside the namespace (tests, controller)
+
+    with in_netns(netns):
+        yield
+
+
+def _conntrack(args: list[str], netns: str | None) -> str:
+    tool = shutil.which("conntrack")
+    if tool is None:
+        raise ConntrackError("conntrack (conntrack-tools) is not installed")
+    with _namespace(netns):
+        result = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ConntrackError(
+            f"conntrack {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def list_udp_mappings(wan_address: str, *, netns: str | None = None) -> list[NatMapping]:
+    """The current UDP mappings onto `wan_address`."""
+    return parse_udp_mappings(_conntrack(["-L", "-p", "udp"], netns), wan_address)
+
+
+def flush(*, netns: str | None = None) -> None:
+    """Delete every conntrack entry (all mappings) in the namespace."""
+    _conntrack(["-F"], netns)
