@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
-from pinhole import stun
+from pinhole import dtls, stun
 
 __all__ = ["PacketKind", "classify", "describe"]
 
@@ -164,22 +164,10 @@ def _describe_rtcp(data: bytes) -> dict[str, str]:
 
 
 def _describe_dtls(data: bytes) -> dict[str, str]:
-    content_type = _DTLS_CONTENT_TYPES.get(data[0], str(data[0]))
-    try:
-        from pinhole import dtls  # lazy: the DTLS module is optional for the rest of demux
-
-        described = dict(dtls.describe(data))
-    except Exception as exc:  # noqa: BLE001  another module's bug must not break demux
-        return {
-            "kind": PacketKind.DTLS.value,
-            "error": _reason(exc),
-            "summary": f"DTLS {content_type} (undecoded: {_reason(exc)})",
-        }
-    out = {"kind": PacketKind.DTLS.value}
-    out.update({str(k): str(v) for k, v in described.items()})
+    described = dtls.describe(data)  # never raises: garbage comes back with an "error" key
+    out = {str(k): str(v) for k, v in described.items()}
     out["kind"] = PacketKind.DTLS.value
-    if "summary" not in out:
-        out["summary"] = out.get("dtls.summary") or f"DTLS {content_type}"
+    out.setdefault("summary", f"DTLS {_DTLS_CONTENT_TYPES.get(data[0], str(data[0]))}")
     return out
 
 

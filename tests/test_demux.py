@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from pinhole import stun
+from pinhole.dtls import Certificate, DtlsEndpoint, Role
 from pinhole.demux import PacketKind, classify, describe
 from pinhole.rtp import RtpPacket, sender_report
 
@@ -195,61 +194,21 @@ def test_describe_turn_channel_zrtp_unknown() -> None:
     assert describe(b"\xff\x00") == {"kind": "unknown", "summary": "unknown first byte 0xff (2 bytes)"}
 
 
-CLIENT_HELLO_RECORD = bytes.fromhex("16fefd0000000000000000002a") + bytes(42)
-
-
-def test_describe_dtls_uses_dtls_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("pinhole.dtls")
-    seen: list[bytes] = []
-
-    def fake_describe(datagram: bytes) -> dict[str, str]:
-        seen.append(datagram)
-        return {
-            "dtls.content_types": "handshake",
-            "dtls.handshake_types": "client_hello",
-            "dtls.summary": "DTLS ClientHello",
-        }
-
-    fake.describe = fake_describe  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pinhole.dtls", fake)
-    assert describe(CLIENT_HELLO_RECORD) == {
-        "kind": "dtls",
-        "dtls.content_types": "handshake",
-        "dtls.handshake_types": "client_hello",
-        "dtls.summary": "DTLS ClientHello",
-        "summary": "DTLS ClientHello",
-    }
-    assert seen == [CLIENT_HELLO_RECORD]
-
-
-def test_describe_dtls_falls_back_when_dtls_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("pinhole.dtls")
-
-    def broken(datagram: bytes) -> dict[str, str]:
-        raise ValueError("record truncated")
-
-    fake.describe = broken  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pinhole.dtls", fake)
-    assert describe(CLIENT_HELLO_RECORD) == {
-        "kind": "dtls",
-        "error": "record truncated",
-        "summary": "DTLS handshake (undecoded: record truncated)",
-    }
-
-
-def test_describe_dtls_falls_back_when_dtls_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pinhole.dtls", None)  # import raises ImportError
-    described = describe(b"\x15" + bytes(12))
+def test_describe_real_client_hello() -> None:
+    """A ClientHello from our DTLS endpoint is described through pinhole.dtls."""
+    endpoint = DtlsEndpoint(Role.CLIENT, Certificate.generate())
+    (datagram,) = endpoint.start(0.0)
+    described = describe(datagram)
     assert described["kind"] == "dtls"
-    assert described["summary"].startswith("DTLS alert (undecoded: ")
+    assert described["dtls.handshake_types"] == "client_hello"
+    assert described["summary"] == "DTLS ClientHello"
+
+
+def test_describe_truncated_dtls_reports_the_error() -> None:
+    described = describe(bytes.fromhex("16fefd0000000000000000002a") + bytes(10))
+    assert described["kind"] == "dtls"
     assert "error" in described
-
-
-def test_describe_dtls_stringifies_and_keeps_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("pinhole.dtls")
-    fake.describe = lambda datagram: {"kind": "other", "dtls.epoch": 1}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pinhole.dtls", fake)
-    assert describe(CLIENT_HELLO_RECORD) == {"kind": "dtls", "dtls.epoch": "1", "summary": "DTLS handshake"}
+    assert described["summary"] == "DTLS (malformed)"
 
 
 def _check(described: dict[str, str]) -> None:

@@ -1,0 +1,391 @@
+"""A transaction-stateful SIP proxy (RFC 3261 §16) for pinhole's call path.
+
+Each request is validated (§16.3), its Route header preprocessed (§16.4), a next hop chosen
+from a static route table (§16.5), and a copy forwarded with Max-Forwards decremented, a
+Record-Route (so the ACK and BYE come through here too) and this proxy's Via (§16.6) over a
+client transaction. Responses come back on that transaction, lose our Via and go upstream
+through the server transaction (§16.7), i.e. to the received/rport of the upstream Via: that
+is what gets the 200 OK back through Alice's NAT (RFC 3581). The ACK for a 2xx is forwarded
+statelessly (§16.11); the ACK for a non-2xx is absorbed by the server transaction. CANCEL is
+answered here and re-issued downstream (§16.10).
+
+Every decision is reported through ``on_event(kind, attributes)`` and counted in ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from pinhole.sip.message import (
+    MAGIC_COOKIE,
+    Request,
+    Response,
+    SipParseError,
+    SipUri,
+    make_cancel,
+    make_response,
+)
+from pinhole.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    SipTimeout,
+    SipTransactionError,
+)
+from pinhole.sip.transport import SipEndpoint, response_destination
+
+__all__ = ["Route", "StatefulProxy"]
+
+Address = tuple[str, int]
+EventSink = Callable[[str, dict[str, object]], None]
+
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+"""Requests that may create a dialog, on which the proxy Record-Routes (§16.6 step 4)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Static routing: requests for ``user@domain`` (any user when None) go to ``next_hop``."""
+
+    domain: str
+    next_hop: Address
+    user: str | None = None
+
+    def matches(self, uri: SipUri) -> bool:
+        if uri.host.lower() != self.domain.lower():
+            return False
+        return self.user is None or uri.user == self.user
+
+
+class _Reject(Exception):
+    """A request cannot be forwarded: answer it with this status (§16.3, §16.5)."""
+
+    def __init__(self, status: int, reason: str | None = None, extra: dict[str, str] | None = None) -> None:
+        super().__init__(reason or str(status))
+        self.status = status
+        self.reason = reason
+        self.extra = extra or {}
+
+
+@dataclass
+class _Forwarded:
+    """One forwarded request: the upstream server transaction and the downstream client one."""
+
+    server: ServerTransaction
+    client: ClientTransaction
+    cancel_requested: bool = False
+    cancel_sent: bool = False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_host(a: str, b: str) -> bool:
+    if _is_ip(a) and _is_ip(b):
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    return a.lower() == b.lower()
+
+
+class StatefulProxy:
+    """Stateful proxy bound to a :class:`SipEndpoint` (it takes over ``on_request``/``on_response``)."""
+
+    supported_extensions: frozenset[str] = frozenset()
+    """Option tags accepted in Proxy-Require (§16.3 step 5): none."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        *,
+        name: str,
+        record_route: bool = True,
+        routes: list[Route],
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.record_route = record_route
+        self.routes = list(routes)
+        self.on_event = on_event
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("requests", "forwarded", "acks_forwarded", "responses_forwarded", "rejected",
+             "cancels", "timeouts", "stray_responses", "dropped"), 0,
+        )  # fmt: skip
+        self._pending: dict[ServerTransaction, _Forwarded] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        endpoint.on_request = self.handle
+        endpoint.on_response = self.handle_stray_response
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        return self.endpoint.advertised_address
+
+    @property
+    def record_route_value(self) -> str:
+        host, port = self.address
+        return f"<sip:{host}:{port};lr>"
+
+    def _is_own_uri(self, uri: object) -> bool:
+        """Whether a URI names this proxy (its advertised or bound address, port 5060 by default)."""
+        if not isinstance(uri, SipUri) or uri.user is not None:
+            return False
+        host, port = uri.hostport
+        return any(
+            _same_host(host, own_host) and port == own_port
+            for own_host, own_port in (self.address, self.endpoint.local_address)
+        )
+
+    def _branch(self, request: Request) -> str:
+        """§16.6 step 8 / §16.11: the same request always gets the same branch.
+
+        The first part identifies the upstream transaction (its top Via), the part after the dot
+        hashes what routing depends on; a Via of ours with that second part means a loop (§16.3).
+        """
+        via = request.top_via
+        method = "ACK" if request.method == "ACK" else ""
+        txn = hashlib.sha256(f"{self.name}|{via.branch}|{via.host}:{via.port}|{method}".encode()).hexdigest()
+        return f"{MAGIC_COOKIE}{txn[:16]}.{self._loop_hash(request)}"
+
+    @staticmethod
+    def _loop_hash(request: Request) -> str:
+        fields = (request.uri, request.from_.tag, request.to.tag, request.call_id, request.cseq.number)
+        return hashlib.sha256("|".join(str(f) for f in fields).encode()).hexdigest()[:10]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, message: Request | Response, **attributes: object) -> None:
+        if self.on_event is None:
+            return
+        try:
+            call_id = message.call_id
+        except SipParseError:
+            call_id = ""
+        self.on_event(kind, {"proxy": self.name, "call_id": call_id, **attributes})
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def handle(self, txn: ServerTransaction) -> None:
+        """Entry point from the endpoint for every new server transaction and every 2xx ACK."""
+        request = txn.request
+        self.stats["requests"] += 1
+        if txn.stateless:
+            self._forward_ack(request)
+        elif request.method == "CANCEL":
+            self._handle_cancel(txn)
+        else:
+            try:
+                self._forward(txn)
+            except _Reject as reject:
+                self._reject(txn, reject)
+
+    def _validate(self, request: Request) -> None:
+        """§16.3 request validation (step 1, syntax, was done by the parser)."""
+        if not isinstance(request.request_uri, SipUri):
+            raise _Reject(416, f"Unsupported URI Scheme {request.uri.partition(':')[0]}")
+        if request.max_forwards == 0:
+            raise _Reject(483)
+        loop = f".{self._loop_hash(request)}"
+        for via in request.vias:
+            if via.sent_by == self.address and (via.branch or "").endswith(loop):
+                raise _Reject(482)
+        required = [tag.strip() for value in request.headers.get_all("Proxy-Require") for tag in value.split(",")]
+        unsupported = [tag for tag in required if tag and tag not in self.supported_extensions]
+        if unsupported:
+            raise _Reject(420, None, {"Unsupported": ", ".join(unsupported)})
+
+    def _preprocess_route(self, request: Request) -> None:
+        """§16.4: undo a strict router's rewrite, then drop the top Route if it names this proxy."""
+        if self._is_own_uri(request.request_uri) and request.headers.get_all("Route"):
+            last = request.routes[-1]
+            request.uri = str(last.uri)
+            values = request.headers.get_all("Route")
+            request.headers.remove_all("Route")
+            for value in values[:-1]:
+                request.headers.add("Route", value)
+        routes = request.routes
+        if routes and self._is_own_uri(routes[0].uri):
+            request.headers.remove_first("Route")
+
+    def _next_hop(self, request: Request) -> Address:
+        """§16.5 / §16.6 step 7: the top Route if any, else the route table, else an address-literal target."""
+        routes = request.routes
+        if routes:
+            uri = routes[0].uri
+            if not isinstance(uri, SipUri):
+                raise _Reject(416, f"Unsupported URI Scheme in Route {uri}")
+            return uri.hostport
+        target = request.request_uri
+        assert isinstance(target, SipUri)
+        for route in self.routes:
+            if route.matches(target):
+                return route.next_hop
+        if self._is_own_uri(target):
+            raise _Reject(404, "Not Found: Request-URI is this proxy")
+        if _is_ip(target.host):
+            return target.hostport  # not a domain of ours: the Request-URI is the target (§16.5)
+        raise _Reject(404, f"Not Found: no route for {target.user + '@' if target.user else ''}{target.host}")
+
+    def _prepare(self, request: Request) -> tuple[Request, Address]:
+        """Copy, route-preprocess, pick the next hop, decrement Max-Forwards, add our Via."""
+        outgoing = request.copy()
+        self._preprocess_route(outgoing)
+        next_hop = self._next_hop(outgoing)
+        max_forwards = request.max_forwards
+        outgoing.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        outgoing.headers.insert_first("Via", self.endpoint.make_via(self._branch(request)))
+        return outgoing, next_hop
+
+    def _forward(self, txn: ServerTransaction) -> None:
+        request = txn.request
+        self._validate(request)
+        if request.method == "OPTIONS" and self._is_own_uri(request.request_uri) and "Route" not in request.headers:
+            txn.respond(make_response(request, 200))  # a ping of the proxy itself
+            return
+        outgoing, next_hop = self._prepare(request)
+        if self.record_route and request.method in DIALOG_CREATING and request.to.tag is None:
+            outgoing.headers.insert_first("Record-Route", self.record_route_value)
+        if request.method == "INVITE":
+            txn.respond(make_response(request, 100))  # §16.2: stop upstream retransmissions now
+        client = self.endpoint.send_request(outgoing, next_hop, add_via=False)
+        forwarded = _Forwarded(txn, client)
+        self._pending[txn] = forwarded
+        self._spawn(self._relay_responses(forwarded))
+        self.stats["forwarded"] += 1
+        self._emit(
+            "sip.forward",
+            request,
+            method=request.method,
+            next_hop=f"{next_hop[0]}:{next_hop[1]}",
+            branch=client.key[0],
+            max_forwards=outgoing.headers.get("Max-Forwards"),
+            record_route=outgoing.headers.get("Record-Route") if request.method in DIALOG_CREATING else None,
+        )
+
+    def _reject(self, txn: ServerTransaction, reject: _Reject) -> None:
+        response = make_response(txn.request, reject.status, reject.reason)
+        for name, value in reject.extra.items():
+            response.headers.add(name, value)
+        txn.respond(response)
+        self.stats["rejected"] += 1
+        self._emit("sip.reject", txn.request, method=txn.request.method, status=reject.status,
+                   reason=response.reason)  # fmt: skip
+
+    def _forward_ack(self, ack: Request) -> None:
+        """§16.11 / §13.2.2.4: the ACK for a 2xx is its own transaction; forward it statelessly."""
+        try:
+            if ack.max_forwards == 0:
+                raise _Reject(483)
+            outgoing, next_hop = self._prepare(ack)
+        except _Reject as reject:
+            self.stats["dropped"] += 1
+            self._emit("sip.drop", ack, method="ACK", status=reject.status, reason=str(reject))
+            return
+        self.endpoint.send_stateless(outgoing, next_hop)
+        self.stats["acks_forwarded"] += 1
+        self._emit("sip.forward", ack, method="ACK", next_hop=f"{next_hop[0]}:{next_hop[1]}", stateless=True)
+
+    # -- CANCEL (§16.10) -----------------------------------------------------------------------
+
+    def _handle_cancel(self, txn: ServerTransaction) -> None:
+        invite = self.endpoint.matching_invite(txn.request)
+        forwarded = self._pending.get(invite) if invite is not None else None
+        if forwarded is None:
+            txn.respond(make_response(txn.request, 481))
+            self.stats["rejected"] += 1
+            self._emit("sip.reject", txn.request, method="CANCEL", status=481, reason="no matching INVITE")
+            return
+        txn.respond(make_response(txn.request, 200))
+        self.stats["cancels"] += 1
+        self._emit("sip.cancel", txn.request, pending=not forwarded.server.final_sent)
+        if forwarded.server.final_sent:
+            return
+        forwarded.cancel_requested = True
+        if forwarded.client.provisional_received:
+            self._send_cancel(forwarded)
+        # else: §9.1, wait for a provisional response before sending CANCEL downstream
+
+    def _send_cancel(self, forwarded: _Forwarded) -> None:
+        if forwarded.cancel_sent or forwarded.client.state.value not in ("calling", "proceeding"):
+            return
+        forwarded.cancel_sent = True
+        cancel = make_cancel(forwarded.client.request)
+        self.endpoint.send_request(cancel, forwarded.client.destination, add_via=False)
+        self._emit("sip.forward", cancel, method="CANCEL",
+                   next_hop=f"{forwarded.client.destination[0]}:{forwarded.client.destination[1]}")  # fmt: skip
+
+    # -- responses (§16.7) ---------------------------------------------------------------------
+
+    async def _relay_responses(self, forwarded: _Forwarded) -> None:
+        server = forwarded.server
+        try:
+            async for response in forwarded.client.responses():
+                self._forward_response(forwarded, response)
+        except SipTimeout:
+            self.stats["timeouts"] += 1
+            self._emit("sip.timeout", server.request, method=server.method)
+            if not server.final_sent and server.can_respond(408):
+                server.respond(make_response(server.request, 408))
+        except SipTransactionError:
+            pass
+        finally:
+            if self._pending.get(server) is forwarded:
+                del self._pending[server]
+
+    def _forward_response(self, forwarded: _Forwarded, response: Response) -> None:
+        code = response.status_code
+        if code < 200 and forwarded.cancel_requested:
+            self._send_cancel(forwarded)
+        if code == 100:
+            return  # §16.7 step 5: a 100 Trying is never forwarded
+        server = forwarded.server
+        if not server.can_respond(code) or (code >= 300 and server.final_sent):
+            self._emit("sip.drop", response, status=code, reason=f"server transaction {server.state.value}")
+            self.stats["dropped"] += 1
+            return
+        upstream = response.copy()
+        upstream.headers.remove_first("Via")  # §16.7 step 3: our own Via
+        if not upstream.headers.get_all("Via"):
+            return  # it was for us (cannot happen for a forwarded request)
+        server.respond(upstream)
+        self.stats["responses_forwarded"] += 1
+        destination = server.response_destination()
+        self._emit("sip.response", response, status=code, method=response.cseq.method,
+                   to=f"{destination[0]}:{destination[1]}")  # fmt: skip
+
+    def handle_stray_response(self, response: Response, source: Address) -> None:
+        """§16.7: a response with no transaction (a late 2xx retransmission) is forwarded statelessly."""
+        self.stats["stray_responses"] += 1
+        vias = response.vias
+        if len(vias) < 2 or vias[0].sent_by != self.address:
+            self.stats["dropped"] += 1
+            self._emit("sip.drop", response, status=response.status_code, reason="stray response not via us")
+            return
+        upstream = response.copy()
+        upstream.headers.remove_first("Via")
+        destination = response_destination(vias[1])
+        self.endpoint.send_stateless(upstream, destination)
+        self.stats["responses_forwarded"] += 1
+        self._emit("sip.response", response, status=response.status_code, method=response.cseq.method,
+                   to=f"{destination[0]}:{destination[1]}", stateless=True)  # fmt: skip
+
+    async def close(self) -> None:
+        """Stop relaying (the endpoint is closed by its owner)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
