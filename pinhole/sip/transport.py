@@ -305,11 +305,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Encode and send one message (the transport layer of §18); used by transactions."""
         if self._transport is None:
             return
-        self._transport.sendto(message.encode(), destination)
+        data = message.encode()
+        self._trace("send", message, destination)  # before sendto: the peer may log its receipt first
+        self._transport.sendto(data, destination)
         self.stats["sent"] += 1
         if retransmission:
             self.stats["retransmissions"] += 1
-        self._trace("send", message, destination)
 
     def send_raw(self, data: bytes, destination: Address) -> None:
         """Send raw bytes from the SIP socket (a STUN Binding request for the reflexive address)."""

@@ -1,0 +1,94 @@
+"""`pinhole`: bring the lab up or down, run a scenario, re-judge a saved run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pinhole.controller import ladder, verdict
+from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_up, run
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("pinhole: network namespaces and the kernel NAT need root (run as root)")
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from netns.lab import NetnsLab, load_topology
+
+    if args.action == "up":
+        _require_root()
+        if args.name in NetnsLab.list_labs():
+            print(f"lab {args.name} is already up")
+            return 0
+        lab, _, timings = lab_up(args.name)
+        print(f"lab {args.name} up: namespaces {timings['namespaces']:.3f}s, services {timings['services']:.3f}s")
+        print(f"gRPC sockets and logs in {lab.run_dir}")
+        return 0
+    if args.action == "down":
+        _require_root()
+        names = NetnsLab.list_labs() if args.all else [args.name]
+        for name in names:
+            seconds = NetnsLab(load_topology(), name=name).down()
+            print(f"lab {name} down in {seconds:.3f}s")
+        return 0
+    labs = NetnsLab.list_labs()
+    if not labs:
+        print("no lab is up")
+    for name in labs:
+        lab = NetnsLab(load_topology(), name=name)
+        print(json.dumps(lab.status(), indent=2) if hasattr(lab, "status") else name)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _require_root()
+    result, out_dir = run(args.scenario, timers_name=args.timers, lab_name=args.lab, out_root=Path(args.out))
+    print((out_dir / "ladder.txt").read_text())
+    print(result.render())
+    print(f"artifacts: {out_dir}")
+    return 0 if result.passed else 1
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    path = Path(args.run)
+    evidence = json.loads((path / "evidence.json" if path.is_dir() else path).read_text())
+    result = verdict.judge(evidence)
+    if args.ladder:
+        print(ladder.render(evidence))
+    print(result.render())
+    return 0 if result.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pinhole", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="bring the namespace lab up or down")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("--name", default=DEFAULT_LAB, help="lab name, also the namespace prefix (ph-...)")
+    lab.add_argument("--all", action="store_true", help="with down: every pinhole lab on this machine")
+    lab.set_defaults(func=cmd_lab)
+
+    run_p = sub.add_parser("run", help="run a scenario end to end and judge it")
+    run_p.add_argument("scenario", nargs="?", default="rfc5763-7.3", choices=sorted(SCENARIOS))
+    run_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS), help="rfc defaults or short test timers")
+    run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
+    run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
+    run_p.set_defaults(func=cmd_run)
+
+    judge = sub.add_parser("verdict", help="recompute a run's verdict from its saved evidence")
+    judge.add_argument("run", nargs="?", default="out/last")
+    judge.add_argument("--ladder", action="store_true")
+    judge.set_defaults(func=cmd_verdict)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

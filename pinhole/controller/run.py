@@ -1,0 +1,310 @@
+"""Running a scenario end to end: lab, services, the call, the evidence, the verdict.
+
+The controller only drives and observes: it configures every service over gRPC, asks Alice to
+call Bob, follows every service's events, captures on both sides of the NAT, and then judges
+the evidence (verdict.py) and draws it (ladder.py). Artifacts land in out/<run-id>/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netns.lab import NetnsLab, load_topology
+from pinhole import demux
+from pinhole.controller import ladder, verdict
+from pinhole.controller.services import (
+    EventCollector,
+    ServiceClients,
+    start_services,
+    to_dict,
+    wait_healthy,
+)
+from pinhole.pcap import decode_udp, read_pcap
+from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
+
+DEFAULT_LAB = "ph-lab"
+
+
+@dataclass(frozen=True)
+class Timers:
+    """DTLS/STUN/SIP timers of a run. `rfc` are the RFC defaults; `short` lets tests run fast."""
+
+    sip_t1: float = 0.5
+    dtls_initial: float = 1.0
+    dtls_maximum: float = 60.0
+    dtls_max_transmissions: int = 8
+    stun_rto: float = 0.5
+
+    def handshake_budget(self) -> float:
+        """Seconds until the active side gives up on a handshake (sum of its flight timers)."""
+        total, timer = 0.0, self.dtls_initial
+        for _ in range(self.dtls_max_transmissions):
+            total += timer
+            timer = min(timer * 2, self.dtls_maximum)
+        return total
+
+    def proto(self) -> useragent_pb2.Timers:
+        return useragent_pb2.Timers(
+            sip_t1_seconds=self.sip_t1,
+            dtls_initial_seconds=self.dtls_initial,
+            dtls_maximum_seconds=self.dtls_maximum,
+            dtls_max_transmissions=self.dtls_max_transmissions,
+            stun_rto_seconds=self.stun_rto,
+        )
+
+
+TIMERS = {
+    "rfc": Timers(),
+    "short": Timers(sip_t1=0.1, dtls_initial=0.1, dtls_maximum=0.8, dtls_max_transmissions=6, stun_rto=0.1),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    expect_pass: bool = True
+    alice: dict[str, Any] = field(default_factory=dict)
+    bob: dict[str, Any] = field(default_factory=dict)
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("rfc5763-7.3", "RFC 5763 §7.3: basic message flow with STUN check for the NAT case"),
+        Scenario("no-stun-check", "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
+                 expect_pass=False, alice={"stun_check": False}),
+        Scenario("bad-fingerprint", "negative control: Bob's answer carries a fingerprint that is not his certificate's",
+                 expect_pass=False, bob={"tamper_answer_fingerprint": True}),
+    ]
+}
+
+MEDIA_PACKETS = 50
+
+
+class Progress:
+    """One status line that says which stage a run is in."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.quiet = not enabled
+        self.started = time.monotonic()
+
+    def stage(self, text: str) -> None:
+        if self.quiet:
+            return
+        line = f"[{time.monotonic() - self.started:6.2f}s] {text}"
+        if self.enabled:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def lab_up(name: str = DEFAULT_LAB) -> tuple[NetnsLab, Any, dict[str, float]]:
+    """Build the namespaces, start every service and wait until all are SERVING."""
+    topology = load_topology()
+    lab = NetnsLab(topology, name=name)
+    timings = {"namespaces": lab.up()}
+    started = time.monotonic()
+    try:
+        pids = start_services(lab, topology)
+        wait_healthy(lab.run_dir, list(pids), pids=pids)
+    except BaseException:
+        lab.down()
+        raise
+    timings["services"] = time.monotonic() - started
+    return lab, topology, timings
+
+
+def service_kinds(topology: Any) -> dict[str, str]:
+    return {n.name: n.service for n in topology.nodes.values() if getattr(n, "service", None)}
+
+
+def _addr(topology: Any, node: str) -> str:
+    return topology.nodes[node].addresses[0].split("/")[0]
+
+
+def configure(clients: ServiceClients, topology: Any, scenario: Scenario, timers: Timers) -> None:
+    """Put every service in the scenario's state (the defaults are those of §7.3)."""
+    sip = lambda node: f"{_addr(topology, node)}:{topology.nodes[node].extra.get('sip_port', 5060)}"  # noqa: E731
+    clients.stub("natgw").Configure(natgw_pb2.NatConfig(
+        mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+        mapping_timeout_seconds=300))
+    clients.stub("proxy-a").Configure(proxy_pb2.ProxyConfig(
+        record_route=True, sip_t1_seconds=timers.sip_t1,
+        routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))]))
+    clients.stub("proxy-b").Configure(proxy_pb2.ProxyConfig(
+        record_route=True, sip_t1_seconds=timers.sip_t1,
+        routes=[proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob")),
+                proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a"))]))
+    alice, bob = topology.nodes["alice"], topology.nodes["bob"]
+    stun_node = topology.nodes[alice.extra["stun_server"]]
+    clients.stub("alice").Configure(useragent_pb2.UserAgentConfig(
+        aor="sip:alice@a.example", display_name="Alice", outbound_proxy=sip(alice.extra["proxy"]),
+        stun_server=f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
+        timers=timers.proto(), media_packets=MEDIA_PACKETS, **scenario.alice))
+    clients.stub("bob").Configure(useragent_pb2.UserAgentConfig(
+        aor="sip:bob@b.example", display_name="Bob", outbound_proxy=sip(bob.extra["proxy"]), auto_answer=True,
+        answer_setup=useragent_pb2.DTLS_SETUP_ACTIVE, timers=timers.proto(), media_packets=MEDIA_PACKETS,
+        **scenario.bob))
+
+
+def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
+    return any(e["service"] == service and e["kind"] == kind for e in events)
+
+
+def _call_over(events: list[dict[str, Any]]) -> bool:
+    """Media done both ways, or the call failed somewhere: then there is nothing left to wait for."""
+    if _has(events, "alice", "srtp.sent") and _has(events, "bob", "srtp.sent"):
+        return True
+    return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
+
+
+def summarize_capture(path: Path) -> list[dict[str, Any]]:
+    """Each UDP datagram of a pcap, described like the services describe them."""
+    packets = []
+    for ts, frame in read_pcap(path):
+        udp = decode_udp(frame)
+        if udp is None:
+            continue
+        record = {"t": ts, "src": f"{udp.src[0]}:{udp.src[1]}", "dst": f"{udp.dst[0]}:{udp.dst[1]}"}
+        record.update(demux.describe(udp.payload))
+        packets.append(record)
+    return packets
+
+
+def run(
+    scenario_name: str = "rfc5763-7.3",
+    *,
+    timers_name: str = "rfc",
+    lab_name: str = DEFAULT_LAB,
+    out_root: Path = Path("out"),
+    progress: bool = True,
+) -> tuple[verdict.Verdict, Path]:
+    """Run one scenario; returns the verdict and the run's artifact directory."""
+    scenario = SCENARIOS[scenario_name]
+    timers = TIMERS[timers_name]
+    show = Progress(progress)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{scenario.name}"
+    out_dir = out_root / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measurements: dict[str, float] = {}
+
+    owned = lab_name not in NetnsLab.list_labs()
+    if owned:
+        show.stage(f"building lab {lab_name} and starting services")
+        lab, topology, up_timings = lab_up(lab_name)
+        measurements.update({f"lab_up_{k}_s": v for k, v in up_timings.items()})
+    else:
+        topology = load_topology()
+        lab = NetnsLab(topology, name=lab_name)
+    clients = ServiceClients(lab.run_dir, service_kinds(topology))
+    collector = EventCollector(clients, list(service_kinds(topology)), since=time.time())
+    capture = None
+    try:
+        show.stage("configuring services")
+        configure(clients, topology, scenario, timers)
+        natgw = topology.nodes["natgw"]
+        capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
+        collector.start()
+        show.stage("placing the call alice -> bob")
+        placed = time.time()
+        handle = clients.stub("alice").PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"))
+        call_id = handle.call_id
+        budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
+        show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
+        collector.wait_for(_call_over, timeout=budget)
+        events = collector.snapshot()
+        if not any(e["kind"] == "call.failed" for e in events):
+            show.stage("hanging up")
+            clients.stub("alice").HangUp(useragent_pb2.HangUpRequest(call_id=call_id))
+            collector.wait_for(lambda ev: _has(ev, "bob", "call.terminated") or _has(ev, "alice", "call.failed"),
+                               timeout=10 * timers.sip_t1 * 64)
+        show.stage("collecting evidence")
+        calls = {ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
+                 for ua in ("alice", "bob")}
+        mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
+        counters = {node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
+                    for node in service_kinds(topology)}
+    finally:
+        collector.stop()
+        if capture is not None:
+            capture.stop()
+        clients.close()
+        if owned:
+            show.stage("tearing the lab down")
+            for node in service_kinds(topology):
+                log = lab.run_dir / f"{node}.log"
+                if log.exists():
+                    shutil.copy(log, out_dir / f"{node}.log")
+            measurements["lab_down_s"] = lab.down()
+
+    events = collector.snapshot()
+    evidence = {
+        "scenario": scenario.name,
+        "timers": timers_name,
+        "call_id": call_id,
+        "placed_at": placed,
+        "events": events,
+        "calls": calls,
+        "mappings": [_flatten_mapping(m) for m in mappings],
+        "counters": counters,
+        "captures": {
+            "inside": summarize_capture(out_dir / "natgw-lan0.pcap"),
+            "outside": summarize_capture(out_dir / "natgw-wan0.pcap"),
+        },
+        "address_map": address_map(topology),
+        "measurements": {**measurements, **_media_times(events, placed)},
+    }
+    result = verdict.judge(evidence, scenario.name)
+    drawing = ladder.render(evidence)
+    (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
+    (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out_dir / "ladder.txt").write_text(drawing + "\n")
+    last = out_root / "last"
+    if last.is_symlink() or last.exists():
+        last.unlink()
+    last.symlink_to(run_id)
+    show.done()
+    return result, out_dir
+
+
+def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:
+    ep = lambda e: f"{e.get('ip', '')}:{e.get('port', 0)}"  # noqa: E731
+    return {"internal": ep(m.get("internal", {})), "external": ep(m.get("external", {})),
+            "remote": ep(m.get("remote", {})), "timeout_seconds": m.get("timeout_seconds", 0)}
+
+
+def _media_times(events: list[dict[str, Any]], placed: float) -> dict[str, float]:
+    """INVITE to first SRTP packet decrypted, each way."""
+    out = {}
+    for receiver, direction in (("alice", "bob_to_alice"), ("bob", "alice_to_bob")):
+        first = next((e for e in events if e["service"] == receiver and e["kind"] == "srtp.first_received"), None)
+        if first is not None:
+            out[f"invite_to_srtp_{direction}_s"] = round(first["t"] - placed, 4)
+    return out
+
+
+def address_map(topology: Any) -> dict[str, str]:
+    """IP -> ladder column. The NAT's outside address stands for Alice when seen from the public side."""
+    mapping = {}
+    for node in topology.nodes.values():
+        for address in node.addresses:
+            mapping[address.split("/")[0]] = node.name
+    natgw = topology.nodes["natgw"]
+    wan = natgw.interfaces[natgw.extra.get("wan_if", "wan0")][0].split("/")[0]
+    mapping[wan] = "alice"
+    return mapping

@@ -1,0 +1,180 @@
+"""Starting the lab's services and talking to their gRPC control planes.
+
+Every node of the topology that names a service gets that service as its own process inside
+its namespace; the controller reaches each over a unix socket in the lab's run directory and
+waits for readiness with the standard health Watch (an event, not a sleep).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pinhole.rpc.v1 import natgw_pb2_grpc, proxy_pb2_grpc, stunserver_pb2_grpc, useragent_pb2_grpc
+
+STUBS = {
+    "useragent": useragent_pb2_grpc.UserAgentStub,
+    "proxy": proxy_pb2_grpc.ProxyStub,
+    "natgw": natgw_pb2_grpc.NatGatewayStub,
+    "stunserver": stunserver_pb2_grpc.StunServerStub,
+}
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def socket_path(run_dir: Path, node: str) -> Path:
+    return run_dir / f"{node}.sock"
+
+
+def service_argv(node: Any, run_dir: Path) -> list[str]:
+    """The command line of the service a topology node runs (see netns/topology.toml)."""
+    address = node.addresses[0].split("/")[0]
+    argv = [sys.executable, "-m", f"services.{node.service}", "--name", node.name,
+            "--grpc", f"unix:{socket_path(run_dir, node.name)}"]
+    extra = node.extra
+    if node.service in ("useragent", "proxy"):
+        argv += ["--sip-listen", f"{address}:{extra.get('sip_port', 5060)}"]
+    if node.service == "useragent":
+        argv += ["--media-ip", address]
+    if node.service == "stunserver":
+        argv += ["--listen", f"{address}:{extra.get('stun_port', 3478)}"]
+    if node.service == "natgw":
+        lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
+        argv += ["--lan-if", lan_if, "--wan-if", wan_if,
+                 "--wan-address", node.interfaces[wan_if][0].split("/")[0],
+                 "--lan-prefix", str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network)]
+    return argv
+
+
+def start_services(lab: Any, topology: Any) -> dict[str, int]:
+    """Spawn every service of the topology in its namespace; returns node -> PID."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    pids = {}
+    for node in topology.nodes.values():
+        if not getattr(node, "service", None):
+            continue
+        process = lab.spawn(node.name, service_argv(node, lab.run_dir), log_path=lab.run_dir / f"{node.name}.log", env=env)
+        pids[node.name] = process.pid
+    return pids
+
+
+def wait_healthy(run_dir: Path, nodes: list[str], timeout: float = 60.0, pids: dict[str, int] | None = None) -> None:
+    """Block until every node's health service says SERVING (health Watch), or raise naming the laggards."""
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        channel = grpc.insecure_channel(f"unix:{socket_path(run_dir, node)}")
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"service {node} not SERVING after {timeout:.0f}s (see {run_dir / (node + '.log')})")
+                if pids and node in pids and not Path(f"/proc/{pids[node]}").exists():
+                    raise RuntimeError(f"service {node} exited during start-up (see {run_dir / (node + '.log')})")
+                try:
+                    for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""),
+                                            timeout=min(remaining, 2.0), wait_for_ready=True):
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    else:
+                        continue
+                    break
+                except grpc.RpcError as error:
+                    if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                        raise
+        finally:
+            channel.close()
+
+
+@dataclass
+class ServiceClients:
+    """gRPC stubs for every service of a running lab."""
+
+    run_dir: Path
+    kinds: dict[str, str]
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
+
+    def stub(self, node: str) -> Any:
+        if node not in self.channels:
+            self.channels[node] = grpc.insecure_channel(f"unix:{socket_path(self.run_dir, node)}")
+        return STUBS[self.kinds[node]](self.channels[node])
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+        self.channels.clear()
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+class EventCollector:
+    """Follows every service's WatchEvents stream into one list; waits on conditions over it."""
+
+    def __init__(self, clients: ServiceClients, nodes: list[str], since: float = 0.0) -> None:
+        """Collect events recorded at or after `since` (unix seconds): a lab outlives many runs."""
+        self.clients = clients
+        self.since = since
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._calls: list[Any] = []
+        self._threads = [threading.Thread(target=self._follow, args=(node,), daemon=True) for node in nodes]
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _follow(self, node: str) -> None:
+        from pinhole.rpc.v1 import events_pb2
+
+        call = self.clients.stub(node).WatchEvents(events_pb2.WatchEventsRequest(follow=True))
+        self._calls.append(call)
+        try:
+            for event in call:
+                if event.time_unix_nano / 1e9 < self.since:
+                    continue
+                record = {
+                    "t": event.time_unix_nano / 1e9,
+                    "service": event.service,
+                    "kind": event.kind,
+                    "call_id": event.call_id,
+                    "attrs": dict(event.attributes),
+                }
+                with self._changed:
+                    self.events.append(record)
+                    self._changed.notify_all()
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                self.errors.append(f"{node}: {error.code().name} {error.details()}")
+                with self._changed:
+                    self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.events), timeout=timeout)
+
+    def stop(self) -> None:
+        for call in self._calls:
+            call.cancel()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._changed:
+            return sorted(self.events, key=lambda e: e["t"])

@@ -1,0 +1,379 @@
+"""The RFC 5763 §7.3 verdict: a pure function of the evidence a run collected.
+
+Evidence is what the services reported (their events, the NAT's drops and mappings, the final
+call statistics) plus what the captures on both sides of the NAT saw. Each numbered message of
+the §7.3 figure is one check (the spec digest's table §1.1; "(11)" is used twice in the RFC,
+so 11a and 11b here). The checks deliberately leave alone what the RFC does not require: the
+order of media (10) and Finished (11a), and the ACK (12) coming last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Event = dict[str, Any]  # {"t": seconds, "service", "kind", "call_id", "attrs": {...}}
+
+
+@dataclass
+class Check:
+    message: str
+    title: str
+    rfc: str
+    passed: bool
+    detail: str
+    time: float | None = None
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "verdict": "pass" if self.passed else "fail",
+            "checks": [asdict(c) for c in self.checks],
+            "notes": self.notes,
+        }
+
+    def render(self) -> str:
+        lines = []
+        for c in self.checks:
+            mark = "PASS" if c.passed else "FAIL"
+            lines.append(f"  {mark}  ({c.message:>3}) {c.title} [{c.rfc}]")
+            lines.append(f"              {c.detail}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        lines.append(f"verdict: {'PASS' if self.passed else 'FAIL'} ({self.scenario})")
+        return "\n".join(lines)
+
+
+class Evidence:
+    """Indexed view of a run's evidence for the checks."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.events: list[Event] = sorted(data.get("events", []), key=lambda e: e["t"])
+        self.call_id: str = data.get("call_id", "")
+        self.calls: dict[str, dict[str, Any]] = data.get("calls", {})
+        self.captures: dict[str, list[dict[str, Any]]] = data.get("captures", {})
+        self.mappings: list[dict[str, Any]] = data.get("mappings", [])
+        opened = self.first("alice", "media.open")
+        self.alice_media_local: str = opened["attrs"].get("local", "") if opened else ""
+
+    def find(self, service: str | None = None, kind: str | None = None, **attrs: str) -> list[Event]:
+        found = []
+        for e in self.events:
+            if service is not None and e["service"] != service:
+                continue
+            if kind is not None and e["kind"] != kind:
+                continue
+            a = e.get("attrs", {})
+            if all(_matches(a.get(k.replace("__", ".")), v) for k, v in attrs.items()):
+                found.append(e)
+        return found
+
+    def first(self, service: str | None = None, kind: str | None = None, **attrs: str) -> Event | None:
+        found = self.find(service, kind, **attrs)
+        return found[0] if found else None
+
+    def media(self, service: str) -> dict[str, Any]:
+        return self.calls.get(service, {}).get("media", {})
+
+
+def _matches(value: str | None, wanted: str) -> bool:
+    if value is None:
+        return False
+    if wanted.startswith("~"):
+        return wanted[1:] in value.split(",")
+    return value == wanted
+
+
+def _t(e: Event | None) -> float | None:
+    return None if e is None else e["t"]
+
+
+CheckFn = Callable[[Evidence], tuple[bool, str, float | None]]
+_CHECKS: list[tuple[str, str, str, CheckFn]] = []
+
+
+def check(message: str, title: str, rfc: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        _CHECKS.append((message, title, rfc, fn))
+        return fn
+
+    return register
+
+
+def _invite(ev: Evidence, service: str, kind: str) -> Event | None:
+    return ev.first(service, kind, **{"sip__method": "INVITE"})
+
+
+def _ok_to_invite(ev: Evidence, service: str, kind: str) -> Event | None:
+    return ev.first(service, kind, **{"sip__status_code": "200", "sip__cseq_method": "INVITE"})
+
+
+def _connectivity_checks(ev: Evidence) -> list[Event]:
+    return ev.find("alice", "stun.send", purpose="connectivity-check")
+
+
+@check("1", "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's NAT address", "RFC 5763 §5, §7.3")
+def _m1(ev: Evidence) -> tuple[bool, str, float | None]:
+    invite = _invite(ev, "alice", "sip.send")
+    if invite is None:
+        return False, "Alice sent no INVITE", None
+    a = invite["attrs"]
+    problems = []
+    if a.get("sdp.setup") != "actpass":
+        problems.append(f"a=setup is {a.get('sdp.setup')!r}, not actpass")
+    if not a.get("sdp.fingerprint"):
+        problems.append("no a=fingerprint")
+    if not a.get("sdp.proto", "").startswith("UDP/TLS/RTP/SAVP"):
+        problems.append(f"proto {a.get('sdp.proto')!r}")
+    advertised = a.get("sdp.media", "")
+    mapping = next((m for m in ev.mappings if m.get("internal") == ev.alice_media_local), None)
+    if mapping is not None and mapping.get("external") != advertised:
+        problems.append(f"advertised {advertised} but the NAT maps Alice's media port to {mapping.get('external')}")
+    if problems:
+        return False, "; ".join(problems), _t(invite)
+    if mapping is None:
+        return False, f"the NAT has no mapping for Alice's media socket {ev.alice_media_local}", _t(invite)
+    where = f"NAT mapping {mapping['internal']} -> {mapping['external']}"
+    return True, f"offer {advertised} ({where}), setup actpass, fingerprint {a['sdp.fingerprint'][:23]}...", _t(invite)
+
+
+@check("2", "INVITE reaches Bob through both proxies, body unchanged", "RFC 3261 §16.6, RFC 5763 §7.3")
+def _m2(ev: Evidence) -> tuple[bool, str, float | None]:
+    sent, got = _invite(ev, "alice", "sip.send"), _invite(ev, "bob", "sip.recv")
+    if got is None:
+        return False, "Bob received no INVITE", None
+    proxies = [p for p in ("proxy-a", "proxy-b") if _invite(ev, p, "sip.recv")]
+    a = got["attrs"]
+    problems = []
+    if sent is not None and a.get("sdp.sha256") != sent["attrs"].get("sdp.sha256"):
+        problems.append("SDP body changed on the way")
+    if a.get("sip.record_route_count") != "2":
+        problems.append(f"{a.get('sip.record_route_count', '0')} Record-Route entries, expected 2")
+    if a.get("sip.max_forwards") != "68":
+        problems.append(f"Max-Forwards {a.get('sip.max_forwards')}, expected 68 after two proxies")
+    if len(proxies) != 2:
+        problems.append(f"seen by {proxies or 'no proxy'}")
+    if problems:
+        return False, "; ".join(problems), _t(got)
+    return True, "via proxy-a, proxy-b; Record-Route x2; Max-Forwards 68; body byte-identical", _t(got)
+
+
+@check("3", "Bob's first ClientHello is dropped by Alice's NAT", "RFC 5763 §7.3, §6.7.2")
+def _m3(ev: Evidence) -> tuple[bool, str, float | None]:
+    first = ev.first("bob", "dtls.send", cause="start", **{"dtls__handshake_types": "~client_hello"})
+    if first is None:
+        return False, "Bob sent no ClientHello", None
+    drops = ev.find("natgw", "nat.drop", **{"dtls__handshake_types": "~client_hello"})
+    checks = _connectivity_checks(ev)
+    if not drops:
+        return False, "the NAT dropped no ClientHello", _t(first)
+    drop = drops[0]
+    if checks and drop["t"] > checks[0]["t"]:
+        return False, "the first drop came after Alice's STUN check", _t(drop)
+    seq = first["attrs"].get("dtls.record_sequence")
+    outside = [p for p in ev.captures.get("outside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
+    inside = [p for p in ev.captures.get("inside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
+    detail = f"record seq {seq}; {len(drops)} ClientHello drop(s) at the NAT ({drop['attrs'].get('hook')} hook)"
+    if ev.captures:
+        if not any(p.get("dtls.record_sequence") == seq for p in outside):
+            return False, f"first ClientHello (record seq {seq}) not seen outside the NAT", _t(drop)
+        if any(p.get("dtls.record_sequence") == seq for p in inside):
+            return False, f"first ClientHello (record seq {seq}) passed the NAT", _t(drop)
+        detail += f"; capture: {len(outside)} ClientHello outside, {len(inside)} inside"
+    stun_at_bob = ev.first("bob", "stun.recv", **{"stun__class": "request"})
+    if stun_at_bob is not None and stun_at_bob["t"] < first["t"]:
+        return False, "Bob waited for the STUN check before his ClientHello (§6.7.2 says go on)", _t(first)
+    return True, detail, _t(drop)
+
+
+@check("4", "200 OK with a=setup:active and Bob's fingerprint", "RFC 5763 §5, RFC 4145")
+def _m4(ev: Evidence) -> tuple[bool, str, float | None]:
+    ok = _ok_to_invite(ev, "alice", "sip.recv")
+    if ok is None:
+        return False, "Alice received no 200 OK to her INVITE", None
+    a = ok["attrs"]
+    if a.get("sdp.setup") not in ("active", "passive"):
+        return False, f"answer a=setup:{a.get('sdp.setup')} (must be active or passive)", _t(ok)
+    if a.get("sdp.setup") != "active":
+        return False, "answer a=setup:passive; §7.3 has Bob active", _t(ok)
+    start = ev.first("bob", "dtls.start")
+    bob_fp = start["attrs"].get("local_fingerprint") if start else None
+    answered = a.get("sdp.fingerprint", "")
+    if bob_fp and answered.split(" ")[-1] != bob_fp:
+        return True, f"answer fingerprint {answered[:30]}... is NOT Bob's certificate (checked at message 9)", _t(ok)
+    return True, f"setup active, fingerprint {answered[:30]}..., media {a.get('sdp.media')}", _t(ok)
+
+
+@check("5", "Alice's single unauthenticated STUN check to Bob's media address", "RFC 5763 §6.7.2")
+def _m5(ev: Evidence) -> tuple[bool, str, float | None]:
+    sends = _connectivity_checks(ev)
+    ok = _ok_to_invite(ev, "alice", "sip.recv")
+    if not sends:
+        return False, "Alice sent no STUN check after the answer, so the NAT never opened a pinhole", None
+    tids = {e["attrs"].get("stun.transaction_id") for e in sends}
+    first = sends[0]
+    a = first["attrs"]
+    problems = []
+    if len(tids) != 1:
+        problems.append(f"{len(tids)} transactions, expected a single one")
+    if ok is not None and first["t"] < ok["t"]:
+        problems.append("sent before the answer arrived")
+    if ok is not None and a.get("peer") != ok["attrs"].get("sdp.media"):
+        problems.append(f"sent to {a.get('peer')}, the answer says {ok['attrs'].get('sdp.media')}")
+    if a.get("local") != ev.alice_media_local:
+        problems.append(f"sent from {a.get('local')}, not the media port")
+    if a.get("authenticated") != "False":
+        problems.append("carries USERNAME/MESSAGE-INTEGRITY")
+    if problems:
+        return False, "; ".join(problems), _t(first)
+    return True, f"transaction {a['stun.transaction_id']} from {a['local']} to {a['peer']}, {len(sends)} send(s)", _t(first)
+
+
+@check("6", "Bob answers the check; Alice gets the response", "RFC 5763 §6.7.2, RFC 5389 §7.3")
+def _m6(ev: Evidence) -> tuple[bool, str, float | None]:
+    sends = _connectivity_checks(ev)
+    if not sends:
+        return False, "no STUN check to answer (message 5 missing)", None
+    tid = sends[0]["attrs"].get("stun.transaction_id", "")
+    answered = ev.first("bob", "stun.send", **{"stun__transaction_id": tid, "stun__class": "success_response"})
+    got = ev.first("alice", "stun.recv", **{"stun__transaction_id": tid, "stun__class": "success_response"})
+    if answered is None:
+        return False, f"Bob did not answer transaction {tid}", None
+    if got is None:
+        return False, f"Alice did not receive the response to {tid}", _t(answered)
+    mapped = got["attrs"].get("stun.xor_mapped_address")
+    advertised = (_invite(ev, "alice", "sip.send") or {"attrs": {}})["attrs"].get("sdp.media")
+    note = "equals" if mapped == advertised else "differs from"
+    return True, f"XOR-MAPPED-ADDRESS {mapped} ({note} the advertised {advertised})", _t(got)
+
+
+@check("7", "Bob's timer-driven ClientHello retransmission passes the NAT", "RFC 6347 §4.2.4, RFC 5763 §7.3")
+def _m7(ev: Evidence) -> tuple[bool, str, float | None]:
+    first = ev.first("bob", "dtls.send", cause="start", **{"dtls__handshake_types": "~client_hello"})
+    arrived = ev.first("alice", "dtls.recv", **{"dtls__handshake_types": "~client_hello"})
+    retransmissions = ev.find("bob", "dtls.send", cause="timer", **{"dtls__handshake_types": "~client_hello"})
+    drops = ev.find("natgw", "nat.drop", **{"dtls__handshake_types": "~client_hello"})
+    if arrived is None:
+        return False, f"no ClientHello reached Alice ({len(drops)} dropped at the NAT)", None
+    if first is None:
+        return False, "Bob's first ClientHello is missing", _t(arrived)
+    seq = arrived["attrs"].get("dtls.record_sequence")
+    if seq == first["attrs"].get("dtls.record_sequence"):
+        return False, "the ClientHello Alice got is the first one: nothing was dropped (not the §7.3 flow)", _t(arrived)
+    sent = next((e for e in retransmissions if e["attrs"].get("dtls.record_sequence") == seq), None)
+    if sent is None:
+        return False, f"the ClientHello Alice got (record seq {seq}) is not a timer-driven retransmission", _t(arrived)
+    if sent["attrs"].get("dtls.message_seq") != first["attrs"].get("dtls.message_seq"):
+        return False, "the retransmission changed the handshake message_seq", _t(arrived)
+    check_at_bob = ev.first("bob", "stun.recv", **{"stun__class": "request"})
+    after = f", {sent['t'] - check_at_bob['t']:.3f}s after the check reached Bob" if check_at_bob else ""
+    return True, (f"retransmission #{retransmissions.index(sent) + 1} (record seq {seq}, message_seq "
+                  f"{sent['attrs'].get('dtls.message_seq')}){after}"), _t(arrived)
+
+
+@check("8", "Alice's flight 4: ServerHello with use_srtp, Certificate, CertificateRequest", "RFC 5764 §4.1.1, RFC 5763 §5")
+def _m8(ev: Evidence) -> tuple[bool, str, float | None]:
+    flight = ev.first("alice", "dtls.send", **{"dtls__handshake_types": "~server_hello"})
+    if flight is None:
+        return False, "Alice sent no ServerHello", None
+    types: set[str] = set()
+    for e in ev.find("alice", "dtls.send"):
+        types.update(e["attrs"].get("dtls.handshake_types", "").split(","))
+    missing = [t for t in ("server_hello", "certificate", "certificate_request", "server_hello_done") if t not in types]
+    if missing:
+        return False, f"flight 4 lacks {', '.join(missing)}", _t(flight)
+    return True, "ServerHello, Certificate, CertificateRequest (mutual authentication), ServerHelloDone", _t(flight)
+
+
+@check("9", "Bob's certificate matches the answer's a=fingerprint (checked by Alice)", "RFC 5763 §5")
+def _m9(ev: Evidence) -> tuple[bool, str, float | None]:
+    failed = ev.first("alice", "dtls.failed")
+    if failed is not None:
+        return False, f"Alice tore the media session down: {failed['attrs'].get('reason')}", _t(failed)
+    connected = ev.first("alice", "dtls.connected")
+    if connected is None:
+        return False, "Alice's handshake never completed", None
+    if connected["attrs"].get("peer_fingerprint_verified") != "True":
+        return False, "Alice did not verify Bob's certificate", _t(connected)
+    return True, f"Bob's certificate {connected['attrs'].get('peer_fingerprint', '')[:23]}... verified", _t(connected)
+
+
+@check("10", "SRTP from Bob decrypted by Alice (client_write keys)", "RFC 5764 §4.2")
+def _m10(ev: Evidence) -> tuple[bool, str, float | None]:
+    return _media_direction(ev, sender="bob", receiver="alice")
+
+
+@check("11a", "Handshake complete on both sides, same exporter keys", "RFC 6347, RFC 5764 §4.2")
+def _m11a(ev: Evidence) -> tuple[bool, str, float | None]:
+    a, b = ev.first("alice", "dtls.connected"), ev.first("bob", "dtls.connected")
+    if a is None or b is None:
+        missing = [n for n, e in (("Alice", a), ("Bob", b)) if e is None]
+        return False, f"no completed handshake at {' and '.join(missing)}", None
+    if a["attrs"].get("exporter_digest") != b["attrs"].get("exporter_digest"):
+        return False, "the two sides exported different keying material", _t(b)
+    if b["attrs"].get("peer_fingerprint_verified") != "True":
+        return False, "Bob did not verify Alice's certificate against the offer", _t(b)
+    return True, (f"profile {a['attrs'].get('profile')}; exporter digests agree; "
+                  "Bob verified Alice's certificate against the offer"), max(a["t"], b["t"])
+
+
+@check("11b", "SRTP from Alice decrypted by Bob (server_write keys)", "RFC 5764 §4.2")
+def _m11b(ev: Evidence) -> tuple[bool, str, float | None]:
+    return _media_direction(ev, sender="alice", receiver="bob")
+
+
+@check("12", "ACK for the 200 OK reaches Bob along the route set", "RFC 3261 §13.2.2.4, §12.2.1.1")
+def _m12(ev: Evidence) -> tuple[bool, str, float | None]:
+    sent = ev.first("alice", "sip.send", **{"sip__method": "ACK"})
+    got = ev.first("bob", "sip.recv", **{"sip__method": "ACK"})
+    if sent is None:
+        return False, "Alice sent no ACK", None
+    if got is None:
+        return False, "the ACK did not reach Bob", _t(sent)
+    via = [p for p in ("proxy-a", "proxy-b") if ev.first(p, "sip.recv", **{"sip__method": "ACK"})]
+    return True, f"via {', '.join(via) or 'no proxy'}", _t(got)
+
+
+def _media_direction(ev: Evidence, *, sender: str, receiver: str) -> tuple[bool, str, float | None]:
+    rx, tx = ev.media(receiver), ev.media(sender)
+    received, failed = int(rx.get("srtp_received", 0)), int(rx.get("srtp_auth_failed", 0))
+    first = ev.first(receiver, "srtp.first_received")
+    if received == 0:
+        return False, f"{receiver} decrypted no SRTP from {sender} ({tx.get('srtp_sent', 0)} sent)", None
+    if failed:
+        return False, f"{failed} SRTP packets failed authentication at {receiver}", _t(first)
+    return True, f"{received}/{tx.get('srtp_sent', '?')} packets decrypted, 0 authentication failures", _t(first)
+
+
+def judge(data: dict[str, Any], scenario: str = "") -> Verdict:
+    """Run every §7.3 check over the evidence; the run passes only if all pass."""
+    ev = Evidence(data)
+    checks = []
+    for message, title, rfc, fn in _CHECKS:
+        try:
+            passed, detail, when = fn(ev)
+        except Exception as error:  # a check must report, not crash the judge
+            passed, detail, when = False, f"check could not be evaluated: {type(error).__name__}: {error}", None
+        checks.append(Check(message, title, rfc, passed, detail, when))
+    notes = list(_notes(ev))
+    return Verdict(scenario or data.get("scenario", ""), all(c.passed for c in checks), checks, notes)
+
+
+def _notes(ev: Evidence) -> Iterable[str]:
+    yield "SIP runs over UDP: the signalling is not integrity-protected (RFC 5763 §5 SHOULD use TLS)"
+    yield "no Identity header: the authentication service of RFC 4474/8224 is not staged"
+    if ev.find(kind="dtls.send", cause="stun"):
+        yield "early flight resend on STUN receipt was used (not RFC behaviour)"

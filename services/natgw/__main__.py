@@ -1,0 +1,213 @@
+"""NAT gateway service: owns the kernel NAT (nftables + conntrack) of its namespace.
+
+The NAT itself is the Linux kernel: this process only loads the RFC 4787 behaviour asked for
+over gRPC as an nftables ruleset, raises conntrack's UDP timeout to RFC 4787 REQ-5 values, and
+observes: every inbound packet the ruleset drops arrives here over NFLOG and is classified
+(STUN / DTLS with handshake type / RTP / other) so the lab can show *which* message died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+
+import grpc
+
+from pinhole import demux
+from pinhole.events import Counters, EventLog
+from pinhole.pcap import decode_ipv4_udp
+from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
+from pinhole.service import argument_parser, serve, setup_logging
+from services.natgw import conntrack, ruleset
+from services.natgw.nflog import LoggedPacket, NflogReader
+
+log = logging.getLogger("natgw")
+
+MAPPINGS = {
+    natgw_pb2.MAPPING_UNSPECIFIED: ruleset.Mapping.ENDPOINT_INDEPENDENT,
+    natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT: ruleset.Mapping.ENDPOINT_INDEPENDENT,
+    natgw_pb2.MAPPING_ADDRESS_DEPENDENT: ruleset.Mapping.ADDRESS_DEPENDENT,
+    natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Mapping.ADDRESS_AND_PORT_DEPENDENT,
+}
+FILTERINGS = {
+    natgw_pb2.FILTERING_UNSPECIFIED: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
+    natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT: ruleset.Filtering.ENDPOINT_INDEPENDENT,
+    natgw_pb2.FILTERING_ADDRESS_DEPENDENT: ruleset.Filtering.ADDRESS_DEPENDENT,
+    natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
+}
+MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
+
+
+class NatGateway:
+    """The kernel NAT of this namespace and what it was seen to drop."""
+
+    def __init__(self, *, lan_if: str, wan_if: str, wan_address: str, lan_prefix: str, log_group: int,
+                 events: EventLog, counters: Counters) -> None:
+        self.lan_if, self.wan_if, self.wan_address, self.lan_prefix = lan_if, wan_if, wan_address, lan_prefix
+        self.log_group = log_group
+        self.events, self.counters = events, counters
+        self.behaviour = ruleset.NatBehaviour()
+        self.script = ""
+        self.drops: list[natgw_pb2.DroppedPacket] = []
+        self._watchers: list[asyncio.Queue[natgw_pb2.DroppedPacket]] = []
+        self.reader: NflogReader | None = None
+
+    def apply(self, behaviour: ruleset.NatBehaviour) -> str:
+        script = ruleset.render(behaviour, lan_if=self.lan_if, wan_if=self.wan_if, wan_address=self.wan_address,
+                                lan_prefix=self.lan_prefix, log_group=self.log_group)
+        ruleset.apply(script)
+        ruleset.set_mapping_timeout(behaviour.mapping_timeout)
+        self.behaviour, self.script = behaviour, script
+        self.events.emit("nat.configured", mapping=behaviour.mapping.value, filtering=behaviour.filtering.value,
+                         mapping_timeout=behaviour.mapping_timeout)
+        return script
+
+    def start_observing(self) -> None:
+        self.reader = NflogReader(self.log_group)
+        asyncio.get_running_loop().add_reader(self.reader.fileno(), self._read_drops)
+
+    def _read_drops(self) -> None:
+        assert self.reader is not None
+        for packet in self.reader.read():
+            self._dropped(packet)
+
+    def _dropped(self, packet: LoggedPacket) -> None:
+        """Classify one dropped inbound packet by its UDP payload (RFC 7983 first-byte demux)."""
+        self.counters["dropped_inbound"] += 1
+        hook = ruleset.drop_hook(packet.prefix) or "unknown"
+        udp = decode_ipv4_udp(packet.payload)
+        when = packet.timestamp or time.time()
+        if udp is None:
+            self.counters["dropped_inbound_non_udp"] += 1
+            self.events.emit("nat.drop", hook=hook, classification="other", detail="non-UDP packet",
+                             size=len(packet.payload))
+            return
+        description = demux.describe(udp.payload)
+        classification = description.get("kind", "unknown")
+        if classification not in ("stun", "dtls", "rtp", "rtcp"):
+            classification = "other"
+        self.counters[f"dropped_inbound_{classification}"] += 1
+        source, destination = f"{udp.src[0]}:{udp.src[1]}", f"{udp.dst[0]}:{udp.dst[1]}"
+        drop = natgw_pb2.DroppedPacket(
+            time_unix_nano=int(when * 1e9), hook=hook,
+            source=natgw_pb2.Endpoint(ip=udp.src[0], port=udp.src[1]),
+            destination=natgw_pb2.Endpoint(ip=udp.dst[0], port=udp.dst[1]),
+            protocol="udp", classification=classification, detail=description.get("summary", ""),
+            attributes=description,
+        )
+        self.drops.append(drop)
+        del self.drops[:-10_000]
+        self.events.emit("nat.drop", "", description, hook=hook, source=source, destination=destination,
+                         classification=classification, detail=description.get("summary", ""))
+        for queue in self._watchers:
+            queue.put_nowait(drop)
+
+    def watch(self) -> asyncio.Queue[natgw_pb2.DroppedPacket]:
+        queue: asyncio.Queue[natgw_pb2.DroppedPacket] = asyncio.Queue()
+        self._watchers.append(queue)
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[natgw_pb2.DroppedPacket]) -> None:
+        self._watchers.remove(queue)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            asyncio.get_running_loop().remove_reader(self.reader.fileno())
+            self.reader.close()
+        ruleset.remove()
+
+
+def _endpoint(address: tuple[str, int]) -> natgw_pb2.Endpoint:
+    return natgw_pb2.Endpoint(ip=address[0], port=address[1])
+
+
+class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
+    def __init__(self, gateway: NatGateway) -> None:
+        self.gateway = gateway
+
+    def _effective(self) -> natgw_pb2.NatConfig:
+        b = self.gateway.behaviour
+        mapping = next(k for k, v in MAPPINGS.items() if v == b.mapping and k != natgw_pb2.MAPPING_UNSPECIFIED)
+        filtering = next(k for k, v in FILTERINGS.items() if v == b.filtering and k != natgw_pb2.FILTERING_UNSPECIFIED)
+        return natgw_pb2.NatConfig(mapping=mapping, filtering=filtering, mapping_timeout_seconds=b.mapping_timeout)
+
+    async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
+        if request.mapping not in MAPPINGS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mapping: unknown value {request.mapping}")
+        if request.filtering not in FILTERINGS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filtering: unknown value {request.filtering}")
+        timeout = request.mapping_timeout_seconds or 300
+        if timeout < MIN_MAPPING_TIMEOUT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s "
+                                "RFC 4787 REQ-5 requires")
+        behaviour = ruleset.NatBehaviour(mapping=MAPPINGS[request.mapping], filtering=FILTERINGS[request.filtering],
+                                         mapping_timeout=timeout)
+        try:
+            script = self.gateway.apply(behaviour)
+        except NotImplementedError as error:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+        except (OSError, RuntimeError) as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"loading the ruleset failed: {error}")
+        return natgw_pb2.NatConfigReply(effective=self._effective(), ruleset=script)
+
+    async def ListMappings(self, request, context):  # noqa: N802
+        mappings = await asyncio.to_thread(conntrack.list_udp_mappings, self.gateway.wan_address)
+        return natgw_pb2.ListMappingsReply(mappings=[
+            natgw_pb2.NatMappingEntry(internal=_endpoint(m.internal), external=_endpoint(m.external),
+                                      remote=_endpoint(m.remote), timeout_seconds=m.timeout, assured=m.assured)
+            for m in mappings])
+
+    async def GetCounters(self, request, context):  # noqa: N802
+        counters = Counters(self.gateway.counters)
+        for name, values in (await asyncio.to_thread(ruleset.read_counters)).items():
+            counters[f"nft_{name}_packets"] = values["packets"]
+            counters[f"nft_{name}_bytes"] = values["bytes"]
+        return counters.as_reply()
+
+    async def WatchDrops(self, request, context):  # noqa: N802
+        queue = self.gateway.watch()
+        try:
+            if request.replay:
+                for drop in list(self.gateway.drops):
+                    yield drop
+            while True:
+                yield await queue.get()
+        finally:
+            self.gateway.unwatch(queue)
+
+    async def WatchEvents(self, request, context):  # noqa: N802
+        async for event in self.gateway.events.follow(request.after_sequence, request.follow):
+            yield event
+
+
+async def main() -> None:
+    parser = argument_parser("pinhole NAT gateway")
+    parser.add_argument("--lan-if", default="lan0")
+    parser.add_argument("--wan-if", default="wan0")
+    parser.add_argument("--wan-address", required=True, help="the NAT's outside address")
+    parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
+    parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
+    args = parser.parse_args()
+    setup_logging(args.log_level, args.name)
+    ipaddress.ip_address(args.wan_address)
+    ipaddress.ip_network(args.lan_prefix)
+    events, counters = EventLog(args.name), Counters()
+    gateway = NatGateway(lan_if=args.lan_if, wan_if=args.wan_if, wan_address=args.wan_address,
+                         lan_prefix=args.lan_prefix, log_group=args.log_group, events=events, counters=counters)
+    gateway.start_observing()
+    gateway.apply(ruleset.NatBehaviour())
+    events.emit("service.started", wan_address=args.wan_address, lan_prefix=args.lan_prefix)
+    name = natgw_pb2.DESCRIPTOR.services_by_name["NatGateway"].full_name
+
+    async def stop() -> None:
+        gateway.close()
+
+    await serve(args.grpc, [(natgw_pb2_grpc.add_NatGatewayServicer_to_server, NatGatewayServicer(gateway), name)],
+                on_stop=stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

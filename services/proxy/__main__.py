@@ -1,0 +1,101 @@
+"""SIP proxy service: a stateful RFC 3261 §16 proxy (proxy.py) behind a gRPC control plane.
+
+The lab runs it twice: proxy-a is Alice's outbound proxy, proxy-b is Bob's. Both Record-Route,
+so in-dialog requests (the ACK, the BYE) come back through them, and both honour rport
+(RFC 3581), which is what lets responses find Alice behind her NAT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from pinhole.events import Counters, EventLog
+from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
+from pinhole.service import argument_parser, parse_hostport, serve, setup_logging
+from pinhole.sip import SipEndpoint, SipTimers
+from pinhole.sip.describe import message_event
+from services.proxy.proxy import Route, StatefulProxy
+
+log = logging.getLogger("proxy")
+
+
+class ProxyServicer(proxy_pb2_grpc.ProxyServicer):
+    def __init__(self, proxy: StatefulProxy, endpoint: SipEndpoint, events: EventLog, counters: Counters) -> None:
+        self.proxy, self.endpoint, self.events, self.counters = proxy, endpoint, events, counters
+        self.config = proxy_pb2.ProxyConfig(record_route=True, sip_t1_seconds=endpoint.timers.t1)
+
+    async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
+        routes = []
+        for index, route in enumerate(request.routes):
+            if not route.domain:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"routes[{index}].domain: empty")
+            try:
+                next_hop = parse_hostport(route.next_hop, f"routes[{index}].next_hop")
+            except ValueError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            routes.append(Route(domain=route.domain, next_hop=next_hop, user=route.user or None))
+        if request.sip_t1_seconds < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sip_t1_seconds: must not be negative")
+        if request.sip_t1_seconds:
+            self.endpoint.timers = SipTimers.scaled(request.sip_t1_seconds)
+        self.proxy.routes = routes
+        self.proxy.record_route = request.record_route
+        self.config = proxy_pb2.ProxyConfig(routes=request.routes, record_route=request.record_route,
+                                            sip_t1_seconds=self.endpoint.timers.t1)
+        self.events.emit("proxy.configured", routes=len(routes), record_route=request.record_route)
+        return proxy_pb2.ProxyConfigReply(effective=self.config)
+
+    async def GetConfig(self, request, context):  # noqa: N802
+        return proxy_pb2.ProxyConfigReply(effective=self.config)
+
+    async def GetCounters(self, request, context):  # noqa: N802
+        counters = Counters(self.counters)
+        counters.update({f"sip_{k}": v for k, v in self.endpoint.stats.items()})
+        counters.update({f"proxy_{k}": v for k, v in self.proxy.stats.items()})
+        return counters.as_reply()
+
+    async def WatchEvents(self, request, context):  # noqa: N802
+        async for event in self.events.follow(request.after_sequence, request.follow):
+            yield event
+
+
+async def main() -> None:
+    parser = argument_parser("pinhole SIP proxy")
+    parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
+    args = parser.parse_args()
+    setup_logging(args.log_level, args.name)
+    events, counters = EventLog(args.name), Counters()
+    host, port = parse_hostport(args.sip_listen, "--sip-listen")
+
+    def on_message(direction: str, message: object, peer: tuple[str, int]) -> None:
+        kind, call_id, attributes = message_event(direction, message, peer)
+        events.emit(kind, call_id, attributes)
+
+    def on_malformed(data: bytes, peer: tuple[str, int], reason: str) -> None:
+        counters["malformed"] += 1
+        events.emit("sip.malformed", peer=f"{peer[0]}:{peer[1]}", reason=reason, size=len(data))
+
+    proxy: StatefulProxy | None = None
+
+    def on_request(transaction: object) -> None:
+        assert proxy is not None
+        proxy.handle(transaction)
+
+    endpoint = await SipEndpoint.create((host, port), on_request=on_request, on_message=on_message,
+                                        on_malformed=on_malformed)
+    proxy = StatefulProxy(endpoint, name=args.name, routes=[],
+                          on_event=lambda kind, attrs: events.emit(kind, attrs.pop("call_id", ""), attrs))
+    events.emit("service.started", sip=args.sip_listen)
+    name = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name
+    try:
+        await serve(args.grpc, [(proxy_pb2_grpc.add_ProxyServicer_to_server,
+                                 ProxyServicer(proxy, endpoint, events, counters), name)])
+    finally:
+        endpoint.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

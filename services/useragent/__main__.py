@@ -1,0 +1,173 @@
+"""SIP user agent service (runs as alice and as bob): agent.py behind a gRPC control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from pinhole import dtls, sdp
+from pinhole.events import Counters, EventLog
+from pinhole.media import MediaTimers, fmt
+from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
+from pinhole.service import argument_parser, parse_hostport, serve, setup_logging
+from pinhole.sip import SipTimers
+from services.useragent.agent import AgentConfig, Call, ConfigError, UserAgent
+
+log = logging.getLogger("useragent")
+
+SETUPS = {
+    useragent_pb2.DTLS_SETUP_UNSPECIFIED: sdp.Setup.ACTIVE,
+    useragent_pb2.DTLS_SETUP_ACTIVE: sdp.Setup.ACTIVE,
+    useragent_pb2.DTLS_SETUP_PASSIVE: sdp.Setup.PASSIVE,
+}
+
+
+def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
+    """Validate a Configure request field by field; unset fields take RFC defaults."""
+    t = request.timers
+    for name in ("sip_t1_seconds", "dtls_initial_seconds", "dtls_maximum_seconds", "stun_rto_seconds"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"timers.{name}: must not be negative")
+    initial = t.dtls_initial_seconds or 1.0
+    maximum = t.dtls_maximum_seconds or 60.0
+    if maximum < initial:
+        raise ConfigError(f"timers.dtls_maximum_seconds: {maximum} is below dtls_initial_seconds {initial}")
+    if request.answer_setup not in SETUPS:
+        raise ConfigError(f"answer_setup: unknown value {request.answer_setup}")
+    try:
+        outbound = parse_hostport(request.outbound_proxy, "outbound_proxy") if request.outbound_proxy else None
+        stun_server = parse_hostport(request.stun_server, "stun_server") if request.stun_server else None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return AgentConfig(
+        aor=request.aor,
+        display_name=request.display_name,
+        outbound_proxy=outbound,
+        stun_server=stun_server,
+        answer_setup=SETUPS[request.answer_setup],
+        auto_answer=request.auto_answer,
+        stun_check=request.stun_check if request.HasField("stun_check") else True,
+        tamper_answer_fingerprint=request.tamper_answer_fingerprint,
+        srtp_profiles=tuple(request.srtp_profiles) or AgentConfig.srtp_profiles,
+        sip_timers=SipTimers.scaled(t.sip_t1_seconds) if t.sip_t1_seconds else SipTimers(),
+        media_timers=MediaTimers(
+            dtls=dtls.RetransmitTimer(initial=initial, maximum=maximum,
+                                      max_transmissions=t.dtls_max_transmissions or 8),
+            stun_rto=t.stun_rto_seconds or 0.5,
+        ),
+        media_packets=request.media_packets or 50,
+    )
+
+
+def call_status(call: Call) -> useragent_pb2.CallStatus:
+    status = useragent_pb2.CallStatus(call_id=call.call_id, state=call.state, reason=call.reason,
+                                      direction=call.direction, invite_time=call.invite_time)
+    media = call.media
+    if media is None:
+        return status
+    s, endpoint = media.stats, media.endpoint
+    status.media.CopyFrom(useragent_pb2.MediaStats(
+        profile=(endpoint.selected_profile or "") if endpoint else "",
+        dtls_role=media.role.value if media.role else "",
+        local_fingerprint_sent=True,
+        peer_fingerprint_verified=bool(endpoint and endpoint.fingerprint_verified),
+        dtls_state=endpoint.state if endpoint else "",
+        dtls_failure=(endpoint.failure_reason or "") if endpoint else "",
+        handshake_started=_wall(endpoint.handshake_started_at if endpoint else None),
+        handshake_completed=_wall(endpoint.handshake_completed_at if endpoint else None),
+        srtp_sent=s.srtp_sent, srtp_received=s.srtp_received, srtp_auth_failed=s.srtp_auth_failed,
+        dtls_retransmissions=endpoint.retransmissions if endpoint else 0,
+        first_srtp_decrypted=s.first_srtp_decrypted, first_srtp_sent=s.first_srtp_sent,
+        stun_checks_sent=s.stun_checks_sent, stun_requests_answered=s.stun_requests_answered,
+        local_media=fmt(call.advertised), remote_media=fmt(call.remote_media), malformed=s.malformed,
+    ))
+    return status
+
+
+def _wall(loop_time: float | None) -> float:
+    """Convert an event-loop timestamp into unix seconds for the API."""
+    if not loop_time:
+        return 0.0
+    return time.time() - (asyncio.get_running_loop().time() - loop_time)
+
+
+class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
+    def __init__(self, agent: UserAgent) -> None:
+        self.agent = agent
+        self.request = useragent_pb2.UserAgentConfig()
+
+    async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
+        try:
+            self.agent.configure(config_from_proto(request))
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self.request = request
+        return useragent_pb2.ConfigureReply(effective=request)
+
+    async def PlaceCall(self, request, context):  # noqa: N802
+        if not self.agent.config.aor:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "Configure the user agent (aor) first")
+        if not request.target.startswith("sip:"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target: expected a sip: URI, got {request.target!r}")
+        try:
+            call_id = await self.agent.place_call(request.target)
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except (TimeoutError, OSError) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not prepare the call: {error}")
+        return useragent_pb2.CallHandle(call_id=call_id)
+
+    async def HangUp(self, request, context):  # noqa: N802
+        try:
+            await self.agent.hang_up(request.call_id)
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
+        return useragent_pb2.HangUpReply()
+
+    async def GetCall(self, request, context):  # noqa: N802
+        call = self.agent.calls.get(request.call_id)
+        if call is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
+        return call_status(call)
+
+    async def ListCalls(self, request, context):  # noqa: N802
+        return useragent_pb2.ListCallsReply(calls=[call_status(c) for c in self.agent.calls.values()])
+
+    async def WatchEvents(self, request, context):  # noqa: N802
+        async for event in self.agent.events.follow(request.after_sequence, request.follow):
+            yield event
+
+    async def GetCounters(self, request, context):  # noqa: N802
+        counters = Counters(self.agent.counters)
+        if self.agent.endpoint is not None:
+            counters.update({f"sip_{k}": v for k, v in self.agent.endpoint.stats.items()})
+        for call in self.agent.calls.values():
+            if call.media is not None:
+                counters["media_malformed"] += call.media.stats.malformed
+                counters["srtp_auth_failed"] += call.media.stats.srtp_auth_failed
+        return counters.as_reply()
+
+
+async def main() -> None:
+    parser = argument_parser("pinhole SIP user agent")
+    parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
+    parser.add_argument("--media-ip", required=True, help="local address for media sockets")
+    args = parser.parse_args()
+    setup_logging(args.log_level, args.name)
+    agent = UserAgent(name=args.name, sip_address=parse_hostport(args.sip_listen, "--sip-listen"),
+                      media_ip=args.media_ip, events=EventLog(args.name), counters=Counters())
+    await agent.start()
+    name = useragent_pb2.DESCRIPTOR.services_by_name["UserAgent"].full_name
+
+    async def stop() -> None:
+        agent.close()
+
+    await serve(args.grpc, [(useragent_pb2_grpc.add_UserAgentServicer_to_server, UserAgentServicer(agent), name)],
+                on_stop=stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
