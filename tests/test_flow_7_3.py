@@ -7,6 +7,8 @@ Each run is judged by the same verdict `pinhole run` prints.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -20,6 +22,14 @@ def _run(lab, tmp_path, scenario):
     running, _, _ = lab
     result, out_dir = run(scenario, timers_name="short", lab_name=running.name, out_root=tmp_path, progress=False)
     return result, out_dir, json.loads((out_dir / "evidence.json").read_text())
+
+
+def _tshark(pcap):
+    """(src, dst, DTLS handshake types, STUN type, protocol) per packet, as tshark decodes them."""
+    fields = ["ip.src", "ip.dst", "dtls.handshake.type", "stun.type", "_ws.col.Protocol"]
+    command = ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=;"] + [a for f in fields for a in ("-e", f)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [line.split(";") for line in out.splitlines()]
 
 
 def _check(result, message):
@@ -39,6 +49,19 @@ def test_section_7_3_passes(lab, tmp_path):
     assert (tmp_path / "last").resolve() == out_dir.resolve()
     ladder = (out_dir / "ladder.txt").read_text()
     assert "X" in ladder and "INVITE" in ladder and "STUN Binding request" in ladder
+    # what tshark decodes from the pcaps taken on both sides of the NAT
+    drops = [e for e in evidence["events"] if e["kind"] == "nat.drop"]
+    if shutil.which("tshark"):
+        out_rows, in_rows = _tshark(out_dir / "natgw-wan0.pcap"), _tshark(out_dir / "natgw-lan0.pcap")
+        bob_ip = next(ip for ip, node in evidence["address_map"].items() if node == "bob")
+        hellos_out = [r for r in out_rows if r[0] == bob_ip and r[2] == "1"]
+        hellos_in = [r for r in in_rows if r[0] == bob_ip and r[2] == "1"]
+        assert len(hellos_in) == 1 and len(hellos_out) == 1 + len(drops) >= 2
+        assert any(r[1] == bob_ip and r[3] == "0x0001" for r in out_rows), "STUN check outside"
+        assert any(r[0] == bob_ip and r[3] == "0x0101" for r in in_rows), "STUN response inside"
+        for rows in (out_rows, in_rows):
+            assert any(r[4] == "SRTP" and r[0] == bob_ip for r in rows), "SRTP from Bob"
+            assert any(r[4] == "SRTP" and r[1] == bob_ip for r in rows), "SRTP to Bob"
     # the verdict is a pure function of the saved evidence
     assert judge(evidence).to_dict() == json.loads((out_dir / "verdict.json").read_text())
 

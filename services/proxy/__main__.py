@@ -75,7 +75,6 @@ async def main() -> None:
         events.emit(kind, call_id, attributes)
 
     def on_malformed(data: bytes, peer: tuple[str, int], reason: str) -> None:
-        counters["malformed"] += 1
         events.emit("sip.malformed", peer=f"{peer[0]}:{peer[1]}", reason=reason, size=len(data))
 
     proxy: StatefulProxy | None = None

@@ -132,7 +132,7 @@ class UserAgent:
         self.events.emit(kind, call_id, attributes)
 
     def _on_malformed(self, data: bytes, peer: Address, reason: str) -> None:
-        self.counters["sip_malformed"] += 1
+        """Counted by the SIP endpoint's own stats (sip_malformed); here it becomes evidence."""
         self.events.emit("sip.malformed", peer=fmt(peer), reason=reason, size=len(data))
 
     # -- reflexive addresses (STUN to the STUN server) --------------------------------------------
@@ -141,6 +141,7 @@ class UserAgent:
         try:
             message = stun.decode(data)
         except stun.StunError as error:
+            self.counters["sip_socket_stun_malformed"] += 1
             self._on_malformed(data, peer, f"STUN: {error}")
             return
         self.events.emit("stun.recv", "", {"stun.transaction_id": message.transaction_id.hex(),
