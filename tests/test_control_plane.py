@@ -1,0 +1,82 @@
+"""Every service's gRPC control plane: health, reflection, and precise errors on bad requests."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from pinhole.controller.run import service_kinds
+from pinhole.controller.services import ServiceClients, socket_path
+from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
+
+pytestmark = pytest.mark.lab
+
+SERVICES = {
+    "useragent": "pinhole.rpc.v1.UserAgent",
+    "proxy": "pinhole.rpc.v1.Proxy",
+    "natgw": "pinhole.rpc.v1.NatGateway",
+    "stunserver": "pinhole.rpc.v1.StunServer",
+}
+
+
+@pytest.fixture(scope="module")
+def clients(lab):
+    running, topology, _ = lab
+    clients = ServiceClients(running.run_dir, service_kinds(topology))
+    yield clients
+    clients.close()
+
+
+def test_reflection_lists_health_and_the_service(lab):
+    running, topology, _ = lab
+    for node, kind in service_kinds(topology).items():
+        with grpc.insecure_channel(f"unix:{socket_path(running.run_dir, node)}") as channel:
+            names = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"grpc.health.v1.Health", SERVICES[kind]} <= names, node
+
+
+def _error(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=10)
+    return info.value
+
+
+def test_natgw_rejects_a_short_mapping_timeout_and_unbuilt_behaviours(clients):
+    natgw = clients.stub("natgw")
+    error = _error(natgw.Configure, natgw_pb2.NatConfig(mapping_timeout_seconds=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "mapping_timeout_seconds: 30 is below the 120 s RFC 4787 REQ-5 requires" in error.details()
+    error = _error(natgw.Configure, natgw_pb2.NatConfig(filtering=natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    reply = natgw.Configure(natgw_pb2.NatConfig(), timeout=10)
+    assert reply.effective.mapping == natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT
+    assert reply.effective.filtering == natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT
+    assert reply.effective.mapping_timeout_seconds == 300 and "masquerade" in reply.ruleset
+
+
+def test_useragent_names_the_bad_field(clients):
+    alice = clients.stub("alice")
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="alice"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("aor:")
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(
+        aor="sip:alice@a.example", timers=useragent_pb2.Timers(dtls_initial_seconds=-1)))
+    assert error.details() == "timers.dtls_initial_seconds: must not be negative"
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", outbound_proxy="nowhere"))
+    assert error.details() == "outbound_proxy: expected host:port, got 'nowhere'"
+    error = _error(alice.GetCall, useragent_pb2.GetCallRequest(call_id="nope"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = _error(alice.PlaceCall, useragent_pb2.PlaceCallRequest(target="bob"))
+    assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def test_proxy_names_the_bad_route(clients):
+    error = _error(clients.stub("proxy-a").Configure,
+                   proxy_pb2.ProxyConfig(routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop="nope")]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "routes[0].next_hop: expected host:port, got 'nope'"
+
+
+def test_natgw_lists_mappings(clients, lab):
+    reply = clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest(), timeout=10)
+    assert all(m.external.ip for m in reply.mappings)

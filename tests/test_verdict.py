@@ -1,0 +1,103 @@
+"""The §7.3 verdict and ladder as pure functions of saved evidence (real runs, tests/data/evidence)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from pinhole.controller import ladder
+from pinhole.controller.verdict import judge
+
+DATA = Path(__file__).parent / "data" / "evidence"
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def failed(evidence: dict) -> dict[str, str]:
+    return {c.message: c.detail for c in judge(evidence).checks if not c.passed}
+
+
+def without(evidence: dict, predicate) -> dict:
+    changed = copy.deepcopy(evidence)
+    changed["events"] = [e for e in changed["events"] if not predicate(e)]
+    return changed
+
+
+def test_saved_section_7_3_run_passes_every_message():
+    result = judge(load("rfc5763-7.3"))
+    assert result.passed, result.render()
+    assert [c.message for c in result.checks] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12"]
+    assert all(c.rfc.startswith("RFC") for c in result.checks)
+
+
+def test_no_stun_check_fails_on_the_missing_check_and_what_follows():
+    failures = failed(load("no-stun-check"))
+    assert "Alice sent no STUN check" in failures["5"]
+    assert "dropped at the NAT" in failures["7"]
+    assert {"5", "6", "7", "10", "11b"} <= set(failures)
+    assert "1" not in failures and "3" not in failures, "the offer and the first drop were fine"
+
+
+def test_bad_fingerprint_fails_on_message_9():
+    failures = failed(load("bad-fingerprint"))
+    assert failures["9"].startswith("Alice tore the media session down")
+    assert "fingerprint" in failures["9"]
+    assert "10" in failures and "11b" in failures
+
+
+def test_nothing_dropped_is_not_the_section_7_3_flow():
+    evidence = without(load("rfc5763-7.3"), lambda e: e["kind"] == "nat.drop")
+    assert failed(evidence)["3"] == "the NAT dropped no ClientHello"
+
+
+def test_answer_with_actpass_is_rejected():
+    evidence = load("rfc5763-7.3")
+    for event in evidence["events"]:
+        if event["service"] == "alice" and event["kind"] == "sip.recv" and event["attrs"].get("sip.status_code") == "200":
+            event["attrs"]["sdp.setup"] = "actpass"
+    assert "must be active or passive" in failed(evidence)["4"]
+
+
+def test_two_check_transactions_are_not_a_single_check():
+    evidence = load("rfc5763-7.3")
+    check = next(e for e in evidence["events"] if e["kind"] == "stun.send" and e["attrs"].get("purpose") == "connectivity-check")
+    second = copy.deepcopy(check)
+    second["attrs"]["stun.transaction_id"] = "00" * 12
+    second["t"] += 0.001
+    evidence["events"].append(second)
+    assert "2 transactions" in failed(evidence)["5"]
+
+
+@pytest.mark.parametrize("receiver, message", [("alice", "10"), ("bob", "11b")])
+def test_authentication_failures_fail_the_media_direction(receiver, message):
+    evidence = load("rfc5763-7.3")
+    evidence["calls"][receiver]["media"]["srtp_auth_failed"] = "3"
+    assert "failed authentication" in failed(evidence)[message]
+
+
+def test_missing_ack_at_bob_fails_message_12_only():
+    evidence = without(load("rfc5763-7.3"), lambda e: e["service"] == "bob" and e["attrs"].get("sip.method") == "ACK")
+    assert set(failed(evidence)) == {"12"}
+
+
+def test_media_before_finished_is_not_judged():
+    """RFC 5763's figure puts media (10) before Finished (11a); the verdict must not require either order."""
+    evidence = load("rfc5763-7.3")
+    for event in evidence["events"]:
+        if event["kind"] == "srtp.first_received":
+            event["t"] -= 10
+    assert judge(evidence).passed
+
+
+def test_ladder_draws_the_drop_and_every_actor():
+    drawing = ladder.render(load("rfc5763-7.3"))
+    header = drawing.splitlines()[0]
+    for title in ("Alice", "NAT", "Proxy A", "Proxy B", "Bob"):
+        assert title in header
+    assert "X" in drawing and "ClientHello (re)" in drawing and "INVITE + SDP" in drawing
+    assert ladder.render({"events": []}) == "(no messages)"
