@@ -50,6 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result, out_dir = run(args.scenario, timers_name=args.timers, lab_name=args.lab, out_root=Path(args.out))
     print((out_dir / "ladder.txt").read_text())
     print(result.render())
+    measured = json.loads((out_dir / "evidence.json").read_text())["measurements"]
+    print("measured: " + ", ".join(f"{k} {v:.3f}" for k, v in measured.items()))
     print(f"artifacts: {out_dir}")
     return 0 if result.passed else 1
 

@@ -289,7 +289,10 @@ def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _media_times(events: list[dict[str, Any]], placed: float) -> dict[str, float]:
-    """INVITE to first SRTP packet decrypted, each way."""
+    """INVITE sent to the first SRTP packet decrypted, each way."""
+    invite = next((e for e in events if e["service"] == "alice" and e["kind"] == "sip.send"
+                   and e["attrs"].get("sip.method") == "INVITE"), None)
+    placed = invite["t"] if invite else placed
     out = {}
     for receiver, direction in (("alice", "bob_to_alice"), ("bob", "alice_to_bob")):
         first = next((e for e in events if e["service"] == receiver and e["kind"] == "srtp.first_received"), None)
