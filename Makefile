@@ -7,7 +7,7 @@ STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 GEN       := pinhole/rpc/v1/.generated
 
-.PHONY: setup run test unit e2e proto clean lab-up lab-down
+.PHONY: setup run test unit proto clean lab-up lab-down lint
 
 setup: $(STAMP_APT) $(STAMP_PIP) $(GEN)
 
@@ -54,3 +54,8 @@ lab-down: setup
 clean:
 	-@test -x $(PY) && $(PY) -c "from netns.lab import NetnsLab; print('removed:', NetnsLab.cleanup_stragglers())"
 	rm -rf out .pytest_cache
+
+## lint: ruff over the library, services, lab and tests
+lint: setup
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check pinhole services netns tests

@@ -126,7 +126,9 @@ class MediaSession(asyncio.DatagramProtocol):
             elif kind in (demux.PacketKind.RTP, demux.PacketKind.RTCP):
                 self._srtp_received(data, source, kind)
             else:
-                self._malformed(data, source, f"first byte {data[:1].hex() or 'none'} is not STUN, DTLS or RTP (RFC 7983)")
+                self._malformed(
+                    data, source, f"first byte {data[:1].hex() or 'none'} is not STUN, DTLS or RTP (RFC 7983)"
+                )
         except Exception as error:  # a bad packet must never take the session down
             log.exception("while handling a %s datagram", kind)
             self._malformed(data, source, f"{type(error).__name__}: {error}")
@@ -145,19 +147,34 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         attrs = {"stun.transaction_id": message.transaction_id.hex(), "stun.class": message.message_class.name.lower()}
         if message.message_class == stun.MessageClass.REQUEST and message.method == stun.Method.BINDING:
-            self.events.emit("stun.recv", self.call_id, attrs, peer=fmt(source), local=fmt(self.local_address),
-                             authenticated=message.has_message_integrity)
+            self.events.emit(
+                "stun.recv",
+                self.call_id,
+                attrs,
+                peer=fmt(source),
+                local=fmt(self.local_address),
+                authenticated=message.has_message_integrity,
+            )
             response = stun.encode(stun.binding_success(message, source, software="pinhole"))
             self.stats.stun_requests_answered += 1
-            self.events.emit("stun.send", self.call_id, {**attrs, "stun.class": "success_response",
-                                                         "stun.xor_mapped_address": fmt(source)},
-                             peer=fmt(source), local=fmt(self.local_address))
+            self.events.emit(
+                "stun.send",
+                self.call_id,
+                {**attrs, "stun.class": "success_response", "stun.xor_mapped_address": fmt(source)},
+                peer=fmt(source),
+                local=fmt(self.local_address),
+            )
             self._send(response, source)
             return
         entry = self._stun_transactions.get(message.transaction_id)
         mapped = message.xor_mapped_address
-        self.events.emit("stun.recv", self.call_id, {**attrs, "stun.xor_mapped_address": fmt(mapped)},
-                         peer=fmt(source), local=fmt(self.local_address))
+        self.events.emit(
+            "stun.recv",
+            self.call_id,
+            {**attrs, "stun.xor_mapped_address": fmt(mapped)},
+            peer=fmt(source),
+            local=fmt(self.local_address),
+        )
         if entry is None:
             return
         transaction, _, future = entry
@@ -184,9 +201,16 @@ class MediaSession(asyncio.DatagramProtocol):
 
     def _stun_send(self, tid: bytes, data: bytes, *, attempt: int, purpose: str) -> None:
         transaction, destination, future = self._stun_transactions[tid]
-        self.events.emit("stun.send", self.call_id, {"stun.transaction_id": tid.hex(), "stun.class": "request"},
-                         peer=fmt(destination), local=fmt(self.local_address), attempt=attempt, purpose=purpose,
-                         authenticated=False)
+        self.events.emit(
+            "stun.send",
+            self.call_id,
+            {"stun.transaction_id": tid.hex(), "stun.class": "request"},
+            peer=fmt(destination),
+            local=fmt(self.local_address),
+            attempt=attempt,
+            purpose=purpose,
+            authenticated=False,
+        )
         self._send(data, destination)
         deadline = transaction.next_deadline
         if deadline is not None:
@@ -230,8 +254,13 @@ class MediaSession(asyncio.DatagramProtocol):
             timer=self.timers.dtls,
             peer_fingerprints=self.peer_fingerprints,
         )
-        self.events.emit("dtls.start", self.call_id, role=role.value, peer=fmt(remote),
-                         local_fingerprint=self.certificate.fingerprint("sha-256"))
+        self.events.emit(
+            "dtls.start",
+            self.call_id,
+            role=role.value,
+            peer=fmt(remote),
+            local_fingerprint=self.certificate.fingerprint("sha-256"),
+        )
         self._dtls_output(self.endpoint.start(self._now()), cause="start")
 
     def set_remote(self, remote: Address) -> None:
@@ -246,13 +275,25 @@ class MediaSession(asyncio.DatagramProtocol):
     def _dtls_received(self, data: bytes, source: Address) -> None:
         description = dtls.describe(data)
         if self.endpoint is None:
-            self.events.emit("dtls.recv", self.call_id, description, peer=fmt(source), accepted=False,
-                             reason="no DTLS association for this flow yet")
+            self.events.emit(
+                "dtls.recv",
+                self.call_id,
+                description,
+                peer=fmt(source),
+                accepted=False,
+                reason="no DTLS association for this flow yet",
+            )
             return
         if self.remote is not None and source != self.remote:
             self.stats.unexpected_source += 1
-            self.events.emit("dtls.recv", self.call_id, description, peer=fmt(source), accepted=False,
-                             reason=f"not from the SDP address {fmt(self.remote)} (no latching)")
+            self.events.emit(
+                "dtls.recv",
+                self.call_id,
+                description,
+                peer=fmt(source),
+                accepted=False,
+                reason=f"not from the SDP address {fmt(self.remote)} (no latching)",
+            )
             return
         self.events.emit("dtls.recv", self.call_id, description, peer=fmt(source), local=fmt(self.local_address))
         if self.remote is None:
@@ -270,9 +311,15 @@ class MediaSession(asyncio.DatagramProtocol):
         for datagram in datagrams:
             if self.remote is None:
                 break
-            self.events.emit("dtls.send", self.call_id, dtls.describe(datagram), peer=fmt(self.remote),
-                             local=fmt(self.local_address), cause=cause,
-                             retransmission=cause == "timer")
+            self.events.emit(
+                "dtls.send",
+                self.call_id,
+                dtls.describe(datagram),
+                peer=fmt(self.remote),
+                local=fmt(self.local_address),
+                cause=cause,
+                retransmission=cause == "timer",
+            )
             self._send(datagram, self.remote)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
@@ -289,7 +336,8 @@ class MediaSession(asyncio.DatagramProtocol):
             self.srtp_session = srtp.SrtpSession(endpoint.srtp_keys())
             self.connected.set()
             self.events.emit(
-                "dtls.connected", self.call_id,
+                "dtls.connected",
+                self.call_id,
                 role=self.role.value if self.role else "",
                 profile=endpoint.selected_profile,
                 peer_fingerprint_verified=endpoint.fingerprint_verified,
@@ -300,8 +348,12 @@ class MediaSession(asyncio.DatagramProtocol):
             self._changed()
         elif endpoint.state == "failed" and not self.failed.is_set():
             self.failed.set()
-            self.events.emit("dtls.failed", self.call_id, reason=endpoint.failure_reason,
-                             peer_fingerprint=_sha256(endpoint.peer_certificate_der))
+            self.events.emit(
+                "dtls.failed",
+                self.call_id,
+                reason=endpoint.failure_reason,
+                peer_fingerprint=_sha256(endpoint.peer_certificate_der),
+            )
             self.teardown(f"DTLS failed: {endpoint.failure_reason}")
             self._changed()
 
@@ -311,8 +363,12 @@ class MediaSession(asyncio.DatagramProtocol):
         if self.srtp_session is None:
             self.stats.before_handshake += 1
             if self.stats.before_handshake == 1:
-                self.events.emit("srtp.dropped", self.call_id, peer=fmt(source),
-                                 reason="SRTP before the handshake completed (RFC 5764 §5.1)")
+                self.events.emit(
+                    "srtp.dropped",
+                    self.call_id,
+                    peer=fmt(source),
+                    reason="SRTP before the handshake completed (RFC 5764 §5.1)",
+                )
             return
         try:
             if kind == demux.PacketKind.RTCP:
@@ -328,8 +384,13 @@ class MediaSession(asyncio.DatagramProtocol):
         if self.stats.srtp_received == 1:
             self.stats.first_srtp_decrypted = time.time()
             packet = rtp.RtpPacket.decode(plain)
-            self.events.emit("srtp.first_received", self.call_id, {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
-                             peer=fmt(source), profile=self.endpoint.selected_profile if self.endpoint else "")
+            self.events.emit(
+                "srtp.first_received",
+                self.call_id,
+                {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
+                peer=fmt(source),
+                profile=self.endpoint.selected_profile if self.endpoint else "",
+            )
             self._changed()
 
     def start_media(self, packets: int, ptime: float = 0.02) -> None:
@@ -348,8 +409,13 @@ class MediaSession(asyncio.DatagramProtocol):
             self.stats.srtp_sent += 1
             if index == 0:
                 self.stats.first_srtp_sent = time.time()
-                self.events.emit("srtp.first_sent", self.call_id, {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
-                                 peer=fmt(self.remote), profile=self.endpoint.selected_profile if self.endpoint else "")
+                self.events.emit(
+                    "srtp.first_sent",
+                    self.call_id,
+                    {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
+                    peer=fmt(self.remote),
+                    profile=self.endpoint.selected_profile if self.endpoint else "",
+                )
             await asyncio.sleep(ptime)
         self.events.emit("srtp.sent", self.call_id, packets=self.stats.srtp_sent, peer=fmt(self.remote))
 
@@ -370,9 +436,13 @@ class MediaSession(asyncio.DatagramProtocol):
         if self._media_task is not None:
             self._media_task.cancel()
         self.events.emit(
-            "media.closed", self.call_id, reason=reason,
-            srtp_sent=self.stats.srtp_sent, srtp_received=self.stats.srtp_received,
-            srtp_auth_failed=self.stats.srtp_auth_failed, malformed=self.stats.malformed,
+            "media.closed",
+            self.call_id,
+            reason=reason,
+            srtp_sent=self.stats.srtp_sent,
+            srtp_received=self.stats.srtp_received,
+            srtp_auth_failed=self.stats.srtp_auth_failed,
+            malformed=self.stats.malformed,
         )
         if self.transport is not None:
             self.transport.close()

@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 
-
 def _namespaces(prefix: str) -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}

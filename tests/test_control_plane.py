@@ -7,7 +7,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from pinhole.controller.run import service_kinds
-from pinhole.controller.services import ServiceClients, socket_path
+from pinhole.controller.services import ServiceClients, channel
 from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
 
 pytestmark = pytest.mark.lab
@@ -31,8 +31,8 @@ def clients(lab):
 def test_reflection_lists_health_and_the_service(lab):
     running, topology, _ = lab
     for node, kind in service_kinds(topology).items():
-        with grpc.insecure_channel(f"unix:{socket_path(running.run_dir, node)}") as channel:
-            names = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        with channel(running.run_dir, node) as health_channel:
+            names = set(ProtoReflectionDescriptorDatabase(health_channel).get_services())
         assert {"grpc.health.v1.Health", SERVICES[kind]} <= names, node
 
 
@@ -59,8 +59,10 @@ def test_useragent_names_the_bad_field(clients):
     alice = clients.stub("alice")
     error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="alice"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("aor:")
-    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(
-        aor="sip:alice@a.example", timers=useragent_pb2.Timers(dtls_initial_seconds=-1)))
+    error = _error(
+        alice.Configure,
+        useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", timers=useragent_pb2.Timers(dtls_initial_seconds=-1)),
+    )
     assert error.details() == "timers.dtls_initial_seconds: must not be negative"
     error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", outbound_proxy="nowhere"))
     assert error.details() == "outbound_proxy: expected host:port, got 'nowhere'"
@@ -71,8 +73,10 @@ def test_useragent_names_the_bad_field(clients):
 
 
 def test_proxy_names_the_bad_route(clients):
-    error = _error(clients.stub("proxy-a").Configure,
-                   proxy_pb2.ProxyConfig(routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop="nope")]))
+    error = _error(
+        clients.stub("proxy-a").Configure,
+        proxy_pb2.ProxyConfig(routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop="nope")]),
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "routes[0].next_hop: expected host:port, got 'nope'"
 

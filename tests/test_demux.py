@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pinhole import stun
-from pinhole.dtls import Certificate, DtlsEndpoint, Role
 from pinhole.demux import PacketKind, classify, describe
+from pinhole.dtls import Certificate, DtlsEndpoint, Role
 from pinhole.rtp import RtpPacket, sender_report
 
 STUN_DATA = Path(__file__).parent / "data" / "stun"

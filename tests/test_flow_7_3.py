@@ -73,8 +73,11 @@ def test_without_stun_check_fails_naming_message_5(lab, tmp_path):
     assert "no STUN check" in _check(result, "5").detail
     assert not _check(result, "7").passed and "dropped at the NAT" in _check(result, "7").detail
     assert not _check(result, "10").passed and not _check(result, "11b").passed
-    drops = [e for e in evidence["events"] if e["kind"] == "nat.drop"
-             and "client_hello" in e["attrs"].get("dtls.handshake_types", "")]
+    drops = [
+        e
+        for e in evidence["events"]
+        if e["kind"] == "nat.drop" and "client_hello" in e["attrs"].get("dtls.handshake_types", "")
+    ]
     assert len(drops) >= 3, "Bob's ClientHello retransmissions keep dying at the NAT"
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import random
 import socket
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from netns.lab import in_netns
 from pinhole import stun
 from pinhole.controller.run import run, service_kinds
-from pinhole.controller.services import ServiceClients, socket_path
+from pinhole.controller.services import ServiceClients, channel
 from pinhole.rpc.v1 import events_pb2, natgw_pb2
 
 pytestmark = pytest.mark.lab
@@ -40,9 +39,11 @@ def garbage(seed: int, count: int = 200) -> list[bytes]:
 
 
 def options(host: str, port: int, call_id: str) -> bytes:
-    return (f"OPTIONS sip:probe@{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 0.0.0.0:9;rport;branch=z9hG4bK{call_id}\r\n"
-            f"Max-Forwards: 70\r\nTo: <sip:probe@{host}>\r\nFrom: <sip:probe@lab>;tag=p\r\nCall-ID: {call_id}\r\n"
-            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS sip:probe@{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 0.0.0.0:9;rport;branch=z9hG4bK{call_id}\r\n"
+        f"Max-Forwards: 70\r\nTo: <sip:probe@{host}>\r\nFrom: <sip:probe@lab>;tag=p\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def blast(ns: str, target: tuple[str, int], datagrams: list[bytes], probe: bytes, answers: bytes) -> bytes:
@@ -65,19 +66,35 @@ def test_garbage_at_every_service_is_counted_and_survived(lab, tmp_path):
     clients = ServiceClients(running.run_dir, service_kinds(topology))
     try:
         address = {name: node.addresses[0].split("/")[0] for name, node in topology.nodes.items() if node.addresses}
-        sip_targets = {"alice": ("alice", address["alice"]), "bob": ("bob", address["bob"]),
-                       "proxy-a": ("bob", address["proxy-a"]), "proxy-b": ("alice", address["proxy-b"])}
+        sip_targets = {
+            "alice": ("alice", address["alice"]),
+            "bob": ("bob", address["bob"]),
+            "proxy-a": ("bob", address["proxy-a"]),
+            "proxy-b": ("alice", address["proxy-b"]),
+        }
         for index, (service, (source, host)) in enumerate(sip_targets.items()):
             call_id = f"probe{index}"
-            answer = blast(running.ns(source), (host, 5060), garbage(index), options(host, 5060, call_id),
-                           answers=f"Call-ID: {call_id}".encode())
+            answer = blast(
+                running.ns(source),
+                (host, 5060),
+                garbage(index),
+                options(host, 5060, call_id),
+                answers=f"Call-ID: {call_id}".encode(),
+            )
             assert answer.startswith(b"SIP/2.0 "), service
-            counters = {c.name: c.value for c in clients.stub(service).GetCounters(events_pb2.CountersRequest()).counters}
+            counters = {
+                c.name: c.value for c in clients.stub(service).GetCounters(events_pb2.CountersRequest()).counters
+            }
             assert counters["sip_malformed"] >= len(MALFORMED_SIP), (service, counters)
 
         request = stun.binding_request()
-        answer = blast(running.ns("bob"), (address["stun"], 3478), garbage(10), stun.encode(request),
-                       answers=request.transaction_id)
+        answer = blast(
+            running.ns("bob"),
+            (address["stun"], 3478),
+            garbage(10),
+            stun.encode(request),
+            answers=request.transaction_id,
+        )
         assert stun.decode(answer).transaction_id == request.transaction_id
         counters = {c.name: c.value for c in clients.stub("stun").GetCounters(events_pb2.CountersRequest()).counters}
         assert counters["malformed"] >= 200
@@ -102,9 +119,9 @@ def test_garbage_at_every_service_is_counted_and_survived(lab, tmp_path):
         assert sorted(seen) == sorted(["other", "rtp", "dtls", "stun"])
 
         for node in service_kinds(topology):
-            channel = grpc.insecure_channel(f"unix:{socket_path(running.run_dir, node)}")
-            with channel:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            with channel(running.run_dir, node) as health_channel:
+                stub = health_pb2_grpc.HealthStub(health_channel)
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING, node
     finally:
         clients.close()

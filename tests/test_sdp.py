@@ -124,7 +124,8 @@ def test_round_trip_every_field() -> None:
         "v=0\r\no=- 1 2 IN IP6 2001:db8::1\r\ns=x\r\ni=info\r\nu=http://example.com/\r\ne=a@example.com\r\n"
         "e=b@example.com\r\np=+1 555\r\nc=IN IP6 2001:db8::1\r\nb=AS:64\r\nb=CT:128\r\nt=1 2\r\nr=7d 1h 0 25h\r\n"
         "t=3 4\r\nz=2882844526 -1h\r\nk=prompt\r\na=tool:x\r\na=recvonly\r\n"
-        "m=audio 49170/2 RTP/AVP 0\r\ni=voice\r\nc=IN IP6 2001:db8::2\r\nb=AS:32\r\nk=prompt\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=audio 49170/2 RTP/AVP 0\r\ni=voice\r\nc=IN IP6 2001:db8::2\r\nb=AS:32\r\nk=prompt\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
         "m=video 0 RTP/AVP 31\r\n"
     )
     sd = sdp.parse(text)

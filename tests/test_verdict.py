@@ -58,14 +58,20 @@ def test_nothing_dropped_is_not_the_section_7_3_flow():
 def test_answer_with_actpass_is_rejected():
     evidence = load("rfc5763-7.3")
     for event in evidence["events"]:
-        if event["service"] == "alice" and event["kind"] == "sip.recv" and event["attrs"].get("sip.status_code") == "200":
+        if (
+            event["service"] == "alice"
+            and event["kind"] == "sip.recv"
+            and event["attrs"].get("sip.status_code") == "200"
+        ):
             event["attrs"]["sdp.setup"] = "actpass"
     assert "must be active or passive" in failed(evidence)["4"]
 
 
 def test_two_check_transactions_are_not_a_single_check():
     evidence = load("rfc5763-7.3")
-    check = next(e for e in evidence["events"] if e["kind"] == "stun.send" and e["attrs"].get("purpose") == "connectivity-check")
+    check = next(
+        e for e in evidence["events"] if e["kind"] == "stun.send" and e["attrs"].get("purpose") == "connectivity-check"
+    )
     second = copy.deepcopy(check)
     second["attrs"]["stun.transaction_id"] = "00" * 12
     second["t"] += 0.001

@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 COLUMNS = ["alice", "natgw", "stun", "proxy-a", "proxy-b", "bob"]
-TITLES = {"alice": "Alice", "natgw": "NAT", "stun": "STUN srv", "proxy-a": "Proxy A", "proxy-b": "Proxy B", "bob": "Bob"}
+TITLES = {
+    "alice": "Alice",
+    "natgw": "NAT",
+    "stun": "STUN srv",
+    "proxy-a": "Proxy A",
+    "proxy-b": "Proxy B",
+    "bob": "Bob",
+}
 WIDTH = 16
 
 
@@ -42,8 +49,11 @@ def render(data: dict[str, Any]) -> str:
     """Render the call's arrows; `data` is the evidence dict (events, address map)."""
     where: dict[str, str] = data.get("address_map", {})
     events = sorted(data.get("events", []), key=lambda e: e["t"])
-    dropped = {(e["attrs"].get("source"), e["attrs"].get("dtls.record_sequence"), e["attrs"].get("stun.transaction_id"))
-               for e in events if e["kind"] == "nat.drop"}
+    dropped = {
+        (e["attrs"].get("source"), e["attrs"].get("dtls.record_sequence"), e["attrs"].get("stun.transaction_id"))
+        for e in events
+        if e["kind"] == "nat.drop"
+    }
     arrows = []
     for e in events:
         kind = e["kind"]

@@ -78,10 +78,18 @@ SCENARIOS = {
     s.name: s
     for s in [
         Scenario("rfc5763-7.3", "RFC 5763 §7.3: basic message flow with STUN check for the NAT case"),
-        Scenario("no-stun-check", "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
-                 expect_pass=False, alice={"stun_check": False}),
-        Scenario("bad-fingerprint", "negative control: Bob's answer carries a fingerprint that is not his certificate's",
-                 expect_pass=False, bob={"tamper_answer_fingerprint": True}),
+        Scenario(
+            "no-stun-check",
+            "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
+            expect_pass=False,
+            alice={"stun_check": False},
+        ),
+        Scenario(
+            "bad-fingerprint",
+            "negative control: Bob's answer carries a fingerprint that is not his certificate's",
+            expect_pass=False,
+            bob={"tamper_answer_fingerprint": True},
+        ),
     ]
 }
 
@@ -138,27 +146,55 @@ def _addr(topology: Any, node: str) -> str:
 def configure(clients: ServiceClients, topology: Any, scenario: Scenario, timers: Timers) -> None:
     """Put every service in the scenario's state (the defaults are those of §7.3)."""
     sip = lambda node: f"{_addr(topology, node)}:{topology.nodes[node].extra.get('sip_port', 5060)}"  # noqa: E731
-    clients.stub("natgw").Configure(natgw_pb2.NatConfig(
-        mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
-        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-        mapping_timeout_seconds=300))
-    clients.stub("proxy-a").Configure(proxy_pb2.ProxyConfig(
-        record_route=True, sip_t1_seconds=timers.sip_t1,
-        routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))]))
-    clients.stub("proxy-b").Configure(proxy_pb2.ProxyConfig(
-        record_route=True, sip_t1_seconds=timers.sip_t1,
-        routes=[proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob")),
-                proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a"))]))
+    clients.stub("natgw").Configure(
+        natgw_pb2.NatConfig(
+            mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+            filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+            mapping_timeout_seconds=300,
+        )
+    )
+    clients.stub("proxy-a").Configure(
+        proxy_pb2.ProxyConfig(
+            record_route=True,
+            sip_t1_seconds=timers.sip_t1,
+            routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))],
+        )
+    )
+    clients.stub("proxy-b").Configure(
+        proxy_pb2.ProxyConfig(
+            record_route=True,
+            sip_t1_seconds=timers.sip_t1,
+            routes=[
+                proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob")),
+                proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a")),
+            ],
+        )
+    )
     alice, bob = topology.nodes["alice"], topology.nodes["bob"]
     stun_node = topology.nodes[alice.extra["stun_server"]]
-    clients.stub("alice").Configure(useragent_pb2.UserAgentConfig(
-        aor="sip:alice@a.example", display_name="Alice", outbound_proxy=sip(alice.extra["proxy"]),
-        stun_server=f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
-        timers=timers.proto(), media_packets=MEDIA_PACKETS, **scenario.alice))
-    clients.stub("bob").Configure(useragent_pb2.UserAgentConfig(
-        aor="sip:bob@b.example", display_name="Bob", outbound_proxy=sip(bob.extra["proxy"]), auto_answer=True,
-        answer_setup=useragent_pb2.DTLS_SETUP_ACTIVE, timers=timers.proto(), media_packets=MEDIA_PACKETS,
-        **scenario.bob))
+    clients.stub("alice").Configure(
+        useragent_pb2.UserAgentConfig(
+            aor="sip:alice@a.example",
+            display_name="Alice",
+            outbound_proxy=sip(alice.extra["proxy"]),
+            stun_server=f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
+            timers=timers.proto(),
+            media_packets=MEDIA_PACKETS,
+            **scenario.alice,
+        )
+    )
+    clients.stub("bob").Configure(
+        useragent_pb2.UserAgentConfig(
+            aor="sip:bob@b.example",
+            display_name="Bob",
+            outbound_proxy=sip(bob.extra["proxy"]),
+            auto_answer=True,
+            answer_setup=useragent_pb2.DTLS_SETUP_ACTIVE,
+            timers=timers.proto(),
+            media_packets=MEDIA_PACKETS,
+            **scenario.bob,
+        )
+    )
 
 
 def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
@@ -230,14 +266,20 @@ def run(
         if not any(e["kind"] == "call.failed" for e in events):
             show.stage("hanging up")
             clients.stub("alice").HangUp(useragent_pb2.HangUpRequest(call_id=call_id))
-            collector.wait_for(lambda ev: _has(ev, "bob", "call.terminated") or _has(ev, "alice", "call.failed"),
-                               timeout=10 * timers.sip_t1 * 64)
+            collector.wait_for(
+                lambda ev: _has(ev, "bob", "call.terminated") or _has(ev, "alice", "call.failed"),
+                timeout=10 * timers.sip_t1 * 64,
+            )
         show.stage("collecting evidence")
-        calls = {ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
-                 for ua in ("alice", "bob")}
+        calls = {
+            ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
+            for ua in ("alice", "bob")
+        }
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
-        counters = {node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
-                    for node in service_kinds(topology)}
+        counters = {
+            node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
+            for node in service_kinds(topology)
+        }
     finally:
         collector.stop()
         if capture is not None:
@@ -284,14 +326,24 @@ def run(
 
 def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:
     ep = lambda e: f"{e.get('ip', '')}:{e.get('port', 0)}"  # noqa: E731
-    return {"internal": ep(m.get("internal", {})), "external": ep(m.get("external", {})),
-            "remote": ep(m.get("remote", {})), "timeout_seconds": m.get("timeout_seconds", 0)}
+    return {
+        "internal": ep(m.get("internal", {})),
+        "external": ep(m.get("external", {})),
+        "remote": ep(m.get("remote", {})),
+        "timeout_seconds": m.get("timeout_seconds", 0),
+    }
 
 
 def _media_times(events: list[dict[str, Any]], placed: float) -> dict[str, float]:
     """INVITE sent to the first SRTP packet decrypted, each way."""
-    invite = next((e for e in events if e["service"] == "alice" and e["kind"] == "sip.send"
-                   and e["attrs"].get("sip.method") == "INVITE"), None)
+    invite = next(
+        (
+            e
+            for e in events
+            if e["service"] == "alice" and e["kind"] == "sip.send" and e["attrs"].get("sip.method") == "INVITE"
+        ),
+        None,
+    )
     placed = invite["t"] if invite else placed
     out = {}
     for receiver, direction in (("alice", "bob_to_alice"), ("bob", "alice_to_bob")):

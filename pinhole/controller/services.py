@@ -33,6 +33,19 @@ STUBS = {
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# A service's socket appears only once it has started; without these gRPC backs off
+# exponentially (up to minutes) between connection attempts to a socket that is not there yet.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
+
+
+def channel(run_dir: Path, node: str) -> grpc.Channel:
+    return grpc.insecure_channel(f"unix:{socket_path(run_dir, node)}", options=CHANNEL_OPTIONS)
+
+
 def socket_path(run_dir: Path, node: str) -> Path:
     return run_dir / f"{node}.sock"
 
@@ -40,8 +53,15 @@ def socket_path(run_dir: Path, node: str) -> Path:
 def service_argv(node: Any, run_dir: Path) -> list[str]:
     """The command line of the service a topology node runs (see netns/topology.toml)."""
     address = node.addresses[0].split("/")[0]
-    argv = [sys.executable, "-m", f"services.{node.service}", "--name", node.name,
-            "--grpc", f"unix:{socket_path(run_dir, node.name)}"]
+    argv = [
+        sys.executable,
+        "-m",
+        f"services.{node.service}",
+        "--name",
+        node.name,
+        "--grpc",
+        f"unix:{socket_path(run_dir, node.name)}",
+    ]
     extra = node.extra
     if node.service in ("useragent", "proxy"):
         argv += ["--sip-listen", f"{address}:{extra.get('sip_port', 5060)}"]
@@ -51,9 +71,16 @@ def service_argv(node: Any, run_dir: Path) -> list[str]:
         argv += ["--listen", f"{address}:{extra.get('stun_port', 3478)}"]
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
-        argv += ["--lan-if", lan_if, "--wan-if", wan_if,
-                 "--wan-address", node.interfaces[wan_if][0].split("/")[0],
-                 "--lan-prefix", str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network)]
+        argv += [
+            "--lan-if",
+            lan_if,
+            "--wan-if",
+            wan_if,
+            "--wan-address",
+            node.interfaces[wan_if][0].split("/")[0],
+            "--lan-prefix",
+            str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network),
+        ]
     return argv
 
 
@@ -66,7 +93,9 @@ def start_services(lab: Any, topology: Any) -> dict[str, int]:
     for node in topology.nodes.values():
         if not getattr(node, "service", None):
             continue
-        process = lab.spawn(node.name, service_argv(node, lab.run_dir), log_path=lab.run_dir / f"{node.name}.log", env=env)
+        process = lab.spawn(
+            node.name, service_argv(node, lab.run_dir), log_path=lab.run_dir / f"{node.name}.log", env=env
+        )
         pids[node.name] = process.pid
     return pids
 
@@ -75,18 +104,21 @@ def wait_healthy(run_dir: Path, nodes: list[str], timeout: float = 60.0, pids: d
     """Block until every node's health service says SERVING (health Watch), or raise naming the laggards."""
     deadline = time.monotonic() + timeout
     for node in nodes:
-        channel = grpc.insecure_channel(f"unix:{socket_path(run_dir, node)}")
+        health_channel = channel(run_dir, node)
         try:
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub = health_pb2_grpc.HealthStub(health_channel)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"service {node} not SERVING after {timeout:.0f}s (see {run_dir / (node + '.log')})")
+                    raise TimeoutError(
+                        f"service {node} not SERVING after {timeout:.0f}s (see {run_dir / (node + '.log')})"
+                    )
                 if pids and node in pids and not Path(f"/proc/{pids[node]}").exists():
                     raise RuntimeError(f"service {node} exited during start-up (see {run_dir / (node + '.log')})")
                 try:
-                    for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""),
-                                            timeout=min(remaining, 2.0), wait_for_ready=True):
+                    for reply in stub.Watch(
+                        health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 2.0), wait_for_ready=True
+                    ):
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:
                             break
                     else:
@@ -96,7 +128,7 @@ def wait_healthy(run_dir: Path, nodes: list[str], timeout: float = 60.0, pids: d
                     if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
                         raise
         finally:
-            channel.close()
+            health_channel.close()
 
 
 @dataclass
@@ -109,7 +141,7 @@ class ServiceClients:
 
     def stub(self, node: str) -> Any:
         if node not in self.channels:
-            self.channels[node] = grpc.insecure_channel(f"unix:{socket_path(self.run_dir, node)}")
+            self.channels[node] = channel(self.run_dir, node)
         return STUBS[self.kinds[node]](self.channels[node])
 
     def close(self) -> None:

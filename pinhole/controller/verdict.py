@@ -239,7 +239,11 @@ def _m5(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append("carries USERNAME/MESSAGE-INTEGRITY")
     if problems:
         return False, "; ".join(problems), _t(first)
-    return True, f"transaction {a['stun.transaction_id']} from {a['local']} to {a['peer']}, {len(sends)} send(s)", _t(first)
+    return (
+        True,
+        f"transaction {a['stun.transaction_id']} from {a['local']} to {a['peer']}, {len(sends)} send(s)",
+        _t(first),
+    )
 
 
 @check("6", "Bob answers the check; Alice gets the response", "RFC 5763 §6.7.2, RFC 5389 §7.3")
@@ -280,11 +284,19 @@ def _m7(ev: Evidence) -> tuple[bool, str, float | None]:
         return False, "the retransmission changed the handshake message_seq", _t(arrived)
     check_at_bob = ev.first("bob", "stun.recv", **{"stun__class": "request"})
     after = f", {sent['t'] - check_at_bob['t']:.3f}s after the check reached Bob" if check_at_bob else ""
-    return True, (f"retransmission #{retransmissions.index(sent) + 1} (record seq {seq}, message_seq "
-                  f"{sent['attrs'].get('dtls.message_seq')}){after}"), _t(arrived)
+    return (
+        True,
+        (
+            f"retransmission #{retransmissions.index(sent) + 1} (record seq {seq}, message_seq "
+            f"{sent['attrs'].get('dtls.message_seq')}){after}"
+        ),
+        _t(arrived),
+    )
 
 
-@check("8", "Alice's flight 4: ServerHello with use_srtp, Certificate, CertificateRequest", "RFC 5764 §4.1.1, RFC 5763 §5")
+@check(
+    "8", "Alice's flight 4: ServerHello with use_srtp, Certificate, CertificateRequest", "RFC 5764 §4.1.1, RFC 5763 §5"
+)
 def _m8(ev: Evidence) -> tuple[bool, str, float | None]:
     flight = ev.first("alice", "dtls.send", **{"dtls__handshake_types": "~server_hello"})
     if flight is None:
@@ -326,8 +338,14 @@ def _m11a(ev: Evidence) -> tuple[bool, str, float | None]:
         return False, "the two sides exported different keying material", _t(b)
     if b["attrs"].get("peer_fingerprint_verified") != "True":
         return False, "Bob did not verify Alice's certificate against the offer", _t(b)
-    return True, (f"profile {a['attrs'].get('profile')}; exporter digests agree; "
-                  "Bob verified Alice's certificate against the offer"), max(a["t"], b["t"])
+    return (
+        True,
+        (
+            f"profile {a['attrs'].get('profile')}; exporter digests agree; "
+            "Bob verified Alice's certificate against the offer"
+        ),
+        max(a["t"], b["t"]),
+    )
 
 
 @check("11b", "SRTP from Alice decrypted by Bob (server_write keys)", "RFC 5764 §4.2")

@@ -43,8 +43,17 @@ MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
 class NatGateway:
     """The kernel NAT of this namespace and what it was seen to drop."""
 
-    def __init__(self, *, lan_if: str, wan_if: str, wan_address: str, lan_prefix: str, log_group: int,
-                 events: EventLog, counters: Counters) -> None:
+    def __init__(
+        self,
+        *,
+        lan_if: str,
+        wan_if: str,
+        wan_address: str,
+        lan_prefix: str,
+        log_group: int,
+        events: EventLog,
+        counters: Counters,
+    ) -> None:
         self.lan_if, self.wan_if, self.wan_address, self.lan_prefix = lan_if, wan_if, wan_address, lan_prefix
         self.log_group = log_group
         self.events, self.counters = events, counters
@@ -55,13 +64,23 @@ class NatGateway:
         self.reader: NflogReader | None = None
 
     def apply(self, behaviour: ruleset.NatBehaviour) -> str:
-        script = ruleset.render(behaviour, lan_if=self.lan_if, wan_if=self.wan_if, wan_address=self.wan_address,
-                                lan_prefix=self.lan_prefix, log_group=self.log_group)
+        script = ruleset.render(
+            behaviour,
+            lan_if=self.lan_if,
+            wan_if=self.wan_if,
+            wan_address=self.wan_address,
+            lan_prefix=self.lan_prefix,
+            log_group=self.log_group,
+        )
         ruleset.apply(script)
         ruleset.set_mapping_timeout(behaviour.mapping_timeout)
         self.behaviour, self.script = behaviour, script
-        self.events.emit("nat.configured", mapping=behaviour.mapping.value, filtering=behaviour.filtering.value,
-                         mapping_timeout=behaviour.mapping_timeout)
+        self.events.emit(
+            "nat.configured",
+            mapping=behaviour.mapping.value,
+            filtering=behaviour.filtering.value,
+            mapping_timeout=behaviour.mapping_timeout,
+        )
         return script
 
     def start_observing(self) -> None:
@@ -81,8 +100,9 @@ class NatGateway:
         when = packet.timestamp or time.time()
         if udp is None:
             self.counters["dropped_inbound_non_udp"] += 1
-            self.events.emit("nat.drop", hook=hook, classification="other", detail="non-UDP packet",
-                             size=len(packet.payload))
+            self.events.emit(
+                "nat.drop", hook=hook, classification="other", detail="non-UDP packet", size=len(packet.payload)
+            )
             return
         description = demux.describe(udp.payload)
         classification = description.get("kind", "unknown")
@@ -91,16 +111,27 @@ class NatGateway:
         self.counters[f"dropped_inbound_{classification}"] += 1
         source, destination = f"{udp.src[0]}:{udp.src[1]}", f"{udp.dst[0]}:{udp.dst[1]}"
         drop = natgw_pb2.DroppedPacket(
-            time_unix_nano=int(when * 1e9), hook=hook,
+            time_unix_nano=int(when * 1e9),
+            hook=hook,
             source=natgw_pb2.Endpoint(ip=udp.src[0], port=udp.src[1]),
             destination=natgw_pb2.Endpoint(ip=udp.dst[0], port=udp.dst[1]),
-            protocol="udp", classification=classification, detail=description.get("summary", ""),
+            protocol="udp",
+            classification=classification,
+            detail=description.get("summary", ""),
             attributes=description,
         )
         self.drops.append(drop)
         del self.drops[:-10_000]
-        self.events.emit("nat.drop", "", description, hook=hook, source=source, destination=destination,
-                         classification=classification, detail=description.get("summary", ""))
+        self.events.emit(
+            "nat.drop",
+            "",
+            description,
+            hook=hook,
+            source=source,
+            destination=destination,
+            classification=classification,
+            detail=description.get("summary", ""),
+        )
         for queue in self._watchers:
             queue.put_nowait(drop)
 
@@ -140,11 +171,13 @@ class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filtering: unknown value {request.filtering}")
         timeout = request.mapping_timeout_seconds or 300
         if timeout < MIN_MAPPING_TIMEOUT:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s "
-                                "RFC 4787 REQ-5 requires")
-        behaviour = ruleset.NatBehaviour(mapping=MAPPINGS[request.mapping], filtering=FILTERINGS[request.filtering],
-                                         mapping_timeout=timeout)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires",
+            )
+        behaviour = ruleset.NatBehaviour(
+            mapping=MAPPINGS[request.mapping], filtering=FILTERINGS[request.filtering], mapping_timeout=timeout
+        )
         try:
             script = self.gateway.apply(behaviour)
         except NotImplementedError as error:
@@ -155,10 +188,18 @@ class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
 
     async def ListMappings(self, request, context):  # noqa: N802
         mappings = await asyncio.to_thread(conntrack.list_udp_mappings, self.gateway.wan_address)
-        return natgw_pb2.ListMappingsReply(mappings=[
-            natgw_pb2.NatMappingEntry(internal=_endpoint(m.internal), external=_endpoint(m.external),
-                                      remote=_endpoint(m.remote), timeout_seconds=m.timeout, assured=m.assured)
-            for m in mappings])
+        return natgw_pb2.ListMappingsReply(
+            mappings=[
+                natgw_pb2.NatMappingEntry(
+                    internal=_endpoint(m.internal),
+                    external=_endpoint(m.external),
+                    remote=_endpoint(m.remote),
+                    timeout_seconds=m.timeout,
+                    assured=m.assured,
+                )
+                for m in mappings
+            ]
+        )
 
     async def GetCounters(self, request, context):  # noqa: N802
         counters = Counters(self.gateway.counters)
@@ -195,8 +236,15 @@ async def main() -> None:
     ipaddress.ip_address(args.wan_address)
     ipaddress.ip_network(args.lan_prefix)
     events, counters = EventLog(args.name), Counters()
-    gateway = NatGateway(lan_if=args.lan_if, wan_if=args.wan_if, wan_address=args.wan_address,
-                         lan_prefix=args.lan_prefix, log_group=args.log_group, events=events, counters=counters)
+    gateway = NatGateway(
+        lan_if=args.lan_if,
+        wan_if=args.wan_if,
+        wan_address=args.wan_address,
+        lan_prefix=args.lan_prefix,
+        log_group=args.log_group,
+        events=events,
+        counters=counters,
+    )
     gateway.start_observing()
     gateway.apply(ruleset.NatBehaviour())
     events.emit("service.started", wan_address=args.wan_address, lan_prefix=args.lan_prefix)
@@ -205,8 +253,9 @@ async def main() -> None:
     async def stop() -> None:
         gateway.close()
 
-    await serve(args.grpc, [(natgw_pb2_grpc.add_NatGatewayServicer_to_server, NatGatewayServicer(gateway), name)],
-                on_stop=stop)
+    await serve(
+        args.grpc, [(natgw_pb2_grpc.add_NatGatewayServicer_to_server, NatGatewayServicer(gateway), name)], on_stop=stop
+    )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ conntrack tool in the calling thread's network namespace, or in `netns` when giv
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import shutil
-import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from services.natgw.kernel import run_tool
 
 __all__ = [
     "ConntrackError",
@@ -91,28 +89,8 @@ def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
     return out
 
 
-@contextlib.contextmanager
-def _namespace(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-        return
-    from netns.lab import in_netns  # only callers outside the namespace (tests, controller)
-
-    with in_netns(netns):
-        yield
-
-
 def _conntrack(args: list[str], netns: str | None) -> str:
-    tool = shutil.which("conntrack")
-    if tool is None:
-        raise ConntrackError("conntrack (conntrack-tools) is not installed")
-    with _namespace(netns):
-        result = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ConntrackError(
-            f"conntrack {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-        )
-    return result.stdout
+    return run_tool("conntrack", args, netns=netns, error=ConntrackError, package="conntrack-tools")
 
 
 def list_udp_mappings(wan_address: str, *, netns: str | None = None) -> list[NatMapping]:

@@ -14,17 +14,17 @@ the network namespace of the calling thread, or on `netns` when given.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from services.natgw.kernel import in_namespace, run_tool
 
 __all__ = [
     "COUNTERS",
@@ -225,29 +225,8 @@ def drop_hook(prefix: str) -> str | None:
 # --------------------------------------------------------------------------- kernel side
 
 
-@contextlib.contextmanager
-def _namespace(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-        return
-    from netns.lab import in_netns  # only callers outside the namespace (tests, controller)
-
-    with in_netns(netns):
-        yield
-
-
 def _nft(args: list[str], script: str | None, netns: str | None) -> str:
-    nft = shutil.which("nft")
-    if nft is None:
-        raise NftError("nft (nftables) is not installed")
-    with _namespace(netns):
-        result = subprocess.run(
-            [nft, *args], input=script, capture_output=True, text=True, check=False
-        )
-    if result.returncode != 0:
-        command = " ".join(["nft", *args])
-        raise NftError(f"{command} failed ({result.returncode}): {result.stderr.strip()}")
-    return result.stdout
+    return run_tool("nft", args, netns=netns, error=NftError, stdin=script, package="nftables")
 
 
 def apply(script: str, *, netns: str | None = None) -> None:
@@ -297,7 +276,7 @@ def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> None:
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
         raise RulesetError(f"mapping timeout {seconds!r} is not a positive integer")
-    with _namespace(netns):
+    with in_namespace(netns):
         _ensure_conntrack()
         for name in UDP_TIMEOUT_SYSCTLS:
             try:
@@ -308,7 +287,7 @@ def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> None:
 
 def get_mapping_timeout(*, netns: str | None = None) -> dict[str, int]:
     """The current UDP conntrack timeouts, {sysctl name: seconds}."""
-    with _namespace(netns):
+    with in_namespace(netns):
         _ensure_conntrack()
         return {name: int((SYSCTL_DIR / name).read_text()) for name in UDP_TIMEOUT_SYSCTLS}
 

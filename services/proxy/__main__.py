@@ -43,8 +43,9 @@ class ProxyServicer(proxy_pb2_grpc.ProxyServicer):
             self.endpoint.timers = SipTimers.scaled(request.sip_t1_seconds)
         self.proxy.routes = routes
         self.proxy.record_route = request.record_route
-        self.config = proxy_pb2.ProxyConfig(routes=request.routes, record_route=request.record_route,
-                                            sip_t1_seconds=self.endpoint.timers.t1)
+        self.config = proxy_pb2.ProxyConfig(
+            routes=request.routes, record_route=request.record_route, sip_t1_seconds=self.endpoint.timers.t1
+        )
         self.events.emit("proxy.configured", routes=len(routes), record_route=request.record_route)
         return proxy_pb2.ProxyConfigReply(effective=self.config)
 
@@ -83,15 +84,22 @@ async def main() -> None:
         assert proxy is not None
         proxy.handle(transaction)
 
-    endpoint = await SipEndpoint.create((host, port), on_request=on_request, on_message=on_message,
-                                        on_malformed=on_malformed)
-    proxy = StatefulProxy(endpoint, name=args.name, routes=[],
-                          on_event=lambda kind, attrs: events.emit(kind, attrs.pop("call_id", ""), attrs))
+    endpoint = await SipEndpoint.create(
+        (host, port), on_request=on_request, on_message=on_message, on_malformed=on_malformed
+    )
+    proxy = StatefulProxy(
+        endpoint,
+        name=args.name,
+        routes=[],
+        on_event=lambda kind, attrs: events.emit(kind, attrs.pop("call_id", ""), attrs),
+    )
     events.emit("service.started", sip=args.sip_listen)
     name = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name
     try:
-        await serve(args.grpc, [(proxy_pb2_grpc.add_ProxyServicer_to_server,
-                                 ProxyServicer(proxy, endpoint, events, counters), name)])
+        await serve(
+            args.grpc,
+            [(proxy_pb2_grpc.add_ProxyServicer_to_server, ProxyServicer(proxy, endpoint, events, counters), name)],
+        )
     finally:
         endpoint.close()
 

@@ -54,8 +54,9 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         srtp_profiles=tuple(request.srtp_profiles) or AgentConfig.srtp_profiles,
         sip_timers=SipTimers.scaled(t.sip_t1_seconds) if t.sip_t1_seconds else SipTimers(),
         media_timers=MediaTimers(
-            dtls=dtls.RetransmitTimer(initial=initial, maximum=maximum,
-                                      max_transmissions=t.dtls_max_transmissions or 8),
+            dtls=dtls.RetransmitTimer(
+                initial=initial, maximum=maximum, max_transmissions=t.dtls_max_transmissions or 8
+            ),
             stun_rto=t.stun_rto_seconds or 0.5,
         ),
         media_packets=request.media_packets or 50,
@@ -63,27 +64,40 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
 
 
 def call_status(call: Call) -> useragent_pb2.CallStatus:
-    status = useragent_pb2.CallStatus(call_id=call.call_id, state=call.state, reason=call.reason,
-                                      direction=call.direction, invite_time=call.invite_time)
+    status = useragent_pb2.CallStatus(
+        call_id=call.call_id,
+        state=call.state,
+        reason=call.reason,
+        direction=call.direction,
+        invite_time=call.invite_time,
+    )
     media = call.media
     if media is None:
         return status
     s, endpoint = media.stats, media.endpoint
-    status.media.CopyFrom(useragent_pb2.MediaStats(
-        profile=(endpoint.selected_profile or "") if endpoint else "",
-        dtls_role=media.role.value if media.role else "",
-        local_fingerprint_sent=True,
-        peer_fingerprint_verified=bool(endpoint and endpoint.fingerprint_verified),
-        dtls_state=endpoint.state if endpoint else "",
-        dtls_failure=(endpoint.failure_reason or "") if endpoint else "",
-        handshake_started=_wall(endpoint.handshake_started_at if endpoint else None),
-        handshake_completed=_wall(endpoint.handshake_completed_at if endpoint else None),
-        srtp_sent=s.srtp_sent, srtp_received=s.srtp_received, srtp_auth_failed=s.srtp_auth_failed,
-        dtls_retransmissions=endpoint.retransmissions if endpoint else 0,
-        first_srtp_decrypted=s.first_srtp_decrypted, first_srtp_sent=s.first_srtp_sent,
-        stun_checks_sent=s.stun_checks_sent, stun_requests_answered=s.stun_requests_answered,
-        local_media=fmt(call.advertised), remote_media=fmt(call.remote_media), malformed=s.malformed,
-    ))
+    status.media.CopyFrom(
+        useragent_pb2.MediaStats(
+            profile=(endpoint.selected_profile or "") if endpoint else "",
+            dtls_role=media.role.value if media.role else "",
+            local_fingerprint_sent=True,
+            peer_fingerprint_verified=bool(endpoint and endpoint.fingerprint_verified),
+            dtls_state=endpoint.state if endpoint else "",
+            dtls_failure=(endpoint.failure_reason or "") if endpoint else "",
+            handshake_started=_wall(endpoint.handshake_started_at if endpoint else None),
+            handshake_completed=_wall(endpoint.handshake_completed_at if endpoint else None),
+            srtp_sent=s.srtp_sent,
+            srtp_received=s.srtp_received,
+            srtp_auth_failed=s.srtp_auth_failed,
+            dtls_retransmissions=endpoint.retransmissions if endpoint else 0,
+            first_srtp_decrypted=s.first_srtp_decrypted,
+            first_srtp_sent=s.first_srtp_sent,
+            stun_checks_sent=s.stun_checks_sent,
+            stun_requests_answered=s.stun_requests_answered,
+            local_media=fmt(call.advertised),
+            remote_media=fmt(call.remote_media),
+            malformed=s.malformed,
+        )
+    )
     return status
 
 
@@ -111,7 +125,9 @@ class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
         if not self.agent.config.aor:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "Configure the user agent (aor) first")
         if not request.target.startswith("sip:"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target: expected a sip: URI, got {request.target!r}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"target: expected a sip: URI, got {request.target!r}"
+            )
         try:
             call_id = await self.agent.place_call(request.target)
         except ConfigError as error:
@@ -157,16 +173,22 @@ async def main() -> None:
     parser.add_argument("--media-ip", required=True, help="local address for media sockets")
     args = parser.parse_args()
     setup_logging(args.log_level, args.name)
-    agent = UserAgent(name=args.name, sip_address=parse_hostport(args.sip_listen, "--sip-listen"),
-                      media_ip=args.media_ip, events=EventLog(args.name), counters=Counters())
+    agent = UserAgent(
+        name=args.name,
+        sip_address=parse_hostport(args.sip_listen, "--sip-listen"),
+        media_ip=args.media_ip,
+        events=EventLog(args.name),
+        counters=Counters(),
+    )
     await agent.start()
     name = useragent_pb2.DESCRIPTOR.services_by_name["UserAgent"].full_name
 
     async def stop() -> None:
         agent.close()
 
-    await serve(args.grpc, [(useragent_pb2_grpc.add_UserAgentServicer_to_server, UserAgentServicer(agent), name)],
-                on_stop=stop)
+    await serve(
+        args.grpc, [(useragent_pb2_grpc.add_UserAgentServicer_to_server, UserAgentServicer(agent), name)], on_stop=stop
+    )
 
 
 if __name__ == "__main__":

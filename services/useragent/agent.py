@@ -83,8 +83,7 @@ class Call:
 class UserAgent:
     """A SIP UA whose calls carry one DTLS-SRTP audio flow each (rtcp-mux)."""
 
-    def __init__(self, *, name: str, sip_address: Address, media_ip: str, events: EventLog,
-                 counters: Counters) -> None:
+    def __init__(self, *, name: str, sip_address: Address, media_ip: str, events: EventLog, counters: Counters) -> None:
         self.name = name
         self.sip_address = sip_address
         self.media_ip = media_ip
@@ -101,10 +100,16 @@ class UserAgent:
 
     async def start(self) -> None:
         self.endpoint = await SipEndpoint.create(
-            self.sip_address, timers=self.config.sip_timers, on_request=self._on_request,
-            on_message=self._on_sip_message, on_malformed=self._on_malformed, on_stun=self._on_sip_stun)
-        self.events.emit("service.started", sip=fmt(self.sip_address),
-                         fingerprint=self.certificate.fingerprint("sha-256"))
+            self.sip_address,
+            timers=self.config.sip_timers,
+            on_request=self._on_request,
+            on_message=self._on_sip_message,
+            on_malformed=self._on_malformed,
+            on_stun=self._on_sip_stun,
+        )
+        self.events.emit(
+            "service.started", sip=fmt(self.sip_address), fingerprint=self.certificate.fingerprint("sha-256")
+        )
 
     def close(self) -> None:
         for call in self.calls.values():
@@ -122,8 +127,13 @@ class UserAgent:
         self.config = config
         if self.endpoint is not None:
             self.endpoint.timers = config.sip_timers
-        self.events.emit("ua.configured", aor=config.aor, stun_check=config.stun_check,
-                         answer_setup=config.answer_setup.value, tamper=config.tamper_answer_fingerprint)
+        self.events.emit(
+            "ua.configured",
+            aor=config.aor,
+            stun_check=config.stun_check,
+            answer_setup=config.answer_setup.value,
+            tamper=config.tamper_answer_fingerprint,
+        )
 
     # -- evidence ---------------------------------------------------------------------------------
 
@@ -144,10 +154,17 @@ class UserAgent:
             self.counters["sip_socket_stun_malformed"] += 1
             self._on_malformed(data, peer, f"STUN: {error}")
             return
-        self.events.emit("stun.recv", "", {"stun.transaction_id": message.transaction_id.hex(),
-                                           "stun.class": message.message_class.name.lower(),
-                                           "stun.xor_mapped_address": fmt(message.xor_mapped_address)},
-                         peer=fmt(peer), local=fmt(self.sip_address))
+        self.events.emit(
+            "stun.recv",
+            "",
+            {
+                "stun.transaction_id": message.transaction_id.hex(),
+                "stun.class": message.message_class.name.lower(),
+                "stun.xor_mapped_address": fmt(message.xor_mapped_address),
+            },
+            peer=fmt(peer),
+            local=fmt(self.sip_address),
+        )
         future = self._sip_stun.pop(message.transaction_id, None)
         if future is not None and not future.done() and message.xor_mapped_address is not None:
             future.set_result(message.xor_mapped_address)
@@ -163,10 +180,16 @@ class UserAgent:
         data: bytes | None = transaction.start(loop.time())
         while data is not None:
             if data:
-                self.events.emit("stun.send", "", {"stun.transaction_id": request.transaction_id.hex(),
-                                                   "stun.class": "request"}, peer=fmt(self.config.stun_server),
-                                 local=fmt(self.sip_address), purpose="sip-reflexive-address", authenticated=False,
-                                 attempt=len(transaction.sends))
+                self.events.emit(
+                    "stun.send",
+                    "",
+                    {"stun.transaction_id": request.transaction_id.hex(), "stun.class": "request"},
+                    peer=fmt(self.config.stun_server),
+                    local=fmt(self.sip_address),
+                    purpose="sip-reflexive-address",
+                    authenticated=False,
+                    attempt=len(transaction.sends),
+                )
                 self.endpoint.send_raw(data, self.config.stun_server)
             deadline = transaction.next_deadline
             try:
@@ -194,9 +217,13 @@ class UserAgent:
                 self.sip_reflexive = await self._learn_sip_reflexive()
         call.advertised = advertised
         self.events.emit("media.open", call.call_id, local=fmt(media.local_address), advertised=fmt(advertised))
-        offer = sdp.build_offer(address=advertised[0], port=advertised[1],
-                                fingerprints=[self._fingerprint()], session_id=int(time.time()),
-                                username=self._user())
+        offer = sdp.build_offer(
+            address=advertised[0],
+            port=advertised[1],
+            fingerprints=[self._fingerprint()],
+            session_id=int(time.time()),
+            username=self._user(),
+        )
         invite = self._new_request("INVITE", target, call.call_id, body=sdp.serialize(offer).encode())
         call.invite_time = time.time()
         asyncio.get_running_loop().create_task(self._run_invite(call, invite))
@@ -293,8 +320,13 @@ class UserAgent:
 
     def _on_request(self, transaction: ServerTransaction) -> None:
         request = transaction.request
-        handler = {"INVITE": self._on_invite, "BYE": self._on_bye, "ACK": self._on_ack,
-                   "OPTIONS": self._on_options, "CANCEL": self._on_cancel}.get(request.method)
+        handler = {
+            "INVITE": self._on_invite,
+            "BYE": self._on_bye,
+            "ACK": self._on_ack,
+            "OPTIONS": self._on_options,
+            "CANCEL": self._on_cancel,
+        }.get(request.method)
         if handler is None:
             response = make_response(request, 405, "Method Not Allowed")
             response.headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")
@@ -309,7 +341,9 @@ class UserAgent:
             log.exception("handling %s failed", transaction.request.method)
             self.counters["handler_errors"] += 1
             if transaction.request.method != "ACK":
-                transaction.respond(make_response(transaction.request, 500, f"Server Internal Error ({type(error).__name__})"))
+                transaction.respond(
+                    make_response(transaction.request, 500, f"Server Internal Error ({type(error).__name__})")
+                )
 
     async def _on_options(self, transaction: ServerTransaction) -> None:
         transaction.respond(make_response(transaction.request, 200, "OK"))
@@ -348,11 +382,21 @@ class UserAgent:
         fingerprint = self._fingerprint()
         if self.config.tamper_answer_fingerprint:
             fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
-            self.events.emit("sdp.tampered", call_id, reason="negative control: answer fingerprint is not ours",
-                             fingerprint=str(fingerprint))
-        answer = sdp.build_answer(sdp.parse(request.body), address=call.advertised[0], port=call.advertised[1],
-                                  fingerprints=[fingerprint], session_id=int(time.time()), username=self._user(),
-                                  setup=setup)
+            self.events.emit(
+                "sdp.tampered",
+                call_id,
+                reason="negative control: answer fingerprint is not ours",
+                fingerprint=str(fingerprint),
+            )
+        answer = sdp.build_answer(
+            sdp.parse(request.body),
+            address=call.advertised[0],
+            port=call.advertised[1],
+            fingerprints=[fingerprint],
+            session_id=int(time.time()),
+            username=self._user(),
+            setup=setup,
+        )
         ok = make_response(request, 200, "OK", to_tag=to_tag)
         ok.headers.add("Contact", self._contact())
         ok.headers.add("Content-Type", "application/sdp")
@@ -360,8 +404,9 @@ class UserAgent:
         call.dialog = Dialog.from_uas(request, to_tag, self._contact())
         transaction.respond(ok)
         assert self.endpoint is not None
-        call.ok_retransmitter = retransmit_2xx(self.endpoint, ok, transaction.response_destination(),
-                                               self.endpoint.timers)
+        call.ok_retransmitter = retransmit_2xx(
+            self.endpoint, ok, transaction.response_destination(), self.endpoint.timers
+        )
         self._set_state(call, "established")
         media.start_media(self.config.media_packets)
 
@@ -382,7 +427,9 @@ class UserAgent:
     async def _on_cancel(self, transaction: ServerTransaction) -> None:
         request = transaction.request
         call = self.calls.get(request.call_id)
-        transaction.respond(make_response(request, 200 if call else 481, "OK" if call else "Call/Transaction Does Not Exist"))
+        transaction.respond(
+            make_response(request, 200 if call else 481, "OK" if call else "Call/Transaction Does Not Exist")
+        )
 
     # -- hanging up -------------------------------------------------------------------------------
 
@@ -407,9 +454,14 @@ class UserAgent:
 
     async def _open_media(self, call: Call) -> MediaSession:
         call.media = await MediaSession.open(
-            self.media_ip, certificate=self.certificate, events=self.events, call_id=call.call_id,
-            timers=self.config.media_timers, srtp_profiles=self.config.srtp_profiles,
-            on_change=lambda media: self._media_changed(call, media))
+            self.media_ip,
+            certificate=self.certificate,
+            events=self.events,
+            call_id=call.call_id,
+            timers=self.config.media_timers,
+            srtp_profiles=self.config.srtp_profiles,
+            on_change=lambda media: self._media_changed(call, media),
+        )
         return call.media
 
     def _media_changed(self, call: Call, media: MediaSession) -> None:
@@ -447,4 +499,3 @@ class UserAgent:
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
         call.ended.set()
-

@@ -1,0 +1,45 @@
+"""Running the kernel's NAT tools (nft, conntrack) in the gateway's network namespace.
+
+The service itself runs inside that namespace (`netns=None`); tests and the controller pass the
+namespace name and enter it for the call only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def in_namespace(netns: str | None) -> Iterator[None]:
+    if netns is None:
+        yield
+        return
+    from netns.lab import (
+        in_netns,  # only callers outside the namespace (tests, controller)
+    )
+
+    with in_netns(netns):
+        yield
+
+
+def run_tool(
+    tool: str,
+    args: list[str],
+    *,
+    netns: str | None,
+    error: type[Exception],
+    stdin: str | None = None,
+    package: str = "",
+) -> str:
+    """Run `tool args` (inside `netns`), returning stdout; failures raise `error` with the tool's stderr."""
+    path = shutil.which(tool)
+    if path is None:
+        raise error(f"{tool} ({package or tool}) is not installed")
+    with in_namespace(netns):
+        result = subprocess.run([path, *args], input=stdin, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise error(f"{tool} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
