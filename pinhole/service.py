@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pinhole.events import Counters, EventLog
+
 log = logging.getLogger(__name__)
 
 
@@ -83,3 +85,22 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what}: expected host:port, got {value!r}")
     return host, int(port)
+
+
+class EvidenceServicer:
+    """The evidence RPCs every service has: WatchEvents and GetCounters.
+
+    Mixed in before the generated servicer base, so these override its UNIMPLEMENTED stubs.
+    """
+
+    events: EventLog
+
+    async def collect_counters(self) -> Counters:
+        raise NotImplementedError
+
+    async def WatchEvents(self, request, context):  # noqa: N802 (gRPC method name)
+        async for event in self.events.follow(request.after_sequence, request.follow):
+            yield event
+
+    async def GetCounters(self, request, context):  # noqa: N802
+        return (await self.collect_counters()).as_reply()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from pinhole.controller.run import service_kinds
-from pinhole.controller.services import ServiceClients, channel
+from pinhole.controller.run import TIMERS, Scenario, configure, service_kinds
+from pinhole.controller.services import EventCollector, ServiceClients, channel
 from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
 
 pytestmark = pytest.mark.lab
@@ -84,3 +86,41 @@ def test_proxy_names_the_bad_route(clients):
 def test_natgw_lists_mappings(clients, lab):
     reply = clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest(), timeout=10)
     assert all(m.external.ip for m in reply.mappings)
+
+
+def _seen(collector, service: str, kind: str, timeout: float = 15.0) -> bool:
+    return collector.wait_for(lambda ev: any(e["service"] == service and e["kind"] == kind for e in ev), timeout)
+
+
+def test_manual_answer_and_decline(lab, clients):
+    """With auto_answer off, Bob rings until Answer; HangUp on a ringing call declines it (603)."""
+    _, topology, _ = lab
+    configure(clients, topology, Scenario("manual", "", bob={"auto_answer": False}), TIMERS["short"])
+    alice, bob = clients.stub("alice"), clients.stub("bob")
+
+    collector = EventCollector(clients, ["alice", "bob"], since=time.time())
+    collector.start()
+    try:
+        call_id = alice.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), timeout=10).call_id
+        assert _seen(collector, "bob", "call.incoming")
+        assert bob.GetCall(useragent_pb2.GetCallRequest(call_id=call_id), timeout=10).state == "ringing"
+        assert bob.Answer(useragent_pb2.AnswerRequest(call_id=call_id), timeout=10).state == "established"
+        assert _seen(collector, "alice", "srtp.first_received")
+        error = _error(bob.Answer, useragent_pb2.AnswerRequest(call_id=call_id))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        alice.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=10)
+        assert _seen(collector, "bob", "call.terminated")
+    finally:
+        collector.stop()
+
+    collector = EventCollector(clients, ["alice", "bob"], since=time.time())
+    collector.start()
+    try:
+        call_id = alice.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), timeout=10).call_id
+        assert _seen(collector, "bob", "call.incoming")
+        bob.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=10)
+        assert _seen(collector, "alice", "call.failed")
+        status = alice.GetCall(useragent_pb2.GetCallRequest(call_id=call_id), timeout=10)
+        assert status.state == "failed" and "603" in status.reason
+    finally:
+        collector.stop()

@@ -172,29 +172,24 @@ def configure(clients: ServiceClients, topology: Any, scenario: Scenario, timers
     )
     alice, bob = topology.nodes["alice"], topology.nodes["bob"]
     stun_node = topology.nodes[alice.extra["stun_server"]]
-    clients.stub("alice").Configure(
-        useragent_pb2.UserAgentConfig(
-            aor="sip:alice@a.example",
-            display_name="Alice",
-            outbound_proxy=sip(alice.extra["proxy"]),
-            stun_server=f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
-            timers=timers.proto(),
-            media_packets=MEDIA_PACKETS,
-            **scenario.alice,
-        )
-    )
-    clients.stub("bob").Configure(
-        useragent_pb2.UserAgentConfig(
-            aor="sip:bob@b.example",
-            display_name="Bob",
-            outbound_proxy=sip(bob.extra["proxy"]),
-            auto_answer=True,
-            answer_setup=useragent_pb2.DTLS_SETUP_ACTIVE,
-            timers=timers.proto(),
-            media_packets=MEDIA_PACKETS,
-            **scenario.bob,
-        )
-    )
+    common = {"timers": timers.proto(), "media_packets": MEDIA_PACKETS}
+    alice_config = {
+        "aor": "sip:alice@a.example",
+        "display_name": "Alice",
+        "outbound_proxy": sip(alice.extra["proxy"]),
+        "stun_server": f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
+        **common,
+    }
+    bob_config = {
+        "aor": "sip:bob@b.example",
+        "display_name": "Bob",
+        "outbound_proxy": sip(bob.extra["proxy"]),
+        "auto_answer": True,
+        "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
+        **common,
+    }
+    clients.stub("alice").Configure(useragent_pb2.UserAgentConfig(**{**alice_config, **scenario.alice}))
+    clients.stub("bob").Configure(useragent_pb2.UserAgentConfig(**{**bob_config, **scenario.bob}))
 
 
 def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:

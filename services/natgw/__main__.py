@@ -19,7 +19,7 @@ from pinhole import demux
 from pinhole.events import Counters, EventLog
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
-from pinhole.service import argument_parser, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, serve, setup_logging
 from services.natgw import conntrack, ruleset
 from services.natgw.nflog import LoggedPacket, NflogReader
 
@@ -154,9 +154,10 @@ def _endpoint(address: tuple[str, int]) -> natgw_pb2.Endpoint:
     return natgw_pb2.Endpoint(ip=address[0], port=address[1])
 
 
-class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
+class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
     def __init__(self, gateway: NatGateway) -> None:
         self.gateway = gateway
+        self.events = gateway.events
 
     def _effective(self) -> natgw_pb2.NatConfig:
         b = self.gateway.behaviour
@@ -201,12 +202,12 @@ class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
             ]
         )
 
-    async def GetCounters(self, request, context):  # noqa: N802
+    async def collect_counters(self) -> Counters:
         counters = Counters(self.gateway.counters)
         for name, values in (await asyncio.to_thread(ruleset.read_counters)).items():
             counters[f"nft_{name}_packets"] = values["packets"]
             counters[f"nft_{name}_bytes"] = values["bytes"]
-        return counters.as_reply()
+        return counters
 
     async def WatchDrops(self, request, context):  # noqa: N802
         queue = self.gateway.watch()
@@ -218,10 +219,6 @@ class NatGatewayServicer(natgw_pb2_grpc.NatGatewayServicer):
                 yield await queue.get()
         finally:
             self.gateway.unwatch(queue)
-
-    async def WatchEvents(self, request, context):  # noqa: N802
-        async for event in self.gateway.events.follow(request.after_sequence, request.follow):
-            yield event
 
 
 async def main() -> None:

@@ -223,9 +223,7 @@ class NflogReader:
 
     @staticmethod
     def _open() -> socket.socket:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
-        )
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 21)
         except OSError:
@@ -242,9 +240,7 @@ class NflogReader:
             try:
                 data = self._sock.recv(RECV_BUFFER)
             except TimeoutError:
-                raise NflogError(
-                    f"NFLOG group {self.group}: no answer to {what} within {timeout} s"
-                ) from None
+                raise NflogError(f"NFLOG group {self.group}: no answer to {what} within {timeout} s") from None
             batch = parse_messages(data)
             self.odd += batch.odd
             if seq in batch.acks:

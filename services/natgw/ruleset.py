@@ -127,9 +127,7 @@ class NatBehaviour:
             or not isinstance(self.mapping_timeout, int)
             or self.mapping_timeout < 1
         ):
-            raise RulesetError(
-                f"mapping_timeout {self.mapping_timeout!r} is not a positive integer"
-            )
+            raise RulesetError(f"mapping_timeout {self.mapping_timeout!r} is not a positive integer")
 
 
 def render(
@@ -218,7 +216,7 @@ table {FAMILY} {TABLE} {{
 
 
 def drop_hook(prefix: str) -> str | None:
-    """"input" or "forward" for the NFLOG prefix of one of our drop rules, else None."""
+    """ "input" or "forward" for the NFLOG prefix of one of our drop rules, else None."""
     return {DROP_PREFIX_INPUT: "input", DROP_PREFIX_FORWARD: "forward"}.get(prefix)
 
 
@@ -300,6 +298,5 @@ def _ensure_conntrack() -> None:
         subprocess.run([modprobe, "nf_conntrack"], capture_output=True, check=False)
     if not (SYSCTL_DIR / UDP_TIMEOUT_SYSCTLS[0]).exists():
         raise KernelNatError(
-            "net.netfilter.nf_conntrack_udp_timeout is missing: nf_conntrack is not loaded "
-            "and could not be loaded"
+            "net.netfilter.nf_conntrack_udp_timeout is missing: nf_conntrack is not loaded and could not be loaded"
         )

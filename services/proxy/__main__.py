@@ -14,7 +14,7 @@ import grpc
 
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
-from pinhole.service import argument_parser, parse_hostport, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_logging
 from pinhole.sip import SipEndpoint, SipTimers
 from pinhole.sip.describe import message_event
 from services.proxy.proxy import Route, StatefulProxy
@@ -22,7 +22,7 @@ from services.proxy.proxy import Route, StatefulProxy
 log = logging.getLogger("proxy")
 
 
-class ProxyServicer(proxy_pb2_grpc.ProxyServicer):
+class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
     def __init__(self, proxy: StatefulProxy, endpoint: SipEndpoint, events: EventLog, counters: Counters) -> None:
         self.proxy, self.endpoint, self.events, self.counters = proxy, endpoint, events, counters
         self.config = proxy_pb2.ProxyConfig(record_route=True, sip_t1_seconds=endpoint.timers.t1)
@@ -52,15 +52,11 @@ class ProxyServicer(proxy_pb2_grpc.ProxyServicer):
     async def GetConfig(self, request, context):  # noqa: N802
         return proxy_pb2.ProxyConfigReply(effective=self.config)
 
-    async def GetCounters(self, request, context):  # noqa: N802
+    async def collect_counters(self) -> Counters:
         counters = Counters(self.counters)
         counters.update({f"sip_{k}": v for k, v in self.endpoint.stats.items()})
         counters.update({f"proxy_{k}": v for k, v in self.proxy.stats.items()})
-        return counters.as_reply()
-
-    async def WatchEvents(self, request, context):  # noqa: N802
-        async for event in self.events.follow(request.after_sequence, request.follow):
-            yield event
+        return counters
 
 
 async def main() -> None:

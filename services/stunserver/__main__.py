@@ -13,7 +13,7 @@ import logging
 from pinhole import stun
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import stunserver_pb2, stunserver_pb2_grpc
-from pinhole.service import argument_parser, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, serve, setup_logging
 
 log = logging.getLogger("stunserver")
 
@@ -61,17 +61,13 @@ class BindingResponder(asyncio.DatagramProtocol):
         self.transport.sendto(response, addr)
 
 
-class StunServerServicer(stunserver_pb2_grpc.StunServerServicer):
+class StunServerServicer(EvidenceServicer, stunserver_pb2_grpc.StunServerServicer):
     def __init__(self, events: EventLog, counters: Counters) -> None:
         self.events = events
         self.counters = counters
 
-    async def GetCounters(self, request, context):  # noqa: N802 (gRPC method name)
-        return self.counters.as_reply()
-
-    async def WatchEvents(self, request, context):  # noqa: N802
-        async for event in self.events.follow(request.after_sequence, request.follow):
-            yield event
+    async def collect_counters(self) -> Counters:
+        return self.counters
 
 
 async def main() -> None:

@@ -12,9 +12,9 @@ from pinhole import dtls, sdp
 from pinhole.events import Counters, EventLog
 from pinhole.media import MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
-from pinhole.service import argument_parser, parse_hostport, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_logging
 from pinhole.sip import SipTimers
-from services.useragent.agent import AgentConfig, Call, ConfigError, UserAgent
+from services.useragent.agent import AgentConfig, Call, CallStateError, ConfigError, UserAgent
 
 log = logging.getLogger("useragent")
 
@@ -108,9 +108,10 @@ def _wall(loop_time: float | None) -> float:
     return time.time() - (asyncio.get_running_loop().time() - loop_time)
 
 
-class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
+class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
     def __init__(self, agent: UserAgent) -> None:
         self.agent = agent
+        self.events = agent.events
         self.request = useragent_pb2.UserAgentConfig()
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
@@ -136,6 +137,15 @@ class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not prepare the call: {error}")
         return useragent_pb2.CallHandle(call_id=call_id)
 
+    async def Answer(self, request, context):  # noqa: N802
+        try:
+            await self.agent.answer(request.call_id)
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
+        except CallStateError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return call_status(self.agent.calls[request.call_id])
+
     async def HangUp(self, request, context):  # noqa: N802
         try:
             await self.agent.hang_up(request.call_id)
@@ -152,11 +162,7 @@ class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
     async def ListCalls(self, request, context):  # noqa: N802
         return useragent_pb2.ListCallsReply(calls=[call_status(c) for c in self.agent.calls.values()])
 
-    async def WatchEvents(self, request, context):  # noqa: N802
-        async for event in self.agent.events.follow(request.after_sequence, request.follow):
-            yield event
-
-    async def GetCounters(self, request, context):  # noqa: N802
+    async def collect_counters(self) -> Counters:
         counters = Counters(self.agent.counters)
         if self.agent.endpoint is not None:
             counters.update({f"sip_{k}": v for k, v in self.agent.endpoint.stats.items()})
@@ -164,7 +170,7 @@ class UserAgentServicer(useragent_pb2_grpc.UserAgentServicer):
             if call.media is not None:
                 counters["media_malformed"] += call.media.stats.malformed
                 counters["srtp_auth_failed"] += call.media.stats.srtp_auth_failed
-        return counters.as_reply()
+        return counters
 
 
 async def main() -> None:

@@ -48,6 +48,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 
 
+class CallStateError(RuntimeError):
+    """The call is not in a state where that action makes sense."""
+
+
 @dataclass
 class AgentConfig:
     aor: str = ""
@@ -77,6 +81,10 @@ class Call:
     advertised: Address | None = None
     remote_media: Address | None = None
     ok_retransmitter: object | None = None
+    invite_transaction: ServerTransaction | None = None  # an incoming call not answered yet
+    offer: sdp.SessionDescription | None = None
+    to_tag: str = ""
+    peer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -349,32 +357,49 @@ class UserAgent:
         transaction.respond(make_response(transaction.request, 200, "OK"))
 
     async def _on_invite(self, transaction: ServerTransaction) -> None:
+        """An offer arrives: check it, ring, and answer at once when the policy says so."""
         request = transaction.request
         call_id = request.call_id
         if call_id in self.calls:
             transaction.respond(make_response(request, 491, "Request Pending"))
             return
-        if not self.config.auto_answer:
-            transaction.respond(make_response(request, 486, "Busy Here"))
-            return
         try:
-            offer = sdp.read_offer(sdp.parse(request.body))
+            offer_sdp = sdp.parse(request.body)
+            offer = sdp.read_offer(offer_sdp)
         except sdp.SdpError as error:
+            self.counters["sdp_rejected"] += 1
             self.events.emit("sdp.rejected", call_id, reason=str(error))
             transaction.respond(make_response(request, 488, f"Not Acceptable Here ({error})"[:120]))
             return
         to_tag = new_tag()
         transaction.respond(make_response(request, 180, "Ringing", to_tag=to_tag))
         call = Call(call_id=call_id, direction="incoming", invite_time=time.time(), state="ringing")
+        call.invite_transaction, call.offer, call.to_tag = transaction, offer_sdp, to_tag
+        call.remote_media = (offer.address, offer.port)
+        call.peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)]
         self.calls[call_id] = call
+        self.events.emit(
+            "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
+        )
+        if self.config.auto_answer:
+            await self.answer(call_id)
+
+    async def answer(self, call_id: str) -> None:
+        """Answer a ringing call: DTLS first (as the active side, the ClientHello leaves before the
+        200 OK, see the module docstring), then the 200 OK with our SDP answer."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise KeyError(call_id)
+        if call.direction != "incoming" or call.state != "ringing" or call.invite_transaction is None:
+            raise CallStateError(f"call {call_id} is {call.direction} and {call.state}: nothing to answer")
+        transaction, request = call.invite_transaction, call.invite_transaction.request
+        call.invite_transaction = None
         media = await self._open_media(call)
         call.advertised = media.local_address
         self.events.emit("media.open", call_id, local=fmt(media.local_address), advertised=fmt(media.local_address))
-        call.remote_media = (offer.address, offer.port)
-        media.set_peer_fingerprints([(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)])
+        media.set_peer_fingerprints(call.peer_fingerprints)
         setup = self.config.answer_setup
         if setup == sdp.Setup.ACTIVE:
-            # Our ClientHello leaves before the 200 OK does (see the module docstring).
             media.start_dtls(dtls.Role.CLIENT, call.remote_media)
         else:
             media.start_dtls(dtls.Role.SERVER, call.remote_media)
@@ -388,8 +413,9 @@ class UserAgent:
                 reason="negative control: answer fingerprint is not ours",
                 fingerprint=str(fingerprint),
             )
+        assert call.offer is not None and call.advertised is not None
         answer = sdp.build_answer(
-            sdp.parse(request.body),
+            call.offer,
             address=call.advertised[0],
             port=call.advertised[1],
             fingerprints=[fingerprint],
@@ -397,11 +423,11 @@ class UserAgent:
             username=self._user(),
             setup=setup,
         )
-        ok = make_response(request, 200, "OK", to_tag=to_tag)
+        ok = make_response(request, 200, "OK", to_tag=call.to_tag)
         ok.headers.add("Contact", self._contact())
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.serialize(answer).encode()
-        call.dialog = Dialog.from_uas(request, to_tag, self._contact())
+        call.dialog = Dialog.from_uas(request, call.to_tag, self._contact())
         transaction.respond(ok)
         assert self.endpoint is not None
         call.ok_retransmitter = retransmit_2xx(
@@ -437,6 +463,9 @@ class UserAgent:
         call = self.calls.get(call_id)
         if call is None:
             raise KeyError(call_id)
+        if call.invite_transaction is not None:  # ringing, never answered: decline it
+            call.invite_transaction.respond(make_response(call.invite_transaction.request, 603, "Decline"))
+            call.invite_transaction = None
         if call.dialog is not None and call.state == "established":
             assert self.endpoint is not None
             bye, destination = call.dialog.create_request("BYE")
