@@ -7,7 +7,7 @@ STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 GEN       := pinhole/rpc/v1/.generated
 
-.PHONY: setup run test unit proto clean lab-up lab-down lint
+.PHONY: setup run test unit proto clean lab-up lab-down lint bench
 
 setup: $(STAMP_APT) $(STAMP_PIP) $(GEN)
 
@@ -59,3 +59,7 @@ clean:
 lint: setup
 	$(PY) -m pip install -q ruff
 	$(VENV)/bin/ruff check pinhole services netns tests
+
+## bench: speed targets against a named peer measured in the same run (root)
+bench: setup
+	$(PY) bench/lab_build.py
