@@ -1,8 +1,11 @@
-"""Evidence every service emits: an append-only event log and named counters.
+"""Evidence every service emits: an append-only event log, named counters, and their spans.
 
 Each service records what it sent, received and decided as `Event`s (the contract in
-proto/pinhole/rpc/v1/events.proto). The controller follows every service's log over gRPC,
-merges them by time and judges the call from that evidence alone.
+proto/pinhole/rpc/v1/events.proto). Every event is also an OpenTelemetry span in its call's
+trace: span name = event kind, attributes = event attributes (+ pinhole.call_id and the
+semantic-convention network.peer.*). A call's trace context at a service is bound to its
+Call-ID, so media events (STUN, DTLS, SRTP) join the call's trace although packets carry none.
+The controller can therefore judge a call from the events over gRPC or from the trace alone.
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ import time
 from collections import Counter as _Counter
 from collections.abc import AsyncIterator, Mapping
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
+
 from pinhole.rpc.v1 import events_pb2
+
+_SPAN_KINDS = {"send": SpanKind.PRODUCER, "recv": SpanKind.CONSUMER}
 
 
 class EventLog:
@@ -24,13 +33,24 @@ class EventLog:
         self._events: list[events_pb2.Event] = []
         self._sequence = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._tracer = trace.get_tracer("pinhole")
+        self._calls: dict[str, Context] = {}
+        self._call_spans: dict[str, Span] = {}
+        self.last_context: Context | None = None  # the span of the latest emit(), as a parent
 
     def emit(
-        self, kind: str, call_id: str = "", attributes: Mapping[str, object] | None = None, **more: object
+        self,
+        kind: str,
+        call_id: str = "",
+        attributes: Mapping[str, object] | None = None,
+        *,
+        parent: Context | None = None,
+        **more: object,
     ) -> events_pb2.Event:
-        """Record one event; attribute values are stringified (they end up in traces and JSON).
+        """Record one event (and its span); attribute values are stringified.
 
         Dotted attribute names (dtls.handshake_types) go in `attributes`, plain ones may be keywords.
+        The span's parent is `parent` if given, else the call's bound context, else a new trace.
         """
         merged = {**(attributes or {}), **more}
         self._sequence += 1
@@ -42,6 +62,7 @@ class EventLog:
             attributes={k: str(v) for k, v in merged.items() if v is not None},
             sequence=self._sequence,
         )
+        self.last_context = self._span(event, parent)
         self._events.append(event)
         if len(self._events) > self.limit:
             del self._events[: len(self._events) - self.limit]
@@ -50,6 +71,57 @@ class EventLog:
             if not waiter.done():
                 waiter.set_result(None)
         return event
+
+    def _span(self, event: events_pb2.Event, parent: Context | None) -> Context:
+        attributes: dict[str, str | int] = dict(event.attributes)
+        attributes["pinhole.call_id"] = event.call_id
+        host, sep, port = event.attributes.get("peer", "").rpartition(":")
+        if sep and port.isdigit():
+            attributes["network.peer.address"], attributes["network.peer.port"] = host, int(port)
+        span = self._tracer.start_span(
+            event.kind,
+            context=parent or self._calls.get(event.call_id),
+            kind=_SPAN_KINDS.get(event.kind.rpartition(".")[2], SpanKind.INTERNAL),
+            attributes=attributes,
+            start_time=event.time_unix_nano,
+        )
+        span.end(end_time=event.time_unix_nano)
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            event.trace_id = trace.format_trace_id(span_context.trace_id)
+            event.span_id = trace.format_span_id(span_context.span_id)
+        return trace.set_span_in_context(span)
+
+    # -- a call's trace at this service ------------------------------------------------------------
+
+    def bind_call(self, call_id: str, context: Context | None) -> None:
+        """Make `context` the parent of this call's later spans here, unless the call has one."""
+        if call_id and context is not None and call_id not in self._calls:
+            self._calls[call_id] = context
+
+    def start_call(self, call_id: str, **attributes: object) -> Context:
+        """Open the long "call" span (child of the bound context, if any); later spans go under it."""
+        span = self._tracer.start_span(
+            "call",
+            context=self._calls.get(call_id),
+            attributes={"pinhole.call_id": call_id, **{k: str(v) for k, v in attributes.items()}},
+        )
+        self._call_spans[call_id] = span
+        self._calls[call_id] = trace.set_span_in_context(span)
+        return self._calls[call_id]
+
+    def end_call(self, call_id: str, **attributes: object) -> None:
+        span = self._call_spans.pop(call_id, None)
+        if span is not None:
+            span.set_attributes({k: str(v) for k, v in attributes.items()})
+            span.end()
+
+    def close(self) -> None:
+        """End every open call span, so a stopping service still exports them."""
+        for call_id in list(self._call_spans):
+            self.end_call(call_id, ended_by="service stop")
+
+    # -- reading -----------------------------------------------------------------------------------
 
     def since(self, after_sequence: int = 0) -> list[events_pb2.Event]:
         return [e for e in self._events if e.sequence > after_sequence]

@@ -18,7 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pinhole import telemetry
 from pinhole.events import Counters, EventLog
+from pinhole.rpc.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,10 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str, name: str) -> None:
+def setup_observability(level: str, name: str) -> None:
+    """Logging to stderr and this instance's OpenTelemetry tracer provider (standard OTEL_* settings)."""
     logging.basicConfig(level=level, format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
+    telemetry.setup(name)
 
 
 async def serve(
@@ -72,6 +76,7 @@ async def serve(
     if on_stop is not None:
         await on_stop()
     await server.stop(grace=1.0)
+    await asyncio.to_thread(telemetry.shutdown)  # flushes: a SIGTERM loses no span
 
 
 def invalid(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
@@ -104,3 +109,6 @@ class EvidenceServicer:
 
     async def GetCounters(self, request, context):  # noqa: N802
         return (await self.collect_counters()).as_reply()
+
+    async def FlushTelemetry(self, request, context):  # noqa: N802
+        return events_pb2.FlushReply(flushed=await asyncio.to_thread(telemetry.flush))

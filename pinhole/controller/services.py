@@ -186,6 +186,8 @@ class EventCollector:
                     "kind": event.kind,
                     "call_id": event.call_id,
                     "attrs": dict(event.attributes),
+                    "trace_id": event.trace_id,
+                    "span_id": event.span_id,
                 }
                 with self._changed:
                     self.events.append(record)

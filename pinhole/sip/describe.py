@@ -1,16 +1,43 @@
-"""SIP messages as evidence: the flat attributes every hop records for each message.
+"""SIP messages as evidence: the flat attributes every hop records, and the trace they carry.
 
 The UA and the proxies describe what they send and receive the same way, so the verdict can
 follow one INVITE across hops (Max-Forwards, Record-Route, Via depth) and compare the SDP body
-end to end (its SHA-256) without shipping whole messages around.
+end to end (its SHA-256) without shipping whole messages around. Every message also carries
+W3C trace context in `traceparent`/`tracestate` headers: each hop's receive span is a child of
+the previous hop's send span, and a request that arrives without one starts a new trace.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from pinhole import sdp
+from pinhole import sdp, telemetry
+from pinhole.events import EventLog
 from pinhole.sip.message import Request, Response
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def record_message(events: EventLog, direction: str, message: Request | Response, peer: tuple[str, int]) -> None:
+    """One SIP message sent or received, as an event and a span in its call's trace.
+
+    Called by the transport before a message is encoded, so a sent message gets the
+    traceparent of its own send span.
+    """
+    kind, call_id, attributes = message_event(direction, message, peer)
+    if direction == "recv":
+        carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
+        events.emit(kind, call_id, attributes, parent=telemetry.extract(carrier))
+        events.bind_call(call_id, events.last_context)
+        return
+    events.emit(kind, call_id, attributes)
+    events.bind_call(call_id, events.last_context)
+    carrier: dict[str, str] = {}
+    if events.last_context is not None:
+        telemetry.inject(carrier, events.last_context)
+    for name in TRACE_HEADERS:
+        if name in carrier:
+            message.headers.set(name, carrier[name])
 
 
 def message_event(

@@ -305,9 +305,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Encode and send one message (the transport layer of §18); used by transactions."""
         if self._transport is None:
             return
-        data = message.encode()
-        self._trace("send", message, destination)  # before sendto: the peer may log its receipt first
-        self._transport.sendto(data, destination)
+        self._trace("send", message, destination)  # first: it adds the traceparent, and the peer may log first
+        self._transport.sendto(message.encode(), destination)
         self.stats["sent"] += 1
         if retransmission:
             self.stats["retransmissions"] += 1

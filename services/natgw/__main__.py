@@ -19,7 +19,7 @@ from pinhole import demux
 from pinhole.events import Counters, EventLog
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
 from services.natgw import conntrack, ruleset
 from services.natgw.nflog import LoggedPacket, NflogReader
 
@@ -229,7 +229,7 @@ async def main() -> None:
     parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
     parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
     args = parser.parse_args()
-    setup_logging(args.log_level, args.name)
+    setup_observability(args.log_level, args.name)
     ipaddress.ip_address(args.wan_address)
     ipaddress.ip_network(args.lan_prefix)
     events, counters = EventLog(args.name), Counters()

@@ -14,9 +14,9 @@ import grpc
 
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_logging
-from pinhole.sip import SipEndpoint, SipTimers
-from pinhole.sip.describe import message_event
+from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
+from pinhole.sip import Request, Response, SipEndpoint, SipTimers
+from pinhole.sip.describe import record_message
 from services.proxy.proxy import Route, StatefulProxy
 
 log = logging.getLogger("proxy")
@@ -63,13 +63,12 @@ async def main() -> None:
     parser = argument_parser("pinhole SIP proxy")
     parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
     args = parser.parse_args()
-    setup_logging(args.log_level, args.name)
+    setup_observability(args.log_level, args.name)
     events, counters = EventLog(args.name), Counters()
     host, port = parse_hostport(args.sip_listen, "--sip-listen")
 
-    def on_message(direction: str, message: object, peer: tuple[str, int]) -> None:
-        kind, call_id, attributes = message_event(direction, message, peer)
-        events.emit(kind, call_id, attributes)
+    def on_message(direction: str, message: Request | Response, peer: tuple[str, int]) -> None:
+        record_message(events, direction, message, peer)
 
     def on_malformed(data: bytes, peer: tuple[str, int], reason: str) -> None:
         events.emit("sip.malformed", peer=f"{peer[0]}:{peer[1]}", reason=reason, size=len(data))

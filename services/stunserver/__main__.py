@@ -13,7 +13,7 @@ import logging
 from pinhole import stun
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import stunserver_pb2, stunserver_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
 
 log = logging.getLogger("stunserver")
 
@@ -74,7 +74,7 @@ async def main() -> None:
     parser = argument_parser("pinhole STUN server")
     parser.add_argument("--listen", default="0.0.0.0:3478", help="UDP address to answer on")
     args = parser.parse_args()
-    setup_logging(args.log_level, args.name)
+    setup_observability(args.log_level, args.name)
     events, counters = EventLog(args.name), Counters()
     host, _, port = args.listen.rpartition(":")
     loop = asyncio.get_running_loop()

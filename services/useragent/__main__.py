@@ -12,7 +12,7 @@ from pinhole import dtls, sdp
 from pinhole.events import Counters, EventLog
 from pinhole.media import MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_logging
+from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
 from pinhole.sip import SipTimers
 from services.useragent.agent import AgentConfig, Call, CallStateError, ConfigError, UserAgent
 
@@ -178,7 +178,7 @@ async def main() -> None:
     parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
     parser.add_argument("--media-ip", required=True, help="local address for media sockets")
     args = parser.parse_args()
-    setup_logging(args.log_level, args.name)
+    setup_observability(args.log_level, args.name)
     agent = UserAgent(
         name=args.name,
         sip_address=parse_hostport(args.sip_listen, "--sip-listen"),

@@ -37,7 +37,7 @@ from pinhole.sip import (
     parse_uri,
     retransmit_2xx,
 )
-from pinhole.sip.describe import message_event
+from pinhole.sip.describe import record_message
 
 log = logging.getLogger("useragent")
 
@@ -123,6 +123,7 @@ class UserAgent:
         for call in self.calls.values():
             if call.media is not None:
                 call.media.teardown("service stopping")
+        self.events.close()
         if self.endpoint is not None:
             self.endpoint.close()
 
@@ -146,8 +147,7 @@ class UserAgent:
     # -- evidence ---------------------------------------------------------------------------------
 
     def _on_sip_message(self, direction: str, message: Request | Response, peer: Address) -> None:
-        kind, call_id, attributes = message_event(direction, message, peer)
-        self.events.emit(kind, call_id, attributes)
+        record_message(self.events, direction, message, peer)
 
     def _on_malformed(self, data: bytes, peer: Address, reason: str) -> None:
         """Counted by the SIP endpoint's own stats (sip_malformed); here it becomes evidence."""
@@ -217,6 +217,7 @@ class UserAgent:
         assert self.endpoint is not None
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
         self.calls[call.call_id] = call
+        self.events.start_call(call.call_id, direction="outgoing", target=target)  # the root of the call's trace
         media = await self._open_media(call)
         advertised = media.local_address
         if self.config.stun_server is not None:
@@ -378,6 +379,7 @@ class UserAgent:
         call.remote_media = (offer.address, offer.port)
         call.peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)]
         self.calls[call_id] = call
+        self.events.start_call(call_id, direction="incoming")  # under the INVITE's receive span
         self.events.emit(
             "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
         )
@@ -515,6 +517,7 @@ class UserAgent:
     def _fail(self, call: Call, reason: str) -> None:
         self._set_state(call, "failed", reason)
         self.events.emit("call.failed", call.call_id, reason=reason)
+        self.events.end_call(call.call_id, state="failed", reason=reason)
         if call.media is not None:
             call.media.teardown(reason)
         call.ended.set()
@@ -527,4 +530,5 @@ class UserAgent:
         if call.state != "failed":
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
+        self.events.end_call(call.call_id, state=call.state, reason=reason)
         call.ended.set()
