@@ -196,6 +196,10 @@ def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
     return any(e["service"] == service and e["kind"] == kind for e in events)
 
 
+def _ended(events: list[dict[str, Any]], service: str) -> bool:
+    return _has(events, service, "call.terminated") or _has(events, service, "call.failed")
+
+
 def _call_over(events: list[dict[str, Any]]) -> bool:
     """Media done both ways, or the call failed somewhere: then there is nothing left to wait for."""
     if _has(events, "alice", "srtp.sent") and _has(events, "bob", "srtp.sent"):
@@ -257,14 +261,12 @@ def run(
         budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
         collector.wait_for(_call_over, timeout=budget)
-        events = collector.snapshot()
-        if not any(e["kind"] == "call.failed" for e in events):
+        state = clients.stub("alice").GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
+        if state not in ("failed", "terminated"):  # Alice's own state, not an event still in flight
             show.stage("hanging up")
             clients.stub("alice").HangUp(useragent_pb2.HangUpRequest(call_id=call_id))
-            collector.wait_for(
-                lambda ev: _has(ev, "bob", "call.terminated") or _has(ev, "alice", "call.failed"),
-                timeout=10 * timers.sip_t1 * 64,
-            )
+        # both user agents end the call (BYE either way, or a failure): then the evidence is complete
+        collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
         show.stage("collecting evidence")
         calls = {
             ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
