@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pinhole.controller import ladder, verdict
-from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_up, run
+from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_down, lab_up, run
 
 
 def _require_root() -> None:
@@ -33,7 +33,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         _require_root()
         names = NetnsLab.list_labs() if args.all else [args.name]
         for name in names:
-            seconds = NetnsLab(load_topology(), name=name).down()
+            seconds = lab_down(NetnsLab(load_topology(), name=name))
             print(f"lab {name} down in {seconds:.3f}s")
         return 0
     labs = NetnsLab.list_labs()
@@ -47,12 +47,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _require_root()
-    result, out_dir = run(args.scenario, timers_name=args.timers, lab_name=args.lab, out_root=Path(args.out))
+    result, out_dir = run(
+        args.scenario, timers_name=args.timers, lab_name=args.lab, out_root=Path(args.out), forward_to=args.otlp_forward
+    )
     print((out_dir / "ladder.txt").read_text())
     print(result.render())
     measured = json.loads((out_dir / "evidence.json").read_text())["measurements"]
     print("measured: " + ", ".join(f"{k} {v:.3f}" for k, v in measured.items()))
-    print(f"artifacts: {out_dir}")
+    print(f"artifacts: {out_dir} (trace.json, ladder.html: pinhole trace ladder|verdict {out_dir})")
     return 0 if result.passed else 1
 
 
@@ -64,6 +66,25 @@ def cmd_verdict(args: argparse.Namespace) -> int:
         print(ladder.render(evidence))
     print(result.render())
     return 0 if result.passed else 1
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pinhole.controller import from_trace
+    from pinhole.controller.ladder_html import write_html
+
+    path = Path(args.source)
+    request = from_trace.load(path)
+    evidence = from_trace.evidence_from_trace(request, args.call_id)
+    if args.action == "ladder":
+        print(ladder.render(evidence))
+        html = Path(args.html) if args.html else (path if path.is_dir() else path.parent) / "trace-ladder.html"
+        result = from_trace.judge_trace(request, args.call_id)
+        write_html({**evidence, "verdict": result.to_dict()}, html, title=f"pinhole trace {evidence['trace_id']}")
+        print(f"HTML ladder: {html}")
+        return 0
+    result = from_trace.judge_trace(request, args.call_id)
+    print(result.render())
+    return {"pass": 0, "fail": 1}.get(result.outcome, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS), help="rfc defaults or short test timers")
     run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
     run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
+    run_p.add_argument(
+        "--otlp-forward",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="also send every span to this OTLP/gRPC endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
     run_p.set_defaults(func=cmd_run)
 
     judge = sub.add_parser("verdict", help="recompute a run's verdict from its saved evidence")
     judge.add_argument("run", nargs="?", default="out/last")
     judge.add_argument("--ladder", action="store_true")
     judge.set_defaults(func=cmd_verdict)
+
+    tracing = sub.add_parser("trace", help="the call's ladder or verdict from a trace file (OTLP JSON) alone")
+    tracing.add_argument("action", choices=["ladder", "verdict"])
+    tracing.add_argument("source", nargs="?", default="out/last", help="a run directory or a trace.json")
+    tracing.add_argument("--call-id", help="which call, when the file holds several (default: the largest)")
+    tracing.add_argument("--html", help="where to write the HTML ladder (default: next to the trace)")
+    tracing.set_defaults(func=cmd_trace)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -169,9 +169,7 @@ def parse_records(datagram: bytes) -> list[DtlsRecord]:
         where = f"record {len(records)} at offset {offset}"
         header = datagram[offset : offset + RECORD_HEADER_LENGTH]
         if len(header) < RECORD_HEADER_LENGTH:
-            raise DtlsError(
-                f"{where}: header truncated ({len(header)} of {RECORD_HEADER_LENGTH} bytes)"
-            )
+            raise DtlsError(f"{where}: header truncated ({len(header)} of {RECORD_HEADER_LENGTH} bytes)")
         content_type, version, epoch = struct.unpack("!BHH", header[:5])
         if content_type not in ContentType._value2member_map_:
             raise DtlsError(f"{where}: unknown content type {content_type}")
@@ -208,18 +206,14 @@ def handshake_messages(record: DtlsRecord) -> list[HandshakeHeader]:
         where = f"handshake message {len(messages)} at offset {offset}"
         header = data[offset : offset + HANDSHAKE_HEADER_LENGTH]
         if len(header) < HANDSHAKE_HEADER_LENGTH:
-            raise DtlsError(
-                f"{where}: header truncated ({len(header)} of {HANDSHAKE_HEADER_LENGTH} bytes)"
-            )
+            raise DtlsError(f"{where}: header truncated ({len(header)} of {HANDSHAKE_HEADER_LENGTH} bytes)")
         msg_type = header[0]
         length = int.from_bytes(header[1:4], "big")
         (message_seq,) = struct.unpack("!H", header[4:6])
         fragment_offset = int.from_bytes(header[6:9], "big")
         fragment_length = int.from_bytes(header[9:12], "big")
         if fragment_offset + fragment_length > length:
-            raise DtlsError(
-                f"{where}: fragment {fragment_offset}+{fragment_length} exceeds message length {length}"
-            )
+            raise DtlsError(f"{where}: fragment {fragment_offset}+{fragment_length} exceeds message length {length}")
         start = offset + HANDSHAKE_HEADER_LENGTH
         body = data[start : start + fragment_length]
         if len(body) < fragment_length:
@@ -248,10 +242,7 @@ class _Reader:
     def take(self, n: int, field_name: str) -> bytes:
         chunk = self.data[self.offset : self.offset + n]
         if len(chunk) < n:
-            raise DtlsError(
-                f"{self.what}: {field_name} truncated at offset {self.offset} "
-                f"({len(chunk)} of {n} bytes)"
-            )
+            raise DtlsError(f"{self.what}: {field_name} truncated at offset {self.offset} ({len(chunk)} of {n} bytes)")
         self.offset += n
         return chunk
 
@@ -274,9 +265,7 @@ def _use_srtp_from_extensions(reader: _Reader) -> list[int] | None:
             use_srtp = _Reader(ext_data, f"{reader.what} use_srtp")
             profiles = use_srtp.vector(2, "SRTPProtectionProfiles")
             if len(profiles) % 2:
-                raise DtlsError(
-                    f"{reader.what}: SRTPProtectionProfiles length {len(profiles)} is odd"
-                )
+                raise DtlsError(f"{reader.what}: SRTPProtectionProfiles length {len(profiles)} is odd")
             use_srtp.vector(1, "srtp_mki")
             return [p for (p,) in struct.iter_unpack("!H", profiles)]
     return None
@@ -330,9 +319,7 @@ def _alert_text(record: DtlsRecord) -> tuple[str, str]:
     level, description = record.fragment
     level_name = AlertLevel(level).name if level in AlertLevel._value2member_map_ else str(level)
     description_name = (
-        AlertDescription(description).name
-        if description in AlertDescription._value2member_map_
-        else str(description)
+        AlertDescription(description).name if description in AlertDescription._value2member_map_ else str(description)
     )
     return f"{level_name}:{description_name}", f"Alert({level_name}, {description_name})"
 
@@ -419,8 +406,7 @@ def certificate_digest(der: bytes, hash_function: str = "sha-256") -> bytes:
     algorithm = _HASH_FUNCTIONS.get(hash_function.lower())
     if algorithm is None:
         raise DtlsError(
-            f"unsupported fingerprint hash function {hash_function!r} "
-            f"(supported: {', '.join(_HASH_FUNCTIONS)})"
+            f"unsupported fingerprint hash function {hash_function!r} (supported: {', '.join(_HASH_FUNCTIONS)})"
         )
     digest = hashes.Hash(algorithm())
     digest.update(der)
@@ -516,13 +502,9 @@ class RetransmitTimer:
         if not self.initial > 0:
             raise DtlsError(f"RetransmitTimer.initial must be > 0, got {self.initial}")
         if self.maximum < self.initial:
-            raise DtlsError(
-                f"RetransmitTimer.maximum {self.maximum} is below initial {self.initial}"
-            )
+            raise DtlsError(f"RetransmitTimer.maximum {self.maximum} is below initial {self.initial}")
         if self.max_transmissions < 1:
-            raise DtlsError(
-                f"RetransmitTimer.max_transmissions must be >= 1, got {self.max_transmissions}"
-            )
+            raise DtlsError(f"RetransmitTimer.max_transmissions must be >= 1, got {self.max_transmissions}")
 
 
 State = Literal["new", "handshaking", "connected", "failed", "closed"]
@@ -551,10 +533,7 @@ def _ssl_error_text(exc: SSL.Error) -> str:
     parts: list[str] = []
     for arg in exc.args:
         if isinstance(arg, list):
-            parts.extend(
-                str(item[2]) if isinstance(item, tuple) and len(item) == 3 else str(item)
-                for item in arg
-            )
+            parts.extend(str(item[2]) if isinstance(item, tuple) and len(item) == 3 else str(item) for item in arg)
         else:
             parts.append(str(arg))
     return "; ".join(p for p in parts if p) or exc.__class__.__name__
@@ -601,9 +580,7 @@ class DtlsEndpoint:
             raise DtlsError("srtp_profiles is empty")
         for profile in srtp_profiles:
             if profile not in PROFILES:
-                raise DtlsError(
-                    f"unknown SRTP protection profile {profile!r} (known: {', '.join(PROFILES)})"
-                )
+                raise DtlsError(f"unknown SRTP protection profile {profile!r} (known: {', '.join(PROFILES)})")
         if mtu < 256:
             raise DtlsError(f"mtu {mtu} is below 256 bytes")
         self.srtp_profiles = tuple(srtp_profiles)
@@ -706,9 +683,7 @@ class DtlsEndpoint:
         self._deadline = now + self._interval
         return self._resend_flight()
 
-    def set_peer_fingerprints(
-        self, fingerprints: Sequence[tuple[str, bytes]], now: float
-    ) -> list[bytes]:
+    def set_peer_fingerprints(self, fingerprints: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
         """The peer's a=fingerprint values arrived (RFC 5763 §5). A certificate already accepted
         tentatively is checked now; on a mismatch this fails the association and returns the fatal
         bad_certificate alert."""
@@ -736,9 +711,7 @@ class DtlsEndpoint:
         if self.state == "handshaking":
             self.state = "closed"
             self._deadline = None
-            return self._send(
-                self._alert_records(AlertLevel.warning, AlertDescription.close_notify)
-            )
+            return self._send(self._alert_records(AlertLevel.warning, AlertDescription.close_notify))
         if self.state == "new":
             self.state = "closed"
         return []
@@ -746,11 +719,7 @@ class DtlsEndpoint:
     def srtp_keys(self) -> SrtpKeys:
         """SRTP master keys and salts for this side (RFC 5764 §4.2). Only when connected; check
         `fingerprint_verified` before trusting the peer (RFC 5763 §6.2)."""
-        if (
-            self.state != "connected"
-            or self._keying_material is None
-            or self.selected_profile is None
-        ):
+        if self.state != "connected" or self._keying_material is None or self.selected_profile is None:
             raise DtlsError(f"srtp_keys() needs state connected, not {self.state}")
         return keys_from_keying_material(
             self._keying_material, self.selected_profile, is_client=self.role is Role.CLIENT
@@ -772,12 +741,8 @@ class DtlsEndpoint:
             return None
         checked: list[tuple[str, bytes]] = []
         for index, item in enumerate(fingerprints):
-            if not (
-                isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], bytes)
-            ):
-                raise DtlsError(
-                    f"peer fingerprint {index} is not a (hash_function, digest bytes) pair"
-                )
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], bytes)):
+                raise DtlsError(f"peer fingerprint {index} is not a (hash_function, digest bytes) pair")
             checked.append((str(item[0]).lower(), item[1]))
         return checked
 
@@ -798,9 +763,7 @@ class DtlsEndpoint:
             reason += f"; no supported hash function among the fingerprints ({unusable})"
         return reason
 
-    def _verify(
-        self, connection: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
-    ) -> bool:
+    def _verify(self, connection: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
         """OpenSSL verify callback: chain errors (self-signed, expiry) do not matter; the
         fingerprint of the end-entity certificate decides (RFC 5763 §5)."""
         if depth != 0:
@@ -818,9 +781,7 @@ class DtlsEndpoint:
 
     # -- driving OpenSSL -----------------------------------------------------------------------------
 
-    def _drive(
-        self, datagram: bytes | None, now: float, peer_retransmitted: bool = False
-    ) -> list[bytes]:
+    def _drive(self, datagram: bytes | None, now: float, peer_retransmitted: bool = False) -> list[bytes]:
         error: SSL.Error | None = None
         closed_by_peer = False
         completed = False
@@ -843,13 +804,9 @@ class DtlsEndpoint:
 
         if self._rejection is not None:
             self._fail(self._rejection)
-            return self._send(
-                self._alert_records(AlertLevel.fatal, AlertDescription.bad_certificate)
-            )
+            return self._send(self._alert_records(AlertLevel.fatal, AlertDescription.bad_certificate))
         if error is not None:
-            self._fail(
-                f"DTLS {'handshake ' if self.state == 'handshaking' else ''}failed: {_ssl_error_text(error)}"
-            )
+            self._fail(f"DTLS {'handshake ' if self.state == 'handshaking' else ''}failed: {_ssl_error_text(error)}")
             return self._send([r for r in records if r.content_type == ContentType.alert])
         if closed_by_peer:
             self.state = "closed"
@@ -869,11 +826,7 @@ class DtlsEndpoint:
             return self._send(records)
         if self.state == "connected" and not self._flight_is_final:
             self._deadline = None
-        if (
-            peer_retransmitted
-            and self._flight
-            and (self.state == "handshaking" or self._flight_is_final)
-        ):
+        if peer_retransmitted and self._flight and (self.state == "handshaking" or self._flight_is_final):
             # RFC 6347 §4.2.4: the peer's retransmitted flight means ours was lost: resend it and
             # restart the timer (same interval).
             if self.state == "handshaking":
@@ -890,9 +843,7 @@ class DtlsEndpoint:
             )
             return self._alert_records(AlertLevel.fatal, AlertDescription.handshake_failure)
         self.selected_profile = profile
-        self._keying_material = self._connection.export_keying_material(
-            EXPORTER_LABEL, keying_material_length(profile)
-        )
+        self._keying_material = self._connection.export_keying_material(EXPORTER_LABEL, keying_material_length(profile))
         self.state = "connected"
         self.handshake_completed_at = now
         return None
@@ -954,9 +905,7 @@ class DtlsEndpoint:
                 )
                 self._next_epoch0_sequence += 1
             elif record.epoch == 1:
-                self._next_epoch1_sequence = max(
-                    self._next_epoch1_sequence, record.sequence_number + 1
-                )
+                self._next_epoch1_sequence = max(self._next_epoch1_sequence, record.sequence_number + 1)
             encoded = record.encode()
             if current and len(current) + len(encoded) > self.mtu:
                 datagrams.append(current)
@@ -975,8 +924,7 @@ class DtlsEndpoint:
             return False
         last = max(self._received, default=None)
         retransmitted = all(self._message_complete(f.message_seq) for f in fragments) and any(
-            f.message_seq == last and f.fragment_offset + f.fragment_length == f.length
-            for f in fragments
+            f.message_seq == last and f.fragment_offset + f.fragment_length == f.length for f in fragments
         )
         for f in fragments:
             _, ranges = self._received.setdefault(f.message_seq, (f.length, []))
@@ -1038,8 +986,6 @@ class DtlsEndpoint:
         key, iv = (client_key, client_iv) if self.role is Role.CLIENT else (server_key, server_iv)
         sequence = self._next_epoch1_sequence
         epoch_and_sequence = struct.pack("!H", 1) + sequence.to_bytes(6, "big")
-        additional_data = epoch_and_sequence + struct.pack(
-            "!BHH", content_type, DTLS_1_2, len(plaintext)
-        )
+        additional_data = epoch_and_sequence + struct.pack("!BHH", content_type, DTLS_1_2, len(plaintext))
         ciphertext = AESGCM(key).encrypt(iv + epoch_and_sequence, plaintext, additional_data)
         return DtlsRecord(content_type, DTLS_1_2, 1, sequence, epoch_and_sequence + ciphertext)

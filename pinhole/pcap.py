@@ -74,9 +74,7 @@ class PcapWriter:
     reader in another process sees every record written so far.
     """
 
-    def __init__(
-        self, path: Path | str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = DEFAULT_SNAPLEN
-    ) -> None:
+    def __init__(self, path: Path | str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = DEFAULT_SNAPLEN) -> None:
         if not 0 <= linktype <= 0xFFFF:
             raise PcapError(f"linktype {linktype} is out of range 0..65535")
         if not 0 < snaplen <= 0xFFFFFFFF:
@@ -117,9 +115,7 @@ def pack_global_header(linktype: int = LINKTYPE_ETHERNET, snaplen: int = DEFAULT
     return GLOBAL_HEADER.pack(MAGIC_USEC, VERSION_MAJOR, VERSION_MINOR, 0, 0, snaplen, linktype)
 
 
-def pack_record(
-    ts: float, frame: bytes, snaplen: int = DEFAULT_SNAPLEN, orig_len: int | None = None
-) -> bytes:
+def pack_record(ts: float, frame: bytes, snaplen: int = DEFAULT_SNAPLEN, orig_len: int | None = None) -> bytes:
     """One pcap record: 16-byte header (seconds, microseconds, captured and original length)
     followed by the frame, cut to `snaplen`."""
     if ts < 0:
@@ -130,9 +126,7 @@ def pack_record(
     data = frame[:snaplen]
     original = len(frame) if orig_len is None else orig_len
     if original < len(data):
-        raise PcapError(
-            f"original length {original} is shorter than the {len(data)} bytes captured"
-        )
+        raise PcapError(f"original length {original} is shorter than the {len(data)} bytes captured")
     return RECORD_HEADER.pack(ts_sec, ts_usec, len(data), original) + data
 
 
@@ -170,9 +164,7 @@ def _iter_records(f: BinaryIO, where: str) -> Iterator[tuple[float, bytes]]:
         ts_sec, ts_frac, incl_len, _orig_len = record.unpack(rh)
         data = f.read(incl_len)
         if len(data) < incl_len:
-            raise PcapError(
-                f"{where}: record {index} is truncated ({len(data)} of {incl_len} bytes)"
-            )
+            raise PcapError(f"{where}: record {index} is truncated ({len(data)} of {incl_len} bytes)")
         yield ts_sec + ts_frac / divisor, data
         index += 1
 
@@ -215,8 +207,7 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram | None:
     total_length = struct.unpack_from("!H", packet, 2)[0]
     if total_length < ihl or total_length > len(packet):
         raise PcapError(
-            f"IPv4 total length {total_length} does not fit the {len(packet)} bytes available "
-            f"with a {ihl}-byte header"
+            f"IPv4 total length {total_length} does not fit the {len(packet)} bytes available with a {ihl}-byte header"
         )
     flags_fragment = struct.unpack_from("!H", packet, 6)[0]
     protocol = packet[9]
@@ -231,8 +222,6 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram | None:
         raise PcapError(f"UDP header is truncated ({len(udp)} of 8 bytes)")
     sport, dport, udp_length = struct.unpack_from("!HHH", udp, 0)
     if udp_length < UDP_HEADER_LEN or udp_length > len(udp):
-        raise PcapError(
-            f"UDP length {udp_length} does not fit the {len(udp)} bytes of the IPv4 payload"
-        )
+        raise PcapError(f"UDP length {udp_length} does not fit the {len(udp)} bytes of the IPv4 payload")
     payload = bytes(udp[UDP_HEADER_LEN:udp_length])
     return UdpDatagram(src=(src, sport), dst=(dst, dport), payload=payload)

@@ -33,9 +33,7 @@ def _profile(name: str) -> tuple[int, int, int]:
     try:
         return PROFILES[name]
     except KeyError:
-        raise SrtpError(
-            f"unknown SRTP protection profile {name!r} (known: {', '.join(PROFILES)})"
-        ) from None
+        raise SrtpError(f"unknown SRTP protection profile {name!r} (known: {', '.join(PROFILES)})") from None
 
 
 def keying_material_length(profile: str) -> int:
@@ -70,9 +68,7 @@ class SrtpKeys:
 
     def mirrored(self) -> SrtpKeys:
         """The same keys as the peer holds them (local and remote swapped)."""
-        return SrtpKeys(
-            self.profile, self.remote_key, self.remote_salt, self.local_key, self.local_salt
-        )
+        return SrtpKeys(self.profile, self.remote_key, self.remote_salt, self.local_key, self.local_salt)
 
     def __repr__(self) -> str:  # never put keys into logs
         return f"SrtpKeys(profile={self.profile!r}, <keys hidden>)"

@@ -35,7 +35,7 @@ def lab():
     """A running §7.3 lab (namespaces + every service), torn down even if the tests fail."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from pinhole.controller.run import lab_up
+    from pinhole.controller.run import lab_down, lab_up
 
     name = f"ph-t{uuid.uuid4().hex[:6]}"
     LAB_NAMES.append(name)
@@ -43,4 +43,4 @@ def lab():
     try:
         yield running, topology, timings
     finally:
-        running.down()
+        lab_down(running)

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from pinhole.controller import from_trace
 from pinhole.controller.run import run
 from pinhole.controller.verdict import judge
 
@@ -21,7 +22,21 @@ pytestmark = pytest.mark.lab
 def _run(lab, tmp_path, scenario):
     running, _, _ = lab
     result, out_dir = run(scenario, timers_name="short", lab_name=running.name, out_root=tmp_path, progress=False)
+    # the trace alone gives the same verdict, message by message
+    from_the_trace = from_trace.judge_trace(from_trace.load(out_dir))
+    assert from_the_trace.outcome == result.outcome
+    assert [(c.message, c.passed) for c in from_the_trace.checks] == [(c.message, c.passed) for c in result.checks]
     return result, out_dir, json.loads((out_dir / "evidence.json").read_text())
+
+
+def _ancestry(events, event):
+    """(service, kind, method) of an event's span and all its parents, nearest first."""
+    by_id = {e["span_id"]: e for e in events}
+    chain = []
+    while event is not None:
+        chain.append((event["service"], event["kind"], event["attrs"].get("sip.method", "")))
+        event = by_id.get(event["parent_span_id"])
+    return chain
 
 
 def _tshark(pcap):
@@ -62,6 +77,28 @@ def test_section_7_3_passes(lab, tmp_path):
         for rows in (out_rows, in_rows):
             assert any(r[4] == "SRTP" and r[0] == bob_ip for r in rows), "SRTP from Bob"
             assert any(r[4] == "SRTP" and r[1] == bob_ip for r in rows), "SRTP to Bob"
+    # one trace holds the call: the INVITE's spans chain alice -> proxy-a -> proxy-b -> bob
+    trace = from_trace.evidence_from_trace(from_trace.load(out_dir), evidence["call_id"])
+    events = trace["events"]
+    invite_at_bob = next(e for e in events if e["service"] == "bob" and e["attrs"].get("sip.method") == "INVITE")
+    hops = [(service, kind) for service, kind, method in _ancestry(events, invite_at_bob) if method == "INVITE"]
+    assert hops == [
+        ("bob", "sip.recv"),
+        ("proxy-b", "sip.send"),
+        ("proxy-b", "sip.recv"),
+        ("proxy-a", "sip.send"),
+        ("proxy-a", "sip.recv"),
+        ("alice", "sip.send"),
+    ]
+    # media and the NAT's decisions are in the same trace: the drop of the first ClientHello, then the check
+    drop = next(e for e in events if e["kind"] == "nat.drop")
+    check = next(e for e in events if e["kind"] == "stun.send" and e["attrs"].get("purpose") == "connectivity-check")
+    assert drop["t"] < check["t"] and "client_hello" in drop["attrs"]["dtls.handshake_types"]
+    assert any(e["kind"] == "nat.mapping" and e["attrs"]["remote"] == check["attrs"]["peer"] for e in events)
+    assert {"dtls.send", "dtls.recv", "dtls.connected", "srtp.first_received", "media.closed"} <= {
+        e["kind"] for e in events
+    }
+    assert (out_dir / "ladder.html").exists() and (out_dir / "trace.json").exists()
     # the verdict is a pure function of the saved evidence
     assert judge(evidence).to_dict() == json.loads((out_dir / "verdict.json").read_text())
 

@@ -168,6 +168,14 @@ def grpc_target(endpoint: str) -> tuple[str, bool]:
     return endpoint, secure
 
 
+def export(request: ExportTraceServiceRequest, endpoint: str, timeout: float = 10.0) -> None:
+    """Send a whole trace to another OTLP/gRPC endpoint (a Collector, Jaeger, Tempo) in one Export."""
+    target, secure = grpc_target(endpoint)
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
+    with channel:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=timeout)
+
+
 def _endpoint_for(address: str, port: int) -> str:
     """The URL services export to, for a server bound to `address` (port 0 resolved to `port`)."""
     if address.startswith(("unix:", "unix-abstract:")):

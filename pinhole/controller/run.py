@@ -18,6 +18,8 @@ from typing import Any
 from netns.lab import NetnsLab, load_topology
 from pinhole import demux
 from pinhole.controller import ladder, verdict
+from pinhole.controller.ladder_html import write_html
+from pinhole.controller.otlp import OtlpReceiver, export, trace_of_call, write_otlp_json
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
@@ -119,20 +121,43 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def otlp_socket(run_dir: Path) -> Path:
+    """Where the services export spans (OTLP/gRPC): reachable from every namespace."""
+    return run_dir / "otlp.sock"
+
+
+# Labs brought up by this process keep their trace receiver for their whole life, so services
+# never export into the void between runs (and stop quickly: their last flush is received).
+_RECEIVERS: dict[str, OtlpReceiver] = {}
+
+
 def lab_up(name: str = DEFAULT_LAB) -> tuple[NetnsLab, Any, dict[str, float]]:
-    """Build the namespaces, start every service and wait until all are SERVING."""
+    """Build the namespaces, start the lab's OTLP receiver and every service, wait until all are SERVING."""
     topology = load_topology()
     lab = NetnsLab(topology, name=name)
     timings = {"namespaces": lab.up()}
     started = time.monotonic()
+    receiver = OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}")
     try:
-        pids = start_services(lab, topology)
+        receiver.start()
+        pids = start_services(lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.run_dir)}")
         wait_healthy(lab.run_dir, list(pids), pids=pids)
     except BaseException:
         lab.down()
+        receiver.stop()
         raise
+    _RECEIVERS[name] = receiver
     timings["services"] = time.monotonic() - started
     return lab, topology, timings
+
+
+def lab_down(lab: NetnsLab) -> float:
+    """Stop the services (they flush their spans on SIGTERM), then the lab's receiver, then the rest."""
+    seconds = lab.down()
+    receiver = _RECEIVERS.pop(lab.name, None)
+    if receiver is not None:
+        receiver.stop()
+    return seconds
 
 
 def service_kinds(topology: Any) -> dict[str, str]:
@@ -227,8 +252,12 @@ def run(
     lab_name: str = DEFAULT_LAB,
     out_root: Path = Path("out"),
     progress: bool = True,
+    forward_to: str | None = None,
 ) -> tuple[verdict.Verdict, Path]:
-    """Run one scenario; returns the verdict and the run's artifact directory."""
+    """Run one scenario; returns the verdict and the run's artifact directory.
+
+    Spans go to the embedded OTLP receiver (and on to `forward_to`, another OTLP endpoint).
+    """
     scenario = SCENARIOS[scenario_name]
     timers = TIMERS[timers_name]
     show = Progress(progress)
@@ -245,6 +274,12 @@ def run(
     else:
         topology = load_topology()
         lab = NetnsLab(topology, name=lab_name)
+    # a lab up in another process (pinhole lab up) gets a receiver for this run only
+    receiver = _RECEIVERS.get(lab_name) or OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}")
+    temporary = lab_name not in _RECEIVERS
+    if temporary:
+        receiver.start()
+    receiver.clear()
     clients = ServiceClients(lab.run_dir, service_kinds(topology))
     collector = EventCollector(clients, list(service_kinds(topology)), since=time.time())
     capture = None
@@ -268,6 +303,8 @@ def run(
         # both user agents end the call (BYE either way, or a failure): then the evidence is complete
         collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
         show.stage("collecting evidence")
+        for node in service_kinds(topology):  # every span made so far reaches the receiver
+            clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
         calls = {
             ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
             for ua in ("alice", "bob")
@@ -282,13 +319,12 @@ def run(
         if capture is not None:
             capture.stop()
         clients.close()
+        trace_request = receiver.request()
+        if temporary:
+            receiver.stop()
         if owned:
             show.stage("tearing the lab down")
-            for node in service_kinds(topology):
-                log = lab.run_dir / f"{node}.log"
-                if log.exists():
-                    shutil.copy(log, out_dir / f"{node}.log")
-            measurements["lab_down_s"] = lab.down()
+            measurements["lab_down_s"] = _down(lab, topology, out_dir)
 
     events = collector.snapshot()
     evidence = {
@@ -307,8 +343,13 @@ def run(
         "address_map": address_map(topology),
         "measurements": {**measurements, **_media_times(events, placed)},
     }
+    write_otlp_json(trace_request, out_dir / "trace.json")
+    if forward_to:
+        export(trace_request, forward_to)
+    evidence["trace_id"] = trace_of_call(trace_request, call_id) or ""
     result = verdict.judge(evidence, scenario.name)
     drawing = ladder.render(evidence)
+    write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
     (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -319,6 +360,15 @@ def run(
     last.symlink_to(run_id)
     show.done()
     return result, out_dir
+
+
+def _down(lab: NetnsLab, topology: Any, out_dir: Path) -> float:
+    """Tear the lab down, keeping each service's log with the run's artifacts."""
+    for node in service_kinds(topology):
+        log = lab.run_dir / f"{node}.log"
+        if log.exists():
+            shutil.copy(log, out_dir / f"{node}.log")
+    return lab_down(lab)
 
 
 def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:

@@ -84,9 +84,16 @@ def service_argv(node: Any, run_dir: Path) -> list[str]:
     return argv
 
 
-def start_services(lab: Any, topology: Any) -> dict[str, int]:
-    """Spawn every service of the topology in its namespace; returns node -> PID."""
-    env = dict(os.environ)
+def start_services(lab: Any, topology: Any, *, otlp_endpoint: str) -> dict[str, int]:
+    """Spawn every service of the topology in its namespace; returns node -> PID.
+
+    Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+    # a local receiver answers in milliseconds; a short timeout keeps a stop quick when it is gone
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_TIMEOUT="2"
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     pids = {}

@@ -32,6 +32,12 @@ class Verdict:
     passed: bool
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    broken: str = ""  # the lab could not run the scenario (a service down, no evidence from one)
+
+    @property
+    def outcome(self) -> str:
+        """pass, fail (a requirement was broken, named with its RFC section) or broken (the lab was)."""
+        return "broken" if self.broken else "pass" if self.passed else "fail"
 
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
@@ -39,7 +45,8 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
-            "verdict": "pass" if self.passed else "fail",
+            "verdict": self.outcome,
+            "broken": self.broken,
             "checks": [asdict(c) for c in self.checks],
             "notes": self.notes,
         }
@@ -52,7 +59,9 @@ class Verdict:
             lines.append(f"              {c.detail}")
         for note in self.notes:
             lines.append(f"  note: {note}")
-        lines.append(f"verdict: {'PASS' if self.passed else 'FAIL'} ({self.scenario})")
+        if self.broken:
+            lines.append(f"  broken: {self.broken}")
+        lines.append(f"verdict: {self.outcome.upper()} ({self.scenario})")
         return "\n".join(lines)
 
 
@@ -65,7 +74,9 @@ class Evidence:
         self.call_id: str = data.get("call_id", "")
         self.calls: dict[str, dict[str, Any]] = data.get("calls", {})
         self.captures: dict[str, list[dict[str, Any]]] = data.get("captures", {})
-        self.mappings: list[dict[str, Any]] = data.get("mappings", [])
+        self.mappings: list[dict[str, Any]] = data.get("mappings") or [
+            e["attrs"] for e in self.events if e["kind"] == "nat.mapping"
+        ]
         opened = self.first("alice", "media.open")
         self.alice_media_local: str = opened["attrs"].get("local", "") if opened else ""
 
@@ -86,7 +97,11 @@ class Evidence:
         return found[0] if found else None
 
     def media(self, service: str) -> dict[str, Any]:
-        return self.calls.get(service, {}).get("media", {})
+        """Final media statistics: the call status the controller asked for, else the trace's media.closed."""
+        if service in self.calls:
+            return self.calls[service].get("media", {})
+        closed = self.first(service, "media.closed")
+        return closed["attrs"] if closed else {}
 
 
 def _matches(value: str | None, wanted: str) -> bool:

@@ -21,6 +21,7 @@ from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
 from services.natgw import conntrack, ruleset
+from services.natgw.calls import CallDirectory
 from services.natgw.nflog import LoggedPacket, NflogReader
 
 log = logging.getLogger("natgw")
@@ -62,6 +63,9 @@ class NatGateway:
         self.drops: list[natgw_pb2.DroppedPacket] = []
         self._watchers: list[asyncio.Queue[natgw_pb2.DroppedPacket]] = []
         self.reader: NflogReader | None = None
+        self.sip_reader: NflogReader | None = None
+        self.calls = CallDirectory()
+        self._conntrack_events: asyncio.subprocess.Process | None = None
 
     def apply(self, behaviour: ruleset.NatBehaviour) -> str:
         script = ruleset.render(
@@ -71,6 +75,7 @@ class NatGateway:
             wan_address=self.wan_address,
             lan_prefix=self.lan_prefix,
             log_group=self.log_group,
+            sip_log_group=self.log_group + 1,
         )
         ruleset.apply(script)
         ruleset.set_mapping_timeout(behaviour.mapping_timeout)
@@ -83,9 +88,52 @@ class NatGateway:
         )
         return script
 
-    def start_observing(self) -> None:
+    async def start_observing(self) -> None:
+        """Drops (NFLOG), forwarded SIP (NFLOG, for call correlation) and new mappings (conntrack -E)."""
+        loop = asyncio.get_running_loop()
         self.reader = NflogReader(self.log_group)
-        asyncio.get_running_loop().add_reader(self.reader.fileno(), self._read_drops)
+        loop.add_reader(self.reader.fileno(), self._read_drops)
+        self.sip_reader = NflogReader(self.log_group + 1)
+        loop.add_reader(self.sip_reader.fileno(), self._read_sip)
+        self._conntrack_events = await asyncio.create_subprocess_exec(
+            "conntrack",
+            "-E",
+            "-e",
+            "NEW",
+            "-p",
+            "udp",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        loop.create_task(self._read_mappings(self._conntrack_events))
+
+    def _read_sip(self) -> None:
+        assert self.sip_reader is not None
+        for packet in self.sip_reader.read():
+            self.calls.observe(packet.payload)
+
+    async def _read_mappings(self, process: asyncio.subprocess.Process) -> None:
+        """Every new mapping onto the outside address, as the kernel creates it."""
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").replace("[NEW]", "").strip()
+            try:
+                mappings = conntrack.parse_udp_mappings(line, self.wan_address)
+            except conntrack.ConntrackError:
+                self.counters["conntrack_unparsable"] += 1
+                continue
+            for m in mappings:
+                self.counters["mappings_seen"] += 1
+                flow = self.calls.lookup(m.external, m.remote)
+                self.events.emit(
+                    "nat.mapping",
+                    flow.call_id if flow else "",
+                    parent=flow.context if flow else None,
+                    internal=f"{m.internal[0]}:{m.internal[1]}",
+                    external=f"{m.external[0]}:{m.external[1]}",
+                    remote=f"{m.remote[0]}:{m.remote[1]}",
+                    peer=f"{m.remote[0]}:{m.remote[1]}",
+                )
 
     def _read_drops(self) -> None:
         assert self.reader is not None
@@ -122,10 +170,12 @@ class NatGateway:
         )
         self.drops.append(drop)
         del self.drops[:-10_000]
+        flow = self.calls.lookup(udp.dst, udp.src)
         self.events.emit(
             "nat.drop",
-            "",
+            flow.call_id if flow else "",
             description,
+            parent=flow.context if flow else None,
             hook=hook,
             source=source,
             destination=destination,
@@ -144,9 +194,12 @@ class NatGateway:
         self._watchers.remove(queue)
 
     def close(self) -> None:
-        if self.reader is not None:
-            asyncio.get_running_loop().remove_reader(self.reader.fileno())
-            self.reader.close()
+        for reader in (self.reader, self.sip_reader):
+            if reader is not None:
+                asyncio.get_running_loop().remove_reader(reader.fileno())
+                reader.close()
+        if self._conntrack_events is not None and self._conntrack_events.returncode is None:
+            self._conntrack_events.terminate()
         ruleset.remove()
 
 
@@ -242,7 +295,7 @@ async def main() -> None:
         events=events,
         counters=counters,
     )
-    gateway.start_observing()
+    await gateway.start_observing()
     gateway.apply(ruleset.NatBehaviour())
     events.emit("service.started", wan_address=args.wan_address, lan_prefix=args.lan_prefix)
     name = natgw_pb2.DESCRIPTOR.services_by_name["NatGateway"].full_name

@@ -67,6 +67,7 @@ COUNTERS = (
 # NFLOG prefixes of the drop rules: they say in which hook the packet was dropped.
 DROP_PREFIX_INPUT = "pinhole-nat drop input"
 DROP_PREFIX_FORWARD = "pinhole-nat drop forward"
+SIP_PREFIX = "pinhole-nat sip"  # copies of forwarded SIP, for the gateway's passive SIP observer
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 SYSCTL_DIR = Path("/proc/sys/net/netfilter")
@@ -138,8 +139,13 @@ def render(
     wan_address: str,
     lan_prefix: str,
     log_group: int = 1,
+    sip_log_group: int | None = None,
+    sip_port: int = 5060,
 ) -> str:
     """The nft script for table `inet pinhole_nat` implementing `behaviour`.
+
+    With `sip_log_group`, a copy of every SIP datagram the NAT forwards goes to that NFLOG
+    group (observation only: the NAT changes nothing in it, RFC 4787 REQ-10: no ALG).
 
     The script replaces any previous version of the table in one transaction. Behaviours the
     kernel's masquerade cannot express raise NotImplementedError instead of being faked.
@@ -185,6 +191,11 @@ def render(
     inbound = f'iifname "{wan_if}" oifname "{lan_if}" ct state established,related'
     unsolicited = f'iifname "{wan_if}" ip daddr {wan}'
 
+    observe = ""
+    if sip_log_group is not None:
+        copy = f'log prefix "{SIP_PREFIX}" group {sip_log_group} queue-threshold 1'
+        observe = f"\t\tudp dport {sip_port} {copy}\n\t\tudp sport {sip_port} {copy}\n"
+
     counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in COUNTERS)
     return f"""\
 # pinhole NAT gateway: RFC 4787 {behaviour.mapping.value} mapping, \
@@ -201,7 +212,7 @@ table {FAMILY} {TABLE} {{
 
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
-\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
+{observe}\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
 \t\t{inbound} counter name "{COUNTER_INBOUND}" accept
 \t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
 \t}}

@@ -102,7 +102,7 @@ class UserAgent:
         self.calls: dict[str, Call] = {}
         self.endpoint: SipEndpoint | None = None
         self.sip_reflexive: Address | None = None
-        self._sip_stun: dict[bytes, asyncio.Future[Address]] = {}
+        self._sip_stun: dict[bytes, tuple[asyncio.Future[Address], str]] = {}  # by transaction id, with the call
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -162,9 +162,10 @@ class UserAgent:
             self.counters["sip_socket_stun_malformed"] += 1
             self._on_malformed(data, peer, f"STUN: {error}")
             return
+        future, call_id = self._sip_stun.pop(message.transaction_id, (None, ""))
         self.events.emit(
             "stun.recv",
-            "",
+            call_id,
             {
                 "stun.transaction_id": message.transaction_id.hex(),
                 "stun.class": message.message_class.name.lower(),
@@ -173,24 +174,23 @@ class UserAgent:
             peer=fmt(peer),
             local=fmt(self.sip_address),
         )
-        future = self._sip_stun.pop(message.transaction_id, None)
         if future is not None and not future.done() and message.xor_mapped_address is not None:
             future.set_result(message.xor_mapped_address)
 
-    async def _learn_sip_reflexive(self) -> Address:
+    async def _learn_sip_reflexive(self, call_id: str) -> Address:
         """Our SIP socket's public address, for Contact: in-dialog requests must reach us through the NAT."""
         assert self.endpoint is not None and self.config.stun_server is not None
         request = stun.binding_request(software="pinhole")
         transaction = stun.BindingTransaction(stun.encode(request), rto=self.config.media_timers.stun_rto)
         future: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
-        self._sip_stun[request.transaction_id] = future
+        self._sip_stun[request.transaction_id] = (future, call_id)
         loop = asyncio.get_running_loop()
         data: bytes | None = transaction.start(loop.time())
         while data is not None:
             if data:
                 self.events.emit(
                     "stun.send",
-                    "",
+                    call_id,
                     {"stun.transaction_id": request.transaction_id.hex(), "stun.class": "request"},
                     peer=fmt(self.config.stun_server),
                     local=fmt(self.sip_address),
@@ -223,7 +223,7 @@ class UserAgent:
         if self.config.stun_server is not None:
             advertised = await media.stun_binding(self.config.stun_server, purpose="reflexive-address")
             if self.sip_reflexive is None:
-                self.sip_reflexive = await self._learn_sip_reflexive()
+                self.sip_reflexive = await self._learn_sip_reflexive(call.call_id)
         call.advertised = advertised
         self.events.emit("media.open", call.call_id, local=fmt(media.local_address), advertised=fmt(advertised))
         offer = sdp.build_offer(

@@ -1,0 +1,76 @@
+"""The §7.3 verdict and ladder from a trace file alone (OTLP JSON, as a run writes trace.json).
+
+Every event a service records is also a span (pinhole/events.py), so the call's trace holds the
+same evidence the controller collects over gRPC. A service with no span at all in the file means
+the lab, not the implementation, failed: that is the "broken" outcome.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pinhole.controller.otlp import read_otlp_json, service_name, spans_to_events, trace_of_call
+from pinhole.controller.verdict import Verdict, judge
+
+EXPECTED_SERVICES = ("alice", "proxy-a", "proxy-b", "natgw", "bob")
+
+
+def load(path: Path) -> Any:
+    """A trace file, or a run directory holding trace.json."""
+    return read_otlp_json(path / "trace.json" if path.is_dir() else path)
+
+
+def call_ids(request: Any) -> list[str]:
+    """Call-IDs in the file, the one with the most spans first."""
+    counts = Counter(e["call_id"] for e in spans_to_events(request) if e["call_id"])
+    return [call_id for call_id, _ in counts.most_common()]
+
+
+def evidence_from_trace(request: Any, call_id: str | None = None) -> dict[str, Any]:
+    """The evidence dict the verdict reads, rebuilt from spans: the call's trace plus its
+    Call-ID's spans anywhere else in the file."""
+    call_id = call_id or next(iter(call_ids(request)), "")
+    trace_id = trace_of_call(request, call_id) or ""
+    everything = spans_to_events(request)
+    events = [e for e in everything if e["trace_id"] == trace_id or (call_id and e["call_id"] == call_id)]
+    return {
+        "source": "trace",
+        "call_id": call_id,
+        "trace_id": trace_id,
+        "events": events,
+        # NAT mappings made before the call's SIP (Alice asking the STUN server) have no call yet;
+        # the verdict matches them to the call by Alice's media socket
+        "mappings": [e["attrs"] for e in everything if e["kind"] == "nat.mapping"],
+        "address_map": address_map(everything),
+    }
+
+
+def address_map(events: list[dict[str, Any]]) -> dict[str, str]:
+    """IP -> ladder column, from what services said about themselves (service.started, local addresses).
+
+    The NAT's outside address stands for Alice, as seen from the public side.
+    """
+    mapping: dict[str, str] = {}
+    for e in events:
+        a = e["attrs"]
+        for key in ("sip", "listen", "local"):
+            if a.get(key) and (e["kind"] == "service.started" or key == "local"):
+                mapping.setdefault(a[key].rpartition(":")[0], e["service"])
+    for e in events:
+        if e["kind"] == "service.started" and e["attrs"].get("wan_address"):
+            mapping[e["attrs"]["wan_address"]] = "alice"
+    return mapping
+
+
+def judge_trace(request: Any, call_id: str | None = None, scenario: str = "") -> Verdict:
+    seen = {service_name(rs) for rs in request.resource_spans if any(ss.spans for ss in rs.scope_spans)}
+    evidence = evidence_from_trace(request, call_id)
+    result = judge(evidence, scenario or "trace")
+    missing = [s for s in EXPECTED_SERVICES if s not in seen]
+    if missing:
+        result.broken = f"no spans at all from {', '.join(missing)}: the lab did not run the scenario"
+    elif not evidence["events"]:
+        result.broken = "no call in the trace"
+    return result

@@ -1,0 +1,77 @@
+"""Which call a packet at the NAT belongs to, learned from the SIP the NAT forwards.
+
+Media packets carry no trace context, but the signalling announced them: the offer's c=/m=
+is Alice's public media address (the NAT mapping she learned), the answer's is Bob's. The
+gateway reads a copy of every SIP datagram it forwards (NFLOG; it never changes one, so this
+is no ALG) and keeps media address -> (Call-ID, the trace context in the message's
+traceparent). A drop or a new mapping that involves one of those addresses then lands in that
+call's trace, also when many calls run at once (each has its own media ports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.context import Context
+
+from pinhole import sdp, telemetry
+from pinhole.pcap import decode_ipv4_udp
+from pinhole.sip import SipParseError, parse_message
+from pinhole.sip.describe import TRACE_HEADERS
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CallFlow:
+    call_id: str
+    context: Context | None
+
+
+class CallDirectory:
+    """Media address -> the call (and trace) whose SDP announced it."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._flows: dict[Address, CallFlow] = {}
+        self.observed = 0
+        self.unparsable = 0
+
+    def observe(self, ip_packet: bytes) -> CallFlow | None:
+        """Learn from one forwarded SIP datagram (an IPv4 packet as NFLOG hands it over)."""
+        udp = decode_ipv4_udp(ip_packet)
+        if udp is None:
+            return None
+        try:
+            message = parse_message(udp.payload)
+        except SipParseError:
+            self.unparsable += 1
+            return None
+        self.observed += 1
+        if not message.body:
+            return None
+        try:
+            session = sdp.parse(message.body)
+        except sdp.SdpError:
+            self.unparsable += 1
+            return None
+        if not session.media:
+            return None
+        media = session.media[0]
+        connection = media.connection or session.connection or ""
+        if not connection:
+            return None
+        carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
+        flow = CallFlow(message.call_id or "", telemetry.extract(carrier))
+        self._flows[(connection.split()[-1], media.port)] = flow
+        if len(self._flows) > self.limit:
+            del self._flows[next(iter(self._flows))]
+        return flow
+
+    def lookup(self, *addresses: Address) -> CallFlow | None:
+        """The call of the first address that an SDP announced."""
+        for address in addresses:
+            flow = self._flows.get(address)
+            if flow is not None:
+                return flow
+        return None
