@@ -45,17 +45,19 @@ class EventLog:
         attributes: Mapping[str, object] | None = None,
         *,
         parent: Context | None = None,
+        at_ns: int | None = None,
         **more: object,
     ) -> events_pb2.Event:
         """Record one event (and its span); attribute values are stringified.
 
         Dotted attribute names (dtls.handshake_types) go in `attributes`, plain ones may be keywords.
         The span's parent is `parent` if given, else the call's bound context, else a new trace.
+        `at_ns` is when it happened, if known better than now (a kernel timestamp).
         """
         merged = {**(attributes or {}), **more}
         self._sequence += 1
         event = events_pb2.Event(
-            time_unix_nano=time.time_ns(),
+            time_unix_nano=at_ns or time.time_ns(),
             service=self.service,
             kind=kind,
             call_id=call_id,

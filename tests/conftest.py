@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -43,4 +44,18 @@ def lab():
     try:
         yield running, topology, timings
     finally:
+        from netns.lab import pids_in_netns
+
+        pids = [pid for ns in running.namespaces() for pid in pids_in_netns(ns)]
         lab_down(running)
+        alive = [pid for pid in pids if _running(pid)]
+        assert not alive, f"processes left behind by lab {name}: {alive}"
+
+
+def _running(pid: int) -> bool:
+    """True for a live process (a zombie waiting to be reaped has already ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

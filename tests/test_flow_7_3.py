@@ -65,13 +65,18 @@ def test_section_7_3_passes(lab, tmp_path):
     ladder = (out_dir / "ladder.txt").read_text()
     assert "X" in ladder and "INVITE" in ladder and "STUN Binding request" in ladder
     # what tshark decodes from the pcaps taken on both sides of the NAT
-    drops = [e for e in evidence["events"] if e["kind"] == "nat.drop"]
+    drops = [
+        e
+        for e in evidence["events"]
+        if e["kind"] == "nat.drop" and "client_hello" in e["attrs"].get("dtls.handshake_types", "")
+    ]
     if shutil.which("tshark"):
         out_rows, in_rows = _tshark(out_dir / "natgw-wan0.pcap"), _tshark(out_dir / "natgw-lan0.pcap")
         bob_ip = next(ip for ip, node in evidence["address_map"].items() if node == "bob")
         hellos_out = [r for r in out_rows if r[0] == bob_ip and r[2] == "1"]
         hellos_in = [r for r in in_rows if r[0] == bob_ip and r[2] == "1"]
-        assert len(hellos_in) == 1 and len(hellos_out) == 1 + len(drops) >= 2
+        # the first passes after the check; a loaded machine may let a later retransmission through too
+        assert len(hellos_in) >= 1 and len(hellos_out) == len(hellos_in) + len(drops) >= 2
         assert any(r[1] == bob_ip and r[3] == "0x0001" for r in out_rows), "STUN check outside"
         assert any(r[0] == bob_ip and r[3] == "0x0101" for r in in_rows), "STUN response inside"
         for rows in (out_rows, in_rows):

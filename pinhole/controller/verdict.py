@@ -195,10 +195,12 @@ def _m3(ev: Evidence) -> tuple[bool, str, float | None]:
     checks = _connectivity_checks(ev)
     if not drops:
         return False, "the NAT dropped no ClientHello", _t(first)
-    drop = drops[0]
-    if checks and drop["t"] > checks[0]["t"]:
-        return False, "the first drop came after Alice's STUN check", _t(drop)
     seq = first["attrs"].get("dtls.record_sequence")
+    drop = next((d for d in drops if d["attrs"].get("dtls.record_sequence") == seq), None)
+    if drop is None:
+        return False, f"the first ClientHello (record seq {seq}) was not among the NAT's drops", _t(first)
+    if checks and drop["t"] > checks[0]["t"]:  # the drop's time is the kernel's (NFLOG)
+        return False, "the first ClientHello was dropped after Alice's STUN check", _t(drop)
     outside = [p for p in ev.captures.get("outside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
     inside = [p for p in ev.captures.get("inside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
     detail = f"record seq {seq}; {len(drops)} ClientHello drop(s) at the NAT ({drop['attrs'].get('hook')} hook)"

@@ -9,7 +9,9 @@ observes: every inbound packet the ruleset drops arrives here over NFLOG and is 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
+import signal
 import logging
 import time
 
@@ -39,6 +41,7 @@ FILTERINGS = {
     natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
 }
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
+PR_SET_PDEATHSIG = 1
 
 
 class NatGateway:
@@ -104,6 +107,7 @@ class NatGateway:
             "udp",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         loop.create_task(self._read_mappings(self._conntrack_events))
 
@@ -176,6 +180,7 @@ class NatGateway:
             flow.call_id if flow else "",
             description,
             parent=flow.context if flow else None,
+            at_ns=int(when * 1e9),  # the kernel's time of the drop, comparable with other hosts' events
             hook=hook,
             source=source,
             destination=destination,
@@ -201,6 +206,11 @@ class NatGateway:
         if self._conntrack_events is not None and self._conntrack_events.returncode is None:
             self._conntrack_events.terminate()
         ruleset.remove()
+
+
+def _die_with_parent() -> None:
+    """In the conntrack child: SIGTERM when the gateway dies, even by SIGKILL (no orphan in the lab)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _endpoint(address: tuple[str, int]) -> natgw_pb2.Endpoint:
