@@ -86,6 +86,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._stun_transactions: dict[bytes, tuple[stun.BindingTransaction, Address, asyncio.Future[Address]]] = {}
         self._stun_timers: dict[bytes, asyncio.TimerHandle] = {}
         self._media_task: asyncio.Task[None] | None = None
+        self.accept_early_client_hello = False  # the offerer (actpass) before the answer arrives
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
 
@@ -274,6 +275,14 @@ class MediaSession(asyncio.DatagramProtocol):
 
     def _dtls_received(self, data: bytes, source: Address) -> None:
         description = dtls.describe(data)
+        if (
+            self.endpoint is None
+            and self.accept_early_client_hello
+            and "client_hello" in description.get("dtls.handshake_types", "")
+        ):
+            # the answerer chose active and its ClientHello beat the answer: serve it now, and check
+            # its certificate once the answer's fingerprint arrives (RFC 5763 §5 "tentatively")
+            self.start_dtls(dtls.Role.SERVER, source)
         if self.endpoint is None:
             self.events.emit(
                 "dtls.recv",

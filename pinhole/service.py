@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -79,17 +81,26 @@ async def serve(
     await asyncio.to_thread(telemetry.shutdown)  # flushes: a SIGTERM loses no span
 
 
-def invalid(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
-    """Abort an RPC with INVALID_ARGUMENT and a precise message."""
-    return context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    """'203.0.113.10:5060' -> ('203.0.113.10', 5060), with an error that names the field."""
+    """'203.0.113.10:5060' -> ('203.0.113.10', 5060), with an error that names the field.
+
+    The host must be an IPv4 literal: the lab has no DNS, and a name would only fail later.
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what}: expected host:port, got {value!r}")
+        raise ValueError(f"{what}: expected IPv4:port, got {value!r}")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"{what}: {host!r} is not an IPv4 address (the lab has no DNS)") from None
     return host, int(port)
+
+
+def positive_seconds(value: float, what: str) -> float:
+    """A timer value: finite and > 0 (0 means unset to the caller, so check it before defaulting)."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what}: must be a finite number of seconds >= 0, got {value}")
+    return value
 
 
 class EvidenceServicer:

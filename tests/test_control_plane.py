@@ -65,9 +65,18 @@ def test_useragent_names_the_bad_field(clients):
         alice.Configure,
         useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", timers=useragent_pb2.Timers(dtls_initial_seconds=-1)),
     )
-    assert error.details() == "timers.dtls_initial_seconds: must not be negative"
+    assert error.details() == "timers.dtls_initial_seconds: must be a finite number of seconds >= 0, got -1.0"
     error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", outbound_proxy="nowhere"))
-    assert error.details() == "outbound_proxy: expected host:port, got 'nowhere'"
+    assert error.details() == "outbound_proxy: expected IPv4:port, got 'nowhere'"
+    error = _error(
+        alice.Configure,
+        useragent_pb2.UserAgentConfig(
+            aor="sip:alice@a.example", timers=useragent_pb2.Timers(stun_rto_seconds=float("nan"))
+        ),
+    )
+    assert error.details() == "timers.stun_rto_seconds: must be a finite number of seconds >= 0, got nan"
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", stun_server="stun:3478"))
+    assert error.details() == "stun_server: 'stun' is not an IPv4 address (the lab has no DNS)"
     error = _error(alice.GetCall, useragent_pb2.GetCallRequest(call_id="nope"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     error = _error(alice.PlaceCall, useragent_pb2.PlaceCallRequest(target="bob"))
@@ -80,7 +89,7 @@ def test_proxy_names_the_bad_route(clients):
         proxy_pb2.ProxyConfig(routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop="nope")]),
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "routes[0].next_hop: expected host:port, got 'nope'"
+    assert error.details() == "routes[0].next_hop: expected IPv4:port, got 'nope'"
 
 
 def test_natgw_lists_mappings(clients, lab):

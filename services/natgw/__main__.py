@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ipaddress
-import signal
 import logging
+import signal
 import time
 
 import grpc
@@ -251,7 +251,10 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
         return natgw_pb2.NatConfigReply(effective=self._effective(), ruleset=script)
 
     async def ListMappings(self, request, context):  # noqa: N802
-        mappings = await asyncio.to_thread(conntrack.list_udp_mappings, self.gateway.wan_address)
+        try:
+            mappings = await asyncio.to_thread(conntrack.list_udp_mappings, self.gateway.wan_address)
+        except conntrack.ConntrackError as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"reading the conntrack table failed: {error}")
         return natgw_pb2.ListMappingsReply(
             mappings=[
                 natgw_pb2.NatMappingEntry(

@@ -14,7 +14,14 @@ import grpc
 
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
+from pinhole.service import (
+    EvidenceServicer,
+    argument_parser,
+    parse_hostport,
+    positive_seconds,
+    serve,
+    setup_observability,
+)
 from pinhole.sip import Request, Response, SipEndpoint, SipTimers
 from pinhole.sip.describe import record_message
 from services.proxy.proxy import Route, StatefulProxy
@@ -37,8 +44,10 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
             except ValueError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             routes.append(Route(domain=route.domain, next_hop=next_hop, user=route.user or None))
-        if request.sip_t1_seconds < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sip_t1_seconds: must not be negative")
+        try:
+            positive_seconds(request.sip_t1_seconds, "sip_t1_seconds")
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if request.sip_t1_seconds:
             self.endpoint.timers = SipTimers.scaled(request.sip_t1_seconds)
         self.proxy.routes = routes

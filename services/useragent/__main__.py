@@ -12,8 +12,15 @@ from pinhole import dtls, sdp
 from pinhole.events import Counters, EventLog
 from pinhole.media import MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
-from pinhole.sip import SipTimers
+from pinhole.service import (
+    EvidenceServicer,
+    argument_parser,
+    parse_hostport,
+    positive_seconds,
+    serve,
+    setup_observability,
+)
+from pinhole.sip import SipParseError, SipTimers
 from services.useragent.agent import AgentConfig, Call, CallStateError, ConfigError, UserAgent
 
 log = logging.getLogger("useragent")
@@ -28,9 +35,11 @@ SETUPS = {
 def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
     """Validate a Configure request field by field; unset fields take RFC defaults."""
     t = request.timers
-    for name in ("sip_t1_seconds", "dtls_initial_seconds", "dtls_maximum_seconds", "stun_rto_seconds"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"timers.{name}: must not be negative")
+    try:
+        for name in ("sip_t1_seconds", "dtls_initial_seconds", "dtls_maximum_seconds", "stun_rto_seconds"):
+            positive_seconds(getattr(t, name), f"timers.{name}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     initial = t.dtls_initial_seconds or 1.0
     maximum = t.dtls_maximum_seconds or 60.0
     if maximum < initial:
@@ -131,6 +140,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             )
         try:
             call_id = await self.agent.place_call(request.target)
+        except SipParseError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target: {error}")
         except ConfigError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except (TimeoutError, OSError) as error:
@@ -144,6 +155,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
         except CallStateError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except ValueError as error:  # an offer we cannot answer (SdpError)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot answer: {error}")
         return call_status(self.agent.calls[request.call_id])
 
     async def HangUp(self, request, context):  # noqa: N802

@@ -13,6 +13,7 @@ arrives and the handshake is not complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -218,12 +219,18 @@ class UserAgent:
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
         self.calls[call.call_id] = call
         self.events.start_call(call.call_id, direction="outgoing", target=target)  # the root of the call's trace
-        media = await self._open_media(call)
-        advertised = media.local_address
-        if self.config.stun_server is not None:
-            advertised = await media.stun_binding(self.config.stun_server, purpose="reflexive-address")
-            if self.sip_reflexive is None:
-                self.sip_reflexive = await self._learn_sip_reflexive(call.call_id)
+        try:
+            media = await self._open_media(call)
+            # a=setup:actpass: a ClientHello may come before the answer (RFC 5763 §5), we are its server
+            media.accept_early_client_hello = True
+            advertised = media.local_address
+            if self.config.stun_server is not None:
+                advertised = await media.stun_binding(self.config.stun_server, purpose="reflexive-address")
+                if self.sip_reflexive is None:
+                    self.sip_reflexive = await self._learn_sip_reflexive(call.call_id)
+        except (OSError, TimeoutError, stun.StunError) as error:
+            self._fail(call, f"could not prepare the call: {error}")
+            raise
         call.advertised = advertised
         self.events.emit("media.open", call.call_id, local=fmt(media.local_address), advertised=fmt(advertised))
         offer = sdp.build_offer(
@@ -306,8 +313,13 @@ class UserAgent:
         media.set_peer_fingerprints([(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)])
         # a=setup:active in the answer makes us the DTLS server (passive), and the reverse (RFC 4145)
         role = dtls.Role.SERVER if answer.setup == sdp.Setup.ACTIVE else dtls.Role.CLIENT
+        media.accept_early_client_hello = False
         if media.endpoint is None:
             media.start_dtls(role, call.remote_media)
+        elif media.role != role:
+            self._fail(call, f"answer a=setup:{answer.setup.value} but a ClientHello already made us the server")
+            await self._bye_after_failure(call)
+            return
         if role == dtls.Role.SERVER:
             self._stun_check(call)
         media.start_media(self.config.media_packets)
@@ -384,7 +396,8 @@ class UserAgent:
             "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
         )
         if self.config.auto_answer:
-            await self.answer(call_id)
+            with contextlib.suppress(sdp.SdpError):  # answered 488 and failed the call already
+                await self.answer(call_id)
 
     async def answer(self, call_id: str) -> None:
         """Answer a ringing call: DTLS first (as the active side, the ClientHello leaves before the
@@ -396,16 +409,14 @@ class UserAgent:
             raise CallStateError(f"call {call_id} is {call.direction} and {call.state}: nothing to answer")
         transaction, request = call.invite_transaction, call.invite_transaction.request
         call.invite_transaction = None
+        assert call.offer is not None
+        offered = sdp.read_offer(call.offer).setup
+        # RFC 4145 §4.1: an offer of active/passive (RFC 8842 allows them) leaves us the other role
+        setup = {sdp.Setup.ACTIVE: sdp.Setup.PASSIVE, sdp.Setup.PASSIVE: sdp.Setup.ACTIVE}.get(
+            offered, self.config.answer_setup
+        )
         media = await self._open_media(call)
         call.advertised = media.local_address
-        self.events.emit("media.open", call_id, local=fmt(media.local_address), advertised=fmt(media.local_address))
-        media.set_peer_fingerprints(call.peer_fingerprints)
-        setup = self.config.answer_setup
-        if setup == sdp.Setup.ACTIVE:
-            media.start_dtls(dtls.Role.CLIENT, call.remote_media)
-        else:
-            media.start_dtls(dtls.Role.SERVER, call.remote_media)
-            self._stun_check(call)  # §6.7.2: the passive side checks as soon as it has the peer's SDP
         fingerprint = self._fingerprint()
         if self.config.tamper_answer_fingerprint:
             fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
@@ -415,16 +426,27 @@ class UserAgent:
                 reason="negative control: answer fingerprint is not ours",
                 fingerprint=str(fingerprint),
             )
-        assert call.offer is not None and call.advertised is not None
-        answer = sdp.build_answer(
-            call.offer,
-            address=call.advertised[0],
-            port=call.advertised[1],
-            fingerprints=[fingerprint],
-            session_id=int(time.time()),
-            username=self._user(),
-            setup=setup,
-        )
+        try:  # the answer is built before any DTLS leaves: an offer we cannot answer costs nothing
+            answer = sdp.build_answer(
+                call.offer,
+                address=call.advertised[0],
+                port=call.advertised[1],
+                fingerprints=[fingerprint],
+                session_id=int(time.time()),
+                username=self._user(),
+                setup=setup,
+            )
+        except sdp.SdpError as error:
+            transaction.respond(make_response(request, 488, "Not Acceptable Here"))
+            self._fail(call, f"cannot answer the offer: {error}")
+            raise
+        self.events.emit("media.open", call_id, local=fmt(media.local_address), advertised=fmt(media.local_address))
+        media.set_peer_fingerprints(call.peer_fingerprints)
+        if setup == sdp.Setup.ACTIVE:
+            media.start_dtls(dtls.Role.CLIENT, call.remote_media)
+        else:
+            media.start_dtls(dtls.Role.SERVER, call.remote_media)
+            self._stun_check(call)  # §6.7.2: the passive side checks as soon as it has the peer's SDP
         ok = make_response(request, 200, "OK", to_tag=call.to_tag)
         ok.headers.add("Contact", self._contact())
         ok.headers.add("Content-Type", "application/sdp")
