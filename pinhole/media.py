@@ -12,7 +12,6 @@ asks three things of this socket that shape it:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ class MediaStats:
     srtp_sent: int = 0
     srtp_received: int = 0
     srtp_auth_failed: int = 0
+    srtp_replayed: int = 0
     srtcp_received: int = 0
     malformed: int = 0
     unexpected_source: int = 0
@@ -131,7 +131,7 @@ class MediaSession(asyncio.DatagramProtocol):
                     data, source, f"first byte {data[:1].hex() or 'none'} is not STUN, DTLS or RTP (RFC 7983)"
                 )
         except Exception as error:  # a bad packet must never take the session down
-            log.exception("while handling a %s datagram", kind)
+            log.debug("while handling a %s datagram", kind, exc_info=True)
             self._malformed(data, source, f"{type(error).__name__}: {error}")
 
     def _malformed(self, data: bytes, source: Address, reason: str) -> None:
@@ -369,6 +369,9 @@ class MediaSession(asyncio.DatagramProtocol):
     # -- SRTP (RFC 3711 via libsrtp, keys from RFC 5764 §4.2) -------------------------------------
 
     def _srtp_received(self, data: bytes, source: Address, kind: demux.PacketKind) -> None:
+        if self.remote is not None and source != self.remote:
+            self.stats.unexpected_source += 1  # no latching: only the SDP address is our peer
+            return
         if self.srtp_session is None:
             self.stats.before_handshake += 1
             if self.stats.before_handshake == 1:
@@ -386,6 +389,9 @@ class MediaSession(asyncio.DatagramProtocol):
                 return
             plain = self.srtp_session.unprotect(data)
         except srtp.SrtpAuthError as error:
+            if "replay" in str(error):  # a duplicate, not a forgery: counted apart
+                self.stats.srtp_replayed += 1
+                return
             self.stats.srtp_auth_failed += 1
             self.events.emit("srtp.auth_failed", self.call_id, peer=fmt(source), reason=str(error))
             return
@@ -440,8 +446,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self.closed = True
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
-        for tid in list(self._stun_transactions):
+        for tid, (_, _, future) in list(self._stun_transactions.items()):
             self._finish_stun(tid)
+            if not future.done():
+                future.set_exception(ConnectionAbortedError(f"media session closed: {reason}"))
         if self._media_task is not None:
             self._media_task.cancel()
         self.events.emit(
@@ -462,6 +470,4 @@ class MediaSession(asyncio.DatagramProtocol):
 
 
 def _sha256(der: bytes | None) -> str:
-    if not der:
-        return ""
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    return dtls.format_fingerprint(dtls.certificate_digest(der)) if der else ""

@@ -53,7 +53,6 @@ def test_default_topology() -> None:
     assert alice.routes == [Route(to="default", via="10.10.1.1")]
     assert alice.extra == {
         "sip_port": 5060,
-        "media_port_range": [20000, 20099],
         "proxy": "proxy-a",
         "stun_server": "stun",
     }

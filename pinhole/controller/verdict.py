@@ -410,5 +410,3 @@ def judge(data: dict[str, Any], scenario: str = "") -> Verdict:
 def _notes(ev: Evidence) -> Iterable[str]:
     yield "SIP runs over UDP: the signalling is not integrity-protected (RFC 5763 §5 SHOULD use TLS)"
     yield "no Identity header: the authentication service of RFC 4474/8224 is not staged"
-    if ev.find(kind="dtls.send", cause="stun"):
-        yield "early flight resend on STUN receipt was used (not RFC behaviour)"

@@ -88,7 +88,7 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
         useragent_pb2.MediaStats(
             profile=(endpoint.selected_profile or "") if endpoint else "",
             dtls_role=media.role.value if media.role else "",
-            local_fingerprint_sent=True,
+            local_fingerprint_sent=not call.tampered_fingerprint,
             peer_fingerprint_verified=bool(endpoint and endpoint.fingerprint_verified),
             dtls_state=endpoint.state if endpoint else "",
             dtls_failure=(endpoint.failure_reason or "") if endpoint else "",
@@ -121,14 +121,12 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
     def __init__(self, agent: UserAgent) -> None:
         self.agent = agent
         self.events = agent.events
-        self.request = useragent_pb2.UserAgentConfig()
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
         try:
             self.agent.configure(config_from_proto(request))
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        self.request = request
         return useragent_pb2.ConfigureReply(effective=request)
 
     async def PlaceCall(self, request, context):  # noqa: N802

@@ -85,8 +85,8 @@ class Call:
     invite_transaction: ServerTransaction | None = None  # an incoming call not answered yet
     offer: sdp.SessionDescription | None = None
     to_tag: str = ""
+    tampered_fingerprint: bool = False  # our SDP carried a fingerprint that is not ours (negative control)
     peer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class UserAgent:
@@ -335,7 +335,7 @@ class UserAgent:
             self.events.emit("stun.check_skipped", call.call_id, reason="disabled by configuration")
             return
         future = media.stun_binding(call.remote_media, purpose="connectivity-check")
-        future.add_done_callback(lambda f: f.exception())  # the outcome is in the events
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
 
     # -- incoming calls (the answerer: Bob) -------------------------------------------------------
 
@@ -420,6 +420,7 @@ class UserAgent:
         fingerprint = self._fingerprint()
         if self.config.tamper_answer_fingerprint:
             fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
+            call.tampered_fingerprint = True
             self.events.emit(
                 "sdp.tampered",
                 call_id,
@@ -542,7 +543,6 @@ class UserAgent:
         self.events.end_call(call.call_id, state="failed", reason=reason)
         if call.media is not None:
             call.media.teardown(reason)
-        call.ended.set()
 
     def _end(self, call: Call, state: str, reason: str) -> None:
         if call.ok_retransmitter is not None:
@@ -553,4 +553,3 @@ class UserAgent:
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
         self.events.end_call(call.call_id, state=call.state, reason=reason)
-        call.ended.set()
