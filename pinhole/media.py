@@ -83,8 +83,9 @@ class MediaSession(asyncio.DatagramProtocol):
         self.closed = False
         self._loop = asyncio.get_event_loop()
         self._dtls_timer: asyncio.TimerHandle | None = None
-        self._stun_transactions: dict[bytes, tuple[stun.BindingTransaction, Address, asyncio.Future[Address]]] = {}
-        self._stun_timers: dict[bytes, asyncio.TimerHandle] = {}
+        self._stun_client = stun.BindingClient(
+            self._send, rto=timers.stun_rto, on_send=self._stun_sent, on_timeout=self._stun_timed_out
+        )
         self._media_task: asyncio.Task[None] | None = None
         self.accept_early_client_hello = False  # the offerer (actpass) before the answer arrives
         self.connected = asyncio.Event()
@@ -167,7 +168,6 @@ class MediaSession(asyncio.DatagramProtocol):
             )
             self._send(response, source)
             return
-        entry = self._stun_transactions.get(message.transaction_id)
         mapped = message.xor_mapped_address
         self.events.emit(
             "stun.recv",
@@ -176,32 +176,15 @@ class MediaSession(asyncio.DatagramProtocol):
             peer=fmt(source),
             local=fmt(self.local_address),
         )
-        if entry is None:
-            return
-        transaction, _, future = entry
-        if transaction.on_response(message, self._now()):
-            self._finish_stun(message.transaction_id)
-            if not future.done():
-                if message.message_class == stun.MessageClass.SUCCESS_RESPONSE and mapped is not None:
-                    future.set_result(mapped)
-                else:
-                    future.set_exception(stun.StunError(f"Binding failed: {message.message_class.name}"))
+        self._stun_client.receive(message)
 
     def stun_binding(self, destination: Address, *, purpose: str) -> asyncio.Future[Address]:
         """Run one Binding transaction from this socket; resolves to XOR-MAPPED-ADDRESS."""
-        request = stun.binding_request(software="pinhole")
-        data = stun.encode(request)
-        transaction = stun.BindingTransaction(data, rto=self.timers.stun_rto)
-        future: asyncio.Future[Address] = self._loop.create_future()
-        tid = request.transaction_id
-        self._stun_transactions[tid] = (transaction, destination, future)
         if purpose == "connectivity-check":
             self.stats.stun_checks_sent += 1
-        self._stun_send(tid, transaction.start(self._now()), attempt=1, purpose=purpose)
-        return future
+        return self._stun_client.request(destination, label=purpose)
 
-    def _stun_send(self, tid: bytes, data: bytes, *, attempt: int, purpose: str) -> None:
-        transaction, destination, future = self._stun_transactions[tid]
+    def _stun_sent(self, tid: bytes, destination: Address, attempt: int, purpose: str) -> None:
         self.events.emit(
             "stun.send",
             self.call_id,
@@ -212,35 +195,9 @@ class MediaSession(asyncio.DatagramProtocol):
             purpose=purpose,
             authenticated=False,
         )
-        self._send(data, destination)
-        deadline = transaction.next_deadline
-        if deadline is not None:
-            self._stun_timers[tid] = self._loop.call_at(deadline, self._stun_timeout, tid, attempt, purpose)
 
-    def _stun_timeout(self, tid: bytes, attempt: int, purpose: str) -> None:
-        entry = self._stun_transactions.get(tid)
-        if entry is None:
-            return
-        transaction, _, future = entry
-        data = transaction.on_deadline(self._now())
-        if data is not None:
-            self._stun_send(tid, data, attempt=attempt + 1, purpose=purpose)
-            return
-        if transaction.state == "pending":  # woke up early: nothing due yet
-            deadline = transaction.next_deadline
-            if deadline is not None:
-                self._stun_timers[tid] = self._loop.call_at(deadline, self._stun_timeout, tid, attempt, purpose)
-            return
-        self._finish_stun(tid)
-        self.events.emit("stun.timeout", self.call_id, {"stun.transaction_id": tid.hex()}, attempts=attempt)
-        if not future.done():
-            future.set_exception(TimeoutError(f"STUN Binding {tid.hex()} got no response after {attempt} sends"))
-
-    def _finish_stun(self, tid: bytes) -> None:
-        self._stun_transactions.pop(tid, None)
-        timer = self._stun_timers.pop(tid, None)
-        if timer is not None:
-            timer.cancel()
+    def _stun_timed_out(self, tid: bytes, attempts: int, purpose: str) -> None:
+        self.events.emit("stun.timeout", self.call_id, {"stun.transaction_id": tid.hex()}, attempts=attempts)
 
     # -- DTLS (RFC 6347, RFC 5764) ----------------------------------------------------------------
 
@@ -446,10 +403,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self.closed = True
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
-        for tid, (_, _, future) in list(self._stun_transactions.items()):
-            self._finish_stun(tid)
-            if not future.done():
-                future.set_exception(ConnectionAbortedError(f"media session closed: {reason}"))
+        self._stun_client.close(f"media session closed: {reason}")
         if self._media_task is not None:
             self._media_task.cancel()
         self.events.emit(

@@ -3,17 +3,20 @@
 RFC 5763 §6.7.2 needs exactly this much STUN: the passive side sends a single *unauthenticated*
 Binding request from its media port to open the NAT pinhole, and every endpoint must answer one.
 The codec is pure (bytes in, :class:`Message` out, and back); :class:`BindingTransaction` is the
-RFC 5389 §7.2.1 retransmission timer as a sans-IO state machine (time is passed in as ``now``).
+RFC 5389 §7.2.1 retransmission timer as a sans-IO state machine (time is passed in as ``now``);
+:class:`BindingClient` is its thin asyncio adapter for any socket (media or SIP).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -550,3 +553,103 @@ class BindingTransaction:
             self.completed_at = now
             self._deadline = None
         return True
+
+
+Address = tuple[str, int]
+
+
+@dataclass
+class _Pending:
+    transaction: BindingTransaction
+    destination: Address
+    future: asyncio.Future[Address]
+    label: str
+    timer: asyncio.TimerHandle | None = None
+
+
+class BindingClient:
+    """Binding transactions over any datagram socket: the asyncio adapter of BindingTransaction.
+
+    The socket's owner passes its send function and feeds every STUN response it receives to
+    `receive()`; each `request()` resolves to the XOR-MAPPED-ADDRESS, or fails on timeout, on
+    an error response, or when the client is closed. `on_send(request, destination, attempt,
+    label)` and `on_timeout(transaction_id, attempts, label)` let the owner record evidence.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes, Address], None],
+        *,
+        rto: float = 0.5,
+        on_send: Callable[[bytes, Address, int, str], None] | None = None,
+        on_timeout: Callable[[bytes, int, str], None] | None = None,
+    ) -> None:
+        self.send = send
+        self.rto = rto
+        self.on_send = on_send
+        self.on_timeout = on_timeout
+        self._pending: dict[bytes, _Pending] = {}
+
+    def request(self, destination: Address, *, label: str = "") -> asyncio.Future[Address]:
+        loop = asyncio.get_running_loop()
+        message = binding_request(software="pinhole")
+        pending = _Pending(BindingTransaction(encode(message), rto=self.rto), destination, loop.create_future(), label)
+        self._pending[message.transaction_id] = pending
+        self._transmit(message.transaction_id, pending.transaction.start(loop.time()))
+        return pending.future
+
+    def _transmit(self, tid: bytes, data: bytes) -> None:
+        pending = self._pending[tid]
+        if self.on_send is not None:
+            self.on_send(tid, pending.destination, len(pending.transaction.sends), pending.label)
+        self.send(data, pending.destination)
+        self._arm(tid)
+
+    def _arm(self, tid: bytes) -> None:
+        pending = self._pending[tid]
+        deadline = pending.transaction.next_deadline
+        if deadline is not None:
+            pending.timer = asyncio.get_running_loop().call_at(deadline, self._expired, tid)
+
+    def _expired(self, tid: bytes) -> None:
+        pending = self._pending.get(tid)
+        if pending is None:
+            return
+        data = pending.transaction.on_deadline(asyncio.get_running_loop().time())
+        if data is not None:
+            self._transmit(tid, data)
+        elif pending.transaction.state == "pending":  # woke up early: nothing due yet
+            self._arm(tid)
+        else:
+            del self._pending[tid]
+            attempts = len(pending.transaction.sends)
+            if self.on_timeout is not None:
+                self.on_timeout(tid, attempts, pending.label)
+            if not pending.future.done():
+                pending.future.set_exception(
+                    TimeoutError(f"STUN Binding {tid.hex()} got no response after {attempts} sends")
+                )
+
+    def receive(self, message: Message) -> bool:
+        """Feed a received response; True when it belonged to one of our transactions."""
+        pending = self._pending.get(message.transaction_id)
+        if pending is None or not pending.transaction.on_response(message, asyncio.get_running_loop().time()):
+            return False
+        del self._pending[message.transaction_id]
+        if pending.timer is not None:
+            pending.timer.cancel()
+        mapped = message.xor_mapped_address
+        if not pending.future.done():
+            if message.message_class == MessageClass.SUCCESS_RESPONSE and mapped is not None:
+                pending.future.set_result(mapped)
+            else:
+                pending.future.set_exception(StunError(f"Binding failed: {message.message_class.name.lower()}"))
+        return True
+
+    def close(self, reason: str) -> None:
+        for pending in self._pending.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.set_exception(ConnectionAbortedError(reason))
+        self._pending.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import struct
@@ -466,3 +467,57 @@ def test_transaction_errors() -> None:
     with pytest.raises(StunError, match=r"^transaction already started$"):
         transaction.start(1.0)
     assert _transaction().next_deadline is None
+
+
+# -- BindingClient: the asyncio adapter, over real loopback sockets --------------------------------
+
+
+class _Responder(asyncio.DatagramProtocol):
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.transport.sendto(stun.encode(stun.binding_success(stun.decode(data), addr)), addr)
+
+
+class _Owner(asyncio.DatagramProtocol):
+    """A socket owner that feeds responses to its client, as MediaSession does."""
+
+    def __init__(self, rto: float) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.client = stun.BindingClient(
+            self._send, rto=rto, on_send=lambda tid, dest, attempt, label: self.sent.append((attempt, label))
+        )
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def _send(self, data: bytes, destination: tuple[str, int]) -> None:
+        self.transport.sendto(data, destination)
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.client.receive(stun.decode(data))
+
+
+def test_binding_client_resolves_to_the_mapped_address_and_times_out_on_schedule() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server, _ = await loop.create_datagram_endpoint(_Responder, local_addr=("127.0.0.1", 0))
+        transport, owner = await loop.create_datagram_endpoint(lambda: _Owner(0.01), local_addr=("127.0.0.1", 0))
+        try:
+            mapped = await asyncio.wait_for(owner.client.request(server.get_extra_info("sockname"), label="x"), 5)
+            assert mapped == transport.get_extra_info("sockname")
+            assert owner.sent == [(1, "x")]
+            black_hole, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            with pytest.raises(TimeoutError, match="no response after 7 sends"):
+                await asyncio.wait_for(owner.client.request(black_hole.get_extra_info("sockname")), 5)
+            black_hole.close()
+            pending = owner.client.request(server.get_extra_info("sockname"))
+            owner.client.close("test over")
+            with pytest.raises(ConnectionAbortedError, match="test over"):
+                await pending
+        finally:
+            server.close()
+            transport.close()
+
+    asyncio.run(scenario())

@@ -103,7 +103,8 @@ class UserAgent:
         self.calls: dict[str, Call] = {}
         self.endpoint: SipEndpoint | None = None
         self.sip_reflexive: Address | None = None
-        self._sip_stun: dict[bytes, tuple[asyncio.Future[Address], str]] = {}  # by transaction id, with the call
+        self._sip_stun = stun.BindingClient(self._send_from_sip_socket, on_send=self._sip_stun_sent)
+        self._sip_stun_calls: dict[bytes, str] = {}  # transaction id -> the call it was made for
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -119,6 +120,10 @@ class UserAgent:
         self.events.emit(
             "service.started", sip=fmt(self.sip_address), fingerprint=self.certificate.fingerprint("sha-256")
         )
+
+    def _send_from_sip_socket(self, data: bytes, destination: Address) -> None:
+        assert self.endpoint is not None
+        self.endpoint.send_raw(data, destination)
 
     def close(self) -> None:
         for call in self.calls.values():
@@ -163,10 +168,9 @@ class UserAgent:
             self.counters["sip_socket_stun_malformed"] += 1
             self._on_malformed(data, peer, f"STUN: {error}")
             return
-        future, call_id = self._sip_stun.pop(message.transaction_id, (None, ""))
         self.events.emit(
             "stun.recv",
-            call_id,
+            self._sip_stun_calls.pop(message.transaction_id, ""),
             {
                 "stun.transaction_id": message.transaction_id.hex(),
                 "stun.class": message.message_class.name.lower(),
@@ -175,39 +179,26 @@ class UserAgent:
             peer=fmt(peer),
             local=fmt(self.sip_address),
         )
-        if future is not None and not future.done() and message.xor_mapped_address is not None:
-            future.set_result(message.xor_mapped_address)
+        self._sip_stun.receive(message)
+
+    def _sip_stun_sent(self, tid: bytes, destination: Address, attempt: int, call_id: str) -> None:
+        self._sip_stun_calls[tid] = call_id
+        self.events.emit(
+            "stun.send",
+            call_id,
+            {"stun.transaction_id": tid.hex(), "stun.class": "request"},
+            peer=fmt(destination),
+            local=fmt(self.sip_address),
+            purpose="sip-reflexive-address",
+            authenticated=False,
+            attempt=attempt,
+        )
 
     async def _learn_sip_reflexive(self, call_id: str) -> Address:
         """Our SIP socket's public address, for Contact: in-dialog requests must reach us through the NAT."""
-        assert self.endpoint is not None and self.config.stun_server is not None
-        request = stun.binding_request(software="pinhole")
-        transaction = stun.BindingTransaction(stun.encode(request), rto=self.config.media_timers.stun_rto)
-        future: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
-        self._sip_stun[request.transaction_id] = (future, call_id)
-        loop = asyncio.get_running_loop()
-        data: bytes | None = transaction.start(loop.time())
-        while data is not None:
-            if data:
-                self.events.emit(
-                    "stun.send",
-                    call_id,
-                    {"stun.transaction_id": request.transaction_id.hex(), "stun.class": "request"},
-                    peer=fmt(self.config.stun_server),
-                    local=fmt(self.sip_address),
-                    purpose="sip-reflexive-address",
-                    authenticated=False,
-                    attempt=len(transaction.sends),
-                )
-                self.endpoint.send_raw(data, self.config.stun_server)
-            deadline = transaction.next_deadline
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), max(0.0, (deadline or loop.time()) - loop.time()))
-            except TimeoutError:
-                data = transaction.on_deadline(loop.time())
-                if data is None and transaction.state == "pending":
-                    data = b""  # woke up early; wait for the real deadline
-        raise TimeoutError(f"STUN server {fmt(self.config.stun_server)} did not answer")
+        assert self.config.stun_server is not None
+        self._sip_stun.rto = self.config.media_timers.stun_rto
+        return await self._sip_stun.request(self.config.stun_server, label=call_id)
 
     # -- outgoing calls (the offerer: Alice) ------------------------------------------------------
 
