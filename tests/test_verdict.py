@@ -107,3 +107,50 @@ def test_ladder_draws_the_drop_and_every_actor():
         assert title in header
     assert "X" in drawing and "ClientHello (re)" in drawing and "INVITE + SDP" in drawing
     assert ladder.render({"events": []}) == "(no messages)"
+
+
+def _edit(evidence: dict, service: str, kind: str, predicate, **attrs) -> dict:
+    for event in evidence["events"]:
+        if event["service"] == service and event["kind"] == kind and predicate(event["attrs"]):
+            event["attrs"].update(attrs)
+    return evidence
+
+
+def test_a_connection_in_the_offer_fails_message_1():
+    evidence = _edit(
+        load("rfc5763-7.3"),
+        "alice",
+        "sip.send",
+        lambda a: a.get("sip.method") == "INVITE",
+        **{"sdp.a_connection": "new"},
+    )
+    assert "forbidden by RFC 5763 §5" in failed(evidence)["1"]
+
+
+def test_ack_that_bypasses_a_record_routing_proxy_fails_message_12():
+    evidence = without(
+        load("rfc5763-7.3"), lambda e: e["service"] == "proxy-b" and e["attrs"].get("sip.method") == "ACK"
+    )
+    assert failed(evidence)["12"] == "the ACK bypassed proxy-b, which Record-Routed the INVITE"
+
+
+def test_server_hello_with_a_profile_bob_did_not_offer_fails_message_8():
+    evidence = _edit(
+        load("rfc5763-7.3"),
+        "alice",
+        "dtls.send",
+        lambda a: "server_hello" in a.get("dtls.handshake_types", ""),
+        **{"dtls.use_srtp": "SRTP_NULL_HMAC_SHA1_80"},
+    )
+    assert "which Bob did not offer" in failed(evidence)["8"]
+
+
+def test_xor_mapped_address_must_be_the_source_bob_saw():
+    evidence = _edit(
+        load("rfc5763-7.3"),
+        "alice",
+        "stun.recv",
+        lambda a: a.get("stun.class") == "success_response",
+        **{"stun.xor_mapped_address": "192.0.2.9:1"},
+    )
+    assert "is not the source" in failed(evidence)["6"]

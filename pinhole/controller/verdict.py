@@ -151,8 +151,10 @@ def _m1(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append(f"a=setup is {a.get('sdp.setup')!r}, not actpass")
     if not a.get("sdp.fingerprint"):
         problems.append("no a=fingerprint")
-    if not a.get("sdp.proto", "").startswith("UDP/TLS/RTP/SAVP"):
-        problems.append(f"proto {a.get('sdp.proto')!r}")
+    if not a.get("sdp.proto", "").startswith("UDP/TLS/RTP/SAVP") and a.get("sdp.capneg") != "True":
+        problems.append(f"proto {a.get('sdp.proto')!r} and no RFC 5939 capability negotiation")
+    if a.get("sdp.a_connection"):
+        problems.append(f"a=connection:{a['sdp.a_connection']} is present (forbidden by RFC 5763 §5)")
     advertised = a.get("sdp.media", "")
     mapping = next((m for m in ev.mappings if m.get("internal") == ev.alice_media_local), None)
     if mapping is not None and mapping.get("external") != advertised:
@@ -177,13 +179,15 @@ def _m2(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append("SDP body changed on the way")
     if a.get("sip.record_route_count") != "2":
         problems.append(f"{a.get('sip.record_route_count', '0')} Record-Route entries, expected 2")
-    if a.get("sip.max_forwards") != "68":
-        problems.append(f"Max-Forwards {a.get('sip.max_forwards')}, expected 68 after two proxies")
+    sent_mf = (sent or {"attrs": {}})["attrs"].get("sip.max_forwards", "70")
+    expected_mf = str(int(sent_mf) - 2) if sent_mf.isdigit() else "?"
+    if a.get("sip.max_forwards") != expected_mf:
+        problems.append(f"Max-Forwards {a.get('sip.max_forwards')}, expected {expected_mf} after two proxies")
     if len(proxies) != 2:
         problems.append(f"seen by {proxies or 'no proxy'}")
     if problems:
         return False, "; ".join(problems), _t(got)
-    return True, "via proxy-a, proxy-b; Record-Route x2; Max-Forwards 68; body byte-identical", _t(got)
+    return True, f"via proxy-a, proxy-b; Record-Route x2; Max-Forwards {expected_mf}; body byte-identical", _t(got)
 
 
 @check("3", "Bob's first ClientHello is dropped by Alice's NAT", "RFC 5763 §7.3, §6.7.2")
@@ -254,6 +258,9 @@ def _m5(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append(f"sent from {a.get('local')}, not the media port")
     if a.get("authenticated") != "False":
         problems.append("carries USERNAME/MESSAGE-INTEGRITY")
+    answered = ev.first("alice", "stun.recv", **{"stun__transaction_id": a.get("stun.transaction_id", "")})
+    if answered is not None and any(e["t"] > answered["t"] for e in sends):
+        problems.append("retransmitted after the response arrived (RFC 5389 §7.2.1)")
     if problems:
         return False, "; ".join(problems), _t(first)
     return (
@@ -276,9 +283,12 @@ def _m6(ev: Evidence) -> tuple[bool, str, float | None]:
     if got is None:
         return False, f"Alice did not receive the response to {tid}", _t(answered)
     mapped = got["attrs"].get("stun.xor_mapped_address")
+    seen = (ev.first("bob", "stun.recv", **{"stun__transaction_id": tid}) or {"attrs": {}})["attrs"].get("peer")
+    if seen and mapped != seen:
+        return False, f"XOR-MAPPED-ADDRESS {mapped} is not the source {seen} Bob saw (RFC 5389 §15.2)", _t(got)
     advertised = (_invite(ev, "alice", "sip.send") or {"attrs": {}})["attrs"].get("sdp.media")
     note = "equals" if mapped == advertised else "differs from"
-    return True, f"XOR-MAPPED-ADDRESS {mapped} ({note} the advertised {advertised})", _t(got)
+    return True, f"XOR-MAPPED-ADDRESS {mapped}, the source Bob saw ({note} the advertised {advertised})", _t(got)
 
 
 @check("7", "Bob's timer-driven ClientHello retransmission passes the NAT", "RFC 6347 §4.2.4, RFC 5763 §7.3")
@@ -318,13 +328,31 @@ def _m8(ev: Evidence) -> tuple[bool, str, float | None]:
     flight = ev.first("alice", "dtls.send", **{"dtls__handshake_types": "~server_hello"})
     if flight is None:
         return False, "Alice sent no ServerHello", None
+    # flight 4 may span datagrams: the ServerHello's and those sent with it before Bob's flight 5 came
+    flight5 = ev.first("alice", "dtls.recv", **{"dtls__handshake_types": "~client_key_exchange"})
     types: set[str] = set()
     for e in ev.find("alice", "dtls.send"):
-        types.update(e["attrs"].get("dtls.handshake_types", "").split(","))
+        if e["t"] >= flight["t"] and (flight5 is None or e["t"] < flight5["t"]):
+            types.update(e["attrs"].get("dtls.handshake_types", "").split(","))
     missing = [t for t in ("server_hello", "certificate", "certificate_request", "server_hello_done") if t not in types]
     if missing:
         return False, f"flight 4 lacks {', '.join(missing)}", _t(flight)
-    return True, "ServerHello, Certificate, CertificateRequest (mutual authentication), ServerHelloDone", _t(flight)
+    chosen = [p for p in flight["attrs"].get("dtls.use_srtp", "").split(",") if p]
+    hello = ev.first("bob", "dtls.send", **{"dtls__handshake_types": "~client_hello"})
+    offered = hello["attrs"].get("dtls.use_srtp", "").split(",") if hello else []
+    if len(chosen) != 1:
+        return (
+            False,
+            f"ServerHello use_srtp lists {len(chosen)} profiles, RFC 5764 §4.1.1 wants exactly one",
+            _t(flight),
+        )
+    if chosen[0] not in offered:
+        return False, f"ServerHello chose {chosen[0]}, which Bob did not offer ({', '.join(offered)})", _t(flight)
+    return (
+        True,
+        f"ServerHello (use_srtp {chosen[0]}, offered by Bob), Certificate, CertificateRequest, ServerHelloDone",
+        _t(flight),
+    )
 
 
 @check("9", "Bob's certificate matches the answer's a=fingerprint (checked by Alice)", "RFC 5763 §5")
@@ -378,8 +406,13 @@ def _m12(ev: Evidence) -> tuple[bool, str, float | None]:
         return False, "Alice sent no ACK", None
     if got is None:
         return False, "the ACK did not reach Bob", _t(sent)
-    via = [p for p in ("proxy-a", "proxy-b") if ev.first(p, "sip.recv", **{"sip__method": "ACK"})]
-    return True, f"via {', '.join(via) or 'no proxy'}", _t(got)
+    # every proxy that Record-Routed the INVITE is in the route set the ACK must follow (§12.2.1.1)
+    routed = [p for p in ("proxy-a", "proxy-b") if _invite(ev, p, "sip.recv")]
+    via = [p for p in routed if ev.first(p, "sip.recv", **{"sip__method": "ACK"})]
+    skipped = [p for p in routed if p not in via]
+    if skipped:
+        return False, f"the ACK bypassed {', '.join(skipped)}, which Record-Routed the INVITE", _t(got)
+    return True, f"via {', '.join(via)}", _t(got)
 
 
 def _media_direction(ev: Evidence, *, sender: str, receiver: str) -> tuple[bool, str, float | None]:

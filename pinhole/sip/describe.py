@@ -86,6 +86,8 @@ def _sdp_attributes(body: bytes) -> dict[str, str]:
     attrs["sdp.media"] = f"{address}:{media.port}"
     attrs["sdp.proto"] = media.proto
     attrs["sdp.setup"] = media.attribute("setup") or ""
+    attrs["sdp.a_connection"] = media.attribute("connection") or ""  # forbidden by RFC 5763 §5
+    attrs["sdp.capneg"] = str(bool(media.attributes_named("tcap")))  # RFC 5939 potential configuration
     fingerprints = media.attributes_named("fingerprint") or [v for k, v in session.attributes if k == "fingerprint"]
     attrs["sdp.fingerprint"] = ",".join(str(f) for f in fingerprints if f)
     attrs["sdp.rtcp_mux"] = str(
