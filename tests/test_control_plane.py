@@ -133,3 +133,24 @@ def test_manual_answer_and_decline(lab, clients):
         assert status.state == "failed" and "603" in status.reason
     finally:
         collector.stop()
+
+
+def test_hang_up_while_ringing_cancels(lab, clients):
+    """RFC 3261 §9: the caller's CANCEL makes Bob answer 487 and end the call; nothing is left ringing."""
+    _, topology, _ = lab
+    configure(clients, topology, Scenario("manual", "", bob={"auto_answer": False}), TIMERS["short"])
+    alice, bob = clients.stub("alice"), clients.stub("bob")
+    collector = EventCollector(clients, ["alice", "bob", "proxy-a"], since=time.time())
+    collector.start()
+    try:
+        call_id = alice.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), timeout=10).call_id
+        assert _seen(collector, "bob", "call.incoming")
+        alice.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=10)
+        assert _seen(collector, "bob", "call.terminated")
+        assert bob.GetCall(useragent_pb2.GetCallRequest(call_id=call_id), timeout=10).state == "terminated"
+        assert collector.wait_for(
+            lambda ev: any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "487" for e in ev), 15
+        )
+        assert alice.GetCall(useragent_pb2.GetCallRequest(call_id=call_id), timeout=10).state == "terminated"
+    finally:
+        collector.stop()

@@ -24,6 +24,7 @@ from pinhole import dtls, sdp, stun
 from pinhole.events import Counters, EventLog
 from pinhole.media import Address, MediaSession, MediaTimers, fmt
 from pinhole.sip import (
+    ClientTransaction,
     Dialog,
     Headers,
     Request,
@@ -32,6 +33,7 @@ from pinhole.sip import (
     SipEndpoint,
     SipTimeout,
     SipTimers,
+    make_cancel,
     make_response,
     new_call_id,
     new_tag,
@@ -85,6 +87,7 @@ class Call:
     invite_transaction: ServerTransaction | None = None  # an incoming call not answered yet
     offer: sdp.SessionDescription | None = None
     to_tag: str = ""
+    invite_client: ClientTransaction | None = None  # our pending INVITE, for CANCEL
     tampered_fingerprint: bool = False  # our SDP carried a fingerprint that is not ours (negative control)
     peer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -263,14 +266,16 @@ class UserAgent:
     async def _run_invite(self, call: Call, invite: Request) -> None:
         assert self.endpoint is not None and self.config.outbound_proxy is not None
         transaction = self.endpoint.send_request(invite, self.config.outbound_proxy)
+        call.invite_client = transaction
         try:
             async for response in transaction.responses():
                 if response.status_code < 200:
-                    if response.status_code == 180:
+                    if response.status_code == 180 and call.state == "calling":
                         self._set_state(call, "ringing")
                     continue
                 if response.status_code >= 300:
-                    self._fail(call, f"INVITE rejected: {response.status_code} {response.reason}")
+                    if call.state != "terminated":  # a 487 after our CANCEL is expected
+                        self._fail(call, f"INVITE rejected: {response.status_code} {response.reason}")
                     return
                 await self._answered(call, invite, response)
                 return
@@ -290,11 +295,14 @@ class UserAgent:
         call.dialog = Dialog.from_uac(invite, response)
         ack, destination = call.dialog.create_ack(call.invite_cseq)
         self.endpoint.send_stateless(ack, destination)
+        if call.state == "terminated":  # a 2xx that crossed our CANCEL: acknowledge it, then end it
+            await self._bye_after_failure(call)
+            return
         try:
             answer = sdp.read_answer(sdp.parse(response.body))
         except sdp.SdpError as error:
             self._fail(call, f"bad SDP answer: {error}")
-            await self.hang_up(call.call_id)
+            await self._bye_after_failure(call)  # the dialog exists: end it at Bob too
             return
         self._set_state(call, "established")
         media = call.media
@@ -467,11 +475,17 @@ class UserAgent:
         self._end(call, "terminated", "BYE received")
 
     async def _on_cancel(self, transaction: ServerTransaction) -> None:
+        """RFC 3261 §9.2: 200 to the CANCEL, 487 to the INVITE it cancels if not answered yet."""
         request = transaction.request
         call = self.calls.get(request.call_id)
-        transaction.respond(
-            make_response(request, 200 if call else 481, "OK" if call else "Call/Transaction Does Not Exist")
-        )
+        if call is None:
+            transaction.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            return
+        transaction.respond(make_response(request, 200, "OK"))
+        if call.invite_transaction is not None:
+            call.invite_transaction.respond(make_response(call.invite_transaction.request, 487, "Request Terminated"))
+            call.invite_transaction = None
+            self._end(call, "terminated", "cancelled by the caller")
 
     # -- hanging up -------------------------------------------------------------------------------
 
@@ -482,6 +496,12 @@ class UserAgent:
         if call.invite_transaction is not None:  # ringing, never answered: decline it
             call.invite_transaction.respond(make_response(call.invite_transaction.request, 603, "Decline"))
             call.invite_transaction = None
+        elif call.direction == "outgoing" and call.state in ("calling", "ringing") and call.invite_client:
+            assert self.endpoint is not None and self.config.outbound_proxy is not None
+            # §9.1: CANCEL the pending INVITE (same Via branch); its 487 then ends the transaction
+            self.endpoint.send_request(
+                make_cancel(call.invite_client.request), self.config.outbound_proxy, add_via=False
+            )
         if call.dialog is not None and call.state == "established":
             assert self.endpoint is not None
             bye, destination = call.dialog.create_request("BYE")
