@@ -27,6 +27,8 @@ _SPAN_KINDS = {"send": SpanKind.PRODUCER, "recv": SpanKind.CONSUMER}
 class EventLog:
     """Append-only, bounded log of one service's events with live followers."""
 
+    CALLS_KEPT = 10_000  # trace contexts of the most recent calls
+
     def __init__(self, service: str, *, limit: int = 200_000) -> None:
         self.service = service
         self.limit = limit
@@ -100,6 +102,8 @@ class EventLog:
         """Make `context` the parent of this call's later spans here, unless the call has one."""
         if call_id and context is not None and call_id not in self._calls:
             self._calls[call_id] = context
+            if len(self._calls) > self.CALLS_KEPT:  # junk Call-IDs must not grow this forever
+                del self._calls[next(iter(self._calls))]
 
     def start_call(self, call_id: str, **attributes: object) -> Context:
         """Open the long "call" span (child of the bound context, if any); later spans go under it."""
@@ -128,13 +132,17 @@ class EventLog:
     def since(self, after_sequence: int = 0) -> list[events_pb2.Event]:
         return [e for e in self._events if e.sequence > after_sequence]
 
-    async def follow(self, after_sequence: int = 0, follow: bool = True) -> AsyncIterator[events_pb2.Event]:
-        """Replay events after `after_sequence`, then (if follow) stream new ones as they come."""
+    async def follow(
+        self, after_sequence: int = 0, follow: bool = True, since_unix_nano: int = 0
+    ) -> AsyncIterator[events_pb2.Event]:
+        """Replay events after `after_sequence` (and not older than `since_unix_nano`), then (if
+        follow) stream new ones as they come."""
         last = after_sequence
         while True:
             for event in self.since(last):
                 last = event.sequence
-                yield event
+                if event.time_unix_nano >= since_unix_nano:
+                    yield event
             if not follow:
                 return
             if self._sequence == last:

@@ -115,7 +115,7 @@ class EvidenceServicer:
         raise NotImplementedError
 
     async def WatchEvents(self, request, context):  # noqa: N802 (gRPC method name)
-        async for event in self.events.follow(request.after_sequence, request.follow):
+        async for event in self.events.follow(request.after_sequence, request.follow, request.since_unix_nano):
             yield event
 
     async def GetCounters(self, request, context):  # noqa: N802

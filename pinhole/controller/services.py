@@ -181,7 +181,9 @@ class EventCollector:
     def _follow(self, node: str) -> None:
         from pinhole.rpc.v1 import events_pb2
 
-        call = self.clients.stub(node).WatchEvents(events_pb2.WatchEventsRequest(follow=True))
+        call = self.clients.stub(node).WatchEvents(
+            events_pb2.WatchEventsRequest(follow=True, since_unix_nano=int(self.since * 1e9))
+        )
         self._calls.append(call)
         try:
             for event in call:
