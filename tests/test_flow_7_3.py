@@ -129,6 +129,6 @@ def test_tampered_answer_fingerprint_fails_naming_message_9(lab, tmp_path):
     check9 = _check(result, "9")
     assert not check9.passed and "tore the media session down" in check9.detail
     assert "RFC 5763 §5" in check9.rfc
-    alice = evidence["calls"]["alice"]["media"]
+    alice = evidence["call_status"]["alice"]["media"]
     assert int(alice.get("srtp_received", 0)) == 0, "no media accepted after the mismatch"
-    assert evidence["calls"]["alice"]["state"] == "failed"
+    assert evidence["call_status"]["alice"]["state"] == "failed"

@@ -81,8 +81,7 @@ def test_two_check_transactions_are_not_a_single_check():
 
 @pytest.mark.parametrize("receiver, message", [("alice", "10"), ("bob", "11b")])
 def test_authentication_failures_fail_the_media_direction(receiver, message):
-    evidence = load("rfc5763-7.3")
-    evidence["calls"][receiver]["media"]["srtp_auth_failed"] = "3"
+    evidence = _edit(load("rfc5763-7.3"), receiver, "media.closed", lambda a: True, srtp_auth_failed="3")
     assert "failed authentication" in failed(evidence)[message]
 
 
@@ -154,3 +153,16 @@ def test_xor_mapped_address_must_be_the_source_bob_saw():
         **{"stun.xor_mapped_address": "192.0.2.9:1"},
     )
     assert "is not the source" in failed(evidence)["6"]
+
+
+def test_saved_trace_alone_passes_and_a_silent_service_makes_it_broken():
+    from pinhole.controller import from_trace
+
+    request = from_trace.load(DATA.parent / "traces" / "rfc5763-7.3.json")
+    result = from_trace.judge_trace(request)
+    assert result.outcome == "pass", result.render()
+    assert [c.passed for c in result.checks] == [c.passed for c in judge(load("rfc5763-7.3")).checks]
+    bob_silent = type(request)()
+    bob_silent.resource_spans.extend(rs for rs in request.resource_spans if from_trace.service_name(rs) != "bob")
+    broken = from_trace.judge_trace(bob_silent)
+    assert broken.outcome == "broken" and "bob" in broken.broken

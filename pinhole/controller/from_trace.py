@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from pinhole.controller.otlp import read_otlp_json, service_name, spans_to_events, trace_of_call
+
+__all__ = [
+    "EXPECTED_SERVICES",
+    "evidence_from_trace",
+    "judge_evidence",
+    "judge_trace",
+    "load",
+    "service_name",
+    "services_seen",
+]
 from pinhole.controller.verdict import Verdict, judge
 
 EXPECTED_SERVICES = ("alice", "proxy-a", "proxy-b", "natgw", "bob")
@@ -64,13 +74,20 @@ def address_map(events: list[dict[str, Any]]) -> dict[str, str]:
     return mapping
 
 
-def judge_trace(request: Any, call_id: str | None = None, scenario: str = "") -> Verdict:
-    seen = {service_name(rs) for rs in request.resource_spans if any(ss.spans for ss in rs.scope_spans)}
-    evidence = evidence_from_trace(request, call_id)
-    result = judge(evidence, scenario or "trace")
+def services_seen(request: Any) -> set[str]:
+    return {service_name(rs) for rs in request.resource_spans if any(ss.spans for ss in rs.scope_spans)}
+
+
+def judge_evidence(evidence: dict[str, Any], seen: set[str], scenario: str = "") -> Verdict:
+    """The §7.3 checks over trace-derived evidence; broken when a service left no span at all."""
+    result = judge(evidence, scenario or evidence.get("scenario", "") or "trace")
     missing = [s for s in EXPECTED_SERVICES if s not in seen]
     if missing:
         result.broken = f"no spans at all from {', '.join(missing)}: the lab did not run the scenario"
     elif not evidence["events"]:
         result.broken = "no call in the trace"
     return result
+
+
+def judge_trace(request: Any, call_id: str | None = None, scenario: str = "") -> Verdict:
+    return judge_evidence(evidence_from_trace(request, call_id), services_seen(request), scenario)

@@ -17,9 +17,9 @@ from typing import Any
 
 from netns.lab import NetnsLab, load_topology
 from pinhole import demux
-from pinhole.controller import ladder, verdict
+from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
-from pinhole.controller.otlp import OtlpReceiver, export, trace_of_call, write_otlp_json
+from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
@@ -326,28 +326,32 @@ def run(
             show.stage("tearing the lab down")
             measurements["lab_down_s"] = _down(lab, topology, out_dir)
 
-    events = collector.snapshot()
+    events = collector.snapshot()  # what the services streamed over gRPC; the verdict reads the trace
+    write_otlp_json(trace_request, out_dir / "trace.json")
+    if forward_to:
+        export(trace_request, forward_to)
     evidence = {
         "scenario": scenario.name,
         "timers": timers_name,
-        "call_id": call_id,
         "placed_at": placed,
-        "events": events,
-        "calls": calls,
-        "mappings": [_flatten_mapping(m) for m in mappings],
+        **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings
+        "call_status": calls,
+        "nat_mappings_listed": [_flatten_mapping(m) for m in mappings],
         "counters": counters,
         "captures": {
             "inside": summarize_capture(out_dir / "natgw-lan0.pcap"),
             "outside": summarize_capture(out_dir / "natgw-wan0.pcap"),
         },
         "address_map": address_map(topology),
-        "measurements": {**measurements, **_media_times(events, placed)},
     }
-    write_otlp_json(trace_request, out_dir / "trace.json")
-    if forward_to:
-        export(trace_request, forward_to)
-    evidence["trace_id"] = trace_of_call(trace_request, call_id) or ""
-    result = verdict.judge(evidence, scenario.name)
+    evidence["measurements"] = {
+        **measurements,
+        **_media_times(evidence["events"], placed),
+        "trace_spans": sum(len(ss.spans) for rs in trace_request.resource_spans for ss in rs.scope_spans),
+        "call_trace_spans": len(evidence["events"]),
+        "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
+    }
+    result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
     drawing = ladder.render(evidence)
     write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
