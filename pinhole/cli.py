@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print((out_dir / "ladder.txt").read_text())
     print(result.render())
     measured = json.loads((out_dir / "evidence.json").read_text())["measurements"]
-    print("measured: " + ", ".join(f"{k} {v:.3f}" for k, v in measured.items()))
+    print("measured: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items()))
     print(f"artifacts: {out_dir} (trace.json, ladder.html: pinhole trace ladder|verdict {out_dir})")
     return 0 if result.passed else 1
 

@@ -105,11 +105,12 @@ class EventLog:
             if len(self._calls) > self.CALLS_KEPT:  # junk Call-IDs must not grow this forever
                 del self._calls[next(iter(self._calls))]
 
-    def start_call(self, call_id: str, **attributes: object) -> Context:
-        """Open the long "call" span (child of the bound context, if any); later spans go under it."""
+    def start_call(self, call_id: str, parent: Context | None = None, **attributes: object) -> Context:
+        """Open the long "call" span (child of the bound context, else of `parent`: the context
+        of the RPC that asked for the call); later spans of the call go under it."""
         span = self._tracer.start_span(
             "call",
-            context=self._calls.get(call_id),
+            context=self._calls.get(call_id) or parent,
             attributes={"pinhole.call_id": call_id, **{k: str(v) for k, v in attributes.items()}},
         )
         self._call_spans[call_id] = span

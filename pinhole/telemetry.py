@@ -42,6 +42,27 @@ def setup(service: str) -> TracerProvider:
     return provider
 
 
+def run_tracer(endpoint: str, name: str = "controller") -> tuple[TracerProvider, trace.Tracer]:
+    """A tracer provider of its own for one controller run, exporting straight to `endpoint`.
+
+    Not the global provider: one process may run many labs (tests), each with its receiver.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": name, "service.namespace": "pinhole"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    return provider, provider.get_tracer("pinhole.controller")
+
+
+def grpc_metadata(context: Context | None = None) -> list[tuple[str, str]]:
+    """traceparent/tracestate as gRPC metadata, for a call made under `context` (the server side
+    reads them back with `extract(dict(context.invocation_metadata()))`)."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, context=context)
+    return list(carrier.items())
+
+
 def flush(timeout_millis: int = 10_000) -> bool:
     """Export every span made so far; True when the exporter confirmed them all."""
     return _provider.force_flush(timeout_millis) if _provider is not None else True

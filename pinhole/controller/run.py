@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from netns.lab import NetnsLab, load_topology
-from pinhole import demux
+from pinhole import demux, telemetry
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
@@ -280,6 +282,8 @@ def run(
     if temporary:
         receiver.start()
     receiver.clear()
+    tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
+    run_span = None
     clients = ServiceClients(lab.run_dir, service_kinds(topology))
     collector = EventCollector(clients, list(service_kinds(topology)), since=time.time())
     capture = None
@@ -291,7 +295,13 @@ def run(
         collector.start()
         show.stage("placing the call alice -> bob")
         placed = time.time()
-        handle = clients.stub("alice").PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"))
+        # the run is the root of the call's trace: PlaceCall carries its context to Alice
+        run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes={"pinhole.scenario": scenario.name})
+        run_context = trace.set_span_in_context(run_span)
+        handle = clients.stub("alice").PlaceCall(
+            useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), metadata=telemetry.grpc_metadata(run_context)
+        )
+        run_span.set_attribute("pinhole.call_id", handle.call_id)
         call_id = handle.call_id
         budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
@@ -299,7 +309,9 @@ def run(
         state = clients.stub("alice").GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
         if state not in ("failed", "terminated"):  # Alice's own state, not an event still in flight
             show.stage("hanging up")
-            clients.stub("alice").HangUp(useragent_pb2.HangUpRequest(call_id=call_id))
+            clients.stub("alice").HangUp(
+                useragent_pb2.HangUpRequest(call_id=call_id), metadata=telemetry.grpc_metadata(run_context)
+            )
         # both user agents end the call (BYE either way, or a failure): then the evidence is complete
         collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
         show.stage("collecting evidence")
@@ -319,6 +331,9 @@ def run(
         if capture is not None:
             capture.stop()
         clients.close()
+        if run_span is not None:
+            run_span.end()
+        tracer_provider.shutdown()  # exports the run's own span
         trace_request = receiver.request()
         if temporary:
             receiver.stop()

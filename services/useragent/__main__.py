@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from pinhole import dtls, sdp
+from pinhole import dtls, sdp, telemetry
 from pinhole.events import Counters, EventLog
 from pinhole.media import MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
@@ -137,7 +137,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"target: expected a sip: URI, got {request.target!r}"
             )
         try:
-            call_id = await self.agent.place_call(request.target)
+            parent = telemetry.extract(dict(context.invocation_metadata() or ()))  # the caller's trace
+            call_id = await self.agent.place_call(request.target, parent)
         except SipParseError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target: {error}")
         except ConfigError as error:

@@ -20,6 +20,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from pinhole import dtls, sdp, stun
 from pinhole.events import Counters, EventLog
 from pinhole.media import Address, MediaSession, MediaTimers, fmt
@@ -205,14 +207,15 @@ class UserAgent:
 
     # -- outgoing calls (the offerer: Alice) ------------------------------------------------------
 
-    async def place_call(self, target: str) -> str:
+    async def place_call(self, target: str, parent: Context | None = None) -> str:
+        """Call `target`; `parent` is the trace context of whoever asked (the controller's run)."""
         if self.config.outbound_proxy is None:
             raise ConfigError("outbound_proxy: not configured")
         parse_uri(target)
         assert self.endpoint is not None
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
         self.calls[call.call_id] = call
-        self.events.start_call(call.call_id, direction="outgoing", target=target)  # the root of the call's trace
+        self.events.start_call(call.call_id, parent, direction="outgoing", target=target)
         try:
             media = await self._open_media(call)
             # a=setup:actpass: a ClientHello may come before the answer (RFC 5763 §5), we are its server
