@@ -63,3 +63,4 @@ lint: setup
 ## bench: speed targets against a named peer measured in the same run (root)
 bench: setup
 	$(PY) bench/lab_build.py
+	$(PY) bench/tracing_cost.py

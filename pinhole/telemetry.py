@@ -26,9 +26,14 @@ PROPAGATOR = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
 
 
-def setup(service: str) -> TracerProvider:
-    """Install this process's tracer provider, named after the service instance."""
+def setup(service: str) -> TracerProvider | None:
+    """Install this process's tracer provider, named after the service instance.
+
+    OTEL_SDK_DISABLED=true (the standard switch) leaves the no-op API: no spans, no context.
+    """
     global _provider
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
     resource = Resource.create(
         {"service.name": service, "service.namespace": "pinhole", "service.instance.id": f"{service}-{os.getpid()}"}
     )

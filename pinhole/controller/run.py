@@ -133,7 +133,9 @@ def otlp_socket(run_dir: Path) -> Path:
 _RECEIVERS: dict[str, OtlpReceiver] = {}
 
 
-def lab_up(name: str = DEFAULT_LAB) -> tuple[NetnsLab, Any, dict[str, float]]:
+def lab_up(
+    name: str = DEFAULT_LAB, *, extra_env: dict[str, str] | None = None
+) -> tuple[NetnsLab, Any, dict[str, float]]:
     """Build the namespaces, start the lab's OTLP receiver and every service, wait until all are SERVING."""
     topology = load_topology()
     lab = NetnsLab(topology, name=name)
@@ -142,7 +144,7 @@ def lab_up(name: str = DEFAULT_LAB) -> tuple[NetnsLab, Any, dict[str, float]]:
     receiver = OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}")
     try:
         receiver.start()
-        pids = start_services(lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.run_dir)}")
+        pids = start_services(lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.run_dir)}", extra_env=extra_env)
         wait_healthy(lab.run_dir, list(pids), pids=pids)
     except BaseException:
         lab.down()

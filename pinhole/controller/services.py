@@ -84,7 +84,9 @@ def service_argv(node: Any, run_dir: Path) -> list[str]:
     return argv
 
 
-def start_services(lab: Any, topology: Any, *, otlp_endpoint: str) -> dict[str, int]:
+def start_services(
+    lab: Any, topology: Any, *, otlp_endpoint: str, extra_env: dict[str, str] | None = None
+) -> dict[str, int]:
     """Spawn every service of the topology in its namespace; returns node -> PID.
 
     Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings).
@@ -94,6 +96,7 @@ def start_services(lab: Any, topology: Any, *, otlp_endpoint: str) -> dict[str, 
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_TIMEOUT="2"
     )
+    env.update(extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     pids = {}
