@@ -124,9 +124,9 @@ def drop_first(sender: str, handshake_type: str) -> Drop:
     done: list[bool] = []
 
     def predicate(who: str, index: int, datagram: bytes) -> bool:
-        kinds = describe(datagram).get("dtls.handshake_types", "").split(",") + describe(
-            datagram
-        ).get("dtls.content_types", "").split(",")
+        kinds = describe(datagram).get("dtls.handshake_types", "").split(",") + describe(datagram).get(
+            "dtls.content_types", ""
+        ).split(",")
         if not done and who == sender and handshake_type in kinds:
             done.append(True)
             return True
@@ -135,9 +135,7 @@ def drop_first(sender: str, handshake_type: str) -> Drop:
     return predicate
 
 
-def pair(
-    bob_cert: Certificate, alice_cert: Certificate, **kwargs: object
-) -> tuple[DtlsEndpoint, DtlsEndpoint]:
+def pair(bob_cert: Certificate, alice_cert: Certificate, **kwargs: object) -> tuple[DtlsEndpoint, DtlsEndpoint]:
     client_kwargs = {k[7:]: v for k, v in kwargs.items() if k.startswith("client_")}
     server_kwargs = {k[7:]: v for k, v in kwargs.items() if k.startswith("server_")}
     client_kwargs.setdefault("peer_fingerprints", fp(alice_cert))
@@ -165,10 +163,7 @@ def test_certificate_fingerprint_is_upper_case_hex_of_der(bob_cert: Certificate)
     value = bob_cert.fingerprint()
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", value)
     assert value.replace(":", "").lower() == hashlib.sha256(bob_cert.der).hexdigest()
-    assert (
-        bob_cert.fingerprint("SHA-1").replace(":", "").lower()
-        == hashlib.sha1(bob_cert.der).hexdigest()
-    )
+    assert bob_cert.fingerprint("SHA-1").replace(":", "").lower() == hashlib.sha1(bob_cert.der).hexdigest()
     assert bob_cert.digest() == hashlib.sha256(bob_cert.der).digest()
 
 
@@ -179,9 +174,7 @@ def test_certificate_pem_round_trip_and_fresh_keys(bob_cert: Certificate) -> Non
 
 
 def test_unsupported_fingerprint_hash_is_refused(bob_cert: Certificate) -> None:
-    with pytest.raises(
-        DtlsError, match=r"^unsupported fingerprint hash function 'md5' \(supported: sha-1, "
-    ):
+    with pytest.raises(DtlsError, match=r"^unsupported fingerprint hash function 'md5' \(supported: sha-1, "):
         bob_cert.fingerprint("md5")
 
 
@@ -210,9 +203,7 @@ def test_bad_configuration_is_refused(bob_cert: Certificate) -> None:
 def test_handshake_agrees_on_profile_and_keys(
     bob_cert: Certificate, alice_cert: Certificate, profile: str, key_len: int, salt_len: int
 ) -> None:
-    client, server = pair(
-        bob_cert, alice_cert, client_srtp_profiles=[profile], server_srtp_profiles=[profile]
-    )
+    client, server = pair(bob_cert, alice_cert, client_srtp_profiles=[profile], server_srtp_profiles=[profile])
     link = Link(client, server, now=10.0).run()
     assert client.state == server.state == "connected"
     assert client.selected_profile == server.selected_profile == profile
@@ -238,9 +229,7 @@ def test_handshake_agrees_on_profile_and_keys(
     ]
 
 
-def test_server_prefers_first_offered_profile(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_server_prefers_first_offered_profile(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, server = pair(bob_cert, alice_cert)  # defaults: GCM first, then AES-CM-80
     link = Link(client, server).run()
     assert client.selected_profile == "SRTP_AEAD_AES_128_GCM"
@@ -310,9 +299,7 @@ def test_any_one_matching_fingerprint_is_enough(
     assert client.state == "connected" and client.fingerprint_verified
 
 
-def test_unusable_hash_functions_are_a_mismatch(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_unusable_hash_functions_are_a_mismatch(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, server = pair(bob_cert, alice_cert, client_peer_fingerprints=[("md5", bytes(16))])
     Link(client, server).run()
     assert client.failure_reason == (
@@ -321,9 +308,7 @@ def test_unusable_hash_functions_are_a_mismatch(
     )
 
 
-def test_tentative_acceptance_then_matching_fingerprints(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_tentative_acceptance_then_matching_fingerprints(bob_cert: Certificate, alice_cert: Certificate) -> None:
     # RFC 5763 §5: the offerer (server here) may get the ClientHello before the answer.
     client, server = pair(bob_cert, alice_cert, server_peer_fingerprints=None)
     Link(client, server).run()
@@ -348,9 +333,7 @@ def test_tentative_acceptance_then_mismatch_fails_both_sides(
     assert describe(out[0])["summary"] == "DTLS Alert(fatal, bad_certificate), Alert (encrypted)"
     assert client.receive(out[0], now=1.0) == []
     assert client.state == "failed"
-    assert (
-        client.failure_reason == "DTLS failed: tls alert bad certificate"
-    )  # decrypted epoch-1 alert
+    assert client.failure_reason == "DTLS failed: tls alert bad certificate"  # decrypted epoch-1 alert
     with pytest.raises(DtlsError, match=r"^srtp_keys\(\) needs state connected, not failed$"):
         server.srtp_keys()
 
@@ -380,9 +363,7 @@ def test_retransmission_schedule_doubles_up_to_maximum_then_gives_up(
     client, server = pair(bob_cert, alice_cert, client_timer=SHORT)
     link = Link(client, server, drop=lambda sender, index, datagram: True).run()
     times = [s.at for s in link.sent("client")]
-    assert times == pytest.approx(
-        [0.0, 0.05, 0.15, 0.35, 0.75, 1.15]
-    )  # 0.05 doubling, capped at 0.4
+    assert times == pytest.approx([0.0, 0.05, 0.15, 0.35, 0.75, 1.15])  # 0.05 doubling, capped at 0.4
     assert link.now == pytest.approx(1.55)
     assert client.state == "failed"
     assert client.failure_reason == "handshake timed out after 6 transmissions"
@@ -456,14 +437,10 @@ def test_lost_flights_4_5_6_recover(
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # epoch-0 numbers only grow
 
 
-def test_lost_final_flight_is_resent_on_peer_retransmission(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_lost_final_flight_is_resent_on_peer_retransmission(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, server = pair(bob_cert, alice_cert, client_timer=SHORT, server_timer=SHORT)
     link = Link(client, server, drop=drop_first("server", "change_cipher_spec")).run()
-    flight6 = [
-        s for s in link.sent("server") if s.info["summary"] == "DTLS ChangeCipherSpec, Finished"
-    ]
+    flight6 = [s for s in link.sent("server") if s.info["summary"] == "DTLS ChangeCipherSpec, Finished"]
     assert [s.dropped for s in flight6] == [True, False]
     assert flight6[1].at == pytest.approx(0.05)  # when the client's timer resent flight 5
     assert server.retransmissions == 1 and client.retransmissions == 1
@@ -473,17 +450,11 @@ def test_lost_final_flight_is_resent_on_peer_retransmission(
     assert again[1] == first[1]
 
 
-def small_mtu_pair(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> tuple[DtlsEndpoint, DtlsEndpoint]:
-    return pair(
-        bob_cert, alice_cert, client_timer=SHORT, server_timer=SHORT, client_mtu=256, server_mtu=256
-    )
+def small_mtu_pair(bob_cert: Certificate, alice_cert: Certificate) -> tuple[DtlsEndpoint, DtlsEndpoint]:
+    return pair(bob_cert, alice_cert, client_timer=SHORT, server_timer=SHORT, client_mtu=256, server_mtu=256)
 
 
-def test_small_mtu_spreads_flights_over_datagrams(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_small_mtu_spreads_flights_over_datagrams(bob_cert: Certificate, alice_cert: Certificate) -> None:
     link = Link(*small_mtu_pair(bob_cert, alice_cert)).run()
     assert max(len(s.datagram) for s in link.log) <= 256
     assert [len(link.sent("client")), len(link.sent("server"))] == [4, 4]  # flights 1+5, 4+6
@@ -503,9 +474,7 @@ def test_any_single_lost_datagram_is_recovered(
     assert_keys_agree(client, server)
 
 
-def test_openssl_own_retransmissions_are_suppressed(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_openssl_own_retransmissions_are_suppressed(bob_cert: Certificate, alice_cert: Certificate) -> None:
     """OpenSSL's internal 1 s timer runs on the wall clock and cannot be faked: this test waits for it
     (about 1 s) so that OpenSSL retransmits on its own, then checks that nothing extra goes out."""
     client, server = pair(bob_cert, alice_cert)
@@ -568,9 +537,7 @@ def test_close_sends_close_notify(bob_cert: Certificate, alice_cert: Certificate
     assert client.close(now=3.0) == [] and client.receive(out[0], 3.0) == []
 
 
-def test_close_during_handshake_is_plaintext(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_close_during_handshake_is_plaintext(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, _ = pair(bob_cert, alice_cert)
     client.start(0.0)
     out = client.close(0.1)
@@ -578,9 +545,7 @@ def test_close_during_handshake_is_plaintext(
     assert client.state == "closed" and client.next_deadline is None
 
 
-def test_client_ignores_datagrams_before_start(
-    bob_cert: Certificate, alice_cert: Certificate
-) -> None:
+def test_client_ignores_datagrams_before_start(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, _ = pair(bob_cert, alice_cert)
     assert client.receive(b"\x16\xfe\xfd", 0.0) == []
     assert client.state == "new" and client.malformed == 0
@@ -600,9 +565,7 @@ SERVER_HELLO_BODY = bytes.fromhex("fefd" + "11" * 32 + "00c02b000009000e00050002
 
 
 def test_record_encode_golden() -> None:
-    record = DtlsRecord(
-        ContentType.handshake, DTLS_1_2, 0, 1, bytes.fromhex("0e0000000004000000000000")
-    )
+    record = DtlsRecord(ContentType.handshake, DTLS_1_2, 0, 1, bytes.fromhex("0e0000000004000000000000"))
     assert record.encode() == SERVER_HELLO_DONE
 
 
@@ -613,10 +576,7 @@ def test_parse_records_splits_a_datagram() -> None:
         (ContentType.change_cipher_spec, 0, 2),
         (ContentType.alert, 0, 3),
     ]
-    assert (
-        b"".join(r.encode() for r in records)
-        == SERVER_HELLO_DONE + CHANGE_CIPHER_SPEC + FATAL_BAD_CERTIFICATE
-    )
+    assert b"".join(r.encode() for r in records) == SERVER_HELLO_DONE + CHANGE_CIPHER_SPEC + FATAL_BAD_CERTIFICATE
     assert records[2].fragment == bytes([2, AlertDescription.bad_certificate])
 
 
@@ -644,9 +604,7 @@ def test_parse_records_errors(datagram: bytes, message: str) -> None:
 
 def test_handshake_messages_golden() -> None:
     (record,) = parse_records(SERVER_HELLO_DONE)
-    assert handshake_messages(record) == [
-        HandshakeHeader(HandshakeType.server_hello_done, 0, 4, 0, 0)
-    ]
+    assert handshake_messages(record) == [HandshakeHeader(HandshakeType.server_hello_done, 0, 4, 0, 0)]
     fragment = bytes.fromhex("0b0000100001000004000004") + b"cert"
     (header,) = handshake_messages(DtlsRecord(ContentType.handshake, DTLS_1_0, 0, 7, fragment))
     assert header == HandshakeHeader(HandshakeType.certificate, 16, 1, 4, 4, b"cert")
@@ -668,15 +626,11 @@ def test_handshake_messages_golden() -> None:
             "handshake message 0 at offset 0: header truncated (3 of 12 bytes)",
         ),
         (
-            DtlsRecord(
-                ContentType.handshake, DTLS_1_2, 0, 0, bytes.fromhex("0b000004000000000200000a")
-            ),
+            DtlsRecord(ContentType.handshake, DTLS_1_2, 0, 0, bytes.fromhex("0b000004000000000200000a")),
             "handshake message 0 at offset 0: fragment 2+10 exceeds message length 4",
         ),
         (
-            DtlsRecord(
-                ContentType.handshake, DTLS_1_2, 0, 0, bytes.fromhex("0b0000040000000000000004ab")
-            ),
+            DtlsRecord(ContentType.handshake, DTLS_1_2, 0, 0, bytes.fromhex("0b0000040000000000000004ab")),
             "handshake message 0 at offset 0: body truncated (1 of 4 bytes)",
         ),
     ],
@@ -690,16 +644,12 @@ def test_use_srtp_profiles_golden() -> None:
     assert use_srtp_profiles(CLIENT_HELLO_BODY) == [0x0007, 0x0001]
     assert use_srtp_profiles(CLIENT_HELLO_BODY[:-13]) == []  # no extensions at all
     assert selected_srtp_profile(SERVER_HELLO_BODY) == 0x0007
-    with pytest.raises(
-        DtlsError, match=r"^ClientHello: random truncated at offset 2 \(3 of 32 bytes\)$"
-    ):
+    with pytest.raises(DtlsError, match=r"^ClientHello: random truncated at offset 2 \(3 of 32 bytes\)$"):
         use_srtp_profiles(CLIENT_HELLO_BODY[:5])
 
 
 def test_use_srtp_profiles_of_a_real_client_hello(bob_cert: Certificate) -> None:
-    client = DtlsEndpoint(
-        Role.CLIENT, bob_cert, srtp_profiles=["SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"]
-    )
+    client = DtlsEndpoint(Role.CLIENT, bob_cert, srtp_profiles=["SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"])
     (datagram,) = client.start(0.0)
     (record,) = parse_records(datagram)
     (hello,) = handshake_messages(record)

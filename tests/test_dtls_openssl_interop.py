@@ -83,9 +83,7 @@ class Cli:
             match = re.search(pattern, line)
             if match:
                 return match
-        raise AssertionError(
-            f"no line matching {pattern!r} from openssl; output:\n" + "\n".join(self.output)
-        )
+        raise AssertionError(f"no line matching {pattern!r} from openssl; output:\n" + "\n".join(self.output))
 
     def stop(self) -> None:
         if self.process.poll() is None:

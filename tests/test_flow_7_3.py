@@ -100,6 +100,9 @@ def test_section_7_3_passes(lab, tmp_path):
     check = next(e for e in events if e["kind"] == "stun.send" and e["attrs"].get("purpose") == "connectivity-check")
     assert drop["t"] < check["t"] and "client_hello" in drop["attrs"]["dtls.handshake_types"]
     assert any(e["kind"] == "nat.mapping" and e["attrs"]["remote"] == check["attrs"]["peer"] for e in events)
+    translated = [e for e in events if e["kind"] == "nat.translated" and e["attrs"]["remote"] == check["attrs"]["peer"]]
+    assert translated and int(translated[0]["attrs"]["outbound_packets"]) >= 50
+    assert int(translated[0]["attrs"]["inbound_packets"]) >= 50, "the NAT translated the media both ways"
     assert {"dtls.send", "dtls.recv", "dtls.connected", "srtp.first_received", "media.closed"} <= {
         e["kind"] for e in events
     }

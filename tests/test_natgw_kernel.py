@@ -100,8 +100,7 @@ def test_render_address_and_port_dependent_mapping() -> None:
         log_group=7,
     )
     assert script.splitlines()[0] == (
-        "# pinhole NAT gateway: RFC 4787 address-and-port-dependent mapping, "
-        "address-and-port-dependent filtering"
+        "# pinhole NAT gateway: RFC 4787 address-and-port-dependent mapping, address-and-port-dependent filtering"
     )
     assert (
         '\t\toifname "outside" ip saddr 192.168.0.0/16 counter name "mappings_created" '
@@ -152,13 +151,11 @@ def test_behaviour_takes_rfc_names() -> None:
     [
         (
             {"mapping": "full-cone"},
-            "mapping 'full-cone' is not one of endpoint-independent, address-dependent, "
-            "address-and-port-dependent",
+            "mapping 'full-cone' is not one of endpoint-independent, address-dependent, address-and-port-dependent",
         ),
         (
             {"filtering": "symmetric"},
-            "filtering 'symmetric' is not one of endpoint-independent, address-dependent, "
-            "address-and-port-dependent",
+            "filtering 'symmetric' is not one of endpoint-independent, address-dependent, address-and-port-dependent",
         ),
         ({"mapping_timeout": 0}, "mapping_timeout 0 is not a positive integer"),
         ({"mapping_timeout": True}, "mapping_timeout True is not a positive integer"),
@@ -209,7 +206,10 @@ def test_parse_counters_golden() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("{", "nft JSON output is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (
+            "{",
+            "nft JSON output is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
         ("{}", 'nft JSON output has no "nftables" array'),
         (
             '{"nftables": [{"counter": {"table": "pinhole_nat", "name": "x"}}]}',
@@ -270,33 +270,56 @@ def test_parse_udp_mappings_errors(line: str, message: str) -> None:
 little_endian_only = pytest.mark.skipif(
     sys.byteorder != "little", reason="golden netlink headers are in little-endian host order"
 )
-IP_PACKET = bytes.fromhex("45000020" "00014000" "40114e7a" "c000020a" "c6336414") + bytes.fromhex(
-    "13c40d96000c0000"
-) + b"ping"
+IP_PACKET = bytes.fromhex("450000200001400040114e7ac000020ac6336414") + bytes.fromhex("13c40d96000c0000") + b"ping"
 
 
 @little_endian_only
 def test_config_messages_golden() -> None:
     assert config_bind(1, seq=1) == bytes.fromhex(
-        "1c000000" "0104" "0500" "01000000" "00000000"  # nlmsghdr: NFULNL_MSG_CONFIG, REQUEST|ACK
-        "00" "00" "0001"  # nfgenmsg: AF_UNSPEC, v0, group 1
-        "0500" "0100" "01" "000000"  # NFULA_CFG_CMD = BIND
+        "1c000000"
+        "0104"
+        "0500"
+        "01000000"
+        "00000000"  # nlmsghdr: NFULNL_MSG_CONFIG, REQUEST|ACK
+        "00"
+        "00"
+        "0001"  # nfgenmsg: AF_UNSPEC, v0, group 1
+        "0500"
+        "0100"
+        "01"
+        "000000"  # NFULA_CFG_CMD = BIND
     )
     assert config_mode(1, seq=2) == bytes.fromhex(
-        "28000000" "0104" "0500" "02000000" "00000000"
-        "00" "00" "0001"
-        "0a00" "0200" "0000ffff" "02" "00" "0000"  # NFULA_CFG_MODE: range 0xffff, COPY_PACKET
-        "0800" "0500" "00000001"  # NFULA_CFG_QTHRESH = 1
+        "28000000"
+        "0104"
+        "0500"
+        "02000000"
+        "00000000"
+        "00"
+        "00"
+        "0001"
+        "0a00"
+        "0200"
+        "0000ffff"
+        "02"
+        "00"
+        "0000"  # NFULA_CFG_MODE: range 0xffff, COPY_PACKET
+        "0800"
+        "0500"
+        "00000001"  # NFULA_CFG_QTHRESH = 1
     )
 
 
 PACKET_BODY = (
-    bytes.fromhex("02" "00" "0001")  # nfgenmsg: AF_INET, v0, group 1
-    + bytes.fromhex("0800" "0100" "0800" "01" "00")  # PACKET_HDR: IPv4, hook 1 (input)
-    + bytes.fromhex("1400" "0300" "000000006553f100" "000000000003d090")  # TIMESTAMP
-    + bytes.fromhex("0800" "0400" "00000066")  # IFINDEX_INDEV 102
-    + bytes.fromhex("1b00" "0a00") + b"pinhole-nat drop input\0" + b"\0"  # PREFIX
-    + bytes.fromhex("2400" "0900") + IP_PACKET  # PAYLOAD
+    bytes.fromhex("02000001")  # nfgenmsg: AF_INET, v0, group 1
+    + bytes.fromhex("0800010008000100")  # PACKET_HDR: IPv4, hook 1 (input)
+    + bytes.fromhex("14000300000000006553f100000000000003d090")  # TIMESTAMP
+    + bytes.fromhex("0800040000000066")  # IFINDEX_INDEV 102
+    + bytes.fromhex("1b000a00")
+    + b"pinhole-nat drop input\0"
+    + b"\0"  # PREFIX
+    + bytes.fromhex("24000900")
+    + IP_PACKET  # PAYLOAD
 )
 LOGGED = LoggedPacket(
     prefix="pinhole-nat drop input",
@@ -309,9 +332,7 @@ LOGGED = LoggedPacket(
 
 def test_parse_packet_golden() -> None:
     assert parse_packet(PACKET_BODY) == LOGGED
-    assert decode_ipv4_udp(LOGGED.payload) == UdpDatagram(
-        ("192.0.2.10", 5060), ("198.51.100.20", 3478), b"ping"
-    )
+    assert decode_ipv4_udp(LOGGED.payload) == UdpDatagram(("192.0.2.10", 5060), ("198.51.100.20", 3478), b"ping")
 
 
 @little_endian_only
@@ -375,7 +396,9 @@ class Natgw:
     def ifindex(self, ifname: str) -> int:
         out = subprocess.run(
             ["ip", "-n", self.ns, "-j", "link", "show", ifname],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return int(json.loads(out)[0]["ifindex"])
 
@@ -413,12 +436,8 @@ def test_unsolicited_udp_is_dropped_and_logged(natgw: Natgw) -> None:
     with alice, bob:
         bob.sendto(b"clienthello", (WAN, 43000))
         logged = natgw.nflog.wait(2.0)
-        assert [(p.prefix, p.indev, p.hook) for p in logged] == [
-            (DROP_PREFIX_INPUT, natgw.ifindex("wan0"), 1)
-        ]
-        assert decode_ipv4_udp(logged[0].payload) == UdpDatagram(
-            ("203.0.113.40", 5000), (WAN, 43000), b"clienthello"
-        )
+        assert [(p.prefix, p.indev, p.hook) for p in logged] == [(DROP_PREFIX_INPUT, natgw.ifindex("wan0"), 1)]
+        assert decode_ipv4_udp(logged[0].payload) == UdpDatagram(("203.0.113.40", 5000), (WAN, 43000), b"clienthello")
         assert logged[0].timestamp is None or logged[0].timestamp > 0
         assert _nothing_queued(alice)
     counters = natgw.counters()
@@ -513,13 +532,13 @@ def test_mapping_timeout_is_per_namespace(natgw: Natgw) -> None:
 
 @needs_kernel_nat
 def test_address_and_port_dependent_mapping_loads_and_translates(natgw: Natgw) -> None:
-    script = render(
-        NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT), wan_address=WAN, lan_prefix=LAN
-    )
+    script = render(NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT), wan_address=WAN, lan_prefix=LAN)
     ruleset.apply(script, netns=natgw.ns)
     listing = subprocess.run(
         ["ip", "netns", "exec", natgw.ns, "nft", "list", "table", "inet", "pinhole_nat"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "masquerade fully-random" in listing
     alice, bob = natgw.udp("alice", 43003), natgw.udp("bob", 5003)
@@ -563,3 +582,16 @@ def test_ruleset_module_is_importable_without_the_lab() -> None:
     code = "import sys, services.natgw.ruleset, services.natgw.nflog, services.natgw.conntrack; "
     code += "assert 'netns.lab' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_parse_flow_counts_reads_both_directions():
+    from services.natgw.conntrack import parse_flow_counts
+
+    line = (
+        "udp      17 298 src=10.10.1.10 dst=203.0.113.40 sport=40000 dport=50000 packets=53 bytes=9000 "
+        "src=203.0.113.40 dst=203.0.113.1 sport=50000 dport=40000 packets=54 bytes=9100 [ASSURED] mark=0 use=1"
+    )
+    (count,) = parse_flow_counts(line + "\nconntrack v1.4.7: 1 flow entries have been shown.", "203.0.113.1")
+    assert (count.outbound_packets, count.inbound_packets) == (53, 54)
+    assert count.mapping.external == ("203.0.113.1", 40000) and count.mapping.remote == ("203.0.113.40", 50000)
+    assert parse_flow_counts(line.replace("packets=53 ", "").replace("packets=54 ", ""), "203.0.113.1") == []

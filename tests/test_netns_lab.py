@@ -37,9 +37,7 @@ from pinhole.pcap import decode_udp, read_pcap
 PREFIX = f"ph-tl{os.getpid() % 100000:05d}"  # "l" is not a hex digit: no clash with uuid-named labs
 LAB_NETWORKS = ("10.10.1.0/24", "203.0.113.0/24")
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
-)
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
 
 # --------------------------------------------------------------------------- topology (pure)
 
@@ -90,8 +88,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
         ({"nodes__alice__kind": "vm"}, "nodes.alice.kind: 'vm' is not one of host, router, switch"),
         (
             {"nodes__alice__interfaces": {"eth0": ["10.10.1.300/24"]}},
-            "nodes.alice.interfaces.eth0: '10.10.1.300/24' is not an IPv4 address with a "
-            "prefix length",
+            "nodes.alice.interfaces.eth0: '10.10.1.300/24' is not an IPv4 address with a prefix length",
         ),
         (
             {"nodes__alice__interfaces": {"eth0": ["10.10.1.10"]}},
@@ -124,8 +121,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
         ),
         (
             {"links__0__endpoints": ["alice:eth1", "natgw:lan0"]},
-            "links[0].endpoints: 'alice:eth1': interface 'eth1' is not declared in "
-            "nodes.alice.interfaces",
+            "links[0].endpoints: 'alice:eth1': interface 'eth1' is not declared in nodes.alice.interfaces",
         ),
         (
             {"links__1__endpoints": ["natgw:lan0", "public:p-natgw"]},
@@ -133,8 +129,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
         ),
         (
             {"links__1__endpoints": ["natgw:wan0", "public:p-interface-name"]},
-            "links[1].endpoints: 'public:p-interface-name': interface name must be 1-15 "
-            "characters [A-Za-z0-9_.-]",
+            "links[1].endpoints: 'public:p-interface-name': interface name must be 1-15 characters [A-Za-z0-9_.-]",
         ),
         (
             {"links__0__endpoints": "alice:eth0"},
@@ -237,9 +232,7 @@ def _udp(lab: NetnsLab, node: str, port: int) -> socket.socket:
 
 
 def _ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
     return json.loads(out) if out.strip() else []
 
 
@@ -251,9 +244,7 @@ def _sysctl(lab: NetnsLab, node: str, name: str) -> str:
 def _masquerade(lab: NetnsLab) -> None:
     from services.natgw import ruleset
 
-    script = ruleset.render(
-        ruleset.NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24"
-    )
+    script = ruleset.render(ruleset.NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24")
     ruleset.apply(script, netns=lab.ns("natgw"))
 
 
@@ -288,9 +279,7 @@ def test_up_builds_the_declared_topology(
             assert addrs[ifname] == sorted(declared), (name, ifname)
             assert not any(":" in a for a in addrs[ifname]), "IPv6 must be off"
         routes = [r for r in _ip_json(ns, "route") if r.get("gateway")]
-        assert [(r["dst"], r["gateway"]) for r in routes] == [
-            (r.to, r.via) for r in node.routes
-        ], name
+        assert [(r["dst"], r["gateway"]) for r in routes] == [(r.to, r.via) for r in node.routes], name
         forward = "1" if name == "natgw" else "0"
         assert _sysctl(lab, name, "net.ipv4.ip_forward") == forward, name
     ports = _ip_json(lab.ns("public"), "link", "show", "master", "br0")
@@ -435,9 +424,7 @@ def test_spawn_and_stop_by_pid(make_lab: Callable[..., NetnsLab], tmp_path: Path
     assert [p["pid"] for p in lab.processes()] == [proc.pid]
     status = lab.status()
     assert status["up"] and all(status["namespaces"].values())
-    assert [(p["pid"], p["node"], p["running"]) for p in status["processes"]] == [
-        (proc.pid, "bob", True)
-    ]
+    assert [(p["pid"], p["node"], p["running"]) for p in status["processes"]] == [(proc.pid, "bob", True)]
     proxy = _udp(lab, "proxy-b", 6001)
     with proxy:
         proxy.sendto(b"echo", ("203.0.113.40", 6000))
@@ -457,19 +444,14 @@ def test_spawn_and_stop_by_pid(make_lab: Callable[..., NetnsLab], tmp_path: Path
 def test_down_stops_spawned_processes(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
     lab = make_lab("h")
     lab.up()
-    procs = [
-        _spawn_ready(lab, tmp_path, mode, port)
-        for mode, port in (("normal", 6000), ("ignore-term", 6002))
-    ]
+    procs = [_spawn_ready(lab, tmp_path, mode, port) for mode, port in (("normal", 6000), ("ignore-term", 6002))]
     lab.down(timeout=0.2)
     assert [proc.wait(timeout=5) for proc in procs] == [-15, -9]
     _assert_nothing_left(lab, [proc.pid for proc in procs])
 
 
 @needs_root
-def test_down_leaves_a_process_that_is_no_longer_ours(
-    make_lab: Callable[..., NetnsLab], tmp_path: Path
-) -> None:
+def test_down_leaves_a_process_that_is_no_longer_ours(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
     lab = make_lab("i")
     lab.up()
     proc = _spawn_ready(lab, tmp_path, "normal")
@@ -513,9 +495,7 @@ def test_failure_in_the_middle_of_up_leaves_nothing(
 
 @needs_root
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
-def test_capture_writes_pcaps_that_tshark_decodes(
-    make_lab: Callable[..., NetnsLab], tmp_path: Path
-) -> None:
+def test_capture_writes_pcaps_that_tshark_decodes(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
     lab = make_lab("l")
     lab.up()
     _masquerade(lab)
@@ -527,17 +507,27 @@ def test_capture_writes_pcaps_that_tshark_decodes(
     assert cap.stop_reason == "stopped" and not cap.running
     lan = [d for _, f in read_pcap(pcaps / "natgw-lan0.pcap") if (d := decode_udp(f))]
     wan = [d for _, f in read_pcap(pcaps / "natgw-wan0.pcap") if (d := decode_udp(f))]
-    assert [(d.src, d.dst, d.payload) for d in lan] == [
-        (("10.10.1.10", 42000), ("203.0.113.40", 5000), b"first")
-    ]
-    assert [(d.src, d.dst, d.payload) for d in wan] == [
-        (("203.0.113.1", 42000), ("203.0.113.40", 5000), b"first")
-    ]
+    assert [(d.src, d.dst, d.payload) for d in lan] == [(("10.10.1.10", 42000), ("203.0.113.40", 5000), b"first")]
+    assert [(d.src, d.dst, d.payload) for d in wan] == [(("203.0.113.1", 42000), ("203.0.113.40", 5000), b"first")]
     if shutil.which("tshark"):
         out = subprocess.run(
-            ["tshark", "-r", str(pcaps / "natgw-wan0.pcap"), "-Y", "udp", "-T", "fields",
-             "-e", "ip.src", "-e", "udp.srcport"],
-            capture_output=True, text=True, check=True, timeout=60,
+            [
+                "tshark",
+                "-r",
+                str(pcaps / "natgw-wan0.pcap"),
+                "-Y",
+                "udp",
+                "-T",
+                "fields",
+                "-e",
+                "ip.src",
+                "-e",
+                "udp.srcport",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         ).stdout
         assert out.splitlines() == ["203.0.113.1\t42000"]
 

@@ -20,17 +20,19 @@ from pinhole.pcap import (
     read_pcap,
 )
 
-ETH = bytes.fromhex("020000000002" "020000000001" "0800")
+ETH = bytes.fromhex("0200000000020200000000010800")
 # 192.0.2.10:5060 -> 198.51.100.20:3478, DF, TTL 64, header checksum 0x4e7a, UDP checksum 0.
-IPV4 = bytes.fromhex("45000020" "00014000" "40114e7a" "c000020a" "c6336414")
-UDP = bytes.fromhex("13c4" "0d96" "000c" "0000") + b"ping"
+IPV4 = bytes.fromhex("450000200001400040114e7ac000020ac6336414")
+UDP = bytes.fromhex("13c40d96000c0000") + b"ping"
 FRAME = ETH + IPV4 + UDP
 DATAGRAM = UdpDatagram(src=("192.0.2.10", 5060), dst=("198.51.100.20", 3478), payload=b"ping")
 
 GLOBAL_HEADER = bytes.fromhex(
     "d4c3b2a1"  # magic, little-endian, microseconds
-    "0200" "0400"  # version 2.4
-    "00000000" "00000000"  # thiszone, sigfigs
+    "0200"
+    "0400"  # version 2.4
+    "00000000"
+    "00000000"  # thiszone, sigfigs
     "00000400"  # snaplen 262144
     "01000000"  # linktype 1, Ethernet
 )
@@ -47,7 +49,8 @@ def test_writer_golden_bytes(tmp_path: Path) -> None:
     assert path.read_bytes() == GLOBAL_HEADER + bytes.fromhex(
         "00f15365"  # 1700000000 s
         "90d00300"  # 250000 us
-        "03000000" "03000000"  # captured and original length
+        "03000000"
+        "03000000"  # captured and original length
         "010203"
     )
 

@@ -59,9 +59,7 @@ def test_keying_material_lengths() -> None:
 
 
 def test_bad_keys_are_refused_with_reason() -> None:
-    with pytest.raises(
-        SrtpError, match=r"^keying material is 59 bytes, SRTP_AES128_CM_SHA1_80 needs 60$"
-    ):
+    with pytest.raises(SrtpError, match=r"^keying material is 59 bytes, SRTP_AES128_CM_SHA1_80 needs 60$"):
         keys_from_keying_material(bytes(59), "SRTP_AES128_CM_SHA1_80", is_client=True)
     with pytest.raises(SrtpError, match=r"^local_key is 15 bytes, SRTP_AEAD_AES_128_GCM needs 16$"):
         SrtpKeys("SRTP_AEAD_AES_128_GCM", bytes(15), bytes(12), bytes(16), bytes(12))
@@ -106,15 +104,11 @@ def test_tampered_packets_fail_authentication(profile: str) -> None:
     alice, bob = SrtpSession(keys), SrtpSession(keys.mirrored())
     protected = bytearray(alice.protect(rtp(1)))
     protected[20] ^= 0x01
-    with pytest.raises(
-        SrtpAuthError, match=r"^SRTP unprotect failed: .*(authentication|cipher) failure$"
-    ):
+    with pytest.raises(SrtpAuthError, match=r"^SRTP unprotect failed: .*(authentication|cipher) failure$"):
         bob.unprotect(bytes(protected))
     protected_rtcp = bytearray(alice.protect_rtcp(rtcp_receiver_report()))
     protected_rtcp[5] ^= 0x01
-    with pytest.raises(
-        SrtpAuthError, match=r"^SRTCP unprotect failed: .*(authentication|cipher) failure$"
-    ):
+    with pytest.raises(SrtpAuthError, match=r"^SRTCP unprotect failed: .*(authentication|cipher) failure$"):
         bob.unprotect_rtcp(bytes(protected_rtcp))
 
 
@@ -123,9 +117,7 @@ def test_replayed_packet_is_refused() -> None:
     alice, bob = SrtpSession(keys), SrtpSession(keys.mirrored())
     protected = alice.protect(rtp(7))
     bob.unprotect(protected)
-    with pytest.raises(
-        SrtpAuthError, match=r"^SRTP unprotect failed: replay check failed \(bad index\)$"
-    ):
+    with pytest.raises(SrtpAuthError, match=r"^SRTP unprotect failed: replay check failed \(bad index\)$"):
         bob.unprotect(protected)
 
 
@@ -158,9 +150,7 @@ def test_keys_from_dtls_handshake_work_end_to_end(profile: str) -> None:
         srtp_profiles=[profile],
         peer_fingerprints=[("sha-256", alice_cert.digest())],
     )
-    alice = DtlsEndpoint(
-        Role.SERVER, alice_cert, peer_fingerprints=[("sha-256", bob_cert.digest())]
-    )
+    alice = DtlsEndpoint(Role.SERVER, alice_cert, peer_fingerprints=[("sha-256", bob_cert.digest())])
     handshake(bob, alice)
     assert bob.selected_profile == alice.selected_profile == profile
     bob_srtp, alice_srtp = SrtpSession(bob.srtp_keys()), SrtpSession(alice.srtp_keys())

@@ -69,4 +69,3 @@ def test_sigterm_loses_no_span(tmp_path):
     assert len(spans) == len(events)
     assert sorted(s.name for s in spans) == sorted(e.kind for e in events)
     assert {s.service for s in spans} == {"stun"}
-

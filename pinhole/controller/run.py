@@ -316,6 +316,9 @@ def run(
             )
         # both user agents end the call (BYE either way, or a failure): then the evidence is complete
         collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
+        if any(e["service"] == "alice" and e["attrs"].get("sip.method") == "BYE" for e in collector.snapshot()):
+            # the BYE crossed the NAT: the gateway reports the call's translated packets
+            collector.wait_for(lambda ev: _has(ev, "natgw", "nat.translated"), timeout=10)
         show.stage("collecting evidence")
         for node in service_kinds(topology):  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)

@@ -68,6 +68,7 @@ class NatGateway:
         self.reader: NflogReader | None = None
         self.sip_reader: NflogReader | None = None
         self.calls = CallDirectory()
+        self._reported: set[str] = set()  # calls whose translated packets were reported (at their BYE)
         self._conntrack_events: asyncio.subprocess.Process | None = None
 
     def apply(self, behaviour: ruleset.NatBehaviour) -> str:
@@ -114,7 +115,35 @@ class NatGateway:
     def _read_sip(self) -> None:
         assert self.sip_reader is not None
         for packet in self.sip_reader.read():
-            self.calls.observe(packet.payload)
+            seen = self.calls.observe(packet.payload)
+            if seen is not None and seen[1] == "BYE" and seen[0] not in self._reported:
+                self._reported.add(seen[0])
+                asyncio.get_running_loop().create_task(self._report_translated(seen[0]))
+
+    async def _report_translated(self, call_id: str) -> None:
+        """At the call's BYE: how many packets the NAT translated on each of its media mappings."""
+        addresses = set(self.calls.addresses_of(call_id))
+        try:
+            counts = await asyncio.to_thread(conntrack.flow_counts, self.wan_address)
+        except conntrack.ConntrackError as error:
+            self.events.emit("nat.error", call_id, reason=str(error))
+            return
+        for count in counts:
+            m = count.mapping
+            if m.external not in addresses and m.remote not in addresses:
+                continue
+            flow = self.calls.lookup(m.external, m.remote)
+            self.events.emit(
+                "nat.translated",
+                call_id,
+                parent=flow.context if flow else None,
+                internal=f"{m.internal[0]}:{m.internal[1]}",
+                external=f"{m.external[0]}:{m.external[1]}",
+                remote=f"{m.remote[0]}:{m.remote[1]}",
+                peer=f"{m.remote[0]}:{m.remote[1]}",
+                outbound_packets=count.outbound_packets,
+                inbound_packets=count.inbound_packets,
+            )
 
     async def _read_mappings(self, process: asyncio.subprocess.Process) -> None:
         """Every new mapping onto the outside address, as the kernel creates it."""

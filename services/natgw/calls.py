@@ -16,7 +16,7 @@ from opentelemetry.context import Context
 
 from pinhole import sdp, telemetry
 from pinhole.pcap import decode_ipv4_udp
-from pinhole.sip import SipParseError, parse_message
+from pinhole.sip import Request, Response, SipParseError, parse_message
 from pinhole.sip.describe import TRACE_HEADERS
 
 Address = tuple[str, int]
@@ -37,8 +37,11 @@ class CallDirectory:
         self.observed = 0
         self.unparsable = 0
 
-    def observe(self, ip_packet: bytes) -> CallFlow | None:
-        """Learn from one forwarded SIP datagram (an IPv4 packet as NFLOG hands it over)."""
+    def observe(self, ip_packet: bytes) -> tuple[str, str] | None:
+        """Learn from one forwarded SIP datagram (an IPv4 packet as NFLOG hands it over).
+
+        Returns (Call-ID, method) of a request, so the gateway can act on a BYE.
+        """
         udp = decode_ipv4_udp(ip_packet)
         if udp is None:
             return None
@@ -48,25 +51,33 @@ class CallDirectory:
             self.unparsable += 1
             return None
         self.observed += 1
+        seen = (message.call_id or "", message.method) if isinstance(message, Request) else None
+        self._learn(message)
+        return seen
+
+    def _learn(self, message: Request | Response) -> None:
         if not message.body:
-            return None
+            return
         try:
             session = sdp.parse(message.body)
         except sdp.SdpError:
             self.unparsable += 1
-            return None
+            return
         if not session.media:
-            return None
+            return
         media = session.media[0]
         connection = media.connection or session.connection or ""
         if not connection:
-            return None
+            return
         carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
         flow = CallFlow(message.call_id or "", telemetry.extract(carrier))
         self._flows[(connection.split()[-1], media.port)] = flow
         if len(self._flows) > self.limit:
             del self._flows[next(iter(self._flows))]
-        return flow
+
+    def addresses_of(self, call_id: str) -> list[Address]:
+        """The media addresses this call's SDP announced."""
+        return [address for address, flow in self._flows.items() if flow.call_id == call_id]
 
     def lookup(self, *addresses: Address) -> CallFlow | None:
         """The call of the first address that an SDP announced."""

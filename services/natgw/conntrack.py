@@ -89,6 +89,31 @@ def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
     return out
 
 
+@dataclass(frozen=True)
+class FlowCount:
+    """Packets the NAT translated on one mapping: outbound (original direction) and inbound (reply)."""
+
+    mapping: NatMapping
+    outbound_packets: int
+    inbound_packets: int
+
+
+def parse_flow_counts(text: str, wan_address: str) -> list[FlowCount]:
+    """`conntrack -L -p udp` lines with accounting on (packets= after each tuple), pure."""
+    out = []
+    for line in text.splitlines():
+        mappings = parse_udp_mappings(line, wan_address)
+        packets = [int(token.partition("=")[2]) for token in line.split() if token.startswith("packets=")]
+        if mappings and len(packets) >= 2:
+            out.append(FlowCount(mappings[0], packets[0], packets[1]))
+    return out
+
+
+def flow_counts(wan_address: str, *, netns: str | None = None) -> list[FlowCount]:
+    """Translated-packet counts of every current mapping (needs net.netfilter.nf_conntrack_acct=1)."""
+    return parse_flow_counts(_conntrack(["-L", "-p", "udp"], netns), wan_address)
+
+
 def _conntrack(args: list[str], netns: str | None) -> str:
     return run_tool("conntrack", args, netns=netns, error=ConntrackError, package="conntrack-tools")
 

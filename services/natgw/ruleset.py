@@ -194,7 +194,7 @@ def render(
     observe = ""
     if sip_log_group is not None:
         copy = f'log prefix "{SIP_PREFIX}" group {sip_log_group} queue-threshold 1'
-        observe = f"\t\tudp dport {sip_port} {copy}\n\t\tudp sport {sip_port} {copy}\n"
+        observe = f"\t\tudp dport {sip_port} {copy}\n\t\tudp sport {sip_port} udp dport != {sip_port} {copy}\n"
 
     counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in COUNTERS)
     return f"""\
@@ -287,9 +287,9 @@ def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> None:
         raise RulesetError(f"mapping timeout {seconds!r} is not a positive integer")
     with in_namespace(netns):
         _ensure_conntrack()
-        for name in UDP_TIMEOUT_SYSCTLS:
-            try:
-                (SYSCTL_DIR / name).write_text(f"{seconds}\n")
+        for name, value in [*((n, seconds) for n in UDP_TIMEOUT_SYSCTLS), ("nf_conntrack_acct", 1)]:
+            try:  # accounting: per-mapping packet counts, for the translated-packet evidence
+                (SYSCTL_DIR / name).write_text(f"{value}\n")
             except OSError as e:
                 raise KernelNatError(f"cannot write net.netfilter.{name}: {e.strerror}") from e
 
