@@ -166,3 +166,11 @@ def test_saved_trace_alone_passes_and_a_silent_service_makes_it_broken():
     bob_silent.resource_spans.extend(rs for rs in request.resource_spans if from_trace.service_name(rs) != "bob")
     broken = from_trace.judge_trace(bob_silent)
     assert broken.outcome == "broken" and "bob" in broken.broken
+
+
+def test_an_invite_whose_spans_do_not_chain_through_the_proxies_fails_message_2():
+    evidence = load("rfc5763-7.3")
+    for event in evidence["events"]:
+        if event["service"] == "bob" and event["kind"] == "sip.recv" and event["attrs"].get("sip.method") == "INVITE":
+            event["parent_span_id"] = ""
+    assert "the INVITE's spans chain bob" in failed(evidence)["2"]

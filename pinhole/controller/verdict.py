@@ -96,6 +96,15 @@ class Evidence:
         found = self.find(service, kind, **attrs)
         return found[0] if found else None
 
+    def ancestry(self, event: Event) -> list[Event]:
+        """The event and its parent spans' events, nearest first (trace-derived evidence only)."""
+        by_span = {e["span_id"]: e for e in self.events if e.get("span_id")}
+        chain = []
+        while event is not None and len(chain) < 100:
+            chain.append(event)
+            event = by_span.get(event.get("parent_span_id", ""))
+        return chain
+
     def media(self, service: str) -> dict[str, Any]:
         """Final media statistics: the call status the controller asked for, else the trace's media.closed."""
         if service in self.calls:
@@ -185,9 +194,20 @@ def _m2(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append(f"Max-Forwards {a.get('sip.max_forwards')}, expected {expected_mf} after two proxies")
     if len(proxies) != 2:
         problems.append(f"seen by {proxies or 'no proxy'}")
+    edges = ""
+    if got.get("span_id"):  # evidence read from a trace: the spans must chain hop by hop
+        hops = [e["service"] for e in ev.ancestry(got) if e["attrs"].get("sip.method") == "INVITE"]
+        path = [h for i, h in enumerate(hops) if i == 0 or hops[i - 1] != h][::-1]
+        if path != ["alice", "proxy-a", "proxy-b", "bob"]:
+            problems.append(f"the INVITE's spans chain {' -> '.join(path) or 'nowhere'}, not alice -> proxy-a -> ...")
+        edges = "; span edges alice -> proxy-a -> proxy-b -> bob"
     if problems:
         return False, "; ".join(problems), _t(got)
-    return True, f"via proxy-a, proxy-b; Record-Route x2; Max-Forwards {expected_mf}; body byte-identical", _t(got)
+    return (
+        True,
+        f"via proxy-a, proxy-b; Record-Route x2; Max-Forwards {expected_mf}; body byte-identical{edges}",
+        _t(got),
+    )
 
 
 @check("3", "Bob's first ClientHello is dropped by Alice's NAT", "RFC 5763 §7.3, §6.7.2")
