@@ -29,13 +29,13 @@ class EventLog:
 
     CALLS_KEPT = 10_000  # trace contexts of the most recent calls
 
-    def __init__(self, service: str, *, limit: int = 200_000) -> None:
+    def __init__(self, service: str, *, limit: int = 200_000, tracer: trace.Tracer | None = None) -> None:
         self.service = service
         self.limit = limit
         self._events: list[events_pb2.Event] = []
         self._sequence = 0
         self._waiters: list[asyncio.Future[None]] = []
-        self._tracer = trace.get_tracer("pinhole")
+        self._tracer = tracer or trace.get_tracer("pinhole")  # the process's provider unless given one
         self._calls: dict[str, Context] = {}
         self._call_spans: dict[str, Span] = {}
         self.last_context: Context | None = None  # the span of the latest emit(), as a parent

@@ -360,3 +360,13 @@ def test_malformed_and_empty_exports_do_not_break_the_receiver(receiver: OtlpRec
     emit_events(p, 1)
     p.shutdown()
     assert receiver.spans_by_service() == {"": 1, "stun": 1}
+
+
+def test_export_sends_a_whole_trace_to_another_endpoint(receiver: OtlpReceiver, sock_dir: Path) -> None:
+    """What `pinhole run --otlp-forward` does with a run's trace."""
+    from pinhole.controller.otlp import export
+
+    _call_flow(receiver.endpoint)  # type: ignore[arg-type]
+    with OtlpReceiver(f"unix:{sock_dir / 'jaeger.sock'}") as backend:
+        export(receiver.request(), backend.endpoint)  # type: ignore[arg-type]
+        assert backend.request() == receiver.request()

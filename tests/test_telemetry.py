@@ -69,3 +69,36 @@ def test_sigterm_loses_no_span(tmp_path):
     assert len(spans) == len(events)
     assert sorted(s.name for s in spans) == sorted(e.kind for e in events)
     assert {s.service for s in spans} == {"stun"}
+
+
+def test_sip_hops_chain_spans_and_a_request_without_context_starts_a_trace():
+    """record_message: a send injects its own span as traceparent; a receive continues it, or starts a
+    trace when the request carries none (a third-party user agent)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pinhole.events import EventLog
+    from pinhole.sip import parse_message
+    from pinhole.sip.describe import record_message
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    invite = (
+        b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa\r\n"
+        b"Max-Forwards: 70\r\nTo: <sip:bob@b.example>\r\nFrom: <sip:alice@a.example>;tag=1\r\n"
+        b"Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    tracer = provider.get_tracer("test")
+    proxy, bob = EventLog("proxy-a", tracer=tracer), EventLog("bob", tracer=tracer)
+    incoming = parse_message(invite)
+    record_message(proxy, "recv", incoming, ("10.0.0.1", 5060))  # no traceparent: a new trace
+    forwarded = parse_message(invite)
+    record_message(proxy, "send", forwarded, ("10.0.0.2", 5060))
+    assert forwarded.headers.get("traceparent")
+    record_message(bob, "recv", parse_message(forwarded.encode()), ("10.0.0.3", 5060))
+    recv, send, at_bob = exporter.get_finished_spans()
+    assert recv.parent is None, "the proxy started the trace"
+    assert send.parent.span_id == recv.context.span_id and at_bob.parent.span_id == send.context.span_id
+    assert len({s.context.trace_id for s in (recv, send, at_bob)}) == 1
