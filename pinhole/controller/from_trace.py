@@ -45,6 +45,12 @@ def evidence_from_trace(request: Any, call_id: str | None = None) -> dict[str, A
     trace_id = trace_of_call(request, call_id) or ""
     everything = spans_to_events(request)
     events = [e for e in everything if e["trace_id"] == trace_id or (call_id and e["call_id"] == call_id)]
+    # The STUN server cannot know the call (no signalling reaches it): its spans join by the
+    # transaction ids of the call's own Binding requests.
+    ours = {e["attrs"]["stun.transaction_id"] for e in events if e["attrs"].get("stun.transaction_id")}
+    have = {e["span_id"] for e in events}
+    events += [e for e in everything if e["span_id"] not in have and e["attrs"].get("stun.transaction_id") in ours]
+    events.sort(key=lambda e: e["t"])
     return {
         "source": "trace",
         "call_id": call_id,
