@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -55,7 +56,9 @@ def run_tracer(endpoint: str, name: str = "controller") -> tuple[TracerProvider,
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": name, "service.namespace": "pinhole"}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": name, "service.namespace": "pinhole"}), sampler=ALWAYS_ON
+    )
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
     return provider, provider.get_tracer("pinhole.controller")
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from pinhole.controller import from_trace
 from pinhole.controller import run as controller
 from pinhole.controller.otlp import spans_to_events, trace_of_call
 from pinhole.controller.run import Scenario, Timers, configure, service_kinds
@@ -43,12 +44,14 @@ def test_twenty_concurrent_calls_give_twenty_traces_with_no_span_in_the_wrong_on
             alice.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=20)
         assert collector.wait_for(lambda ev: _count(ev, "bob", "call.terminated") == CALLS, 60)
         for node in service_kinds(topology):
-            assert clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30).flushed
+            clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
+        collected = collector.snapshot()
     finally:
         collector.stop()
         clients.close()
 
     request = receiver.request()
+    assert from_trace.lost_spans(request, collected) == [], "every span alice and bob made reached the receiver"
     traces = {call_id: trace_of_call(request, call_id) for call_id in call_ids}
     assert len(set(traces.values())) == CALLS, "one trace per call"
     everything = spans_to_events(request)

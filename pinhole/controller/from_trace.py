@@ -50,6 +50,26 @@ def evidence_from_trace(request: Any, call_id: str | None = None) -> dict[str, A
     ours = {e["attrs"]["stun.transaction_id"] for e in events if e["attrs"].get("stun.transaction_id")}
     have = {e["span_id"] for e in events}
     events += [e for e in everything if e["span_id"] not in have and e["attrs"].get("stun.transaction_id") in ours]
+    # NAT events the gateway could not tie to the call (it had not seen the SDP yet) join by the
+    # address the offer announced: Alice's mapping on the NAT
+    offer = next(
+        (
+            e
+            for e in events
+            if e["service"] == "alice" and e["attrs"].get("sip.method") == "INVITE" and e["kind"] == "sip.send"
+        ),
+        None,
+    )
+    advertised = offer["attrs"].get("sdp.media") if offer else None
+    have = {e["span_id"] for e in events}
+    events += [
+        e
+        for e in everything
+        if advertised
+        and e["span_id"] not in have
+        and e["service"] == "natgw"
+        and advertised in (e["attrs"].get("destination"), e["attrs"].get("external"))
+    ]
     events.sort(key=lambda e: e["t"])
     return {
         "source": "trace",
@@ -78,6 +98,12 @@ def address_map(events: list[dict[str, Any]]) -> dict[str, str]:
         if e["kind"] == "service.started" and e["attrs"].get("wan_address"):
             mapping[e["attrs"]["wan_address"]] = "alice"
     return mapping
+
+
+def lost_spans(request: Any, events: list[dict[str, Any]]) -> list[str]:
+    """ "service kind" of each event (collected over gRPC, with its span id) whose span is not in the trace."""
+    present = {e["span_id"] for e in spans_to_events(request)}
+    return [f"{e['service']} {e['kind']}" for e in events if e.get("span_id") and e["span_id"] not in present]
 
 
 def services_seen(request: Any) -> set[str]:

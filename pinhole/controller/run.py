@@ -284,12 +284,11 @@ def run(
     if temporary:
         receiver.start()
     receiver.clear()
-    tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
-    run_span = None
+    tracer_provider = run_span = capture = None
     clients = ServiceClients(lab.run_dir, service_kinds(topology))
     collector = EventCollector(clients, list(service_kinds(topology)), since=time.time())
-    capture = None
     try:
+        tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
         show.stage("configuring services")
         configure(clients, topology, scenario, timers)
         natgw = topology.nodes["natgw"]
@@ -316,9 +315,15 @@ def run(
             )
         # both user agents end the call (BYE either way, or a failure): then the evidence is complete
         collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
-        if any(e["service"] == "alice" and e["attrs"].get("sip.method") == "BYE" for e in collector.snapshot()):
-            # the BYE crossed the NAT: the gateway reports the call's translated packets
-            collector.wait_for(lambda ev: _has(ev, "natgw", "nat.translated"), timeout=10)
+        if any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "200" for e in collector.snapshot()):
+            # a dialog existed, so a BYE crossed the NAT (whoever sent it): wait for the gateway's report
+            collector.wait_for(
+                lambda ev: any(
+                    e["service"] == "natgw" and e["kind"] in ("nat.call_ended", "nat.error") and e["call_id"] == call_id
+                    for e in ev
+                ),
+                timeout=10,
+            )
         show.stage("collecting evidence")
         for node in service_kinds(topology):  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
@@ -338,7 +343,8 @@ def run(
         clients.close()
         if run_span is not None:
             run_span.end()
-        tracer_provider.shutdown()  # exports the run's own span
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the run's own span
         trace_request = receiver.request()
         if temporary:
             receiver.stop()
@@ -355,7 +361,7 @@ def run(
         "timers": timers_name,
         "placed_at": placed,
         **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings
-        "call_status": calls,
+        "calls": calls,  # the user agents' own statistics, asked for over gRPC
         "nat_mappings_listed": [_flatten_mapping(m) for m in mappings],
         "counters": counters,
         "captures": {
@@ -372,6 +378,9 @@ def run(
         "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
     }
     result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
+    lost = from_trace.lost_spans(trace_request, [e for e in events if e["call_id"] == call_id])
+    if lost and not result.broken:  # every span the services said they made must be in the trace
+        result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
     drawing = ladder.render(evidence)
     write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))

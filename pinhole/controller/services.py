@@ -91,7 +91,9 @@ def start_services(
 
     Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+    # none of the caller's OTEL_* settings (sampler, limits, SDK switch) may change the evidence
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
     # a local receiver answers in milliseconds; a short timeout keeps a stop quick when it is gone
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_TIMEOUT="2"

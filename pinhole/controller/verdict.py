@@ -195,7 +195,7 @@ def _m2(ev: Evidence) -> tuple[bool, str, float | None]:
     if len(proxies) != 2:
         problems.append(f"seen by {proxies or 'no proxy'}")
     edges = ""
-    if got.get("span_id"):  # evidence read from a trace: the spans must chain hop by hop
+    if "parent_span_id" in got:  # evidence read from a trace: the spans must chain hop by hop
         hops = [e["service"] for e in ev.ancestry(got) if e["attrs"].get("sip.method") == "INVITE"]
         path = [h for i, h in enumerate(hops) if i == 0 or hops[i - 1] != h][::-1]
         if path != ["alice", "proxy-a", "proxy-b", "bob"]:

@@ -68,7 +68,8 @@ class NatGateway:
         self.reader: NflogReader | None = None
         self.sip_reader: NflogReader | None = None
         self.calls = CallDirectory()
-        self._reported: set[str] = set()  # calls whose translated packets were reported (at their BYE)
+        self._reported: dict[str, None] = {}  # calls whose translated packets were reported (at their BYE)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._conntrack_events: asyncio.subprocess.Process | None = None
 
     def apply(self, behaviour: ruleset.NatBehaviour) -> str:
@@ -116,23 +117,35 @@ class NatGateway:
         assert self.sip_reader is not None
         for packet in self.sip_reader.read():
             seen = self.calls.observe(packet.payload)
-            if seen is not None and seen[1] == "BYE" and seen[0] not in self._reported:
-                self._reported.add(seen[0])
-                asyncio.get_running_loop().create_task(self._report_translated(seen[0]))
+            if seen is None:
+                continue
+            call_id, what = seen
+            if what == "rejected":
+                self.calls.forget(call_id)
+            elif what == "BYE" and call_id not in self._reported:
+                self._reported[call_id] = None
+                if len(self._reported) > 10_000:  # junk Call-IDs must not grow this forever
+                    del self._reported[next(iter(self._reported))]
+                task = asyncio.get_running_loop().create_task(self._report_translated(call_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _report_translated(self, call_id: str) -> None:
         """At the call's BYE: how many packets the NAT translated on each of its media mappings."""
         addresses = set(self.calls.addresses_of(call_id))
+        flow = self.calls.lookup(*addresses)  # the call's trace context, before we let the call go
         try:
             counts = await asyncio.to_thread(conntrack.flow_counts, self.wan_address)
-        except conntrack.ConntrackError as error:
-            self.events.emit("nat.error", call_id, reason=str(error))
+        except Exception as error:  # a report must never take the gateway down
+            self.events.emit("nat.error", call_id, reason=f"{type(error).__name__}: {error}")
             return
+        finally:
+            self.calls.forget(call_id)  # the call is over; report what it announced, then let go
+        reported = 0
         for count in counts:
             m = count.mapping
-            if m.external not in addresses and m.remote not in addresses:
-                continue
-            flow = self.calls.lookup(m.external, m.remote)
+            if m.external not in addresses or m.remote not in addresses:
+                continue  # only the flow between the offer's and the answer's addresses
             self.events.emit(
                 "nat.translated",
                 call_id,
@@ -144,6 +157,8 @@ class NatGateway:
                 outbound_packets=count.outbound_packets,
                 inbound_packets=count.inbound_packets,
             )
+            reported += 1
+        self.events.emit("nat.call_ended", call_id, parent=flow.context if flow else None, media_flows=reported)
 
     async def _read_mappings(self, process: asyncio.subprocess.Process) -> None:
         """Every new mapping onto the outside address, as the kernel creates it."""

@@ -40,7 +40,8 @@ class CallDirectory:
     def observe(self, ip_packet: bytes) -> tuple[str, str] | None:
         """Learn from one forwarded SIP datagram (an IPv4 packet as NFLOG hands it over).
 
-        Returns (Call-ID, method) of a request, so the gateway can act on a BYE.
+        Returns (Call-ID, method) of a request, or (Call-ID, "rejected") of a failed INVITE, so the
+        gateway can act on the end of a call.
         """
         udp = decode_ipv4_udp(ip_packet)
         if udp is None:
@@ -51,9 +52,12 @@ class CallDirectory:
             self.unparsable += 1
             return None
         self.observed += 1
-        seen = (message.call_id or "", message.method) if isinstance(message, Request) else None
         self._learn(message)
-        return seen
+        if isinstance(message, Request):
+            return message.call_id or "", message.method
+        if message.status_code >= 300 and message.cseq.method == "INVITE":
+            return message.call_id or "", "rejected"  # the call never started: its flows are void
+        return None
 
     def _learn(self, message: Request | Response) -> None:
         if not message.body:
@@ -78,6 +82,11 @@ class CallDirectory:
     def addresses_of(self, call_id: str) -> list[Address]:
         """The media addresses this call's SDP announced."""
         return [address for address, flow in self._flows.items() if flow.call_id == call_id]
+
+    def forget(self, call_id: str) -> None:
+        """The call is over: its addresses may be reused by the next call (port reuse)."""
+        for address in self.addresses_of(call_id):
+            del self._flows[address]
 
     def lookup(self, *addresses: Address) -> CallFlow | None:
         """The call of the first address that an SDP announced."""
