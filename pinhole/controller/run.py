@@ -1,8 +1,10 @@
 """Running a scenario end to end: lab, services, the call, the evidence, the verdict.
 
 The controller only drives and observes: it configures every service over gRPC, asks Alice to
-call Bob, follows every service's events, captures on both sides of the NAT, and then judges
-the evidence (verdict.py) and draws it (ladder.py). Artifacts land in out/<run-id>/.
+call Bob, follows every service's events (to know when the call is over), captures on both sides
+of the NAT, receives every span over OTLP, and then judges the call from its trace
+(from_trace.py, verdict.py) and draws it (ladder.py, ladder_html.py). Artifacts land in
+out/<run-id>/.
 """
 
 from __future__ import annotations
