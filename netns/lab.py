@@ -976,10 +976,12 @@ class NetnsLab:
                     ipr.route("add", dst=dst, gateway=route.via)
             _wait_carrier(iprs, self.topology, deadline=time.monotonic() + CARRIER_TIMEOUT)
             for node, spec in self.topology.nodes.items():
-                if spec.sysctls:
-                    with in_netns(self.ns(node)):
-                        for key, value in spec.sysctls.items():
-                            _write_sysctl(key, value)
+                # a node forwards only if it says so: a new namespace may inherit the host's
+                # ip_forward (container runtimes turn it on), and a host must not route
+                sysctls = {"net.ipv4.ip_forward": "0", **spec.sysctls}
+                with in_netns(self.ns(node)):
+                    for key, value in sysctls.items():
+                        _write_sysctl(key, value)
         except BaseException:
             for ipr in iprs.values():
                 with contextlib.suppress(Exception):
