@@ -64,3 +64,18 @@ lint: setup
 bench: setup
 	$(PY) bench/lab_build.py
 	$(PY) bench/tracing_cost.py
+
+## images: one Podman image per service (localhost/pinhole-<service>), built offline (root; podman, debootstrap)
+IMAGE_APT_PKGS := podman buildah runc iptables debootstrap
+.PHONY: images base-image image-tools
+image-tools:
+	@missing=""; for p in $(IMAGE_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+base-image: setup image-tools
+	containers/images.sh base-image
+
+images: setup image-tools
+	containers/images.sh images
+	containers/images.sh smoke
