@@ -24,7 +24,7 @@ $(STAMP_APT):
 
 $(STAMP_PIP): pyproject.toml $(STAMP_APT)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
 $(GEN): $(PROTOS) $(STAMP_PIP)
