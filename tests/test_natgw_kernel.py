@@ -595,3 +595,22 @@ def test_parse_flow_counts_reads_both_directions():
     assert (count.outbound_packets, count.inbound_packets) == (53, 54)
     assert count.mapping.external == ("203.0.113.1", 40000) and count.mapping.remote == ("203.0.113.40", 50000)
     assert parse_flow_counts(line.replace("packets=53 ", "").replace("packets=54 ", ""), "203.0.113.1") == []
+
+
+def test_wan_services_are_admitted_before_the_unsolicited_drop():
+    """In a pod the gateway's outside address also carries its gRPC probes and Alice's VXLAN link."""
+    from services.natgw import ruleset
+
+    script = ruleset.render(
+        ruleset.NatBehaviour(),
+        wan_address="203.0.113.1",
+        lan_prefix="10.10.1.0/24",
+        wan_services=[("tcp", 50051), ("udp", 4789)],
+    )
+    input_chain = script[script.index("chain input") :]
+    admitted = input_chain.index('iifname "wan0" ip daddr 203.0.113.1 tcp dport 50051 accept')
+    assert admitted < input_chain.index("udp dport 4789 accept") < input_chain.index("drop")
+    with pytest.raises(ruleset.RulesetError, match="sctp/9 is not tcp/PORT or udp/PORT"):
+        ruleset.render(
+            ruleset.NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24", wan_services=[("sctp", 9)]
+        )

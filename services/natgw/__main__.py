@@ -55,11 +55,13 @@ class NatGateway:
         wan_address: str,
         lan_prefix: str,
         log_group: int,
+        wan_services: list[tuple[str, int]],
         events: EventLog,
         counters: Counters,
     ) -> None:
         self.lan_if, self.wan_if, self.wan_address, self.lan_prefix = lan_if, wan_if, wan_address, lan_prefix
         self.log_group = log_group
+        self.wan_services = wan_services
         self.events, self.counters = events, counters
         self.behaviour = ruleset.NatBehaviour()
         self.script = ""
@@ -81,6 +83,7 @@ class NatGateway:
             lan_prefix=self.lan_prefix,
             log_group=self.log_group,
             sip_log_group=self.log_group + 1,
+            wan_services=self.wan_services,
         )
         ruleset.apply(script)
         ruleset.set_mapping_timeout(behaviour.mapping_timeout)
@@ -252,6 +255,14 @@ class NatGateway:
         ruleset.remove()
 
 
+def _wan_service(value: str) -> tuple[str, int]:
+    """'tcp/50051' -> ('tcp', 50051); the ruleset checks the values."""
+    protocol, _, port = value.partition("/")
+    if not port.isdigit():
+        raise SystemExit(f"--wan-allow: expected tcp/PORT or udp/PORT, got {value!r}")
+    return protocol, int(port)
+
+
 def _die_with_parent() -> None:
     """In the conntrack child: SIGTERM when the gateway dies, even by SIGKILL (no orphan in the lab)."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -338,6 +349,13 @@ async def main() -> None:
     parser.add_argument("--wan-address", required=True, help="the NAT's outside address")
     parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
     parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
+    parser.add_argument(
+        "--wan-allow",
+        action="append",
+        default=[],
+        metavar="PROTO/PORT",
+        help="a port this gateway serves on its outside address (tcp/50051: probes; udp/4789: VXLAN)",
+    )
     args = parser.parse_args()
     setup_observability(args.log_level, args.name)
     ipaddress.ip_address(args.wan_address)
@@ -349,6 +367,7 @@ async def main() -> None:
         wan_address=args.wan_address,
         lan_prefix=args.lan_prefix,
         log_group=args.log_group,
+        wan_services=[_wan_service(value) for value in args.wan_allow],
         events=events,
         counters=counters,
     )

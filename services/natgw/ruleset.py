@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -141,11 +142,15 @@ def render(
     log_group: int = 1,
     sip_log_group: int | None = None,
     sip_port: int = 5060,
+    wan_services: Sequence[tuple[str, int]] = (),
 ) -> str:
     """The nft script for table `inet pinhole_nat` implementing `behaviour`.
 
     With `sip_log_group`, a copy of every SIP datagram the NAT forwards goes to that NFLOG
     group (observation only: the NAT changes nothing in it, RFC 4787 REQ-10: no ALG).
+    `wan_services` are (protocol, port) pairs the gateway itself serves on its outside address
+    (in a pod: the gRPC port for the kubelet's probes, the VXLAN port of Alice's link); every other
+    unsolicited packet there is dropped and logged as before.
 
     The script replaces any previous version of the table in one transaction. Behaviours the
     kernel's masquerade cannot express raise NotImplementedError instead of being faked.
@@ -185,6 +190,17 @@ def render(
     if isinstance(log_group, bool) or not isinstance(log_group, int) or not 0 <= log_group < 65536:
         raise RulesetError(f"log_group {log_group!r} is not an integer in 0..65535")
 
+    admitted = ""
+    for protocol, port in wan_services:
+        if (
+            protocol not in ("tcp", "udp")
+            or isinstance(port, bool)
+            or not isinstance(port, int)
+            or not 0 < port < 65536
+        ):
+            raise RulesetError(f"wan service {protocol}/{port} is not tcp/PORT or udp/PORT")
+        admitted += f'\t\tiifname "{wan_if}" ip daddr {wan} {protocol} dport {port} accept\n'
+
     def log(prefix: str) -> str:
         return f'log prefix "{prefix}" group {log_group} queue-threshold 1'
 
@@ -220,7 +236,7 @@ table {FAMILY} {TABLE} {{
 \tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
 \t\tiifname "{wan_if}" ct state established,related accept
-\t\t{unsolicited} counter name "{COUNTER_DROPPED_INPUT}" {log(DROP_PREFIX_INPUT)} drop
+{admitted}\t\t{unsolicited} counter name "{COUNTER_DROPPED_INPUT}" {log(DROP_PREFIX_INPUT)} drop
 \t}}
 }}
 """
