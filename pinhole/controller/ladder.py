@@ -8,8 +8,11 @@ marked with (re).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+SENT_KINDS = ("sip.send", "stun.send", "dtls.send", "srtp.first_sent")
+PROTOCOLS = {"sip": "SIP", "stun": "STUN", "dtls": "DTLS", "srtp": "SRTP"}
 COLUMNS = ["alice", "natgw", "stun", "proxy-a", "proxy-b", "bob"]
 TITLES = {
     "alice": "Alice",
@@ -45,38 +48,75 @@ def _label(event: dict[str, Any]) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class Arrow:
+    """One message drawn on the ladder; `event` is the evidence event behind it."""
+
+    index: int
+    t: float  # seconds since the first arrow
+    source: str
+    target: str
+    label: str
+    protocol: str  # "sip" | "stun" | "dtls" | "srtp" | "other"
+    retransmission: bool
+    dropped: bool
+    event: dict[str, Any]
+
+
+def arrows(evidence: dict[str, Any]) -> list[Arrow]:
+    """The arrows of the call in time order: what both ladders (terminal and HTML) draw."""
+    where: dict[str, str] = evidence.get("address_map", {})
+    events = sorted(evidence.get("events", []), key=lambda e: e["t"])
+    drops = {_drop_key(e.get("attrs", {}), "source") for e in events if e["kind"] == "nat.drop"}
+    picked: list[tuple[dict[str, Any], str, str, bool]] = []
+    for e in events:
+        a = e.get("attrs", {})
+        if e["kind"] in SENT_KINDS:
+            source, target = e["service"], where.get(_host(a.get("peer", "")))
+            if source in COLUMNS and target in COLUMNS and _drop_key(a, "local") not in drops:
+                picked.append((e, source, target, False))  # a dropped send is drawn as the NAT's drop
+        elif e["kind"] == "nat.drop":
+            source = where.get(_host(a.get("source", "")), "")
+            if source in COLUMNS:
+                picked.append((e, source, "natgw", True))
+    t0 = picked[0][0]["t"] if picked else 0.0
+    return [
+        Arrow(i, e["t"] - t0, src, dst, _label(e), _protocol(e), _is_retransmission(e), dropped, e)
+        for i, (e, src, dst, dropped) in enumerate(picked)
+    ]
+
+
+def _host(address: str) -> str:
+    return address.rpartition(":")[0]
+
+
+def _drop_key(attrs: dict[str, Any], address: str) -> tuple[Any, Any, Any]:
+    """What pairs a send with the NAT's drop of the same packet."""
+    return attrs.get(address), attrs.get("dtls.record_sequence"), attrs.get("stun.transaction_id")
+
+
+def _protocol(event: dict[str, Any]) -> str:
+    if event["kind"] == "nat.drop":
+        prefix = event.get("attrs", {}).get("classification") or event.get("attrs", {}).get("kind", "")
+    else:
+        prefix = event["kind"].partition(".")[0]
+    return prefix if prefix in PROTOCOLS else "other"
+
+
+def _is_retransmission(event: dict[str, Any]) -> bool:
+    a = event.get("attrs", {})
+    return a.get("attempt", "1") != "1" or a.get("retransmission") == "True"
+
+
 def render(data: dict[str, Any]) -> str:
     """Render the call's arrows; `data` is the evidence dict (events, address map)."""
-    where: dict[str, str] = data.get("address_map", {})
-    events = sorted(data.get("events", []), key=lambda e: e["t"])
-    dropped = {
-        (e["attrs"].get("source"), e["attrs"].get("dtls.record_sequence"), e["attrs"].get("stun.transaction_id"))
-        for e in events
-        if e["kind"] == "nat.drop"
-    }
-    arrows = []
-    for e in events:
-        kind = e["kind"]
-        a = e.get("attrs", {})
-        if kind in ("sip.send", "stun.send", "dtls.send", "srtp.first_sent"):
-            source, peer = e["service"], a.get("peer", "").rpartition(":")[0]
-            target = where.get(peer)
-            if source not in COLUMNS or target not in COLUMNS:
-                continue
-            if (a.get("local"), a.get("dtls.record_sequence"), a.get("stun.transaction_id")) in dropped:
-                continue  # drawn as the NAT's drop instead
-            arrows.append((e["t"], source, target, _label(e), False))
-        elif kind == "nat.drop":
-            source = where.get(a.get("source", "").rpartition(":")[0], "")
-            if source in COLUMNS:
-                arrows.append((e["t"], source, "natgw", _label(e), True))
-    if not arrows:
+    drawn = arrows(data)
+    if not drawn:
         return "(no messages)"
-    t0 = arrows[0][0]
     header = "  time(s) " + "".join(TITLES[c].center(WIDTH) for c in COLUMNS)
     lines = [header]
-    for t, source, target, label, dropped in arrows:
-        lines.append(f"{t - t0:9.3f} " + _arrow(source, target, label, dropped))
+    for arrow in drawn:
+        lines.append(f"{arrow.t:9.3f} " + _arrow(arrow.source, arrow.target, arrow.label, arrow.dropped))
     return "\n".join(lines)
 
 

@@ -15,14 +15,10 @@ from __future__ import annotations
 import html
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinhole.controller.ladder import COLUMNS, TITLES, _label
-
-SENT_KINDS = ("sip.send", "stun.send", "dtls.send", "srtp.first_sent")
-PROTOCOLS = {"sip": "SIP", "stun": "STUN", "dtls": "DTLS", "srtp": "SRTP"}
+from pinhole.controller.ladder import COLUMNS, PROTOCOLS, TITLES, Arrow, arrows
 
 GUTTER = 80  # room for the time column
 COLUMN_WIDTH = 160
@@ -32,66 +28,6 @@ CHAR_WIDTH = 6.6  # rough width of one 12px sans-serif character, to shorten lab
 
 # XML 1.0 forbids these even as character references; the SVG must stay parseable whatever arrives.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class Arrow:
-    """One message drawn on the ladder; `event` is the evidence event behind it."""
-
-    index: int
-    t: float  # seconds since the first arrow
-    source: str
-    target: str
-    label: str
-    protocol: str  # "sip" | "stun" | "dtls" | "srtp" | "other"
-    retransmission: bool
-    dropped: bool
-    event: dict[str, Any]
-
-
-def arrows(evidence: dict[str, Any]) -> list[Arrow]:
-    """The arrows of the call in time order, chosen exactly as ladder.render chooses them."""
-    where: dict[str, str] = evidence.get("address_map", {})
-    events = sorted(evidence.get("events", []), key=lambda e: e["t"])
-    drops = {_drop_key(e.get("attrs", {}), "source") for e in events if e["kind"] == "nat.drop"}
-    picked: list[tuple[dict[str, Any], str, str, bool]] = []
-    for e in events:
-        a = e.get("attrs", {})
-        if e["kind"] in SENT_KINDS:
-            source, target = e["service"], where.get(_host(a.get("peer", "")))
-            if source in COLUMNS and target in COLUMNS and _drop_key(a, "local") not in drops:
-                picked.append((e, source, target, False))  # a dropped send is drawn as the NAT's drop
-        elif e["kind"] == "nat.drop":
-            source = where.get(_host(a.get("source", "")), "")
-            if source in COLUMNS:
-                picked.append((e, source, "natgw", True))
-    t0 = picked[0][0]["t"] if picked else 0.0
-    return [
-        Arrow(i, e["t"] - t0, src, dst, _label(e), _protocol(e), _is_retransmission(e), dropped, e)
-        for i, (e, src, dst, dropped) in enumerate(picked)
-    ]
-
-
-def _host(address: str) -> str:
-    return address.rpartition(":")[0]
-
-
-def _drop_key(attrs: dict[str, Any], address: str) -> tuple[Any, Any, Any]:
-    """What pairs a send with the NAT's drop of the same packet (as ladder.render pairs them)."""
-    return attrs.get(address), attrs.get("dtls.record_sequence"), attrs.get("stun.transaction_id")
-
-
-def _protocol(event: dict[str, Any]) -> str:
-    if event["kind"] == "nat.drop":
-        prefix = event.get("attrs", {}).get("classification") or event.get("attrs", {}).get("kind", "")
-    else:
-        prefix = event["kind"].partition(".")[0]
-    return prefix if prefix in PROTOCOLS else "other"
-
-
-def _is_retransmission(event: dict[str, Any]) -> bool:
-    a = event.get("attrs", {})
-    return a.get("attempt", "1") != "1" or a.get("retransmission") == "True"
 
 
 def render_html(evidence: dict[str, Any], *, title: str = "") -> str:
