@@ -468,23 +468,26 @@ class UserAgent:
         if call is not None and call.ok_retransmitter is not None:
             call.ok_retransmitter.ack_received()  # type: ignore[attr-defined]
 
-    async def _on_bye(self, transaction: ServerTransaction) -> None:
-        request = transaction.request
-        call = self.calls.get(request.call_id)
+    def _call_of(self, transaction: ServerTransaction) -> Call | None:
+        """The call an in-dialog request or CANCEL is for; answers 481 when there is none (§15.1.2)."""
+        call = self.calls.get(transaction.request.call_id)
         if call is None:
-            transaction.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            transaction.respond(make_response(transaction.request, 481, "Call/Transaction Does Not Exist"))
+        return call
+
+    async def _on_bye(self, transaction: ServerTransaction) -> None:
+        call = self._call_of(transaction)
+        if call is None:
             return
-        transaction.respond(make_response(request, 200, "OK"))
+        transaction.respond(make_response(transaction.request, 200, "OK"))
         self._end(call, "terminated", "BYE received")
 
     async def _on_cancel(self, transaction: ServerTransaction) -> None:
         """RFC 3261 §9.2: 200 to the CANCEL, 487 to the INVITE it cancels if not answered yet."""
-        request = transaction.request
-        call = self.calls.get(request.call_id)
+        call = self._call_of(transaction)
         if call is None:
-            transaction.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
             return
-        transaction.respond(make_response(request, 200, "OK"))
+        transaction.respond(make_response(transaction.request, 200, "OK"))
         if call.invite_transaction is not None:
             call.invite_transaction.respond(make_response(call.invite_transaction.request, 487, "Request Terminated"))
             call.invite_transaction = None
