@@ -357,6 +357,7 @@ def _setns(fd: int) -> None:
 def in_netns(ns: str) -> Iterator[None]:
     """Run the calling thread inside network namespace `ns`, then return to where it was.
 
+    `ns`: a name under /run/netns, or a path such as /proc/PID/ns/net (a container's).
     Sockets created inside stay in `ns`; files under /proc/sys/net opened inside belong to
     `ns`; child processes forked inside start in `ns`. Other threads are not affected (unlike
     pyroute2's pushns/popns, whose saved stack is process-wide and which saves /proc/self,
@@ -655,7 +656,7 @@ class Capture:
         self,
         ns: str,
         node: str,
-        interfaces: list[str],
+        interfaces: list[str] | dict[str, str],
         pcap_dir: Path,
         *,
         max_packets: int = 100000,
@@ -663,12 +664,14 @@ class Capture:
     ) -> None:
         if not interfaces:
             raise LabError(f"capture on {node}: no interfaces given")
-        for ifname in interfaces:
+        # label -> the kernel's interface name (they differ where an engine names them, e.g. wan0 -> eth1)
+        self.names = dict(interfaces) if isinstance(interfaces, dict) else {name: name for name in interfaces}
+        for ifname in [*self.names, *self.names.values()]:
             if not IFNAME_RE.match(ifname):
                 raise LabError(f"capture on {node}: {ifname!r} is not an interface name")
         self.ns = ns
         self.node = node
-        self.interfaces = list(interfaces)
+        self.interfaces = list(self.names)
         self.pcap_dir = Path(pcap_dir)
         self.max_packets = max_packets
         self.max_seconds = max_seconds
@@ -704,7 +707,7 @@ class Capture:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CAPTURE_RCVBUF)
                     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
                     try:
-                        sock.bind((ifname, ETH_P_ALL))
+                        sock.bind((self.names[ifname], ETH_P_ALL))
                     except OSError as e:
                         raise LabError(f"capture on {self.node}:{ifname}: {e.strerror}") from e
                     sock.setblocking(False)
@@ -820,6 +823,15 @@ class NetnsLab:
         self.name = name
         self.run_dir = RUN_BASE / name if run_dir is None else Path(run_dir)
         self._lock = threading.Lock()
+
+    @property
+    def service_run_dir(self) -> Path:
+        """The run directory as the services see it (the same: they share the host's filesystem)."""
+        return self.run_dir
+
+    def logs_hint(self) -> Path:
+        """Where a service's log is when it fails: <run_dir>/<node>.log."""
+        return self.run_dir
 
     # ---- names
 
@@ -998,13 +1010,18 @@ class NetnsLab:
                     ipr.close()
         return time.perf_counter() - started
 
-    def down(self, timeout: float = 5.0) -> float:
+    def down(self, timeout: float = 5.0, *, keep_logs: Path | None = None) -> float:
         """Stop recorded processes (those still ours), delete the lab's namespaces, remove
-        run_dir. Idempotent; returns seconds taken."""
+        run_dir. Idempotent; returns seconds taken. `keep_logs`: a directory that gets each
+        process's whole log (<node>.log) once it has ended."""
         started = time.perf_counter()
         state = _read_state(self.state_path)
         if state is not None:
             _terminate(list(state.get("processes", [])), timeout)
+            if keep_logs is not None:
+                for entry in state.get("processes", []):
+                    with contextlib.suppress(OSError, KeyError):
+                        shutil.copy(entry["log"], Path(keep_logs) / f"{entry['node']}.log")
         targets = set(self.namespaces())
         if state is not None:
             targets.update(state.get("namespaces", []))

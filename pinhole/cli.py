@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 
 from pinhole.controller import ladder, verdict
-from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_down, lab_up, run
+from pinhole.controller.run import (
+    BACKENDS,
+    DEFAULT_LAB,
+    SCENARIOS,
+    TIMERS,
+    lab_down,
+    lab_up,
+    list_labs,
+    open_lab,
+    run,
+)
 
 
 def _require_root() -> None:
@@ -18,37 +28,44 @@ def _require_root() -> None:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from netns.lab import NetnsLab, load_topology
+    from netns.lab import load_topology
 
     if args.action == "up":
         _require_root()
-        if args.name in NetnsLab.list_labs():
+        if args.name in list_labs(args.backend):
             print(f"lab {args.name} is already up")
             return 0
-        lab, _, timings = lab_up(args.name)
-        print(f"lab {args.name} up: namespaces {timings['namespaces']:.3f}s, services {timings['services']:.3f}s")
-        print(f"gRPC sockets and logs in {lab.run_dir}")
+        lab, _, timings = lab_up(args.name, backend=args.backend)
+        print(
+            f"lab {args.name} up ({args.backend}): network {timings['network']:.3f}s, "
+            f"services {timings['services']:.3f}s"
+        )
+        print(f"gRPC sockets in {lab.run_dir}")
         return 0
     if args.action == "down":
         _require_root()
-        names = NetnsLab.list_labs() if args.all else [args.name]
+        names = list_labs(args.backend) if args.all else [args.name]
         for name in names:
-            seconds = lab_down(NetnsLab(load_topology(), name=name))
+            seconds = lab_down(open_lab(name, args.backend, load_topology()))
             print(f"lab {name} down in {seconds:.3f}s")
         return 0
-    labs = NetnsLab.list_labs()
+    labs = list_labs(args.backend)
     if not labs:
-        print("no lab is up")
+        print(f"no {args.backend} lab is up")
     for name in labs:
-        lab = NetnsLab(load_topology(), name=name)
-        print(json.dumps(lab.status(), indent=2) if hasattr(lab, "status") else name)
+        print(json.dumps(open_lab(name, args.backend, load_topology()).status(), indent=2))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _require_root()
     result, out_dir = run(
-        args.scenario, timers_name=args.timers, lab_name=args.lab, out_root=Path(args.out), forward_to=args.otlp_forward
+        args.scenario,
+        timers_name=args.timers,
+        lab_name=args.lab,
+        backend=args.backend,
+        out_root=Path(args.out),
+        forward_to=args.otlp_forward,
     )
     print((out_dir / "ladder.txt").read_text())
     print(result.render())
@@ -91,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pinhole", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    lab = sub.add_parser("lab", help="bring the namespace lab up or down")
+    backend_help = "netns: network namespaces (default); docker: containers through the docker API (podman)"
+    lab = sub.add_parser("lab", help="bring a lab up or down")
     lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
     lab.add_argument("--name", default=DEFAULT_LAB, help="lab name, also the namespace prefix (ph-...)")
     lab.add_argument("--all", action="store_true", help="with down: every pinhole lab on this machine")
     lab.set_defaults(func=cmd_lab)
@@ -101,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("scenario", nargs="?", default="rfc5763-7.3", choices=sorted(SCENARIOS))
     run_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS), help="rfc defaults or short test timers")
     run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
+    run_p.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
     run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
     run_p.add_argument(
         "--otlp-forward",

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from pinhole.controller.run import TIMERS, Scenario, configure, service_kinds
+from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients, channel
 from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
 
@@ -25,7 +25,7 @@ SERVICES = {
 @pytest.fixture(scope="module")
 def clients(lab):
     running, topology, _ = lab
-    clients = ServiceClients(running.run_dir, service_kinds(topology))
+    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
     yield clients
     clients.close()
 
@@ -104,7 +104,8 @@ def _seen(collector, service: str, kind: str, timeout: float = 15.0) -> bool:
 def test_manual_answer_and_decline(lab, clients):
     """With auto_answer off, Bob rings until Answer; HangUp on a ringing call declines it (603)."""
     _, topology, _ = lab
-    configure(clients, topology, Scenario("manual", "", bob={"auto_answer": False}), TIMERS["short"])
+    manual = Scenario("manual", "", bob={"auto_answer": False})
+    configure(clients, Endpoints.of_topology(topology), manual, TIMERS["short"])
     alice, bob = clients.stub("alice"), clients.stub("bob")
 
     collector = EventCollector(clients, ["alice", "bob"], since=time.time())
@@ -138,7 +139,8 @@ def test_manual_answer_and_decline(lab, clients):
 def test_hang_up_while_ringing_cancels(lab, clients):
     """RFC 3261 §9: the caller's CANCEL makes Bob answer 487 and end the call; nothing is left ringing."""
     _, topology, _ = lab
-    configure(clients, topology, Scenario("manual", "", bob={"auto_answer": False}), TIMERS["short"])
+    manual = Scenario("manual", "", bob={"auto_answer": False})
+    configure(clients, Endpoints.of_topology(topology), manual, TIMERS["short"])
     alice, bob = clients.stub("alice"), clients.stub("bob")
     collector = EventCollector(clients, ["alice", "bob", "proxy-a"], since=time.time())
     collector.start()

@@ -63,7 +63,7 @@ def blast(ns: str, target: tuple[str, int], datagrams: list[bytes], probe: bytes
 
 def test_garbage_at_every_service_is_counted_and_survived(lab, tmp_path):
     running, topology, _ = lab
-    clients = ServiceClients(running.run_dir, service_kinds(topology))
+    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
     try:
         address = {name: node.addresses[0].split("/")[0] for name, node in topology.nodes.items() if node.addresses}
         sip_targets = {

@@ -9,7 +9,7 @@ import pytest
 from pinhole.controller import from_trace
 from pinhole.controller import run as controller
 from pinhole.controller.otlp import spans_to_events, trace_of_call
-from pinhole.controller.run import Scenario, Timers, configure, service_kinds
+from pinhole.controller.run import Endpoints, Scenario, Timers, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import events_pb2, useragent_pb2
 
@@ -26,10 +26,11 @@ def _count(events, service: str, kind: str) -> int:
 def test_twenty_concurrent_calls_give_twenty_traces_with_no_span_in_the_wrong_one(lab):
     running, topology, _ = lab
     receiver = controller._RECEIVERS[running.name]
-    clients = ServiceClients(running.run_dir, service_kinds(topology))
+    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
     collector = EventCollector(clients, ["alice", "bob"], since=time.time())
     try:
-        configure(clients, topology, Scenario("load", "", alice={"media_packets": 5}, bob={"media_packets": 5}), TIMERS)
+        load = Scenario("load", "", alice={"media_packets": 5}, bob={"media_packets": 5})
+        configure(clients, Endpoints.of_topology(topology), load, TIMERS)
         receiver.clear()
         collector.start()
         alice = clients.stub("alice")

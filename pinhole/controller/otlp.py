@@ -214,8 +214,12 @@ class OtlpReceiver:
     slow or absent backend never delays the services' exporters.
     """
 
-    def __init__(self, address: str = "127.0.0.1:0", *, forward_to: str | None = None) -> None:
+    def __init__(
+        self, address: str = "127.0.0.1:0", *, forward_to: str | None = None, socket_mode: int | None = None
+    ) -> None:
+        """`socket_mode`: permissions of a unix socket (0o666 lets unprivileged container users export)."""
         self.address = address
+        self.socket_mode = socket_mode
         self.forward_to = forward_to
         self.endpoint: str | None = None
         self._cond = threading.Condition()
@@ -249,6 +253,8 @@ class OtlpReceiver:
         port = server.add_insecure_port(self.address)
         if port == 0:
             raise OSError(f"OTLP receiver cannot bind {self.address}")
+        if sock is not None and self.socket_mode is not None:
+            os.chmod(sock, self.socket_mode)
         server.start()
         self._server = server
         if self.forward_to:

@@ -10,7 +10,6 @@ out/<run-id>/.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
+    local_targets,
     start_services,
     to_dict,
     wait_healthy,
@@ -135,19 +135,48 @@ def otlp_socket(run_dir: Path) -> Path:
 _RECEIVERS: dict[str, OtlpReceiver] = {}
 
 
+BACKENDS = ("netns", "docker")
+
+
+def open_lab(name: str, backend: str, topology: Any) -> Any:
+    """The lab object of a backend: network namespaces (the default) or containers through the docker SDK."""
+    if backend == "netns":
+        return NetnsLab(topology, name=name)
+    if backend == "docker":
+        from containers.lab import ContainerLab
+
+        return ContainerLab(topology, name=name)
+    raise ValueError(f"unknown lab backend {backend!r} (one of {', '.join(BACKENDS)})")
+
+
+def list_labs(backend: str) -> list[str]:
+    if backend == "docker":
+        from containers.lab import ContainerLab
+
+        return ContainerLab.list_labs()
+    return NetnsLab.list_labs()
+
+
+def receiver_for(lab: Any) -> OtlpReceiver:
+    """The lab's OTLP receiver on its unix socket (open to the containers' unprivileged users)."""
+    return OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}", socket_mode=getattr(lab, "socket_mode", None))
+
+
 def lab_up(
-    name: str = DEFAULT_LAB, *, extra_env: dict[str, str] | None = None
-) -> tuple[NetnsLab, Any, dict[str, float]]:
-    """Build the namespaces, start the lab's OTLP receiver and every service, wait until all are SERVING."""
+    name: str = DEFAULT_LAB, *, backend: str = "netns", extra_env: dict[str, str] | None = None
+) -> tuple[Any, Any, dict[str, float]]:
+    """Build the lab's networks, start its OTLP receiver and every service, wait until all are SERVING."""
     topology = load_topology()
-    lab = NetnsLab(topology, name=name)
-    timings = {"namespaces": lab.up()}
+    lab = open_lab(name, backend, topology)
+    timings = {"network": lab.up()}
     started = time.monotonic()
-    receiver = OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}")
+    receiver = receiver_for(lab)
     try:
         receiver.start()
-        pids = start_services(lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.run_dir)}", extra_env=extra_env)
-        wait_healthy(lab.run_dir, list(pids), pids=pids)
+        pids = start_services(
+            lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.service_run_dir)}", extra_env=extra_env
+        )
+        wait_healthy(local_targets(lab.run_dir, pids), pids=pids, logs=lab.logs_hint())
     except BaseException:
         lab.down()
         receiver.stop()
@@ -157,9 +186,11 @@ def lab_up(
     return lab, topology, timings
 
 
-def lab_down(lab: NetnsLab) -> float:
-    """Stop the services (they flush their spans on SIGTERM), then the lab's receiver, then the rest."""
-    seconds = lab.down()
+def lab_down(lab: Any, *, keep_logs: Path | None = None) -> float:
+    """Stop the services (they flush their spans on SIGTERM), then the lab's receiver, then the rest.
+
+    `keep_logs`: a directory that gets every service's log."""
+    seconds = lab.down(keep_logs=keep_logs)
     receiver = _RECEIVERS.pop(lab.name, None)
     if receiver is not None:
         receiver.stop()
@@ -170,13 +201,54 @@ def service_kinds(topology: Any) -> dict[str, str]:
     return {n.name: n.service for n in topology.nodes.values() if getattr(n, "service", None)}
 
 
-def _addr(topology: Any, node: str) -> str:
-    return topology.nodes[node].addresses[0].split("/")[0]
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the services live on the lab network, whichever backend runs them.
+
+    The controller configures SIP routes and the STUN server from this alone, and names the
+    ladder's columns by it: namespaces and containers take it from the topology, a Kubernetes
+    run from the pods (`of_topology` / pinhole.controller.cluster).
+    """
+
+    addresses: dict[str, str]  # node -> IPv4 its service uses (SIP, STUN, media)
+    nat_inside: str  # the NAT's address on Alice's LAN
+    nat_outside: str  # the NAT's public address: Alice as the public side sees her
+    sip_port: int = 5060
+    stun_port: int = 3478
+    proxies: dict[str, str] = field(default_factory=lambda: {"alice": "proxy-a", "bob": "proxy-b"})
+    stun_server: str = "stun"
+
+    @classmethod
+    def of_topology(cls, topology: Any) -> Endpoints:
+        nodes = topology.nodes
+        natgw = nodes["natgw"]
+        inside = natgw.interfaces[natgw.extra.get("lan_if", "lan0")][0].split("/")[0]
+        outside = natgw.interfaces[natgw.extra.get("wan_if", "wan0")][0].split("/")[0]
+        alice = nodes["alice"]
+        return cls(
+            addresses={n.name: n.addresses[0].split("/")[0] for n in nodes.values() if n.addresses},
+            nat_inside=inside,
+            nat_outside=outside,
+            sip_port=alice.extra.get("sip_port", 5060),
+            stun_port=nodes[alice.extra["stun_server"]].extra.get("stun_port", 3478),
+            proxies={"alice": alice.extra["proxy"], "bob": nodes["bob"].extra["proxy"]},
+            stun_server=alice.extra["stun_server"],
+        )
+
+    def sip(self, node: str) -> str:
+        return f"{self.addresses[node]}:{self.sip_port}"
+
+    def address_map(self) -> dict[str, str]:
+        """IP -> ladder column. The NAT's outside address stands for Alice when seen from the public side."""
+        mapping = {ip: node for node, ip in self.addresses.items() if node != "natgw"}
+        mapping[self.nat_inside] = "natgw"
+        mapping[self.nat_outside] = "alice"
+        return mapping
 
 
-def configure(clients: ServiceClients, topology: Any, scenario: Scenario, timers: Timers) -> None:
+def configure(clients: ServiceClients, endpoints: Endpoints, scenario: Scenario, timers: Timers) -> None:
     """Put every service in the scenario's state (the defaults are those of §7.3)."""
-    sip = lambda node: f"{_addr(topology, node)}:{topology.nodes[node].extra.get('sip_port', 5060)}"  # noqa: E731
+    sip = endpoints.sip
     clients.stub("natgw").Configure(
         natgw_pb2.NatConfig(
             mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
@@ -201,20 +273,18 @@ def configure(clients: ServiceClients, topology: Any, scenario: Scenario, timers
             ],
         )
     )
-    alice, bob = topology.nodes["alice"], topology.nodes["bob"]
-    stun_node = topology.nodes[alice.extra["stun_server"]]
     common = {"timers": timers.proto(), "media_packets": MEDIA_PACKETS}
     alice_config = {
         "aor": "sip:alice@a.example",
         "display_name": "Alice",
-        "outbound_proxy": sip(alice.extra["proxy"]),
-        "stun_server": f"{_addr(topology, stun_node.name)}:{stun_node.extra.get('stun_port', 3478)}",
+        "outbound_proxy": sip(endpoints.proxies["alice"]),
+        "stun_server": f"{endpoints.addresses[endpoints.stun_server]}:{endpoints.stun_port}",
         **common,
     }
     bob_config = {
         "aor": "sip:bob@b.example",
         "display_name": "Bob",
-        "outbound_proxy": sip(bob.extra["proxy"]),
+        "outbound_proxy": sip(endpoints.proxies["bob"]),
         "auto_answer": True,
         "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
         **common,
@@ -251,54 +321,32 @@ def summarize_capture(path: Path) -> list[dict[str, Any]]:
     return packets
 
 
-def run(
-    scenario_name: str = "rfc5763-7.3",
-    *,
-    timers_name: str = "rfc",
-    lab_name: str = DEFAULT_LAB,
-    out_root: Path = Path("out"),
-    progress: bool = True,
-    forward_to: str | None = None,
-) -> tuple[verdict.Verdict, Path]:
-    """Run one scenario; returns the verdict and the run's artifact directory.
+@dataclass
+class CallRecord:
+    """What the controller learned over gRPC while driving one call (the verdict reads the trace)."""
 
-    Spans go to the embedded OTLP receiver (and on to `forward_to`, another OTLP endpoint).
+    call_id: str
+    placed: float
+    events: list[dict[str, Any]]  # every service's events, as streamed by WatchEvents
+    calls: dict[str, Any]  # the user agents' own statistics (GetCall)
+    mappings: list[dict[str, Any]]  # the NAT's mappings at the end (ListMappings)
+    counters: dict[str, dict[str, int]]
+
+
+def drive_call(
+    clients: ServiceClients, kinds: dict[str, str], scenario: Scenario, timers: Timers, tracer: Any, show: Progress
+) -> CallRecord:
+    """Place the call Alice -> Bob, wait until it is over, hang up, and flush every service's spans.
+
+    The run's span is the root of the call's trace: PlaceCall carries its context to Alice.
+    Services must already be configured (and captures running).
     """
-    scenario = SCENARIOS[scenario_name]
-    timers = TIMERS[timers_name]
-    show = Progress(progress)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{scenario.name}"
-    out_dir = out_root / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    measurements: dict[str, float] = {}
-
-    owned = lab_name not in NetnsLab.list_labs()
-    if owned:
-        show.stage(f"building lab {lab_name} and starting services")
-        lab, topology, up_timings = lab_up(lab_name)
-        measurements.update({f"lab_up_{k}_s": v for k, v in up_timings.items()})
-    else:
-        topology = load_topology()
-        lab = NetnsLab(topology, name=lab_name)
-    # a lab up in another process (pinhole lab up) gets a receiver for this run only
-    receiver = _RECEIVERS.get(lab_name) or OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}")
-    temporary = lab_name not in _RECEIVERS
-    if temporary:
-        receiver.start()
-    receiver.clear()
-    tracer_provider = run_span = capture = None
-    clients = ServiceClients(lab.run_dir, service_kinds(topology))
-    collector = EventCollector(clients, list(service_kinds(topology)), since=time.time())
+    collector = EventCollector(clients, list(kinds), since=time.time())
+    run_span = None
     try:
-        tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
-        show.stage("configuring services")
-        configure(clients, topology, scenario, timers)
-        natgw = topology.nodes["natgw"]
-        capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
         collector.start()
         show.stage("placing the call alice -> bob")
         placed = time.time()
-        # the run is the root of the call's trace: PlaceCall carries its context to Alice
         run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes={"pinhole.scenario": scenario.name})
         run_context = trace.set_span_in_context(run_span)
         handle = clients.stub("alice").PlaceCall(
@@ -327,7 +375,7 @@ def run(
                 timeout=10,
             )
         show.stage("collecting evidence")
-        for node in service_kinds(topology):  # every span made so far reaches the receiver
+        for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
         calls = {
             ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
@@ -336,15 +384,130 @@ def run(
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
         counters = {
             node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
-            for node in service_kinds(topology)
+            for node in kinds
         }
     finally:
         collector.stop()
+        if run_span is not None:
+            run_span.end()
+    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters)
+
+
+def judge_call(
+    trace_request: Any,
+    record: CallRecord,
+    endpoints: Endpoints,
+    *,
+    scenario: Scenario,
+    timers_name: str,
+    out_dir: Path,
+    captures: dict[str, list[dict[str, Any]]] | None,
+    measurements: dict[str, float],
+    forward_to: str | None = None,
+) -> verdict.Verdict:
+    """Judge the call from its trace and write the run's artifacts (trace.json, ladder, verdict, evidence).
+
+    `captures`: the NAT's inside and outside captures, summarised, when the backend can capture.
+    """
+    write_otlp_json(trace_request, out_dir / "trace.json")
+    if forward_to:
+        export(trace_request, forward_to)
+    call_id = record.call_id
+    evidence = {
+        "scenario": scenario.name,
+        "timers": timers_name,
+        "placed_at": record.placed,
+        **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings
+        "calls": record.calls,  # the user agents' own statistics, asked for over gRPC
+        "nat_mappings_listed": [_flatten_mapping(m) for m in record.mappings],
+        "counters": record.counters,
+        "captures": captures or {},
+        "address_map": endpoints.address_map(),
+    }
+    evidence["measurements"] = {
+        **measurements,
+        **_media_times(evidence["events"], record.placed),
+        "trace_spans": sum(len(ss.spans) for rs in trace_request.resource_spans for ss in rs.scope_spans),
+        "call_trace_spans": len(evidence["events"]),
+        "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
+    }
+    result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
+    lost = from_trace.lost_spans(trace_request, [e for e in record.events if e["call_id"] == call_id])
+    if lost and not result.broken:  # every span the services said they made must be in the trace
+        result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
+    drawing = ladder.render(evidence)
+    write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
+    (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
+    (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in record.events))
+    (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out_dir / "ladder.txt").write_text(drawing + "\n")
+    return result
+
+
+def new_run_dir(out_root: Path, scenario: Scenario) -> tuple[str, Path]:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{scenario.name}"
+    out_dir = out_root / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return run_id, out_dir
+
+
+def link_last(out_root: Path, run_id: str) -> None:
+    """out/last points at the newest run."""
+    last = out_root / "last"
+    if last.is_symlink() or last.exists():
+        last.unlink()
+    last.symlink_to(run_id)
+
+
+def run(
+    scenario_name: str = "rfc5763-7.3",
+    *,
+    timers_name: str = "rfc",
+    lab_name: str = DEFAULT_LAB,
+    backend: str = "netns",
+    out_root: Path = Path("out"),
+    progress: bool = True,
+    forward_to: str | None = None,
+) -> tuple[verdict.Verdict, Path]:
+    """Run one scenario on a local lab (namespaces or containers); returns the verdict and the run's
+    artifact directory. The lab is brought up and down around the run unless it is already up.
+
+    Spans go to the lab's embedded OTLP receiver (and on to `forward_to`, another OTLP endpoint).
+    """
+    scenario = SCENARIOS[scenario_name]
+    timers = TIMERS[timers_name]
+    show = Progress(progress)
+    run_id, out_dir = new_run_dir(out_root, scenario)
+    measurements: dict[str, float] = {"backend": backend}
+
+    owned = lab_name not in list_labs(backend)
+    if owned:
+        show.stage(f"building lab {lab_name} ({backend}) and starting services")
+        lab, topology, up_timings = lab_up(lab_name, backend=backend)
+        measurements.update({f"lab_up_{k}_s": v for k, v in up_timings.items()})
+    else:
+        topology = load_topology()
+        lab = open_lab(lab_name, backend, topology)
+    # a lab up in another process (pinhole lab up) gets a receiver for this run only
+    receiver = _RECEIVERS.get(lab_name) or receiver_for(lab)
+    temporary = lab_name not in _RECEIVERS
+    if temporary:
+        receiver.start()
+    receiver.clear()
+    tracer_provider = capture = None
+    kinds = service_kinds(topology)
+    clients = ServiceClients.local(lab.run_dir, kinds)
+    try:
+        tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
+        show.stage("configuring services")
+        configure(clients, Endpoints.of_topology(topology), scenario, timers)
+        natgw = topology.nodes["natgw"]
+        capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
+        record = drive_call(clients, kinds, scenario, timers, tracer, show)
+    finally:
         if capture is not None:
             capture.stop()
         clients.close()
-        if run_span is not None:
-            run_span.end()
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the run's own span
         trace_request = receiver.request()
@@ -352,58 +515,25 @@ def run(
             receiver.stop()
         if owned:
             show.stage("tearing the lab down")
-            measurements["lab_down_s"] = _down(lab, topology, out_dir)
+            measurements["lab_down_s"] = lab_down(lab, keep_logs=out_dir)
 
-    events = collector.snapshot()  # what the services streamed over gRPC; the verdict reads the trace
-    write_otlp_json(trace_request, out_dir / "trace.json")
-    if forward_to:
-        export(trace_request, forward_to)
-    evidence = {
-        "scenario": scenario.name,
-        "timers": timers_name,
-        "placed_at": placed,
-        **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings
-        "calls": calls,  # the user agents' own statistics, asked for over gRPC
-        "nat_mappings_listed": [_flatten_mapping(m) for m in mappings],
-        "counters": counters,
-        "captures": {
-            "inside": summarize_capture(out_dir / "natgw-lan0.pcap"),
-            "outside": summarize_capture(out_dir / "natgw-wan0.pcap"),
+    result = judge_call(
+        trace_request,
+        record,
+        Endpoints.of_topology(topology),
+        scenario=scenario,
+        timers_name=timers_name,
+        out_dir=out_dir,
+        captures={
+            "inside": summarize_capture(capture.paths[natgw.extra.get("lan_if", "lan0")]),
+            "outside": summarize_capture(capture.paths[natgw.extra.get("wan_if", "wan0")]),
         },
-        "address_map": address_map(topology),
-    }
-    evidence["measurements"] = {
-        **measurements,
-        **_media_times(evidence["events"], placed),
-        "trace_spans": sum(len(ss.spans) for rs in trace_request.resource_spans for ss in rs.scope_spans),
-        "call_trace_spans": len(evidence["events"]),
-        "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
-    }
-    result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
-    lost = from_trace.lost_spans(trace_request, [e for e in events if e["call_id"] == call_id])
-    if lost and not result.broken:  # every span the services said they made must be in the trace
-        result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
-    drawing = ladder.render(evidence)
-    write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
-    (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
-    (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
-    (out_dir / "ladder.txt").write_text(drawing + "\n")
-    last = out_root / "last"
-    if last.is_symlink() or last.exists():
-        last.unlink()
-    last.symlink_to(run_id)
+        measurements=measurements,
+        forward_to=forward_to,
+    )
+    link_last(out_root, run_id)
     show.done()
     return result, out_dir
-
-
-def _down(lab: NetnsLab, topology: Any, out_dir: Path) -> float:
-    """Tear the lab down, keeping each service's log with the run's artifacts."""
-    for node in service_kinds(topology):
-        log = lab.run_dir / f"{node}.log"
-        if log.exists():
-            shutil.copy(log, out_dir / f"{node}.log")
-    return lab_down(lab)
 
 
 def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:
@@ -433,15 +563,3 @@ def _media_times(events: list[dict[str, Any]], placed: float) -> dict[str, float
         if first is not None:
             out[f"invite_to_srtp_{direction}_s"] = round(first["t"] - placed, 4)
     return out
-
-
-def address_map(topology: Any) -> dict[str, str]:
-    """IP -> ladder column. The NAT's outside address stands for Alice when seen from the public side."""
-    mapping = {}
-    for node in topology.nodes.values():
-        for address in node.addresses:
-            mapping[address.split("/")[0]] = node.name
-    natgw = topology.nodes["natgw"]
-    wan = natgw.interfaces[natgw.extra.get("wan_if", "wan0")][0].split("/")[0]
-    mapping[wan] = "alice"
-    return mapping

@@ -43,15 +43,29 @@ CHANNEL_OPTIONS = [
 
 
 def channel(run_dir: Path, node: str) -> grpc.Channel:
-    return grpc.insecure_channel(f"unix:{socket_path(run_dir, node)}", options=CHANNEL_OPTIONS)
+    """A channel to a node's control plane in a local lab (its unix socket in the lab's run directory)."""
+    return grpc.insecure_channel(local_target(run_dir, node), options=CHANNEL_OPTIONS)
 
 
 def socket_path(run_dir: Path, node: str) -> Path:
     return run_dir / f"{node}.sock"
 
 
-def service_argv(node: Any, run_dir: Path) -> list[str]:
-    """The command line of the service a topology node runs (see netns/topology.toml)."""
+def local_target(run_dir: Path, node: str) -> str:
+    return f"unix:{socket_path(run_dir, node)}"
+
+
+def local_targets(run_dir: Path, nodes: Any) -> dict[str, str]:
+    """node -> gRPC target of a local lab (namespaces or containers: both put the sockets in run_dir)."""
+    return {node: local_target(run_dir, node) for node in nodes}
+
+
+def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> list[str]:
+    """The command line of the service a topology node runs (see netns/topology.toml).
+
+    `run_dir`: the lab's run directory as the service sees it. `name_interfaces`: false where the
+    interfaces do not carry the topology's names (containers: the NAT finds them by address).
+    """
     address = node.addresses[0].split("/")[0]
     argv = [
         sys.executable,
@@ -71,11 +85,9 @@ def service_argv(node: Any, run_dir: Path) -> list[str]:
         argv += ["--listen", f"{address}:{extra.get('stun_port', 3478)}"]
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
+        if name_interfaces:
+            argv += ["--lan-if", lan_if, "--wan-if", wan_if]
         argv += [
-            "--lan-if",
-            lan_if,
-            "--wan-if",
-            wan_if,
             "--wan-address",
             node.interfaces[wan_if][0].split("/")[0],
             "--lan-prefix",
@@ -84,49 +96,70 @@ def service_argv(node: Any, run_dir: Path) -> list[str]:
     return argv
 
 
+def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every service gets from the controller, whatever runs it."""
+    env = {
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        # a local receiver answers in milliseconds; a short timeout keeps a stop quick when it is gone
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra_env or {})
+    return env
+
+
 def start_services(
     lab: Any, topology: Any, *, otlp_endpoint: str, extra_env: dict[str, str] | None = None
 ) -> dict[str, int]:
-    """Spawn every service of the topology in its namespace; returns node -> PID.
+    """Start every service of the topology on its node; returns node -> host PID.
 
-    Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings).
+    Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings). Processes in
+    namespaces inherit the controller's environment minus its OTEL_* settings (none of the caller's
+    sampler, limits or SDK switch may change the evidence); containers get the settings alone.
     """
-    # none of the caller's OTEL_* settings (sampler, limits, SDK switch) may change the evidence
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
-    # a local receiver answers in milliseconds; a short timeout keeps a stop quick when it is gone
-    env.update(
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_TIMEOUT="2"
-    )
-    env.update(extra_env or {})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    settings = service_settings(otlp_endpoint, extra_env)
+    containers = getattr(lab, "runs_containers", False)
+    if containers:
+        env = settings
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(settings)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     pids = {}
     for node in topology.nodes.values():
         if not getattr(node, "service", None):
             continue
-        process = lab.spawn(
-            node.name, service_argv(node, lab.run_dir), log_path=lab.run_dir / f"{node.name}.log", env=env
-        )
+        argv = service_argv(node, lab.service_run_dir, name_interfaces=not containers)
+        process = lab.spawn(node.name, argv, log_path=lab.run_dir / f"{node.name}.log", env=env)
         pids[node.name] = process.pid
     return pids
 
 
-def wait_healthy(run_dir: Path, nodes: list[str], timeout: float = 60.0, pids: dict[str, int] | None = None) -> None:
-    """Block until every node's health service says SERVING (health Watch), or raise naming the laggards."""
+def wait_healthy(
+    targets: dict[str, str],
+    timeout: float = 60.0,
+    pids: dict[str, int] | None = None,
+    logs: Path | str = "the service's log",
+) -> None:
+    """Block until every node's health service says SERVING (health Watch), or raise naming the laggards.
+
+    `targets`: node -> gRPC target; `pids`: host PIDs whose exit means the service died starting;
+    `logs`: where to look when it did (a directory holding <node>.log, or a hint).
+    """
     deadline = time.monotonic() + timeout
-    for node in nodes:
-        health_channel = channel(run_dir, node)
+    where = (lambda node: logs / f"{node}.log") if isinstance(logs, Path) else (lambda node: logs)  # noqa: E731
+    for node, target in targets.items():
+        health_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         try:
             stub = health_pb2_grpc.HealthStub(health_channel)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(
-                        f"service {node} not SERVING after {timeout:.0f}s (see {run_dir / (node + '.log')})"
-                    )
+                    raise TimeoutError(f"service {node} not SERVING after {timeout:.0f}s (see {where(node)})")
                 if pids and node in pids and not Path(f"/proc/{pids[node]}").exists():
-                    raise RuntimeError(f"service {node} exited during start-up (see {run_dir / (node + '.log')})")
+                    raise RuntimeError(f"service {node} exited during start-up (see {where(node)})")
                 try:
                     for reply in stub.Watch(
                         health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 2.0), wait_for_ready=True
@@ -145,15 +178,22 @@ def wait_healthy(run_dir: Path, nodes: list[str], timeout: float = 60.0, pids: d
 
 @dataclass
 class ServiceClients:
-    """gRPC stubs for every service of a running lab."""
+    """gRPC stubs for every service of a running lab, whichever backend runs it.
 
-    run_dir: Path
+    `targets`: node -> gRPC target ("unix:/run/pinhole/ph-lab/alice.sock", "10.244.1.7:50051").
+    """
+
+    targets: dict[str, str]
     kinds: dict[str, str]
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
+    @classmethod
+    def local(cls, run_dir: Path, kinds: dict[str, str]) -> ServiceClients:
+        return cls(local_targets(run_dir, kinds), kinds)
+
     def stub(self, node: str) -> Any:
         if node not in self.channels:
-            self.channels[node] = channel(self.run_dir, node)
+            self.channels[node] = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
         return STUBS[self.kinds[node]](self.channels[node])
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from pinhole.events import Counters, EventLog
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
-from services.natgw import conntrack, ruleset
+from services.natgw import conntrack, kernel, ruleset
 from services.natgw.calls import CallDirectory
 from services.natgw.nflog import LoggedPacket, NflogReader
 
@@ -344,8 +344,8 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
 
 async def main() -> None:
     parser = argument_parser("pinhole NAT gateway")
-    parser.add_argument("--lan-if", default="lan0")
-    parser.add_argument("--wan-if", default="wan0")
+    parser.add_argument("--lan-if", help="inside interface (default: the one with an address in --lan-prefix)")
+    parser.add_argument("--wan-if", help="outside interface (default: the one holding --wan-address)")
     parser.add_argument("--wan-address", required=True, help="the NAT's outside address")
     parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
     parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
@@ -358,12 +358,14 @@ async def main() -> None:
     )
     args = parser.parse_args()
     setup_observability(args.log_level, args.name)
-    ipaddress.ip_address(args.wan_address)
-    ipaddress.ip_network(args.lan_prefix)
+    wan_address, lan_prefix = ipaddress.ip_address(args.wan_address), ipaddress.ip_network(args.lan_prefix)
+    # a container engine names interfaces in its own order (eth0, eth1): then find them by address
+    lan_if = args.lan_if or kernel.interface_with(lambda address: address in lan_prefix, "an address in --lan-prefix")
+    wan_if = args.wan_if or kernel.interface_with(lambda address: address == wan_address, "--wan-address")
     events, counters = EventLog(args.name), Counters()
     gateway = NatGateway(
-        lan_if=args.lan_if,
-        wan_if=args.wan_if,
+        lan_if=lan_if,
+        wan_if=wan_if,
         wan_address=args.wan_address,
         lan_prefix=args.lan_prefix,
         log_group=args.log_group,

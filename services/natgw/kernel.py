@@ -7,9 +7,11 @@ namespace name and enter it for the call only.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -43,3 +45,15 @@ def run_tool(
     if result.returncode != 0:
         raise error(f"{tool} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout
+
+
+def interface_with(matches: Callable[[ipaddress.IPv4Address], bool], what: str) -> str:
+    """The name of this namespace's interface holding an IPv4 address for which `matches` is true."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for entry in ipr.get_addr(family=socket.AF_INET):
+            if matches(ipaddress.ip_address(entry.get_attr("IFA_ADDRESS"))):
+                return names[entry["index"]]
+    raise SystemExit(f"natgw: no interface holds {what}; name it with --lan-if/--wan-if")
