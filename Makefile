@@ -37,12 +37,12 @@ proto: $(GEN)
 run: setup
 	$(VENV)/bin/pinhole run rfc5763-7.3
 
-## test: every test (unit, interop with openssl, namespace labs end to end)
-test: setup
+## test: every test (unit, interop with openssl, namespace labs end to end, images and container labs)
+test: setup image-tools
 	$(PY) -m pytest -q
 
 unit: setup
-	$(PY) -m pytest -q -m "not lab"
+	$(PY) -m pytest -q -m "not lab and not containers"
 
 lab-up: setup
 	$(VENV)/bin/pinhole lab up
@@ -53,6 +53,7 @@ lab-down: setup
 ## clean: remove stragglers (every ph-* namespace and the processes pinhole recorded), outputs
 clean:
 	-@test -x $(PY) && $(PY) -c "from netns.lab import NetnsLab; print('removed:', NetnsLab.cleanup_stragglers())"
+	-@test -x $(PY) && $(PY) -c "from containers.lab import ContainerLab; print('removed:', ContainerLab.cleanup_stragglers())"
 	rm -rf out .pytest_cache
 
 ## lint: ruff over the library, services, lab and tests

@@ -86,7 +86,8 @@ class NatGateway:
             wan_services=self.wan_services,
         )
         ruleset.apply(script)
-        ruleset.set_mapping_timeout(behaviour.mapping_timeout)
+        for setting in ruleset.set_mapping_timeout(behaviour.mapping_timeout):
+            self.events.emit("nat.warning", reason=f"cannot set {setting}")
         self.behaviour, self.script = behaviour, script
         self.events.emit(
             "nat.configured",

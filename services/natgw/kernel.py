@@ -7,9 +7,11 @@ namespace name and enter it for the call only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import shutil
 import socket
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -25,6 +27,9 @@ def in_namespace(netns: str | None) -> Iterator[None]:
 
     with in_netns(netns):
         yield
+
+
+SIOCGIFADDR = 0x8915
 
 
 def run_tool(
@@ -48,12 +53,14 @@ def run_tool(
 
 
 def interface_with(matches: Callable[[ipaddress.IPv4Address], bool], what: str) -> str:
-    """The name of this namespace's interface holding an IPv4 address for which `matches` is true."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for entry in ipr.get_addr(family=socket.AF_INET):
-            if matches(ipaddress.ip_address(entry.get_attr("IFA_ADDRESS"))):
-                return names[entry["index"]]
+    """The name of this namespace's interface whose IPv4 address `matches` (SIOCGIFADDR: the primary one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("16s16x", name.encode())
+            try:
+                reply = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)
+            except OSError:  # no IPv4 address
+                continue
+            if matches(ipaddress.IPv4Address(reply[20:24])):
+                return name
     raise SystemExit(f"natgw: no interface holds {what}; name it with --lan-if/--wan-if")

@@ -14,6 +14,7 @@ the network namespace of the calling thread, or on `netns` when given.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import re
@@ -293,21 +294,30 @@ def parse_counters(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> None:
-    """Set conntrack's UDP timeouts (unreplied and stream) to `seconds`.
+def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> list[str]:
+    """Set conntrack's UDP timeouts (unreplied and stream) to `seconds`, and turn accounting on.
 
     RFC 4787 REQ-5: a UDP mapping timer MUST NOT expire in less than two minutes; Linux
-    defaults to 30 s (120 s once a flow is "stream"). Both sysctls are per namespace.
+    defaults to 30 s (120 s once a flow is "stream"). Both sysctls are per namespace; the
+    ruleset's `ct timeout` sets the same on each of its flows, so where /proc/sys is read-only (a
+    container) only accounting (per-mapping packet counts) can be missing. Returns what could not
+    be set and is not already so.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
         raise RulesetError(f"mapping timeout {seconds!r} is not a positive integer")
+    unset = []
     with in_namespace(netns):
         _ensure_conntrack()
         for name, value in [*((n, seconds) for n in UDP_TIMEOUT_SYSCTLS), ("nf_conntrack_acct", 1)]:
+            path = SYSCTL_DIR / name
             try:  # accounting: per-mapping packet counts, for the translated-packet evidence
-                (SYSCTL_DIR / name).write_text(f"{value}\n")
+                path.write_text(f"{value}\n")
             except OSError as e:
-                raise KernelNatError(f"cannot write net.netfilter.{name}: {e.strerror}") from e
+                if e.errno != errno.EROFS:
+                    raise KernelNatError(f"cannot write net.netfilter.{name}: {e.strerror}") from e
+                if int(path.read_text()) != value:
+                    unset.append(f"net.netfilter.{name}={value} (read-only here)")
+    return unset
 
 
 def get_mapping_timeout(*, netns: str | None = None) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""Container images (Dockerfile, images.sh) and the container lab backend (lab.py)."""

@@ -1,0 +1,403 @@
+"""The lab as containers: the topology of netns/topology.toml run by a container engine (docker SDK).
+
+Same nodes, addresses and services as the namespace lab, so a run gets the same verdict:
+- every L2 segment of the topology (a switch and its links, or a point-to-point link) is an
+  *internal* engine network: no NAT to the outside, no default route in the containers;
+- every node with a service is a container of that service's image (localhost/pinhole-<service>),
+  unprivileged and read-only, except the NAT gateway: root with exactly NET_ADMIN, no other capability;
+- a node's routes (Alice's default route through the NAT) are set by a one-shot helper container with
+  NET_ADMIN in the node's network namespace, as the init container does on Kubernetes: the docker API
+  cannot make another container a network's gateway;
+- the controller reaches each service over a unix socket in the lab's run directory, which every
+  container mounts at /run/pinhole, and captures the NAT's interfaces from the host through
+  /proc/PID/ns/net. So the controller runs as root on the engine's machine.
+
+Engine: $DOCKER_HOST if set, else /var/run/docker.sock if present, else a Podman API service that the
+lab starts itself (`podman system service`, configured by containers/*.conf) and stops at down.
+The engine's host bridges carry an address of each lab subnet (the engine's gateway, .254 here); no
+container routes to it, and internal networks are not forwarded out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netns.lab import LAB_NAME_RE, RUN_BASE, Capture, LabError, Topology, in_netns
+
+HERE = Path(__file__).resolve().parent
+STATE_FILE = "containers.json"
+IMAGE_PREFIX = os.environ.get("PINHOLE_IMAGE_PREFIX", "localhost/pinhole-")
+CONTAINER_RUN_DIR = Path("/run/pinhole")  # where every container mounts the lab's run directory
+SERVICE_USER = "10001:10001"  # the images' unprivileged user
+LABEL = "io.pinhole.lab"
+ENGINE_START_TIMEOUT = 30.0
+# Sets the routes of the container whose network namespace the helper shares (argv[1]: JSON list).
+ROUTE_SCRIPT = """
+import ipaddress, json, sys
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    for route in json.loads(sys.argv[1]):
+        to = ipaddress.ip_network("0.0.0.0/0" if route["to"] == "default" else route["to"])
+        ipr.route("replace", dst=str(to.network_address), dst_len=to.prefixlen, gateway=route["via"])
+"""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One L2 segment of the topology: an engine network. `ends` are the (node, ifname) on it."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+    gateway: str  # the engine's own address on it (its host bridge), unused by any node
+    ends: tuple[tuple[str, str], ...]
+
+
+def segments(topology: Topology) -> list[Segment]:
+    """The topology's L2 segments: each switch with every link to it, each other link alone."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for link in topology.links:
+        switch = next((n for n, _ in (link.a, link.b) if topology.nodes[n].kind == "switch"), None)
+        label = switch or f"{link.a[0]}-{link.b[0]}"
+        groups.setdefault(label, []).extend(end for end in (link.a, link.b) if end[0] != switch)
+    out = []
+    for label, ends in groups.items():
+        interfaces = [ipaddress.ip_interface(topology.nodes[n].interfaces[i][0]) for n, i in ends]
+        subnets = {i.network for i in interfaces}
+        if len(subnets) != 1:
+            raise LabError(f"segment {label}: its interfaces are on {len(subnets)} subnets, one network needs one")
+        subnet = subnets.pop()
+        used = {i.ip for i in interfaces}
+        gateway = next(h for h in reversed(list(subnet.hosts())) if h not in used)
+        out.append(Segment(label, subnet, str(gateway), tuple(ends)))
+    return out
+
+
+@dataclass
+class Started:
+    """A service container as the controller tracks it (pid: its main process, on this host)."""
+
+    node: str
+    container_id: str
+    pid: int
+
+
+class ContainerLab:
+    """A topology run as containers of the service images; same interface as netns.lab.NetnsLab."""
+
+    runs_containers = True
+    socket_mode = 0o666  # the lab's OTLP socket: the services run as an unprivileged user
+    service_run_dir = CONTAINER_RUN_DIR
+
+    def __init__(self, topology: Topology, name: str = "ph-lab", *, image_prefix: str = IMAGE_PREFIX) -> None:
+        if not LAB_NAME_RE.match(name):
+            raise LabError(f"lab name {name!r} does not match ^ph-[a-z0-9-]{{1,20}}$")
+        self.topology = topology
+        self.name = name
+        self.image_prefix = image_prefix
+        self.run_dir = RUN_BASE / name
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # ---- engine
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.state_path.write_text(json.dumps(state, indent=1))
+
+    def client(self) -> Any:
+        """The docker SDK client of this lab's engine (started first if the lab runs its own)."""
+        if self._client is None:
+            import docker
+
+            url = self._state().get("engine_url") or engine_url()
+            if url is None:
+                raise LabError(f"lab {self.name}: no container engine (is the lab up?)")
+            self._client = docker.DockerClient(base_url=url, timeout=60)
+        return self._client
+
+    def _start_engine(self, state: dict[str, Any]) -> None:
+        url = engine_url()
+        if url is not None:
+            state["engine_url"] = url
+            return
+        podman = shutil.which("podman")
+        if podman is None:
+            raise LabError("no container engine: set DOCKER_HOST, or install podman (make image-tools)")
+        sock = self.run_dir / "podman.sock"
+        env = {**os.environ}
+        env.setdefault("CONTAINERS_CONF", str(HERE / "containers.conf"))
+        env.setdefault("CONTAINERS_STORAGE_CONF", str(HERE / "storage.conf"))
+        log = open(self.run_dir / "podman-service.log", "ab")  # noqa: SIM115 - the service keeps it
+        with log:
+            process = subprocess.Popen(
+                [podman, "system", "service", "--time=0", f"unix://{sock}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # outlives `pinhole lab up`; `lab down` ends it by its PID
+            )
+        state.update(engine_url=f"unix://{sock}", engine_pid=process.pid, engine_starttime=_starttime(process.pid))
+        self._save(state)
+        import docker
+
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise LabError(f"podman system service exited ({process.returncode}); see {log.name}")
+            if sock.is_socket():
+                with contextlib.suppress(Exception):
+                    docker.DockerClient(base_url=state["engine_url"], timeout=5).ping()
+                    return
+            if time.monotonic() > deadline:
+                raise LabError(f"podman system service not answering after {ENGINE_START_TIMEOUT:.0f}s")
+            time.sleep(0.05)
+
+    # ---- up / down
+
+    def exists(self) -> bool:
+        return bool(self._state().get("containers") or self._state().get("networks"))
+
+    def up(self) -> float:
+        """Start (or find) the engine and create the lab's networks; returns seconds taken."""
+        started = time.perf_counter()
+        if self.exists():
+            raise LabError(f"lab {self.name} is already up; bring it down first")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o1777)  # unprivileged services create their sockets here
+        state = {"lab": self.name, "backend": "docker", "networks": [], "containers": []}
+        self._save(state)
+        try:
+            self._start_engine(state)
+            from docker.types import IPAMConfig, IPAMPool
+
+            for segment in segments(self.topology):
+                name = f"{self.name}-{segment.name}"
+                network = self.client().networks.create(
+                    name,
+                    driver="bridge",
+                    internal=True,
+                    labels={LABEL: self.name},
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(segment.subnet), gateway=segment.gateway)]),
+                )
+                state["networks"].append(network.id)
+                self._save(state)
+        except BaseException:
+            self.down()
+            raise
+        return time.perf_counter() - started
+
+    def spawn(self, node: str, argv: list[str], *, log_path: Path, env: dict[str, str]) -> Started:
+        """Run the node's service as a container (argv[0], the interpreter, becomes the image's python).
+
+        `log_path` is where down() keeps the container's log."""
+        spec = self.topology.nodes[node]
+        privileged = spec.service == "natgw"  # the NAT alone: nftables, conntrack and NFLOG need NET_ADMIN
+        ends = [(seg, ifname) for seg in segments(self.topology) for n, ifname in seg.ends if n == node]
+        if not ends:
+            raise LabError(f"node {node} is on no network")
+        sysctls = {"net.ipv4.ip_forward": "0", **spec.sysctls}
+        if privileged:  # per-mapping packet counts: /proc/sys is read-only once the container runs
+            sysctls["net.netfilter.nf_conntrack_acct"] = "1"
+        if not self.topology.ipv6:
+            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
+        from docker.types import EndpointConfig
+
+        client = self.client()
+        first, first_if = ends[0]
+        address = lambda ifname: spec.interfaces[ifname][0].split("/")[0]  # noqa: E731
+        container = client.containers.create(
+            f"{self.image_prefix}{spec.service}",
+            command=["python", *argv[1:]],
+            name=f"{self.name}-{node}",
+            hostname=node,
+            labels={LABEL: self.name, "io.pinhole.node": node},
+            environment=env,
+            user="0:0" if privileged else SERVICE_USER,
+            cap_drop=["ALL"],
+            cap_add=["NET_ADMIN"] if privileged else None,
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={"/tmp": "size=16m"},
+            volumes={str(self.run_dir): {"bind": str(CONTAINER_RUN_DIR), "mode": "rw"}},
+            sysctls=sysctls,
+            mem_limit="256m",
+            pids_limit=256,
+            network=f"{self.name}-{first.name}",
+            networking_config={
+                f"{self.name}-{first.name}": EndpointConfig(client.api._version, ipv4_address=address(first_if))
+            },
+        )
+        self._record(container.id, node, log_path)
+        for segment, ifname in ends[1:]:
+            client.networks.get(f"{self.name}-{segment.name}").connect(container, ipv4_address=address(ifname))
+        container.start()
+        if spec.routes:
+            self._set_routes(container, node, [{"to": r.to, "via": r.via} for r in spec.routes])
+        container.reload()
+        return Started(node, container.id, int(container.attrs["State"]["Pid"]))
+
+    def _record(self, container_id: str, node: str, log_path: Path) -> None:
+        with self._lock:
+            state = self._state()
+            state["containers"].append({"id": container_id, "node": node, "log": str(log_path)})
+            self._save(state)
+
+    def _set_routes(self, container: Any, node: str, routes: list[dict[str, str]]) -> None:
+        """A helper with NET_ADMIN in the node's network namespace sets its routes, then exits."""
+        self.client().containers.run(
+            f"{self.image_prefix}natgw",  # any pinhole image has python and pyroute2
+            command=["python", "-c", ROUTE_SCRIPT, json.dumps(routes)],
+            name=f"{self.name}-{node}-routes",
+            labels={LABEL: self.name},
+            network_mode=f"container:{container.id}",
+            user="0:0",
+            cap_drop=["ALL"],
+            cap_add=["NET_ADMIN"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            remove=True,
+        )
+
+    def down(self, timeout: float = 5.0, *, keep_logs: Path | None = None) -> float:
+        """Stop every container (SIGTERM: the services flush their spans), keep their logs, remove
+        containers and networks, stop the engine if the lab started it. Idempotent; seconds taken."""
+        started = time.perf_counter()
+        state = self._state()
+        if not state:
+            return time.perf_counter() - started
+        try:
+            client = self.client()
+            found = client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"})
+
+            def stop(container: Any) -> None:
+                with contextlib.suppress(Exception):
+                    container.stop(timeout=int(timeout))
+                node = container.labels.get("io.pinhole.node")
+                if keep_logs is not None and node:
+                    with contextlib.suppress(Exception):
+                        (Path(keep_logs) / f"{node}.log").write_bytes(container.logs())
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+
+            with ThreadPoolExecutor(max_workers=max(1, len(found))) as pool:
+                list(pool.map(stop, found))
+            for network in client.networks.list(filters={"label": f"{LABEL}={self.name}"}):
+                with contextlib.suppress(Exception):
+                    network.remove()
+            client.close()
+        except LabError:
+            pass
+        except Exception as error:  # the engine is gone: say so, still end what is ours
+            print(f"lab {self.name}: container engine: {error}")
+        finally:
+            self._client = None
+            _stop_engine(state, timeout)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return time.perf_counter() - started
+
+    # ---- capture and status
+
+    def capture(self, node: str, interfaces: list[str], pcap_dir: Path, **limits: Any) -> Capture:
+        """Capture on a node's topology interfaces (e.g. lan0, wan0), found in its container by address."""
+        container = self.client().containers.get(f"{self.name}-{node}")
+        netns = f"/proc/{container.attrs['State']['Pid']}/ns/net"
+        spec = self.topology.nodes[node]
+        names = {}
+        from pyroute2 import IPRoute
+
+        with in_netns(netns), IPRoute() as ipr:
+            by_address = {
+                entry.get_attr("IFA_ADDRESS"): entry["index"] for entry in ipr.get_addr(family=2)  # AF_INET
+            }
+            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for ifname in interfaces:
+            address = spec.interfaces[ifname][0].split("/")[0]
+            if address not in by_address:
+                raise LabError(f"capture on {node}: no interface holds {address} ({ifname})")
+            names[ifname] = links[by_address[address]]
+        return Capture(netns, node, names, pcap_dir, **limits).start()
+
+    def logs_hint(self) -> str:
+        return "its container's log"
+
+    def status(self) -> dict[str, Any]:
+        state = self._state()
+        containers = []
+        with contextlib.suppress(Exception):
+            for c in self.client().containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+                containers.append({"name": c.name, "image": c.image.tags, "status": c.status})
+        return {"lab": self.name, "backend": "docker", "engine": state.get("engine_url"), "containers": containers}
+
+    @staticmethod
+    def list_labs() -> list[str]:
+        """Container labs with live state under /run/pinhole."""
+        if not RUN_BASE.is_dir():
+            return []
+        return sorted(p.parent.name for p in RUN_BASE.glob(f"*/{STATE_FILE}"))
+
+    @staticmethod
+    def cleanup_stragglers(prefix: str = "ph-") -> list[str]:
+        """Bring down every container lab whose name starts with `prefix` (for `make clean`)."""
+        if not prefix.startswith("ph-"):
+            raise LabError(f"prefix {prefix!r} must start with 'ph-' (only pinhole labs are cleaned)")
+        removed = []
+        for name in ContainerLab.list_labs():
+            if name.startswith(prefix):
+                ContainerLab(Topology({}, [], {}), name=name).down()
+                removed.append(name)
+        return removed
+
+
+def engine_url() -> str | None:
+    """An engine the user runs: $DOCKER_HOST, or the standard docker socket; None if neither."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    if Path("/var/run/docker.sock").is_socket():
+        return "unix:///var/run/docker.sock"
+    return None
+
+
+def _starttime(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _stop_engine(state: dict[str, Any], timeout: float) -> None:
+    """End the podman service this lab started: by its PID, and only if it is still that process."""
+    pid, starttime = state.get("engine_pid"), state.get("engine_starttime")
+    if not pid or _starttime(pid) != starttime:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _starttime(pid) == starttime and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+    if _starttime(pid) == starttime:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,152 @@
+"""The container backend: the service images built with podman, and the §7.3 flow in containers.
+
+The images are built from the working tree (containers/images.sh: a debootstrap base image once,
+then cached layers), the lab comes up with `--backend docker` against Podman's Docker-compatible
+API, and the scenarios of the namespace lab run on it: the verdict must be the same, check by check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pinhole.controller import from_trace
+from pinhole.controller.run import lab_down, lab_up, run
+
+pytestmark = pytest.mark.containers
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Every service image, built from this tree (a no-op rebuild when nothing changed)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from containers.lab import engine_url
+
+    if shutil.which("podman") is None and engine_url() is None:
+        pytest.skip("no container engine: make image-tools installs podman")
+    build = subprocess.run(
+        [str(ROOT / "containers" / "images.sh"), "images"], capture_output=True, text=True, timeout=1200
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    return build.stdout
+
+
+@pytest.fixture(scope="module")
+def container_lab(images):
+    """A running container lab, torn down even if the tests fail; nothing of it may be left."""
+    name = f"ph-c{uuid.uuid4().hex[:6]}"
+    running, topology, timings = lab_up(name, backend="docker")
+    client = running.client()
+    engine_pid = running._state().get("engine_pid")
+    try:
+        yield running, topology, timings
+    finally:
+        lab_down(running)
+        if engine_pid is None:  # an engine the user runs: ask it what is left
+            left = client.containers.list(all=True, filters={"label": f"io.pinhole.lab={name}"})
+            assert not left, f"containers left behind: {[c.name for c in left]}"
+        else:  # the lab's own podman service is gone with the lab
+            assert not Path(f"/proc/{engine_pid}").exists() or "podman" not in _cmdline(engine_pid)
+        assert not running.run_dir.exists()
+        left = _podman("ps", "-a", "--filter", f"label=io.pinhole.lab={name}", "--format", "{{.Names}}")
+        assert not left.split(), f"containers left behind: {left}"
+        left = _podman("network", "ls", "--filter", f"label=io.pinhole.lab={name}", "--format", "{{.Name}}")
+        assert not left.split(), f"networks left behind: {left}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _podman(*args: str) -> str:
+    command = [str(ROOT / "containers" / "images.sh"), "podman", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _run(lab_name: str, backend: str, tmp_path: Path, scenario: str):
+    result, out_dir = run(
+        scenario, timers_name="short", lab_name=lab_name, backend=backend, out_root=tmp_path, progress=False
+    )
+    assert not result.broken, result.broken
+    return result, json.loads((out_dir / "evidence.json").read_text()), out_dir
+
+
+def _checks(result):
+    return [(c.message, c.passed) for c in result.checks]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_images_are_built_for_every_service_and_run_unprivileged(images, service):
+    inspected = json.loads(_podman("image", "inspect", f"localhost/pinhole-{service}"))[0]
+    assert inspected["Config"]["User"] == "10001:10001"
+    assert inspected["Size"] < 400 * 1024 * 1024, f"{service}: {inspected['Size']} bytes"
+
+
+def test_only_the_nat_gateway_gets_a_capability(container_lab):
+    """What the kernel says of each service's process: no capability at all, except NET_ADMIN for the NAT."""
+    running, topology, _ = container_lab
+    net_admin = 1 << 12  # CAP_NET_ADMIN
+    seen = set()
+    for container in running.client().containers.list(filters={"label": f"io.pinhole.lab={running.name}"}):
+        node = container.labels["io.pinhole.node"]
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{container.attrs['State']['Pid']}/status").read_text().splitlines()
+        )
+        caps = {name: int(status[name], 16) for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb")}
+        expected = net_admin if topology.nodes[node].service == "natgw" else 0
+        assert caps["CapEff"] == caps["CapBnd"] == expected, (node, caps)
+        assert status["NoNewPrivs"].strip() == "1", node
+        if expected == 0:
+            assert status["Uid"].split()[:2] == ["10001", "10001"], node
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"], node
+        seen.add(node)
+    assert seen == {n for n, spec in topology.nodes.items() if spec.service}
+
+
+def test_alice_routes_through_the_nat_container_only(container_lab):
+    """Alice's only way out is the NAT: her default route is the gateway's LAN address."""
+    running, topology, _ = container_lab
+    from pyroute2 import IPRoute
+
+    from netns.lab import in_netns
+
+    alice = running.client().containers.get(f"{running.name}-alice")
+    with in_netns(f"/proc/{alice.attrs['State']['Pid']}/ns/net"), IPRoute() as ipr:
+        routes = [(r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_GATEWAY")) for r in ipr.get_routes(family=2)]
+    defaults = [gateway for dst, length, gateway in routes if length == 0]
+    assert defaults == [topology.nodes["natgw"].interfaces["lan0"][0].split("/")[0]], routes
+
+
+def test_section_7_3_gets_the_same_verdict_in_containers_as_in_namespaces(container_lab, lab, tmp_path):
+    running, _, _ = container_lab
+    in_containers, evidence, out_dir = _run(running.name, "docker", tmp_path / "docker", "rfc5763-7.3")
+    assert in_containers.passed, in_containers.render()
+    in_namespaces, _, _ = _run(lab[0].name, "netns", tmp_path / "netns", "rfc5763-7.3")
+    assert _checks(in_containers) == _checks(in_namespaces)
+    # the trace alone says the same; the NAT container really translated (captures on both sides)
+    assert from_trace.judge_trace(from_trace.load(out_dir)).outcome == "pass"
+    assert evidence["captures"]["inside"] and evidence["captures"]["outside"]
+    assert {p["src"].split(":")[0] for p in evidence["captures"]["outside"]} >= {"203.0.113.1"}
+    assert not any(p["src"].startswith("10.10.1.") for p in evidence["captures"]["outside"])
+    assert evidence["measurements"]["backend"] == "docker"
+
+
+def test_negative_control_fails_in_containers_at_the_same_message(container_lab, tmp_path):
+    running, _, _ = container_lab
+    result, _, _ = _run(running.name, "docker", tmp_path, "no-stun-check")
+    assert result.outcome == "fail"
+    assert not next(c for c in result.checks if c.message == "5").passed
