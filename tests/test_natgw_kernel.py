@@ -70,8 +70,17 @@ table inet pinhole_nat {
 \t\toifname "wan0" ip saddr 10.10.1.0/24 counter name "mappings_created" masquerade
 \t}
 
+\t# RFC 4787 REQ-5: the mapping timer of this table's flows, set while a flow is new (before
+\t# conntrack confirms it), so no namespace-wide sysctl is needed (a container's /proc/sys is read-only)
+\tct timeout mapping {
+\t\tprotocol udp;
+\t\tl3proto ip;
+\t\tpolicy = { unreplied : 300, replied : 300 }
+\t}
+
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy drop;
+\t\tiifname "lan0" oifname "wan0" ip saddr 10.10.1.0/24 meta l4proto udp ct state new ct timeout set "mapping"
 \t\tiifname "lan0" oifname "wan0" ip saddr 10.10.1.0/24 counter name "outbound_translated" accept
 \t\tiifname "wan0" oifname "lan0" ct state established,related counter name "inbound_translated" accept
 \t\tiifname "wan0" counter name "inbound_dropped_forward" log prefix "pinhole-nat drop forward" group 1 queue-threshold 1 drop
@@ -528,6 +537,20 @@ def test_mapping_timeout_is_per_namespace(natgw: Natgw) -> None:
     with pytest.raises(RulesetError) as info:
         ruleset.set_mapping_timeout(0, netns=natgw.ns)
     assert str(info.value) == "mapping timeout 0 is not a positive integer"
+
+
+@needs_kernel_nat
+def test_mapping_timer_comes_from_the_ruleset_not_the_sysctl(natgw: Natgw) -> None:
+    """With the namespace's UDP timeouts at 30 s, a mapping still lives 300 s: the ruleset's ct timeout."""
+    ruleset.set_mapping_timeout(30, netns=natgw.ns)
+    alice, bob = natgw.udp("alice", 43010), natgw.udp("bob", 5010)
+    with alice, bob:
+        alice.sendto(b"stun check", ("203.0.113.40", 5010))
+        assert bob.recvfrom(2048)[0] == b"stun check"
+        bob.sendto(b"reply", (WAN, 43010))
+        assert alice.recvfrom(2048)[0] == b"reply"
+    (mapping,) = conntrack.list_udp_mappings(WAN, netns=natgw.ns)
+    assert 290 <= mapping.timeout <= 300, mapping
 
 
 @needs_kernel_nat

@@ -227,9 +227,18 @@ table {FAMILY} {TABLE} {{
 \t\toifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_MAPPINGS_CREATED}" {masquerade}
 \t}}
 
+\t# RFC 4787 REQ-5: the mapping timer of this table's flows, set while a flow is new (before
+\t# conntrack confirms it), so no namespace-wide sysctl is needed (a container's /proc/sys is read-only)
+\tct timeout mapping {{
+\t\tprotocol udp;
+\t\tl3proto ip;
+\t\tpolicy = {{ unreplied : {behaviour.mapping_timeout}, replied : {behaviour.mapping_timeout} }}
+\t}}
+
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
-{observe}\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
+{observe}\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} meta l4proto udp ct state new ct timeout set "mapping"
+\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
 \t\t{inbound} counter name "{COUNTER_INBOUND}" accept
 \t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
 \t}}
