@@ -59,12 +59,13 @@ clean:
 ## lint: ruff over the library, services, lab and tests
 lint: setup
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check pinhole services netns tests
+	$(VENV)/bin/ruff check pinhole services netns containers bench tests
 
 ## bench: speed targets against a named peer measured in the same run (root)
-bench: setup
+bench: setup images
 	$(PY) bench/lab_build.py
 	$(PY) bench/tracing_cost.py
+	$(PY) bench/backends.py
 
 ## images: one Podman image per service (localhost/pinhole-<service>), built offline (root; podman, debootstrap)
 IMAGE_APT_PKGS := podman buildah runc iptables debootstrap

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from pinhole.controller.run import TIMERS, Scenario, configure, lab_down, lab_up, service_kinds
+from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import useragent_pb2
 
@@ -53,11 +53,11 @@ def main() -> int:
     try:
         for label, env in (("tracing", None), ("no tracing", {"OTEL_SDK_DISABLED": "true"})):
             lab, topology, _ = lab_up("ph-bt" + ("on" if env is None else "off"), extra_env=env)
-            clients = ServiceClients(lab.run_dir, service_kinds(topology))
+            clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
             labs[label] = (lab, clients, [])  # registered first: torn down even if configuring fails
             configure(
                 clients,
-                topology,
+                Endpoints.of_topology(topology),
                 Scenario("bench", "", alice={"media_packets": 3}, bob={"media_packets": 3}),
                 TIMERS["short"],
             )

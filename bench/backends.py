@@ -1,0 +1,68 @@
+"""Benchmark: the same lab as network namespaces (the named peer) and as containers (docker backend).
+
+Both labs are up side by side in the same run; calls alternate between them with short timers.
+Measured: bringing the lab up (networks, then every service SERVING), the two timer-free intervals
+of a call (INVITE -> 180 Ringing through both proxies; the ClientHello that passes -> first SRTP
+decrypted, see tracing_cost.py), and bringing it down. Needs the images (`make images`); run with
+`make bench` (root).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from tracing_cost import one_call
+
+from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
+from pinhole.controller.services import ServiceClients
+
+CALLS = 6
+
+
+def main() -> int:
+    labs: dict[str, tuple] = {}
+    up: dict[str, dict[str, float]] = {}
+    down: dict[str, float] = {}
+    try:
+        for backend in ("netns", "docker"):
+            lab, topology, timings = lab_up(f"ph-bb{backend[:3]}", backend=backend)
+            clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
+            labs[backend] = (lab, clients, [])  # registered first: torn down even if configuring fails
+            up[backend] = timings
+            scenario = Scenario("bench", "", alice={"media_packets": 3}, bob={"media_packets": 3})
+            configure(clients, Endpoints.of_topology(topology), scenario, TIMERS["short"])
+        for _ in range(CALLS):
+            for _, clients, times in labs.values():
+                times.append(one_call(clients))
+    finally:
+        for backend, (lab, clients, _) in labs.items():
+            clients.close()
+            started = time.perf_counter()
+            lab_down(lab)
+            down[backend] = time.perf_counter() - started
+    ns, ct = "netns", "docker"
+    rows = [
+        ("lab up: networks", up[ct]["network"], up[ns]["network"]),
+        ("lab up: six services SERVING", up[ct]["services"], up[ns]["services"]),
+        ("lab down", down[ct], down[ns]),
+    ]
+    for index, interval in enumerate(("INVITE -> 180 Ringing (SIP, 2 proxies)", "ClientHello -> first SRTP")):
+        rows.append(
+            (
+                f"{interval}, median of {CALLS}",
+                statistics.median(t[index] for t in labs[ct][2]),
+                statistics.median(t[index] for t in labs[ns][2]),
+            )
+        )
+    for what, containers, namespaces in rows:
+        print(
+            f"{what}: containers {containers * 1000:.1f} ms, namespaces {namespaces * 1000:.1f} ms, "
+            f"ratio containers/namespaces {containers / namespaces:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
