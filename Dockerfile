@@ -2,10 +2,11 @@
 # The pinhole services as container images: one final target per folder under services/
 # (useragent, proxy, natgw, stunserver), each run as
 #   python -m services.<name> --name N --grpc unix:/path.sock ...   (see pinhole/controller/services.py)
+# plus `controller`, the image of the Kubernetes Job that runs `pinhole cluster-run` (k8s/controller).
 #
 # Offline build (no registry, no TLS inside the build): `make images`, i.e. containers/images.sh, which
 # makes a debootstrap base image, fills build/wheelhouse (cp311 manylinux wheels) and build/debs (nftables,
-# conntrack), then runs per service
+# conntrack), then runs per service (and for the controller)
 #   podman build --network none --build-arg BASE_IMAGE=localhost/pinhole-base:bookworm \
 #       --target <service> -t localhost/pinhole-<service> .
 # Elsewhere the default base is the public Debian bookworm Python image; the wheelhouse is still required.
@@ -33,15 +34,18 @@ RUN rm -rf pinhole/rpc/v1 && mkdir -p pinhole/rpc/v1 \
     && /opt/pinhole/bin/pip install --quiet --no-deps . \
     && /opt/pinhole/bin/python -c 'import pinhole.rpc.v1.natgw_pb2_grpc, services, netns'
 
-# ---- runtime: the environment and an unprivileged user, shared by every service ----
-FROM ${BASE_IMAGE} AS runtime
-COPY --from=build /opt/pinhole /opt/pinhole
+# ---- runtime-base: the unprivileged user every image runs as (the environment comes next) ----
+FROM ${BASE_IMAGE} AS runtime-base
 RUN groupadd --gid 10001 pinhole \
     && useradd --no-log-init --uid 10001 --gid pinhole --home-dir /var/lib/pinhole --create-home \
         --shell /usr/sbin/nologin pinhole \
     && install -d -o pinhole -g pinhole /run/pinhole
 ENV PATH=/opt/pinhole/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /var/lib/pinhole
+
+# ---- runtime: the environment, shared by every service ----
+FROM runtime-base AS runtime
+COPY --from=build /opt/pinhole /opt/pinhole
 # gRPC sockets go to /run/pinhole (mount a volume there to reach them from the host or other containers).
 VOLUME ["/run/pinhole"]
 
@@ -76,3 +80,19 @@ RUN set -e; set --; \
     nft --version && conntrack --version
 USER 10001:10001
 CMD ["python", "-m", "services.natgw", "--help"]
+
+# ---- controller: `pinhole cluster-run`, the k8s/controller Job. The services' environment plus the
+# `lab` extra of pyproject.toml (the Kubernetes client, which finds the lab's pods), from the same
+# wheelhouse. The whole environment is built in a stage of its own and copied once onto runtime-base:
+# copied over the services' runtime it would ship twice. (Not RUN --mount=from=build: buildah before 1.29,
+# e.g. bookworm's podman 4.3, could mount an empty or stale cached stage, containers/buildah#4375, #4522.)
+FROM build AS controller-build
+RUN /opt/pinhole/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["optional-dependencies"]["lab"]))' > /tmp/lab.txt \
+    && /opt/pinhole/bin/pip install --quiet --requirement /tmp/lab.txt \
+    && /opt/pinhole/bin/python -c 'import kubernetes.client, pinhole.controller.cluster' \
+    && /opt/pinhole/bin/pinhole cluster-run --help >/dev/null
+
+FROM runtime-base AS controller
+COPY --from=controller-build /opt/pinhole /opt/pinhole
+USER 10001:10001
+CMD ["pinhole", "--help"]

@@ -4,7 +4,9 @@
 #   containers/images.sh base-image   debootstrap bookworm -> localhost/pinhole-base:bookworm (skip if present)
 #   containers/images.sh wheelhouse   build/wheelhouse (Python wheels, cp311 manylinux) + build/debs (nftables, conntrack)
 #   containers/images.sh images       base-image + wheelhouse + one image per service (localhost/pinhole-<service>)
-#   containers/images.sh smoke        `python -m services.<service> --help` in each image
+#                                     + localhost/pinhole-controller (the k8s/controller Job: pinhole cluster-run)
+#   containers/images.sh smoke        `python -m services.<service> --help` in each image, `pinhole cluster-run
+#                                     --help` in the controller's
 #   containers/images.sh podman ARGS  podman with the project's configuration (containers/*.conf)
 #
 # Needs root and the Debian packages podman buildah runc iptables debootstrap.
@@ -23,6 +25,8 @@ WHEELHOUSE="$ROOT/build/wheelhouse"
 DEBS="$ROOT/build/debs"
 # Every folder under services/ with a __main__.py is a service and a Dockerfile target.
 SERVICES="${SERVICES:-$(cd "$ROOT/services" && for d in */; do [ -f "$d/__main__.py" ] && printf '%s ' "${d%/}"; done)}"
+# Dockerfile targets that are not services: the controller (k8s/controller/job.yaml). Empty: services only.
+EXTRA_TARGETS="${EXTRA_TARGETS-controller}"
 
 base_image() {
     if podman image exists "$BASE_IMAGE"; then
@@ -43,9 +47,10 @@ base_image() {
 
 wheelhouse() {
     mkdir -p "$WHEELHOUSE" "$DEBS"
-    # The project's dependencies as CPython 3.11 manylinux wheels (Debian bookworm's python3 is 3.11),
-    # plus the build backend so the image build can build pinhole's own wheel without an index.
-    reqs=$(cd "$ROOT" && "$PY" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+    # The project's dependencies and its `lab` extra (the controller image's Kubernetes client) as CPython
+    # 3.11 manylinux wheels (Debian bookworm's python3 is 3.11), plus the build backend so the image build
+    # can build pinhole's own wheel without an index.
+    reqs=$(cd "$ROOT" && "$PY" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["lab"]))')
     # shellcheck disable=SC2086
     (cd "$ROOT" && "$PY" -m pip download -q --dest "$WHEELHOUSE" --only-binary=:all: \
         --python-version 3.11 --implementation cp --abi cp311 \
@@ -65,11 +70,11 @@ wheelhouse() {
 images() {
     base_image
     wheelhouse
-    for service in $SERVICES; do
+    for target in $SERVICES $EXTRA_TARGETS; do
         start=$(date +%s)
-        podman build --quiet --network none --build-arg "BASE_IMAGE=$BASE_IMAGE" --target "$service" \
-            --tag "localhost/pinhole-$service:latest" "$ROOT" >/dev/null
-        echo "built localhost/pinhole-$service in $(( $(date +%s) - start )) s"
+        podman build --quiet --network none --build-arg "BASE_IMAGE=$BASE_IMAGE" --target "$target" \
+            --tag "localhost/pinhole-$target:latest" "$ROOT" >/dev/null
+        echo "built localhost/pinhole-$target in $(( $(date +%s) - start )) s"
     done
     podman images --filter 'reference=localhost/pinhole-*'
 }
@@ -79,6 +84,11 @@ smoke() {
         podman run --rm --network none "localhost/pinhole-$service" python -m "services.$service" --help >/dev/null
         echo "ok localhost/pinhole-$service: python -m services.$service --help as $(podman run --rm \
             --network none "localhost/pinhole-$service" id -un)"
+    done
+    for target in $EXTRA_TARGETS; do
+        podman run --rm --network none "localhost/pinhole-$target" pinhole cluster-run --help >/dev/null
+        echo "ok localhost/pinhole-$target: pinhole cluster-run --help as $(podman run --rm --network none \
+            "localhost/pinhole-$target" id -un)"
     done
 }
 

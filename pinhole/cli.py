@@ -1,8 +1,9 @@
-"""`pinhole`: bring the lab up or down, run a scenario, re-judge a saved run."""
+"""`pinhole`: bring the lab up or down, run a scenario (locally or against a cluster), re-judge a saved run."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -67,12 +68,72 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_root=Path(args.out),
         forward_to=args.otlp_forward,
     )
+    _report(result, out_dir)
+    return 0 if result.passed else 1
+
+
+def _report(result: verdict.Verdict, out_dir: Path) -> None:
+    """The ladder, the verdict, what was measured and where the artifacts are."""
     print((out_dir / "ladder.txt").read_text())
     print(result.render())
     measured = json.loads((out_dir / "evidence.json").read_text())["measurements"]
     print("measured: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items()))
     print(f"artifacts: {out_dir} (trace.json, ladder.html: pinhole trace ladder|verdict {out_dir})")
-    return 0 if result.passed else 1
+
+
+def cmd_cluster_run(args: argparse.Namespace) -> int:
+    """Exit 0 on PASS, 1 on FAIL, 2 when the lab could not run the call (broken, unreachable, misconfigured)."""
+    from pinhole.controller import cluster
+
+    # defaults may come from the environment, which argparse does not check against the choices
+    for what, value, known in (("scenario", args.scenario, SCENARIOS), ("timers", args.timers, TIMERS)):
+        if value not in known:
+            print(f"pinhole cluster-run: unknown {what} {value!r} (one of {', '.join(sorted(known))})", file=sys.stderr)
+            return 2
+    try:
+        nat = cluster.nat_config(args.nat_mapping, args.nat_filtering, args.nat_mapping_timeout)
+        result, out_dir = cluster.cluster_run(
+            args.scenario,
+            args.timers,
+            args.namespace,
+            Path(args.out),
+            otlp_listen=args.otlp_listen,
+            services=dict(args.service),
+            alice_address=args.alice_address,
+            nat_inside=args.nat_inside,
+            nat=nat,
+            wait=args.wait,
+            forward_to=args.otlp_forward,
+        )
+    except cluster.ClusterError as error:
+        print(f"pinhole cluster-run: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # not SERVING in time, a gRPC error mid-call: the lab failed, not the flow
+        print(f"pinhole cluster-run: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    _report(result, out_dir)
+    return {"pass": 0, "fail": 1}.get(result.outcome, 2)
+
+
+def _service_override(text: str) -> tuple[str, str]:
+    """NODE=IP for --service."""
+    from pinhole.controller.cluster import NODES
+
+    node, sep, ip = text.partition("=")
+    if not sep or node not in NODES:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE=IP with NODE one of {', '.join(NODES)}")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {ip!r} is not an IP address") from None
+    return node, ip
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
@@ -128,6 +189,90 @@ def main(argv: list[str] | None = None) -> int:
         help="also send every span to this OTLP/gRPC endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
     run_p.set_defaults(func=cmd_run)
+
+    env = os.environ
+    cluster_p = sub.add_parser(
+        "cluster-run",
+        help="run a scenario against a lab already running in a cluster (the k8s/controller Job)",
+        description="Find the lab's pods (label app.kubernetes.io/name=<node>, gRPC on port 50051 of each pod "
+        "IP), receive their spans over OTLP/gRPC, drive the call and judge it. Exit 0 on PASS, 1 on FAIL, "
+        "2 when the lab could not run it. Defaults come from the ConfigMap pinhole-scenario (PINHOLE_*).",
+    )
+    cluster_p.add_argument(
+        "scenario",
+        nargs="?",
+        default=env.get("PINHOLE_SCENARIO") or "rfc5763-7.3",
+        choices=sorted(SCENARIOS),
+        help="default: $PINHOLE_SCENARIO, else rfc5763-7.3",
+    )
+    cluster_p.add_argument(
+        "--timers",
+        default=env.get("PINHOLE_TIMERS") or "rfc",
+        choices=sorted(TIMERS),
+        help="rfc defaults or short test timers (default: $PINHOLE_TIMERS or rfc)",
+    )
+    cluster_p.add_argument(
+        "--namespace",
+        default=env.get("POD_NAMESPACE") or "pinhole",
+        help="where the lab's pods are (default: $POD_NAMESPACE or pinhole)",
+    )
+    cluster_p.add_argument("--out", default="out", help="artifact root; each run writes OUT/<run-id>/")
+    cluster_p.add_argument(
+        "--service",
+        metavar="NODE=IP",
+        type=_service_override,
+        action="append",
+        default=[],
+        help="a node's pod IP instead of asking the Kubernetes API (repeatable; all six: no API at all)",
+    )
+    cluster_p.add_argument(
+        "--alice-address",
+        default="10.10.1.10",
+        type=_ipv4,
+        metavar="IP",
+        help="Alice's lab address behind the NAT, on her VXLAN link (default 10.10.1.10)",
+    )
+    cluster_p.add_argument(
+        "--nat-inside",
+        default="10.10.1.1",
+        type=_ipv4,
+        metavar="IP",
+        help="the NAT's address on Alice's LAN (default 10.10.1.1)",
+    )
+    cluster_p.add_argument(
+        "--nat-mapping",
+        default=env.get("PINHOLE_NAT_MAPPING") or None,
+        help="RFC 4787 mapping: endpoint-independent, address-dependent or address-and-port-dependent "
+        "(default: $PINHOLE_NAT_MAPPING, else endpoint-independent)",
+    )
+    cluster_p.add_argument(
+        "--nat-filtering",
+        default=env.get("PINHOLE_NAT_FILTERING") or None,
+        help="RFC 4787 filtering, same names (default: $PINHOLE_NAT_FILTERING, else address-and-port-dependent)",
+    )
+    cluster_p.add_argument(
+        "--nat-mapping-timeout",
+        default=env.get("PINHOLE_NAT_MAPPING_TIMEOUT") or None,
+        metavar="SECONDS",
+        help="at least 120 (default: $PINHOLE_NAT_MAPPING_TIMEOUT, else 300)",
+    )
+    cluster_p.add_argument(
+        "--otlp-listen",
+        default="0.0.0.0:4317",
+        metavar="ADDRESS",
+        help="where this controller receives the services' spans (default 0.0.0.0:4317, the Service's port)",
+    )
+    cluster_p.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for Ready pods and SERVING services (default 300)",
+    )
+    cluster_p.add_argument(
+        "--otlp-forward", metavar="ENDPOINT", help="also send the run's whole trace to this OTLP/gRPC endpoint"
+    )
+    cluster_p.set_defaults(func=cmd_cluster_run)
 
     judge = sub.add_parser("verdict", help="recompute a run's verdict from its saved evidence")
     judge.add_argument("run", nargs="?", default="out/last")

@@ -95,3 +95,16 @@ def test_dockerignore_keeps_the_context_small():
     assert "*" in ignore, "the build context should be an allow list"
     for needed in ("!pyproject.toml", "!pinhole/", "!services/", "!netns/", "!proto/", "!build/wheelhouse/"):
         assert needed in ignore
+
+
+def test_controller_target_runs_pinhole_as_non_root():
+    """The k8s/controller Job's image: the `pinhole` CLI (cluster-run) and the Kubernetes client, unprivileged."""
+    all_stages = stages()
+    assert "controller" in all_stages, "Dockerfile has no stage `FROM ... AS controller`"
+    user = effective_user("controller", all_stages)
+    assert user is not None and user.split(":")[0] not in ("root", "0"), f"controller runs as {user}"
+    commands = [args for keyword, args in all_stages["controller"] if keyword in ("CMD", "ENTRYPOINT")]
+    assert commands and '"pinhole"' in commands[-1]
+    # the `lab` extra (kubernetes) is installed only where the controller's environment is built
+    text = "\n".join(args for stage in all_stages.values() for keyword, args in stage if keyword == "RUN")
+    assert '["optional-dependencies"]["lab"]' in text

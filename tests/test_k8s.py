@@ -326,13 +326,17 @@ def test_skaffold_artifacts_are_dockerfile_targets():
         assert docker.get("dockerfile", "Dockerfile") == "Dockerfile" and artifact.get("context", ".") == "."
         assert docker["target"] in targets, f"{artifact['image']}: no `FROM ... AS {docker['target']}` in Dockerfile"
         assert artifact["image"] == f"localhost/pinhole-{docker['target']}"
-    assert config["manifests"]["kustomize"]["paths"] == ["k8s/base"]
+    # the lab and the controller Job, so skaffold's image tags reach the Job too
+    assert config["manifests"]["kustomize"]["paths"] == ["k8s/base", "k8s/controller"]
     profiles = {p["name"]: p for p in config["profiles"]}
     assert profiles["local"]["build"]["local"]["push"] is False
     ci_paths = profiles["ci"]["manifests"]["kustomize"]["paths"]
     for profile in profiles.values():
         for path in profile.get("manifests", {}).get("kustomize", {}).get("paths", []):
             assert (ROOT / path / "kustomization.yaml").is_file(), f"profile {profile['name']}: {path}"
+    for profile in profiles.values():
+        paths = profile.get("manifests", {}).get("kustomize", {}).get("paths")
+        assert paths is None or paths[-1] == "k8s/controller", f"profile {profile['name']} runs no scenario"
     ci = yaml.safe_load((ROOT / ci_paths[0] / "kustomization.yaml").read_text())
     assert any(c.endswith("components/short-timers") for c in ci.get("components", []))
     assert not any(c.endswith("components/tracing") for c in ci.get("components", []))

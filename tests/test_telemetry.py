@@ -10,7 +10,7 @@ import sys
 
 from pinhole import stun
 from pinhole.controller.otlp import OtlpReceiver
-from pinhole.controller.services import REPO_ROOT, channel, wait_healthy
+from pinhole.controller.services import REPO_ROOT, channel, local_targets, wait_healthy
 from pinhole.rpc.v1 import events_pb2, stunserver_pb2_grpc
 
 
@@ -41,7 +41,7 @@ def test_sigterm_loses_no_span(tmp_path):
     ]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(tmp_path, ["stun"], timeout=30, pids={"stun": process.pid})
+        wait_healthy(local_targets(tmp_path, ["stun"]), timeout=30, pids={"stun": process.pid}, logs=tmp_path)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(10)
             for _ in range(25):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +178,11 @@ def lab_up(
             lab, topology, otlp_endpoint=f"unix:{otlp_socket(lab.service_run_dir)}", extra_env=extra_env
         )
         wait_healthy(local_targets(lab.run_dir, pids), pids=pids, logs=lab.logs_hint())
-    except BaseException:
-        lab.down()
+    except BaseException as error:
+        kept = Path(tempfile.mkdtemp(prefix=f"{name}-failed-"))
+        lab.down(keep_logs=kept)
         receiver.stop()
+        error.add_note(f"the services' logs are kept in {kept}")
         raise
     _RECEIVERS[name] = receiver
     timings["services"] = time.monotonic() - started
@@ -246,16 +249,28 @@ class Endpoints:
         return mapping
 
 
-def configure(clients: ServiceClients, endpoints: Endpoints, scenario: Scenario, timers: Timers) -> None:
-    """Put every service in the scenario's state (the defaults are those of §7.3)."""
-    sip = endpoints.sip
-    clients.stub("natgw").Configure(
-        natgw_pb2.NatConfig(
-            mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
-            filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-            mapping_timeout_seconds=300,
-        )
+def default_nat() -> natgw_pb2.NatConfig:
+    """The NAT of §7.3: endpoint-independent mapping, address-and-port-dependent filtering (RFC 4787)."""
+    return natgw_pb2.NatConfig(
+        mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+        mapping_timeout_seconds=300,
     )
+
+
+def configure(
+    clients: ServiceClients,
+    endpoints: Endpoints,
+    scenario: Scenario,
+    timers: Timers,
+    nat: natgw_pb2.NatConfig | None = None,
+) -> None:
+    """Put every service in the scenario's state (the defaults are those of §7.3).
+
+    `nat`: the gateway's RFC 4787 behaviour (default `default_nat()`; a cluster run reads it from its ConfigMap).
+    """
+    sip = endpoints.sip
+    clients.stub("natgw").Configure(default_nat() if nat is None else nat)
     clients.stub("proxy-a").Configure(
         proxy_pb2.ProxyConfig(
             record_route=True,

@@ -1,0 +1,390 @@
+"""`pinhole cluster-run`: the §7.3 call against a lab whose services already run elsewhere (Kubernetes).
+
+In a cluster nobody hands the controller a topology: each service is a pod (label
+app.kubernetes.io/name=<node>, gRPC on port 50051 of its pod IP), so the controller finds the pods
+through the API (`discover`), derives the lab addresses from them (`endpoints_for`: Alice sits behind
+the NAT on the VXLAN link, everyone else on the pod network) and then drives and judges the call
+exactly like a local run (run.configure, run.drive_call, run.judge_call). Spans come to the
+controller's own OTLP/gRPC receiver (Service pinhole-controller, port 4317). There are no packet
+captures: the verdict's capture cross-checks are skipped, the trace and the NAT's own reports remain.
+
+Where there is no API (podman kube play, a laptop), `--service NODE=IP` names each pod instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pinhole import telemetry
+from pinhole.controller import verdict
+from pinhole.controller.otlp import OtlpReceiver, write_otlp_json
+from pinhole.controller.run import (
+    SCENARIOS,
+    TIMERS,
+    Endpoints,
+    Progress,
+    configure,
+    default_nat,
+    drive_call,
+    judge_call,
+    link_last,
+    new_run_dir,
+)
+from pinhole.controller.services import ServiceClients, wait_healthy
+from pinhole.rpc.v1 import natgw_pb2
+
+LABEL = "app.kubernetes.io/name"
+GRPC_PORT = 50051
+# node -> kind of service (services.STUBS): the lab of netns/topology.toml and k8s/base
+KINDS = {
+    "alice": "useragent",
+    "bob": "useragent",
+    "proxy-a": "proxy",
+    "proxy-b": "proxy",
+    "natgw": "natgw",
+    "stun": "stunserver",
+}
+NODES = tuple(KINDS)
+# Alice's and the NAT's addresses on their VXLAN link (k8s/base/alice.yaml, natgw.yaml)
+ALICE_ADDRESS = "10.10.1.10"
+NAT_INSIDE = "10.10.1.1"
+
+# RFC 4787 behaviours as the ConfigMap pinhole-scenario spells them (k8s/base/config.yaml) -> NatConfig enums
+NAT_MAPPINGS = {
+    "endpoint-independent": natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+    "address-dependent": natgw_pb2.MAPPING_ADDRESS_DEPENDENT,
+    "address-and-port-dependent": natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+}
+NAT_FILTERINGS = {
+    "endpoint-independent": natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
+    "address-dependent": natgw_pb2.FILTERING_ADDRESS_DEPENDENT,
+    "address-and-port-dependent": natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+}
+MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the scenario (pods missing, API refused, bad settings): exit 2, not a verdict."""
+
+
+# --------------------------------------------------------------------------- NAT settings
+
+
+def nat_config(
+    mapping: str | None = None, filtering: str | None = None, mapping_timeout: str | int | None = None
+) -> natgw_pb2.NatConfig:
+    """The NatConfig for the ConfigMap's strings (None: §7.3's NAT, run.default_nat). A value the gateway
+    does not know is an error, never quietly the default."""
+    default = default_nat()
+
+    def pick(kind: str, table: dict[str, int], value: str | None, fallback: int) -> int:
+        if value is None:
+            return fallback
+        if value.strip() not in table:
+            raise ClusterError(f"NAT {kind} {value!r} is not one of: {', '.join(table)}")
+        return table[value.strip()]
+
+    if mapping_timeout is None:
+        seconds = default.mapping_timeout_seconds
+    else:
+        try:
+            seconds = int(str(mapping_timeout).strip())
+        except ValueError:
+            raise ClusterError(f"NAT mapping timeout {mapping_timeout!r} is not a whole number of seconds") from None
+        if seconds < MIN_MAPPING_TIMEOUT:
+            raise ClusterError(f"NAT mapping timeout {seconds}s is below the {MIN_MAPPING_TIMEOUT}s of RFC 4787 REQ-5")
+    return natgw_pb2.NatConfig(
+        mapping=pick("mapping", NAT_MAPPINGS, mapping, default.mapping),
+        filtering=pick("filtering", NAT_FILTERINGS, filtering, default.filtering),
+        mapping_timeout_seconds=seconds,
+    )
+
+
+def nat_config_from_env(env: Mapping[str, str] | None = None) -> natgw_pb2.NatConfig:
+    """PINHOLE_NAT_MAPPING, PINHOLE_NAT_FILTERING, PINHOLE_NAT_MAPPING_TIMEOUT (ConfigMap pinhole-scenario);
+    unset or empty ones keep §7.3's NAT."""
+    env = os.environ if env is None else env
+    return nat_config(
+        env.get("PINHOLE_NAT_MAPPING") or None,
+        env.get("PINHOLE_NAT_FILTERING") or None,
+        env.get("PINHOLE_NAT_MAPPING_TIMEOUT") or None,
+    )
+
+
+def nat_name(table: dict[str, int], value: int) -> str:
+    """The ConfigMap's name of an enum value ("unspecified": the gateway's own default)."""
+    return next((name for name, number in table.items() if number == value), "unspecified")
+
+
+def describe_nat(nat: natgw_pb2.NatConfig) -> str:
+    return (
+        f"mapping {nat_name(NAT_MAPPINGS, nat.mapping)}, filtering {nat_name(NAT_FILTERINGS, nat.filtering)}, "
+        f"timeout {nat.mapping_timeout_seconds}s"
+    )
+
+
+# --------------------------------------------------------------------------- finding the pods
+
+
+def kubernetes_api() -> Any:
+    """A CoreV1Api: the pod's service account in a cluster, else the user's kubeconfig (a laptop)."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise ClusterError("the kubernetes client is not installed (pip install 'pinhole[lab]')") from None
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as error:
+            raise ClusterError(f"no in-cluster service account and no usable kubeconfig: {error}") from None
+    return client.CoreV1Api()
+
+
+def _is_ready(pod: Any) -> bool:
+    status = pod.status
+    if pod.metadata.deletion_timestamp is not None or status is None or status.phase != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+
+
+def _pod_problem(pod: Any) -> str:
+    """Why a pod does not count yet, for the timeout message."""
+    name, status = pod.metadata.name, pod.status
+    if pod.metadata.deletion_timestamp is not None:
+        return f"{name} terminating"
+    if status is None or status.phase != "Running":
+        return f"{name} {getattr(status, 'phase', None) or 'without status'}"
+    if not status.pod_ip:
+        return f"{name} has no pod IP"
+    return f"{name} not Ready"
+
+
+def match_pods(pods: list[Any], nodes: tuple[str, ...] | list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(node -> pod IP of its single Running+Ready pod, node -> why it has none yet)."""
+    by_node: dict[str, list[Any]] = {node: [] for node in nodes}
+    for pod in pods:
+        node = (pod.metadata.labels or {}).get(LABEL)
+        if node in by_node:
+            by_node[node].append(pod)
+    found, problems = {}, {}
+    for node, candidates in by_node.items():
+        ready = [p for p in candidates if _is_ready(p) and p.status.pod_ip]
+        if len(ready) == 1:
+            found[node] = ready[0].status.pod_ip
+        elif len(ready) > 1:  # one instance per service: two Alices would make the ladder lie
+            problems[node] = f"{len(ready)} Ready pods ({', '.join(p.metadata.name for p in ready)})"
+        elif candidates:
+            problems[node] = "; ".join(_pod_problem(p) for p in candidates)
+        else:
+            problems[node] = f"no pod labelled {LABEL}={node}"
+    return found, problems
+
+
+def discover(
+    namespace: str,
+    api: Any = None,
+    timeout: float = 300.0,
+    *,
+    nodes: tuple[str, ...] | list[str] = NODES,
+    interval: float = 2.0,
+) -> dict[str, str]:
+    """node -> pod IP, once every node has exactly one Running+Ready pod; ClusterError naming the rest on timeout.
+
+    A bounded poll (one list call per round, all nodes at once) rather than a watch: the lab has six
+    pods, and a list survives API restarts and RBAC without resourceVersion bookkeeping.
+    `api`: anything with CoreV1Api.list_namespaced_pod (tests pass a fake); default `kubernetes_api()`.
+    """
+    api = kubernetes_api() if api is None else api
+    selector = f"{LABEL} in ({','.join(sorted(nodes))})"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # a bounded request: an API server that accepts but never answers must not outlast `timeout`
+            pods = api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=10).items
+        except Exception as error:
+            status = getattr(error, "status", None)
+            if status in (401, 403, 404):  # waiting will not fix credentials, RBAC or a missing namespace
+                raise ClusterError(
+                    f"listing pods in namespace {namespace} failed ({status} {getattr(error, 'reason', '')}): "
+                    "the controller needs get/list on pods there (k8s/controller/rbac.yaml)"
+                ) from error
+            problems = {node: f"API error: {type(error).__name__}: {error}" for node in nodes}
+        else:
+            found, problems = match_pods(pods, nodes)
+            if not problems:
+                return found
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            missing = ", ".join(sorted(problems))
+            details = "; ".join(f"{node}: {why}" for node, why in sorted(problems.items()))
+            raise ClusterError(
+                f"no Running+Ready pod after {timeout:.0f}s in namespace {namespace} for {missing} ({details})"
+            )
+        time.sleep(min(interval, remaining))
+
+
+def endpoints_for(
+    pod_ips: Mapping[str, str], *, alice_address: str = ALICE_ADDRESS, nat_inside: str = NAT_INSIDE
+) -> Endpoints:
+    """Lab addresses from the pods: Alice and the NAT's inside live on their VXLAN link, the NAT's
+    outside is its pod IP (it masquerades there), everyone else uses their pod IP."""
+    missing = [node for node in NODES if node != "alice" and node not in pod_ips]
+    if missing:
+        raise ClusterError(f"no address for {', '.join(missing)}")
+    addresses = {node: pod_ips[node] for node in NODES if node != "alice"}
+    addresses["alice"] = alice_address
+    return Endpoints(addresses=addresses, nat_inside=nat_inside, nat_outside=pod_ips["natgw"])
+
+
+def grpc_target(ip: str, port: int = GRPC_PORT) -> str:
+    return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
+
+
+def plan(
+    namespace: str,
+    *,
+    services: Mapping[str, str] | None = None,
+    alice_address: str = ALICE_ADDRESS,
+    nat_inside: str = NAT_INSIDE,
+    api: Any = None,
+    timeout: float = 300.0,
+) -> tuple[Endpoints, dict[str, str]]:
+    """(lab addresses, node -> gRPC target). Nodes in `services` (node -> pod IP) are taken as given;
+    only the others are looked up, so naming all six needs no Kubernetes API at all."""
+    pod_ips = dict(services or {})
+    missing = [node for node in NODES if node not in pod_ips]
+    if missing:
+        pod_ips.update(discover(namespace, api, timeout, nodes=missing))
+    targets = {node: grpc_target(pod_ips[node]) for node in NODES}
+    return endpoints_for(pod_ips, alice_address=alice_address, nat_inside=nat_inside), targets
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def local_endpoint(endpoint: str) -> str:
+    """Where this process reaches its own receiver: a wildcard bind address is not a destination."""
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or parsed.hostname not in ("0.0.0.0", "::", ""):
+        return endpoint
+    host = "127.0.0.1" if parsed.hostname == "0.0.0.0" else "localhost"
+    return f"{parsed.scheme}://{host}:{parsed.port}"
+
+
+def _wait_for_spans(receiver: OtlpReceiver, events: list[dict[str, Any]], call_id: str, timeout: float) -> None:
+    """Spans through a collector (the tracing component) arrive after FlushTelemetry returns: wait for
+    every span the services reported for the call, so the verdict does not call the lab broken early."""
+    wanted = {e["span_id"] for e in events if e["call_id"] == call_id and e.get("span_id")}
+    if wanted:
+        receiver.wait_for(lambda spans: wanted <= {s.span_id for s in spans}, timeout)
+
+
+def cluster_run(
+    scenario_name: str = "rfc5763-7.3",
+    timers_name: str = "rfc",
+    namespace: str = "pinhole",
+    out_root: Path = Path("/out"),
+    *,
+    otlp_listen: str = "0.0.0.0:4317",
+    services: Mapping[str, str] | None = None,
+    alice_address: str = ALICE_ADDRESS,
+    nat_inside: str = NAT_INSIDE,
+    nat: natgw_pb2.NatConfig | None = None,
+    api: Any = None,
+    wait: float = 300.0,
+    span_wait: float = 15.0,
+    targets: Mapping[str, str] | None = None,
+    endpoints: Endpoints | None = None,
+    receiver: OtlpReceiver | None = None,
+    forward_to: str | None = None,
+    progress: bool = True,
+) -> tuple[verdict.Verdict, Path]:
+    """Run one scenario against running services; returns the verdict and the run's artifact directory.
+
+    The pods are found through the API (or `services`: node -> pod IP); `wait` bounds both the wait
+    for Ready pods and the wait for SERVING health. `targets` (node -> gRPC target) with `endpoints`
+    skip discovery entirely: that is how a local lab's unix sockets are driven the cluster's way.
+    `receiver`: an OTLP receiver already running where the services export (else one is started on
+    `otlp_listen` for this run). `nat`: the gateway's behaviour (default: §7.3's, see nat_config_from_env).
+    """
+    scenario = SCENARIOS[scenario_name]
+    timers = TIMERS[timers_name]
+    nat = default_nat() if nat is None else nat
+    show = Progress(progress)
+    run_id, out_dir = new_run_dir(out_root, scenario)
+    measurements: dict[str, Any] = {"backend": "cluster", "nat": describe_nat(nat)}
+    owned = receiver is None
+    if receiver is None:
+        receiver = OtlpReceiver(otlp_listen)
+    tracer_provider = None
+    clients: ServiceClients | None = None
+    trace_request = None
+    try:
+        if owned:
+            show.stage(f"OTLP receiver on {otlp_listen}")
+            receiver.start()
+        else:
+            receiver.clear()
+        started = time.monotonic()
+        if targets is None or endpoints is None:
+            unnamed = [node for node in NODES if node not in (services or {})]
+            if unnamed:
+                show.stage(f"finding the pods of {', '.join(unnamed)} in namespace {namespace}")
+            found_endpoints, found_targets = plan(
+                namespace, services=services, alice_address=alice_address, nat_inside=nat_inside, api=api, timeout=wait
+            )
+            endpoints = endpoints or found_endpoints
+            targets = targets or found_targets
+            measurements["discover_s"] = round(time.monotonic() - started, 3)
+        targets = dict(targets)
+        show.stage("waiting for every service to be SERVING: " + ", ".join(f"{n} {t}" for n, t in targets.items()))
+        # Ready pods are SERVING (gRPC readiness probes), but the path from here may lag: never less than 30 s
+        left = max(wait - (time.monotonic() - started), min(wait, 30.0))
+        wait_healthy(targets, timeout=left, logs="its pod's log")
+        measurements["healthy_s"] = round(time.monotonic() - started, 3)
+        kinds = {node: KINDS[node] for node in targets}
+        clients = ServiceClients(targets, kinds)
+        tracer_provider, tracer = telemetry.run_tracer(local_endpoint(receiver.endpoint or ""))
+        show.stage(f"configuring services (NAT: {measurements['nat']})")
+        configure(clients, endpoints, scenario, timers, nat=nat)
+        record = drive_call(clients, kinds, scenario, timers, tracer, show)
+        tracer_provider.shutdown()  # exports the run's own span
+        tracer_provider = None
+        _wait_for_spans(receiver, record.events, record.call_id, span_wait)
+        trace_request = receiver.request()
+        result = judge_call(
+            trace_request,
+            record,
+            endpoints,
+            scenario=scenario,
+            timers_name=timers_name,
+            out_dir=out_dir,
+            captures=None,  # no packet capture in a cluster: the trace and the NAT's reports are the evidence
+            measurements=measurements,
+            forward_to=forward_to,
+        )
+    except Exception:
+        # leave what there is for the post-mortem: the error and every span received so far
+        (out_dir / "error.txt").write_text(traceback.format_exc())
+        if trace_request is None and receiver.endpoint is not None:
+            write_otlp_json(receiver.request(), out_dir / "trace.json")
+        raise
+    finally:
+        if clients is not None:
+            clients.close()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
+        if owned:
+            receiver.stop()
+    link_last(out_root, run_id)
+    show.done()
+    return result, out_dir
