@@ -28,6 +28,15 @@ SERVICES="${SERVICES:-$(cd "$ROOT/services" && for d in */; do [ -f "$d/__main__
 # Dockerfile targets that are not services: the controller (k8s/controller/job.yaml). Empty: services only.
 EXTRA_TARGETS="${EXTRA_TARGETS-controller}"
 
+# The Debian mirror the host's apt uses (the one reachable from here), else deb.debian.org.
+mirror() {
+    if [ -n "${MIRROR:-}" ]; then echo "$MIRROR"; return; fi
+    found=$(awk '$1 == "URIs:" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$found" ] || found=$(awk '$1 == "deb" && $0 !~ /security/ {print ($2 ~ /^\[/ ? $3 : $2); exit}' \
+        /etc/apt/sources.list 2>/dev/null || true)
+    echo "${found:-http://deb.debian.org/debian}"
+}
+
 base_image() {
     if podman image exists "$BASE_IMAGE"; then
         echo "base image $BASE_IMAGE exists"
@@ -35,7 +44,7 @@ base_image() {
     fi
     rootfs=$(mktemp -d /var/tmp/pinhole-rootfs.XXXXXX)
     trap 'rm -rf "$rootfs"' EXIT
-    debootstrap --variant=minbase --include=python3,python3-venv "$SUITE" "$rootfs" >/dev/null
+    debootstrap --variant=minbase --include=python3,python3-venv "$SUITE" "$rootfs" "$(mirror)" >/dev/null
     # Smaller image: no apt lists, caches, docs or man pages are needed at run time.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
