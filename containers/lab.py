@@ -184,6 +184,8 @@ class ContainerLab:
         started = time.perf_counter()
         if self.exists():
             raise LabError(f"lab {self.name} is already up; bring it down first")
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            raise LabError(f"{self.run_dir} is in use (a namespace lab of the same name?); pick another --name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o1777)  # unprivileged services create their sockets here
         state = {"lab": self.name, "backend": "docker", "networks": [], "containers": []}

@@ -290,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     tracing.set_defaults(func=cmd_trace)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    from netns.lab import LabError
+
+    try:
+        return args.func(args)
+    except LabError as error:  # a lab that cannot be built or found: say why, no traceback
+        print(f"pinhole: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
