@@ -81,3 +81,8 @@ base-image: setup image-tools
 images: setup image-tools
 	containers/images.sh images
 	containers/images.sh smoke
+
+## kube-play: the rendered k8s/ manifests as pods of the local images (podman kube play), the §7.3 Job's verdict
+.PHONY: kube-play
+kube-play: images
+	$(PY) -m containers.kube_play --overlay k8s/overlays/ci

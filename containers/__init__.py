@@ -1,1 +1,2 @@
-"""Container images (Dockerfile, images.sh) and the container lab backend (lab.py)."""
+"""Containers: the image build (Dockerfile, images.sh), the container lab backend (lab.py) and
+`podman kube play` of the Kubernetes manifests (kube_play.py)."""

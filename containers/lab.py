@@ -14,8 +14,9 @@ Same nodes, addresses and services as the namespace lab, so a run gets the same 
 
 Engine: $DOCKER_HOST if set, else /var/run/docker.sock if present, else a Podman API service that the
 lab starts itself (`podman system service`, configured by containers/*.conf) and stops at down.
-The engine's host bridges carry an address of each lab subnet (the engine's gateway, .254 here); no
-container routes to it, and internal networks are not forwarded out.
+On Podman the lab's networks are made through its own API without DNS, so the host's bridges get no
+address in the lab (Docker always gives them the network's gateway address, .254 here, which no
+container routes to); internal networks are never forwarded out.
 """
 
 from __future__ import annotations
@@ -192,23 +193,45 @@ class ContainerLab:
         self._save(state)
         try:
             self._start_engine(state)
-            from docker.types import IPAMConfig, IPAMPool
-
             for segment in segments(self.topology):
-                name = f"{self.name}-{segment.name}"
-                network = self.client().networks.create(
-                    name,
-                    driver="bridge",
-                    internal=True,
-                    labels={LABEL: self.name},
-                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(segment.subnet), gateway=segment.gateway)]),
-                )
-                state["networks"].append(network.id)
+                state["networks"].append(self._create_network(segment))
                 self._save(state)
         except BaseException:
             self.down()
             raise
         return time.perf_counter() - started
+
+    def _create_network(self, segment: Segment) -> str:
+        """An internal network for the segment; returns its id.
+
+        Podman's own API can make it without DNS, and then the host's bridge gets no address at all
+        (the docker API cannot say so: Docker, and Podman through it, put the gateway address on it).
+        """
+        client, name = self.client(), f"{self.name}-{segment.name}"
+        if any(c.get("Name") == "Podman Engine" for c in client.version().get("Components", [])):
+            api = client.api
+            spec = {
+                "name": name,
+                "driver": "bridge",
+                "internal": True,
+                "dns_enabled": False,
+                "labels": {LABEL: self.name},
+                "subnets": [{"subnet": str(segment.subnet)}],
+            }
+            reply = api._post(
+                f"{api.base_url}/v4.0.0/libpod/networks/create",
+                data=json.dumps(spec),
+                headers={"Content-Type": "application/json"},
+            )
+            api._raise_for_status(reply)
+            return reply.json()["id"]
+        from docker.types import IPAMConfig, IPAMPool
+
+        pool = IPAMPool(subnet=str(segment.subnet), gateway=segment.gateway)
+        network = client.networks.create(
+            name, driver="bridge", internal=True, labels={LABEL: self.name}, ipam=IPAMConfig(pool_configs=[pool])
+        )
+        return network.id
 
     def spawn(self, node: str, argv: list[str], *, log_path: Path, env: dict[str, str]) -> Started:
         """Run the node's service as a container (argv[0], the interpreter, becomes the image's python).

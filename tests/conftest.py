@@ -59,3 +59,29 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+IMAGE_BUILD: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Every image (services and controller), built once per session from this tree by containers/images.sh
+    (cached layers: a no-op rebuild when nothing changed; PINHOLE_IMAGES_BUILT=1 skips it when you just
+    built them). Skips without root or podman."""
+    import shutil
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (make image-tools)")
+    if os.environ.get("PINHOLE_IMAGES_BUILT") == "1":
+        return
+    root = Path(__file__).resolve().parent.parent
+    started = time.monotonic()
+    build = subprocess.run(
+        [str(root / "containers" / "images.sh"), "images"], capture_output=True, text=True, timeout=1200
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    IMAGE_BUILD["images_s"] = round(time.monotonic() - started, 1)

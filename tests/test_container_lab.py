@@ -8,8 +8,6 @@ API, and the scenarios of the namespace lab run on it: the verdict must be the s
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -23,22 +21,6 @@ pytestmark = pytest.mark.containers
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
-
-
-@pytest.fixture(scope="module")
-def images():
-    """Every service image, built from this tree (a no-op rebuild when nothing changed)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    from containers.lab import engine_url
-
-    if shutil.which("podman") is None and engine_url() is None:
-        pytest.skip("no container engine: make image-tools installs podman")
-    build = subprocess.run(
-        [str(ROOT / "containers" / "images.sh"), "images"], capture_output=True, text=True, timeout=1200
-    )
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    return build.stdout
 
 
 @pytest.fixture(scope="module")
