@@ -46,8 +46,8 @@ WORKDIR /var/lib/pinhole
 # ---- runtime: the environment, shared by every service ----
 FROM runtime-base AS runtime
 COPY --from=build /opt/pinhole /opt/pinhole
-# gRPC sockets go to /run/pinhole (mount a volume there to reach them from the host or other containers).
-VOLUME ["/run/pinhole"]
+# gRPC sockets go to /run/pinhole: mount a volume there to reach them from the host or other containers (no
+# VOLUME instruction: every container started without that mount would leave an anonymous volume behind).
 
 FROM runtime AS useragent
 USER 10001:10001

@@ -85,6 +85,8 @@ images() {
             --tag "localhost/pinhole-$target:latest" "$ROOT" >/dev/null
         echo "built localhost/pinhole-$target in $(( $(date +%s) - start )) s"
     done
+    # the images these builds replaced (this store is the project's own: nothing else lives in it)
+    podman image prune --force >/dev/null
     podman images --filter 'reference=localhost/pinhole-*'
 }
 

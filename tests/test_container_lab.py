@@ -27,6 +27,7 @@ SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py
 def container_lab(images):
     """A running container lab, torn down even if the tests fail; nothing of it may be left."""
     name = f"ph-c{uuid.uuid4().hex[:6]}"
+    volumes = set(_podman("volume", "ls", "--quiet").split())
     running, topology, timings = lab_up(name, backend="docker")
     client = running.client()
     engine_pid = running._state().get("engine_pid")
@@ -44,6 +45,8 @@ def container_lab(images):
         assert not left.split(), f"containers left behind: {left}"
         left = _podman("network", "ls", "--filter", f"label=io.pinhole.lab={name}", "--format", "{{.Name}}")
         assert not left.split(), f"networks left behind: {left}"
+        left = set(_podman("volume", "ls", "--quiet").split()) - volumes
+        assert not left, f"volumes left behind: {left}"
 
 
 def _cmdline(pid: int) -> str:
