@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pinhole.controller import ladder, verdict
 from pinhole.controller.run import (
@@ -58,18 +59,56 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scenario(name: str) -> Any:
+    """A built-in scenario by name, or the one scenario of a file (scenarios/*.yaml)."""
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    from pinhole.controller.scenario import ScenarioError, load
+
+    path = Path(name)
+    if not path.exists():
+        raise ScenarioError(f"{name}: neither a built-in scenario ({', '.join(sorted(SCENARIOS))}) nor a file")
+    scenarios = load(path)
+    if len(scenarios) != 1:
+        raise ScenarioError(f"{name}: a matrix of {len(scenarios)} cells; run it with `pinhole matrix {name}`")
+    return scenarios[0]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _require_root()
+    scenario = _scenario(args.scenario)
     result, out_dir = run(
-        args.scenario,
-        timers_name=args.timers,
+        scenario,
+        timers_name=args.timers or scenario.timers or "rfc",
         lab_name=args.lab,
         backend=args.backend,
         out_root=Path(args.out),
         forward_to=args.otlp_forward,
     )
     _report(result, out_dir)
-    return 0 if result.passed else 1
+    if scenario.expect is None:
+        return 0 if result.passed else 1
+    from pinhole.controller.matrix import judge_cell
+
+    evidence = json.loads((out_dir / "evidence.json").read_text())
+    cell = judge_cell(scenario, evidence, result.outcome, tuple(c.message for c in result.checks if not c.passed))
+    print(f"call: {cell.observed} ({cell.reason}); expected {scenario.expect.outcome}: {scenario.expect.why}")
+    return 0 if cell.matched and not result.broken else 1
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """Exit 0 when every cell is as expected, 1 when any differs."""
+    _require_root()
+    from pinhole.controller.matrix import run_matrix, table
+    from pinhole.controller.scenario import load_all
+
+    scenarios = load_all(Path(args.target))
+    cells, out_dir = run_matrix(
+        scenarios, timers_name=args.timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
+    )
+    print(table(cells))
+    print(f"artifacts: {out_dir} (index.html links every cell's ladder; matrix.json, matrix.md)")
+    return 0 if all(c.matched for c in cells) else 1
 
 
 def _report(result: verdict.Verdict, out_dir: Path) -> None:
@@ -181,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     lab.set_defaults(func=cmd_lab)
 
     run_p = sub.add_parser("run", help="run a scenario end to end and judge it")
-    run_p.add_argument("scenario", nargs="?", default="rfc5763-7.3", choices=sorted(SCENARIOS))
-    run_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS), help="rfc defaults or short test timers")
+    run_p.add_argument(
+        "scenario", nargs="?", default="rfc5763-7.3", help=f"{', '.join(sorted(SCENARIOS))} or a scenario file"
+    )
+    run_p.add_argument(
+        "--timers", choices=sorted(TIMERS), help="rfc defaults or short test timers (default: the file's, else rfc)"
+    )
     run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
     run_p.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
     run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
@@ -277,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster_p.set_defaults(func=cmd_cluster_run)
 
+    matrix = sub.add_parser("matrix", help="run every scenario of a file or directory; expected vs observed")
+    matrix.add_argument("target", nargs="?", default="scenarios", help="a scenario file or a directory of them")
+    matrix.add_argument("--timers", default="short", choices=sorted(TIMERS), help="unless a scenario says")
+    matrix.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
+    matrix.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
+    matrix.add_argument("--out", default="out", help="artifact root; the matrix writes out/<id>-matrix/")
+    matrix.set_defaults(func=cmd_matrix)
+
     judge = sub.add_parser("verdict", help="recompute a run's verdict from its saved evidence")
     judge.add_argument("run", nargs="?", default="out/last")
     judge.add_argument("--ladder", action="store_true")
@@ -291,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from netns.lab import LabError
+    from pinhole.controller.scenario import ScenarioError
 
     try:
         return args.func(args)
-    except LabError as error:  # a lab that cannot be built or found: say why, no traceback
+    except (LabError, ScenarioError) as error:  # a lab or a scenario that cannot be: say why, no traceback
         print(f"pinhole: {error}", file=sys.stderr)
         return 2
 

@@ -37,6 +37,7 @@ from pinhole.controller.run import (
     link_last,
     new_run_dir,
 )
+from pinhole.controller.scenario import MIN_MAPPING_TIMEOUT, NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
 from pinhole.rpc.v1 import natgw_pb2
 
@@ -57,17 +58,6 @@ ALICE_ADDRESS = "10.10.1.10"
 NAT_INSIDE = "10.10.1.1"
 
 # RFC 4787 behaviours as the ConfigMap pinhole-scenario spells them (k8s/base/config.yaml) -> NatConfig enums
-NAT_MAPPINGS = {
-    "endpoint-independent": natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
-    "address-dependent": natgw_pb2.MAPPING_ADDRESS_DEPENDENT,
-    "address-and-port-dependent": natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
-}
-NAT_FILTERINGS = {
-    "endpoint-independent": natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
-    "address-dependent": natgw_pb2.FILTERING_ADDRESS_DEPENDENT,
-    "address-and-port-dependent": natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-}
-MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
 
 
 class ClusterError(RuntimeError):

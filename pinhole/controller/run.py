@@ -24,6 +24,7 @@ from pinhole import demux, telemetry
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
+from pinhole.controller.scenario import SCENARIOS, Scenario
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
@@ -71,34 +72,6 @@ TIMERS = {
     "short": Timers(sip_t1=0.1, dtls_initial=0.1, dtls_maximum=0.8, dtls_max_transmissions=6, stun_rto=0.1),
 }
 
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    expect_pass: bool = True
-    alice: dict[str, Any] = field(default_factory=dict)
-    bob: dict[str, Any] = field(default_factory=dict)
-
-
-SCENARIOS = {
-    s.name: s
-    for s in [
-        Scenario("rfc5763-7.3", "RFC 5763 §7.3: basic message flow with STUN check for the NAT case"),
-        Scenario(
-            "no-stun-check",
-            "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
-            expect_pass=False,
-            alice={"stun_check": False},
-        ),
-        Scenario(
-            "bad-fingerprint",
-            "negative control: Bob's answer carries a fingerprint that is not his certificate's",
-            expect_pass=False,
-            bob={"tamper_answer_fingerprint": True},
-        ),
-    ]
-}
 
 MEDIA_PACKETS = 50
 
@@ -267,10 +240,13 @@ def configure(
 ) -> None:
     """Put every service in the scenario's state (the defaults are those of §7.3).
 
-    `nat`: the gateway's RFC 4787 behaviour (default `default_nat()`; a cluster run reads it from its ConfigMap).
+    `nat`: the gateway's RFC 4787 behaviour (default: the scenario's, else `default_nat()`; a cluster run
+    reads it from its ConfigMap).
     """
     sip = endpoints.sip
-    clients.stub("natgw").Configure(default_nat() if nat is None else nat)
+    if nat is None:
+        nat = scenario.nat.proto() if scenario.nat is not None else default_nat()
+    clients.stub("natgw").Configure(nat)
     clients.stub("proxy-a").Configure(
         proxy_pb2.ProxyConfig(
             record_route=True,
@@ -475,7 +451,7 @@ def link_last(out_root: Path, run_id: str) -> None:
 
 
 def run(
-    scenario_name: str = "rfc5763-7.3",
+    scenario_name: str | Scenario = "rfc5763-7.3",
     *,
     timers_name: str = "rfc",
     lab_name: str = DEFAULT_LAB,
@@ -489,7 +465,7 @@ def run(
 
     Spans go to the lab's embedded OTLP receiver (and on to `forward_to`, another OTLP endpoint).
     """
-    scenario = SCENARIOS[scenario_name]
+    scenario = SCENARIOS[scenario_name] if isinstance(scenario_name, str) else scenario_name
     timers = TIMERS[timers_name]
     show = Progress(progress)
     run_id, out_dir = new_run_dir(out_root, scenario)

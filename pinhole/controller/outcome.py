@@ -1,0 +1,78 @@
+"""Whether a call worked, and why not: the verdict of any variant of the flow.
+
+The §7.3 verdict (verdict.py) judges one message sequence; a matrix varies the NAT, the DTLS roles,
+the check and latching, and each variant has its own right sequence. What every variant must reach
+is the same (RFC 5763 §5, RFC 5764 §4): a DTLS association whose certificates match the SDP
+fingerprints on both sides, and SRTP decrypted both ways. When it is not reached, the reason is the
+first thing the evidence shows going wrong, in the words of the protocol that failed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    works: bool
+    reason: str
+    invite_to_media: float | None  # seconds from the INVITE to SRTP decrypted in the slower direction
+
+    @property
+    def name(self) -> str:
+        return "works" if self.works else "fails"
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _drops(events: list[dict[str, Any]]) -> str:
+    """The NAT's drops of the call, summarised: "2 DTLS ClientHello, 1 STUN request"."""
+    counts = Counter(e["attrs"].get("summary") or e["attrs"].get("classification", "packet") for e in events)
+    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
+
+
+def judge_outcome(evidence: dict[str, Any]) -> Outcome:
+    calls = evidence.get("calls", {})
+    events = evidence.get("events", [])
+    measured = evidence.get("measurements", {})
+    times = [measured.get(k) for k in ("invite_to_srtp_bob_to_alice_s", "invite_to_srtp_alice_to_bob_s")]
+    media_time = max(times) if all(isinstance(t, (int, float)) for t in times) else None
+    alice, bob = calls.get("alice", {}), calls.get("bob", {})
+    drops = [e for e in events if e["kind"] == "nat.drop"]
+    latched = [e for e in events if e["kind"] == "media.latched"]
+    state = f"{alice.get('state', '?')}: {alice.get('reason', '')}"
+    if not bob:
+        return Outcome(False, f"the INVITE never reached Bob ({state})", None)
+    if not any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "200" for e in events):
+        return Outcome(False, f"no 200 OK reached Alice ({state})", None)
+    media = {side: call.get("media", {}) for side, call in (("alice", alice), ("bob", bob))}
+    unconnected = [side for side, m in media.items() if not m.get("handshake_completed")]
+    if unconnected:
+        failure = "; ".join(f"{side}: {media[side].get('dtls_failure')}" for side in unconnected)
+        reason = f"DTLS never completed ({failure or 'no handshake'})"
+        if drops:
+            reason += f"; the NAT dropped {_drops(drops)} on their way to Alice"
+        checks = sum(_int(m.get("stun_checks_sent")) for m in media.values())
+        reason += f"; {checks} STUN check(s) sent" + (", Bob latched" if latched else "")
+        return Outcome(False, reason, None)
+    unverified = [side for side, m in media.items() if not m.get("peer_fingerprint_verified")]
+    if unverified:
+        return Outcome(False, f"{' and '.join(unverified)}: the peer's certificate does not match a=fingerprint", None)
+    for sender, receiver in (("bob", "alice"), ("alice", "bob")):
+        received, failed = _int(media[receiver].get("srtp_received")), _int(media[receiver].get("srtp_auth_failed"))
+        if received == 0 or failed:
+            why = f"SRTP {sender} -> {receiver}: {received} decrypted, {failed} failed authentication"
+            return Outcome(False, why, None)
+    client = "Bob" if media["bob"].get("dtls_role") == "client" else "Alice"
+    how = f"DTLS ({client} active) after {len(drops)} NAT drop(s)" if drops else f"DTLS ({client} active), no NAT drop"
+    if latched:
+        how += ", Bob latched onto " + latched[0]["attrs"].get("to", "the check's source")
+    sent = {side: _int(m.get("srtp_received")) for side, m in media.items()}
+    return Outcome(True, f"{how}; SRTP both ways ({sent['alice']} and {sent['bob']} packets)", media_time)

@@ -1,0 +1,366 @@
+"""Scenarios: one variant of the call (NAT behaviour, DTLS roles, check, latching) and what it must give.
+
+A scenario file (scenarios/*.yaml, schema in scenarios/README.md) describes one scenario, or a matrix:
+axes whose every combination is a cell, with rules saying which cells the RFCs predict to work. Files
+are validated before anything runs; an error names the file, the key and what is wrong with it.
+The NAT is spoken of in RFC 4787's words; the old cone names are accepted as aliases only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
+
+NAT_MAPPINGS = {
+    "endpoint-independent": natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+    "address-dependent": natgw_pb2.MAPPING_ADDRESS_DEPENDENT,
+    "address-and-port-dependent": natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+}
+NAT_FILTERINGS = {
+    "endpoint-independent": natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
+    "address-dependent": natgw_pb2.FILTERING_ADDRESS_DEPENDENT,
+    "address-and-port-dependent": natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+}
+# RFC 3489's cone names (RFC 4787 §3 explains why they are not enough): aliases for (mapping, filtering)
+NAT_ALIASES = {
+    "full-cone": ("endpoint-independent", "endpoint-independent"),
+    "restricted-cone": ("endpoint-independent", "address-dependent"),
+    "port-restricted-cone": ("endpoint-independent", "address-and-port-dependent"),
+    "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+}
+SHORT = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
+MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
+DEFAULT_MAPPING_TIMEOUT = 300
+OUTCOMES = ("works", "fails")
+MESSAGES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12")  # the §7.3 verdict's checks
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run as written: the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Nat:
+    """An RFC 4787 behaviour of the gateway."""
+
+    mapping: str = "endpoint-independent"
+    filtering: str = "address-and-port-dependent"
+    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
+
+    def proto(self) -> natgw_pb2.NatConfig:
+        return natgw_pb2.NatConfig(
+            mapping=NAT_MAPPINGS[self.mapping],
+            filtering=NAT_FILTERINGS[self.filtering],
+            mapping_timeout_seconds=self.mapping_timeout,
+        )
+
+    def label(self) -> str:
+        """EIM+APDF style, as RFC 4787 abbreviates."""
+        return f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a scenario must give: the call works or fails (and, for the §7.3 shape, which checks fail)."""
+
+    outcome: str
+    why: str = ""
+    verdict: str | None = None  # "pass" or "fail": the §7.3 verdict, check by check
+    failing: tuple[str, ...] = ()  # with verdict fail: the §7.3 checks that must fail (others must pass)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One variant of the call Alice -> Bob, with what it is expected to give.
+
+    `alice`/`bob` are UserAgentConfig fields set on top of the §7.3 defaults; `nat` the gateway's
+    behaviour (None: §7.3's NAT); the knobs answerer/stun_check/latching are recorded for the table.
+    """
+
+    name: str
+    description: str
+    expect_pass: bool = True
+    alice: dict[str, Any] = field(default_factory=dict)
+    bob: dict[str, Any] = field(default_factory=dict)
+    nat: Nat | None = None
+    timers: str | None = None
+    expect: Expectation | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("rfc5763-7.3", "RFC 5763 §7.3: basic message flow with STUN check for the NAT case"),
+        Scenario(
+            "no-stun-check",
+            "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
+            expect_pass=False,
+            alice={"stun_check": False},
+        ),
+        Scenario(
+            "bad-fingerprint",
+            "negative control: Bob's answer carries a fingerprint that is not his certificate's",
+            expect_pass=False,
+            bob={"tamper_answer_fingerprint": True},
+        ),
+    ]
+}
+
+# the keys a scenario (or a matrix axis) may set, and the keys of a rule's `when`
+SCENARIO_KEYS = {
+    "name",
+    "description",
+    "timers",
+    "nat",
+    "answerer",
+    "stun_check",
+    "latching",
+    "media_packets",
+    "tamper_answer_fingerprint",
+    "expect",
+    "matrix",
+    "rules",
+}
+AXES = ("nat", "answerer", "stun_check", "latching")
+WHEN_KEYS = ("mapping", "filtering", "answerer", "stun_check", "latching")
+
+
+def _fail(where: str, what: str) -> ScenarioError:
+    return ScenarioError(f"{where}: {what}")
+
+
+def parse_nat(value: Any, where: str) -> Nat:
+    """A NAT as a cone alias, or {behaviour|mapping, filtering, mapping_timeout}."""
+    if isinstance(value, str):
+        if value not in NAT_ALIASES:
+            aliases = ", ".join(NAT_ALIASES)
+            raise _fail(where, f"{value!r} is not a NAT alias ({aliases}); or give mapping and filtering")
+        mapping, filtering = NAT_ALIASES[value]
+        return Nat(mapping, filtering)
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a NAT alias or a mapping with keys mapping/filtering, not {value!r}")
+    unknown = set(value) - {"behaviour", "mapping", "filtering", "mapping_timeout"}
+    if unknown:
+        raise _fail(where, f"unknown key(s) {sorted(unknown)} (behaviour, mapping, filtering, mapping_timeout)")
+    nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
+    for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
+        if key in value:
+            if value[key] not in table:
+                raise _fail(f"{where}.{key}", f"{value[key]!r} is not one of {', '.join(table)} (RFC 4787)")
+            nat = replace(nat, **{key: value[key]})
+    if "mapping_timeout" in value:
+        seconds = value["mapping_timeout"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_MAPPING_TIMEOUT:
+            raise _fail(f"{where}.mapping_timeout", f"{seconds!r}: whole seconds, at least 120 (RFC 4787 REQ-5)")
+        nat = replace(nat, mapping_timeout=seconds)
+    return nat
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"expected true or false, not {value!r}")
+    return value
+
+
+def _answerer(value: Any, where: str) -> str:
+    if value not in ("active", "passive"):
+        raise _fail(where, f"{value!r}: Bob's a=setup in the answer is active or passive")
+    return value
+
+
+def parse_expect(value: Any, where: str) -> Expectation:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a mapping with outcome (works|fails), not {value!r}")
+    unknown = set(value) - {"outcome", "why", "verdict", "failing"}
+    if unknown:
+        raise _fail(where, f"unknown key(s) {sorted(unknown)} (outcome, why, verdict, failing)")
+    if value.get("outcome") not in OUTCOMES:
+        raise _fail(f"{where}.outcome", f"{value.get('outcome')!r} is not works or fails")
+    verdict = value.get("verdict")
+    if verdict not in (None, "pass", "fail"):
+        raise _fail(f"{where}.verdict", f"{verdict!r} is not pass or fail (the §7.3 verdict)")
+    failing = value.get("failing", [])
+    if not isinstance(failing, list) or any(str(m) not in MESSAGES for m in failing):
+        raise _fail(f"{where}.failing", f"{failing!r}: a list of §7.3 messages ({', '.join(MESSAGES)})")
+    if failing and verdict != "fail":
+        raise _fail(f"{where}.failing", "names failing checks, so verdict must be fail")
+    if verdict == "pass" and value["outcome"] == "fails":
+        raise _fail(where, "a call that fails cannot pass the §7.3 verdict")
+    return Expectation(value["outcome"], str(value.get("why", "")), verdict, tuple(str(m) for m in failing))
+
+
+def build(settings: dict[str, Any], where: str, *, name: str, description: str, source: str) -> Scenario:
+    """A Scenario from validated settings: the knobs become UserAgentConfig fields of the right side."""
+    answerer = settings.get("answerer", "active")
+    stun_check = settings.get("stun_check", True)
+    latching = settings.get("latching", False)
+    alice: dict[str, Any] = {}
+    bob: dict[str, Any] = {
+        "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE if answerer == "active" else useragent_pb2.DTLS_SETUP_PASSIVE
+    }
+    # RFC 5763 §6.7.2: the check is the DTLS-passive side's (Alice when Bob answers active, else Bob)
+    (alice if answerer == "active" else bob)["stun_check"] = stun_check
+    if latching:
+        if "latching" not in useragent_pb2.UserAgentConfig.DESCRIPTOR.fields_by_name:
+            raise _fail(f"{where}.latching", "this build's user agent cannot latch (no UserAgentConfig.latching)")
+        bob["latching"] = True
+    if settings.get("tamper_answer_fingerprint"):
+        bob["tamper_answer_fingerprint"] = True
+    if "media_packets" in settings:
+        alice["media_packets"] = bob["media_packets"] = settings["media_packets"]
+    nat = settings.get("nat", Nat())
+    knobs = {"nat": nat.label(), "answerer": answerer, "stun_check": stun_check, "latching": latching}
+    return Scenario(
+        name=name,
+        description=description,
+        expect_pass=settings["expect"].outcome == "works" if "expect" in settings else True,
+        alice=alice,
+        bob=bob,
+        nat=nat,
+        timers=settings.get("timers"),
+        expect=settings.get("expect"),
+        knobs=knobs,
+        source=source,
+    )
+
+
+def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[str, Any]:
+    """Validate the scenario-level keys (not name/matrix/rules); returns normalised values."""
+    out: dict[str, Any] = {}
+    if "timers" in data:
+        if data["timers"] not in ("rfc", "short"):
+            raise _fail(f"{where}.timers", f"{data['timers']!r} is not rfc or short")
+        out["timers"] = data["timers"]
+    if "nat" in data:
+        out["nat"] = parse_nat(data["nat"], f"{where}.nat")
+    if "answerer" in data:
+        out["answerer"] = _answerer(data["answerer"], f"{where}.answerer")
+    for key in ("stun_check", "latching", "tamper_answer_fingerprint"):
+        if key in data:
+            out[key] = _bool(data[key], f"{where}.{key}")
+    if "media_packets" in data:
+        count = data["media_packets"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            raise _fail(f"{where}.media_packets", f"{count!r}: a whole number of packets, 1..1000")
+        out["media_packets"] = count
+    if "expect" in data:
+        out["expect"] = parse_expect(data["expect"], f"{where}.expect")
+    return out
+
+
+@dataclass(frozen=True)
+class Rule:
+    when: dict[str, Any]
+    expect: Expectation
+
+    def matches(self, cell: dict[str, Any]) -> bool:
+        return all(cell.get(key) == value for key, value in self.when.items())
+
+
+def _rules(value: Any, where: str) -> list[Rule]:
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "a matrix needs rules: a list of {when: {...}, outcome: works|fails, why: ...}")
+    rules = []
+    for index, item in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict) or "outcome" not in item:
+            raise _fail(here, "expected {when: {...}, outcome: works|fails, why: ...}")
+        when = item.get("when", {})
+        if not isinstance(when, dict) or set(when) - set(WHEN_KEYS):
+            raise _fail(f"{here}.when", f"keys must be among {', '.join(WHEN_KEYS)}, got {when!r}")
+        for key in ("mapping", "filtering"):
+            if key in when and when[key] not in NAT_MAPPINGS:
+                raise _fail(f"{here}.when.{key}", f"{when[key]!r} is not an RFC 4787 behaviour")
+        rules.append(Rule(dict(when), parse_expect({k: v for k, v in item.items() if k != "when"}, here)))
+    return rules
+
+
+def load(path: Path) -> list[Scenario]:
+    """The scenarios of one file: one, or every cell of its matrix (each with its expectation)."""
+    import yaml
+
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise _fail(where, f"not YAML: {error}") from None
+    except OSError as error:
+        raise _fail(where, error.strerror or str(error)) from None
+    if not isinstance(data, dict):
+        raise _fail(where, "a scenario file is a mapping (name, description, ...)")
+    unknown = set(data) - SCENARIO_KEYS
+    if unknown:
+        raise _fail(where, f"unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(SCENARIO_KEYS))}")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise _fail(f"{where}.name", f"{name!r}: lower-case letters, digits, '.', '+', '-' (at most 64)")
+    description = str(data.get("description", ""))
+    base = _settings(data, where)
+    if "matrix" not in data:
+        if "rules" in data:
+            raise _fail(f"{where}.rules", "rules belong to a matrix")
+        if "expect" not in base:
+            raise _fail(where, "a scenario needs expect: {outcome: works|fails}")
+        return [build(base, where, name=name, description=description, source=where)]
+    if "expect" in base:
+        raise _fail(f"{where}.expect", "a matrix says what it expects per cell, in rules")
+    matrix = data["matrix"]
+    if not isinstance(matrix, dict) or not matrix or set(matrix) - set(AXES):
+        raise _fail(f"{where}.matrix", f"axes must be among {', '.join(AXES)}, each a list of values")
+    rules = _rules(data.get("rules"), f"{where}.rules")
+    axes: list[list[tuple[str, Any]]] = []
+    for axis, values in matrix.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(f"{where}.matrix.{axis}", "a non-empty list of values")
+        axes.append([(axis, _settings({axis: v}, f"{where}.matrix.{axis}[{i}]")[axis]) for i, v in enumerate(values)])
+    cells = []
+    for combination in itertools.product(*axes):
+        settings = {**base, **dict(combination)}
+        nat = settings.get("nat", Nat())
+        facts = {
+            "mapping": nat.mapping,
+            "filtering": nat.filtering,
+            "answerer": settings.get("answerer", "active"),
+            "stun_check": settings.get("stun_check", True),
+            "latching": settings.get("latching", False),
+        }
+        rule = next((r for r in rules if r.matches(facts)), None)
+        label = ",".join(_cell_label(axis, value) for axis, value in combination)
+        if rule is None:
+            raise _fail(f"{where}.rules", f"no rule matches cell {label}: end the rules with a catch-all (when: {{}})")
+        settings["expect"] = rule.expect
+        cells.append(build(settings, where, name=f"{name}[{label}]", description=description, source=where))
+    return cells
+
+
+def _cell_label(axis: str, value: Any) -> str:
+    if axis == "nat":
+        return value.label()
+    if isinstance(value, bool):
+        return f"{axis.replace('_', '-')}" if value else f"no-{axis.replace('_', '-')}"
+    return f"{axis}={value}"
+
+
+def load_all(target: Path) -> list[Scenario]:
+    """Every scenario of a file, or of every *.yaml in a directory (sorted by name)."""
+    if target.is_dir():
+        files = sorted(target.glob("*.yaml"))
+        if not files:
+            raise _fail(str(target), "no *.yaml scenario files here")
+    else:
+        files = [target]
+    scenarios = [s for path in files for s in load(path)]
+    seen: dict[str, str] = {}
+    for scenario in scenarios:
+        if scenario.name in seen:
+            raise _fail(scenario.source, f"scenario {scenario.name!r} is also defined in {seen[scenario.name]}")
+        seen[scenario.name] = scenario.source
+    return scenarios

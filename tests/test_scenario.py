@@ -1,0 +1,121 @@
+"""Scenario files: the schema, its precise errors, NAT aliases, and matrix expansion with its rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pinhole.controller.outcome import judge_outcome
+from pinhole.controller.scenario import NAT_ALIASES, Nat, ScenarioError, load, load_all, parse_nat
+from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_scenarios_load():
+    scenarios = load_all(ROOT / "scenarios")
+    names = [s.name for s in scenarios]
+    assert {"rfc5763-7.3", "no-stun-check", "bad-fingerprint"} <= set(names)
+    cells = [s for s in scenarios if s.name.startswith("nat-matrix[")]
+    assert len(cells) == 4 * 2 * 2 * 2
+    assert all(s.expect is not None and s.expect.why for s in scenarios)
+
+
+def test_the_shipped_matrix_predicts_what_the_spec_digest_says():
+    """§12: EIF works without a check; EIM with ADF/APDF only with the check; APDM fails unless Bob latches."""
+    cells = {tuple(s.knobs.values()): s.expect.outcome for s in load(ROOT / "scenarios" / "nat-matrix.yaml")}
+    for (nat, answerer, check, latching), outcome in cells.items():
+        if nat == "EIM+EIF":
+            assert outcome == "works"
+        elif answerer == "active" and nat.startswith("EIM"):
+            assert outcome == ("works" if check else "fails"), (nat, check)
+        elif answerer == "active":  # APDM
+            assert outcome == ("works" if check and latching else "fails")
+        elif nat.startswith("EIM"):  # Alice is DTLS-active: her ClientHello opens the advertised mapping
+            assert outcome == "works"
+        else:
+            assert outcome == ("works" if latching else "fails")
+
+
+def test_knobs_become_settings_of_the_right_side(tmp_path):
+    (active,) = load(write(tmp_path, "name: a\nstun_check: false\nexpect: {outcome: fails}\n"))
+    assert active.alice == {"stun_check": False}
+    assert active.bob["answer_setup"] == useragent_pb2.DTLS_SETUP_ACTIVE
+    (passive,) = load(write(tmp_path, "name: p\nanswerer: passive\nlatching: true\nexpect: {outcome: works}\n"))
+    # §6.7.2: the check belongs to the DTLS-passive side, Bob here
+    assert passive.bob == {"answer_setup": useragent_pb2.DTLS_SETUP_PASSIVE, "stun_check": True, "latching": True}
+    assert passive.alice == {}
+
+
+def test_nat_in_rfc_4787_words_and_cone_aliases():
+    assert parse_nat("symmetric", "x") == Nat("address-and-port-dependent", "address-and-port-dependent")
+    assert parse_nat({"behaviour": "full-cone", "mapping_timeout": 600}, "x").proto() == natgw_pb2.NatConfig(
+        mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+        filtering=natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
+        mapping_timeout_seconds=600,
+    )
+    assert {parse_nat(a, "x").label() for a in NAT_ALIASES} == {"EIM+EIF", "EIM+ADF", "EIM+APDF", "APDM+APDF"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- a\n", "s.yaml: a scenario file is a mapping"),
+        ("name: a\nexpect: {outcome: works}\ncolour: red\n", "unknown key(s) ['colour']"),
+        ("name: A b\nexpect: {outcome: works}\n", "s.yaml.name: 'A b': lower-case"),
+        ("name: a\n", "s.yaml: a scenario needs expect"),
+        ("name: a\nexpect: {outcome: maybe}\n", "s.yaml.expect.outcome: 'maybe' is not works or fails"),
+        ("name: a\nnat: cone\nexpect: {outcome: works}\n", "s.yaml.nat: 'cone' is not a NAT alias"),
+        ("name: a\nnat: {mapping: sticky}\nexpect: {outcome: works}\n", "s.yaml.nat.mapping: 'sticky' is not one of"),
+        ("name: a\nnat: {mapping_timeout: 30}\nexpect: {outcome: works}\n", "at least 120 (RFC 4787 REQ-5)"),
+        ("name: a\nanswerer: actpass\nexpect: {outcome: works}\n", "s.yaml.answerer: 'actpass'"),
+        ("name: a\nstun_check: 'yes'\nexpect: {outcome: works}\n", "s.yaml.stun_check: expected true or false"),
+        ("name: a\ntimers: fast\nexpect: {outcome: works}\n", "s.yaml.timers: 'fast' is not rfc or short"),
+        ("name: a\nexpect: {outcome: works, failing: ['5']}\n", "names failing checks, so verdict must be fail"),
+        ("name: a\nexpect: {outcome: fails, verdict: fail, failing: ['13']}\n", "a list of §7.3 messages"),
+        ("name: a\nmatrix: {answerer: [active]}\n", "s.yaml.rules: a matrix needs rules"),
+        ("name: a\nmatrix: {colour: [red]}\nrules: [{outcome: works}]\n", "s.yaml.matrix: axes must be among"),
+        (
+            "name: a\nmatrix: {answerer: [active, passive]}\nrules: [{when: {answerer: active}, outcome: works}]\n",
+            "no rule matches cell answerer=passive",
+        ),
+        ("name: a\nmatrix: {nat: [full-cone, cone]}\nrules: [{outcome: works}]\n", "s.yaml.matrix.nat[1]"),
+        ("name: a\nmatrix: {answerer: [active]}\nrules: [{when: {colour: red}, outcome: works}]\n", "keys must be"),
+    ],
+)
+def test_errors_say_where_and_why(tmp_path, text, message):
+    with pytest.raises(ScenarioError) as info:
+        load(write(tmp_path, text))
+    assert message in str(info.value)
+
+
+def test_names_are_unique_across_a_directory(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: same\nexpect: {outcome: works}\n")
+    (tmp_path / "b.yaml").write_text("name: same\nexpect: {outcome: fails}\n")
+    with pytest.raises(ScenarioError, match="also defined in"):
+        load_all(tmp_path)
+
+
+def _evidence(**media):
+    side = {"handshake_completed": 1.0, "peer_fingerprint_verified": True, "srtp_received": "10", "dtls_role": "x"}
+    return {
+        "calls": {"alice": {"media": {**side, **media}}, "bob": {"media": {**side, "dtls_role": "client"}}},
+        "events": [{"service": "alice", "kind": "sip.recv", "attrs": {"sip.status_code": "200"}}],
+        "measurements": {"invite_to_srtp_bob_to_alice_s": 0.2, "invite_to_srtp_alice_to_bob_s": 0.3},
+    }
+
+
+def test_outcome_works_only_with_both_certificates_and_srtp_both_ways():
+    works = judge_outcome(_evidence())
+    assert works.works and works.invite_to_media == 0.3 and "Bob active" in works.reason
+    assert "certificate" in judge_outcome(_evidence(peer_fingerprint_verified=False)).reason
+    assert "SRTP bob -> alice: 0 decrypted" in judge_outcome(_evidence(srtp_received="0")).reason
+    failed = judge_outcome(_evidence(handshake_completed=0, dtls_failure="timeout"))
+    assert not failed.works and "DTLS never completed (alice: timeout)" in failed.reason
