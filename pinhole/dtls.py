@@ -610,6 +610,7 @@ class DtlsEndpoint:
         self._received: dict[int, tuple[int, list[tuple[int, int]]]] = {}
         self._flight: list[DtlsRecord] = []
         self._flight_is_final = False
+        self._flight_resent_for_path = False  # resend_for_new_path() used for the current flight
         self._timer_sends = 0
         self._interval = timer.initial
         self._deadline: float | None = None
@@ -680,6 +681,24 @@ class DtlsEndpoint:
             return []
         self._interval = min(self._interval * 2, self.timer.maximum)
         self._timer_sends += 1
+        self._deadline = now + self._interval
+        return self._resend_flight()
+
+    def resend_for_new_path(self, now: float) -> list[bytes]:
+        """The peer was found at another transport address (a latching media session): resend the
+        flight in progress now, to the new path, and restart the timer at the current interval.
+
+        RFC 6347 §4.2.4 resends a flight on timer expiry or when the peer's retransmission shows
+        ours was lost; this is the same inference from other evidence: every copy so far went to
+        an address the peer cannot be reached at. Waiting for the timer would cost up to its whole
+        (backed-off) interval for nothing. The interval is not reset to `initial` (the backoff is
+        congestion control, RFC 6347 §4.2.4.1) and the send does not count against
+        `max_transmissions` (like a resend on the peer's retransmission). At most once per flight,
+        so whoever makes us re-latch (a spoofed STUN check) gets one extra flight per flight of ours,
+        not one per packet it sends. Returns [] when no handshake flight is in progress."""
+        if self.state != "handshaking" or not self._flight or self._flight_resent_for_path:
+            return []
+        self._flight_resent_for_path = True
         self._deadline = now + self._interval
         return self._resend_flight()
 
@@ -819,6 +838,7 @@ class DtlsEndpoint:
         if flight_records:
             self._flight = flight_records
             self._flight_is_final = self.state == "connected"
+            self._flight_resent_for_path = False
             self._timer_sends = 1
             self._interval = self.timer.initial
             self._deadline = None if self._flight_is_final else now + self._interval

@@ -7,6 +7,12 @@ asks three things of this socket that shape it:
   pinhole (§6.7.2), and never waits for that check's answer before its ServerHello;
 - the peer certificate is checked against the SDP a=fingerprint and the media session is torn
   down at once on a mismatch (§5); SRTP is processed only after the handshake (RFC 5764 §5.1).
+
+By default everything goes to the address in the peer's SDP and packets from anywhere else are
+dropped, as RFC 5763 has it. With `latching` on (RFC 7362 latching, a.k.a. "comedia": it relies on
+the peer sending symmetric RTP, RFC 4961, i.e. from the socket it receives on, as this one does)
+the session follows the peer's packets instead, for a peer behind a NAT whose SDP address is not
+where its packets come from; see `MediaSession` for what counts as the peer and why.
 """
 
 from __future__ import annotations
@@ -52,10 +58,94 @@ class MediaStats:
     stun_requests_answered: int = 0
     first_srtp_sent: float = 0.0
     first_srtp_decrypted: float = 0.0
+    latches: int = 0  # times the remote moved to the peer's actual source (latching on)
+    latched_to: str = ""  # ip:port media goes to since the last latch; "" = never latched (the SDP address)
+    latched_on: str = ""  # the evidence of the last latch: one of LATCH_EVIDENCE
+
+
+#: What may move a latching session's remote, weakest first (see MediaSession).
+LATCH_ON_STUN = "stun-binding-request"
+LATCH_ON_DTLS = "dtls-handshake"
+LATCH_ON_SRTP = "srtp-authenticated"
+LATCH_EVIDENCE = (LATCH_ON_STUN, LATCH_ON_DTLS, LATCH_ON_SRTP)
+
+#: Epoch-0 handshake messages each role receives from its peer: the server gets flights 1/3/5 of
+#: the client (RFC 6347 §4.2.4), the client gets the server's flights 2/4.
+_FROM_PEER = {
+    dtls.Role.SERVER: frozenset(
+        {
+            dtls.HandshakeType.client_hello,
+            dtls.HandshakeType.certificate,
+            dtls.HandshakeType.client_key_exchange,
+            dtls.HandshakeType.certificate_verify,
+        }
+    ),
+    dtls.Role.CLIENT: frozenset(
+        {
+            dtls.HandshakeType.hello_verify_request,
+            dtls.HandshakeType.server_hello,
+            dtls.HandshakeType.certificate,
+            dtls.HandshakeType.server_key_exchange,
+            dtls.HandshakeType.certificate_request,
+            dtls.HandshakeType.server_hello_done,
+        }
+    ),
+}
 
 
 class MediaSession(asyncio.DatagramProtocol):
-    """A single DTLS-SRTP association (rtcp-mux: RTP and RTCP share it)."""
+    """A single DTLS-SRTP association (rtcp-mux: RTP and RTCP share it).
+
+    Latching (`latching=True`; off by default, RFC 5763 sends to the SDP address). The session sends
+    its DTLS records, SRTP and STUN checks to `remote`; with latching, `remote` moves to the source of
+    the first packet that is plausibly the peer's and comes from elsewhere. Plausibly the peer's:
+
+    * before the handshake is complete and the peer's certificate verified against a=fingerprint:
+      - a STUN Binding request (the §6.7.2 check; it carries no credentials, none exist without
+        ICE), or
+      - a datagram with an epoch-0 DTLS handshake record that parses and carries messages the peer
+        sends in this association's role (ClientHello and flight 5 to a server; HelloVerifyRequest
+        and flight 4 to a client); encrypted records (Finished, alerts) cannot be judged and do not
+        count;
+      the latest such evidence wins, so a peer whose path changes mid-handshake is followed;
+    * once the handshake is verified (`connected`), only an SRTP or SRTCP packet that authenticates
+      with the DTLS-SRTP keys (and is not a replay). STUN requests are still answered and DTLS from
+      elsewhere is still dropped, but neither moves the remote any more.
+
+    Each change of source emits one `media.latched` event (from, to, evidence) and counts in
+    `stats.latches`; packets from the address already latched to change nothing. An address
+    evidenced before the peer's SDP is known (an early ClientHello, an early check) is kept when
+    the SDP address arrives (`set_remote`), which then counts as a latch away from the SDP address.
+
+    When a STUN check moves the remote mid-handshake, the DTLS flight in progress is resent at once
+    to the new address and its retransmission timer restarted at its current interval
+    (`DtlsEndpoint.resend_for_new_path`: at most once per flight): every copy so far went where the
+    peer cannot be reached, and waiting for the timer would cost up to its whole backed-off
+    interval (seconds with RFC timers). After a latch on DTLS evidence no resend is needed: the
+    peer's flight is fed to the endpoint, which answers it (to the new address) or resends our
+    flight if it was a retransmission. Retransmissions by the timer go to `remote` as it is when
+    they fire, so flights already queued follow the latch by themselves.
+
+    Why latch on the unauthenticated STUN check at all: in the §7.3 flow with Bob active and Alice
+    behind an address-and-port-dependent-mapping NAT, Alice's SDP carries the mapping the STUN
+    server saw; Bob's ClientHellos to it die at her NAT, and her check to Bob leaves through a
+    new mapping. The check is the only thing Alice sends Bob before a ClientHello reaches her,
+    so a session that waits for DTLS or SRTP evidence never latches (deadlock: Alice, the DTLS
+    server, sends nothing until she hears a ClientHello).
+
+    Security: a STUN check or an epoch-0 handshake record is unauthenticated, so an off-path
+    attacker who knows our media address and can spoof a source can redirect our media until the
+    handshake is verified. What it gains is bounded: the keys stay safe, because the peer's
+    certificate must still match the SDP a=fingerprint, which came over the signalling path
+    (RFC 5763 §8); redirected DTLS flights reveal nothing secret; no SRTP is sent before the
+    handshake is verified; and after it only authenticated SRTP can move the remote, so a spoofed
+    check mid-call does nothing. What remains is denial of service (a redirected handshake fails or
+    times out), which an attacker able to spoof the SDP address can cause without latching too
+    (a forged ServerHello or alert), and reflection: one spoofed packet buys one STUN response and
+    at most one extra DTLS flight per flight of ours towards the spoofed address. Authenticated SRTP
+    is not proof against an on-path attacker who replays a genuine packet from elsewhere before
+    the original arrives; the next genuine packet latches back (standard comedia limitation).
+    """
 
     def __init__(
         self,
@@ -66,6 +156,7 @@ class MediaSession(asyncio.DatagramProtocol):
         timers: MediaTimers,
         srtp_profiles: Sequence[str],
         on_change: Callable[[MediaSession], None] | None = None,
+        latching: bool = False,
     ) -> None:
         self.certificate = certificate
         self.events = events
@@ -75,7 +166,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self.on_change = on_change
         self.stats = MediaStats()
         self.transport: asyncio.DatagramTransport | None = None
-        self.remote: Address | None = None
+        self.remote: Address | None = None  # where DTLS, SRTP and STUN checks go
+        self.sdp_remote: Address | None = None  # the peer's address from its SDP
+        self.latching = latching
+        self._evidence: tuple[Address, str] | None = None  # the latest source plausibly the peer's
         self.endpoint: dtls.DtlsEndpoint | None = None
         self.role: dtls.Role | None = None
         self.peer_fingerprints: list[tuple[str, bytes]] | None = None
@@ -167,6 +261,8 @@ class MediaSession(asyncio.DatagramProtocol):
                 local=fmt(self.local_address),
             )
             self._send(response, source)
+            if self._latch(source, LATCH_ON_STUN) and self.endpoint is not None:
+                self._dtls_output(self.endpoint.resend_for_new_path(self._now()), cause="latched")
             return
         mapped = message.xor_mapped_address
         self.events.emit(
@@ -201,9 +297,15 @@ class MediaSession(asyncio.DatagramProtocol):
 
     # -- DTLS (RFC 6347, RFC 5764) ----------------------------------------------------------------
 
-    def start_dtls(self, role: dtls.Role, remote: Address | None) -> None:
-        """Create the association; the client (active side) sends its ClientHello at once."""
+    def start_dtls(self, role: dtls.Role, remote: Address | None, *, from_sdp: bool = True) -> None:
+        """Create the association; the client (active side) sends its ClientHello at once.
+
+        `remote` is the peer's SDP address (`from_sdp`), or the source of a ClientHello that came
+        before the SDP; with latching, an address already evidenced by the peer's packets wins."""
+        if from_sdp and remote is not None:
+            self.sdp_remote = remote
         self.remote = remote
+        self._apply_evidence()
         self.role = role
         self.endpoint = dtls.DtlsEndpoint(
             role,
@@ -222,7 +324,64 @@ class MediaSession(asyncio.DatagramProtocol):
         self._dtls_output(self.endpoint.start(self._now()), cause="start")
 
     def set_remote(self, remote: Address) -> None:
+        """The peer's SDP address arrived; with latching, an address already evidenced by the peer's
+        packets (an early ClientHello or STUN check) is kept instead, and counts as a latch."""
+        self.sdp_remote = remote
         self.remote = remote
+        self._apply_evidence()
+
+    # -- latching (see the class docstring) -------------------------------------------------------
+
+    def _latch(self, source: Address, evidence: str) -> bool:
+        """`source` sent something that is plausibly the peer's, of kind `evidence`: latch onto it if
+        the policy allows. True if the remote moved."""
+        if not self.latching:
+            return False
+        if self.connected.is_set() and evidence != LATCH_ON_SRTP:
+            return False  # verified: only authenticated media may move the remote now
+        self._evidence = (source, evidence)
+        return self._apply_evidence()
+
+    def _apply_evidence(self) -> bool:
+        if not self.latching or self._evidence is None or self.remote is None:
+            return False  # no destination yet: start_dtls/set_remote will apply the evidence
+        source, evidence = self._evidence
+        if source == self.remote:
+            return False
+        previous, self.remote = self.remote, source
+        self.stats.latches += 1
+        self.stats.latched_to = fmt(source)
+        self.stats.latched_on = evidence
+        self.events.emit(
+            "media.latched",
+            self.call_id,
+            {"from": fmt(previous), "to": fmt(source)},
+            peer=fmt(source),
+            local=fmt(self.local_address),
+            evidence=evidence,
+            sdp=fmt(self.sdp_remote),
+            latches=self.stats.latches,
+            dtls_state=self.endpoint.state if self.endpoint else "",
+        )
+        self._changed()
+        return True
+
+    def _peer_handshake(self, data: bytes) -> bool:
+        """True if `data` holds an epoch-0 handshake record that parses and carries only messages our
+        peer sends in this association (see _FROM_PEER). Unauthenticated, like the STUN check."""
+        if self.endpoint is None or self.endpoint.state not in ("new", "handshaking"):
+            return False
+        try:
+            messages = [
+                message
+                for record in dtls.parse_records(data)
+                if record.content_type == dtls.ContentType.handshake and record.epoch == 0
+                for message in dtls.handshake_messages(record)
+            ]
+        except dtls.DtlsError:
+            return False
+        expected = _FROM_PEER[self.endpoint.role]
+        return bool(messages) and all(m.msg_type in expected for m in messages)
 
     def set_peer_fingerprints(self, fingerprints: list[tuple[str, bytes]]) -> None:
         """The answer (or offer) arrived: its a=fingerprint set decides whom we accept (RFC 8122 §5)."""
@@ -239,7 +398,9 @@ class MediaSession(asyncio.DatagramProtocol):
         ):
             # the answerer chose active and its ClientHello beat the answer: serve it now, and check
             # its certificate once the answer's fingerprint arrives (RFC 5763 §5 "tentatively")
-            self.start_dtls(dtls.Role.SERVER, source)
+            if self.latching:  # the answer's SDP address will not override where the peer is
+                self._evidence = (source, LATCH_ON_DTLS)
+            self.start_dtls(dtls.Role.SERVER, source, from_sdp=False)
         if self.endpoint is None:
             self.events.emit(
                 "dtls.recv",
@@ -250,15 +411,24 @@ class MediaSession(asyncio.DatagramProtocol):
                 reason="no DTLS association for this flow yet",
             )
             return
-        if self.remote is not None and source != self.remote:
+        if (
+            self.remote is not None
+            and source != self.remote
+            and not (self._peer_handshake(data) and self._latch(source, LATCH_ON_DTLS))
+        ):
             self.stats.unexpected_source += 1
+            if self.latching:
+                why = "handshake verified: only SRTP latches" if self.connected.is_set() else "not a handshake record"
+                reason = f"not from the peer's address {fmt(self.remote)} and nothing to latch on ({why})"
+            else:
+                reason = f"not from the SDP address {fmt(self.remote)} (no latching)"
             self.events.emit(
                 "dtls.recv",
                 self.call_id,
                 description,
                 peer=fmt(source),
                 accepted=False,
-                reason=f"not from the SDP address {fmt(self.remote)} (no latching)",
+                reason=reason,
             )
             return
         self.events.emit("dtls.recv", self.call_id, description, peer=fmt(source), local=fmt(self.local_address))
@@ -284,7 +454,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 peer=fmt(self.remote),
                 local=fmt(self.local_address),
                 cause=cause,
-                retransmission=cause == "timer",
+                retransmission=cause in ("timer", "latched"),
             )
             self._send(datagram, self.remote)
         if self._dtls_timer is not None:
@@ -326,7 +496,8 @@ class MediaSession(asyncio.DatagramProtocol):
     # -- SRTP (RFC 3711 via libsrtp, keys from RFC 5764 §4.2) -------------------------------------
 
     def _srtp_received(self, data: bytes, source: Address, kind: demux.PacketKind) -> None:
-        if self.remote is not None and source != self.remote:
+        elsewhere = self.remote is not None and source != self.remote
+        if elsewhere and not (self.latching and self.srtp_session is not None):
             self.stats.unexpected_source += 1  # no latching: only the SDP address is our peer
             return
         if self.srtp_session is None:
@@ -343,15 +514,22 @@ class MediaSession(asyncio.DatagramProtocol):
             if kind == demux.PacketKind.RTCP:
                 self.srtp_session.unprotect_rtcp(data)
                 self.stats.srtcp_received += 1
+                if elsewhere:
+                    self._latch(source, LATCH_ON_SRTP)
                 return
             plain = self.srtp_session.unprotect(data)
         except srtp.SrtpAuthError as error:
+            if elsewhere:  # a forgery or replay from elsewhere is not the peer: no latch, not its failure
+                self.stats.unexpected_source += 1
+                return
             if "replay" in str(error):  # a duplicate, not a forgery: counted apart
                 self.stats.srtp_replayed += 1
                 return
             self.stats.srtp_auth_failed += 1
             self.events.emit("srtp.auth_failed", self.call_id, peer=fmt(source), reason=str(error))
             return
+        if elsewhere:
+            self._latch(source, LATCH_ON_SRTP)
         self.stats.srtp_received += 1
         if self.stats.srtp_received == 1:
             self.stats.first_srtp_decrypted = time.time()

@@ -69,6 +69,7 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
             stun_rto=t.stun_rto_seconds or 0.5,
         ),
         media_packets=request.media_packets or 50,
+        latching=request.latching,  # unset: off, RFC 5763 sends to the SDP address
     )
 
 
@@ -105,6 +106,9 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
             local_media=fmt(call.advertised),
             remote_media=fmt(call.remote_media),
             malformed=s.malformed,
+            latched_to=s.latched_to,
+            latches=s.latches,
+            latched_on=s.latched_on,
         )
     )
     return status
@@ -124,10 +128,14 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
         try:
-            self.agent.configure(config_from_proto(request))
+            config = config_from_proto(request)
+            self.agent.configure(config)
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        return useragent_pb2.ConfigureReply(effective=request)
+        effective = useragent_pb2.UserAgentConfig()
+        effective.CopyFrom(request)
+        effective.latching = config.latching  # explicit even when left unset: the default is off
+        return useragent_pb2.ConfigureReply(effective=effective)
 
     async def PlaceCall(self, request, context):  # noqa: N802
         if not self.agent.config.aor:
@@ -182,6 +190,7 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             if call.media is not None:
                 counters["media_malformed"] += call.media.stats.malformed
                 counters["srtp_auth_failed"] += call.media.stats.srtp_auth_failed
+                counters["media_latched"] += call.media.stats.latches
         return counters
 
 

@@ -8,6 +8,9 @@ a=setup:active it sends its ClientHello *before* its 200 OK, so that the first C
 reaches Alice's NAT before her STUN check can open the pinhole (the §7.3 drop is deterministic
 only that way). Whoever is passive sends the single STUN check of §6.7.2 when the peer's SDP
 arrives and the handshake is not complete.
+
+With `latching` configured (off by default) the media session follows the peer's packets rather
+than its SDP address (symmetric RTP; see pinhole.media.MediaSession for what counts as the peer).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class AgentConfig:
     sip_timers: SipTimers = field(default_factory=SipTimers)
     media_timers: MediaTimers = field(default_factory=MediaTimers)
     media_packets: int = 50
+    latching: bool = False  # send media where the peer's packets come from (MediaSession), not the SDP address
 
 
 @dataclass
@@ -153,6 +157,7 @@ class UserAgent:
             stun_check=config.stun_check,
             answer_setup=config.answer_setup.value,
             tamper=config.tamper_answer_fingerprint,
+            latching=config.latching,
         )
 
     # -- evidence ---------------------------------------------------------------------------------
@@ -336,7 +341,8 @@ class UserAgent:
         if not self.config.stun_check:
             self.events.emit("stun.check_skipped", call.call_id, reason="disabled by configuration")
             return
-        future = media.stun_binding(call.remote_media, purpose="connectivity-check")
+        # to where the peer is: its SDP address, unless the session has latched elsewhere already
+        future = media.stun_binding(media.remote or call.remote_media, purpose="connectivity-check")
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
 
     # -- incoming calls (the answerer: Bob) -------------------------------------------------------
@@ -532,6 +538,7 @@ class UserAgent:
             timers=self.config.media_timers,
             srtp_profiles=self.config.srtp_profiles,
             on_change=lambda media: self._media_changed(call, media),
+            latching=self.config.latching,
         )
         return call.media
 
