@@ -207,6 +207,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return {"pass": 0, "fail": 1}.get(result.outcome, 2)
 
 
+def cmd_nat_probe(args: argparse.Namespace) -> int:
+    """RFC 5780 behaviour discovery of a namespace lab's NAT from Alice (pinhole/natprobe.py)."""
+    from pinhole import natprobe
+
+    _require_root()
+    try:
+        timers = natprobe.ProbeTimers(rto=args.rto, rc=args.rc, rm=args.rm)
+    except ValueError as error:
+        print(f"pinhole nat probe: {error}", file=sys.stderr)
+        return 2
+    return natprobe.probe_command(
+        args.lab, mapping=args.mapping, filtering=args.filtering, timers=timers, as_json=args.json
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pinhole", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,6 +354,32 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--call-id", help="which call, when the file holds several (default: the largest)")
     tracing.add_argument("--html", help="where to write the HTML ladder (default: next to the trace)")
     tracing.set_defaults(func=cmd_trace)
+
+    from pinhole.natprobe import Filtering, Mapping
+
+    nat = sub.add_parser("nat", help="the lab's NAT: RFC 5780 behaviour discovery")
+    nat_sub = nat.add_subparsers(dest="nat_command", required=True)
+    probe = nat_sub.add_parser(
+        "probe",
+        help="classify the NAT's mapping and filtering from Alice (RFC 5780 §4.3, §4.4)",
+        description="Run the RFC 5780 filtering tests, then the mapping tests, each on a fresh port of a socket "
+        "in Alice's namespace, against the lab's STUN server (two addresses, two ports). Prints each "
+        "classification, the test that decided it and every test's evidence. Exit 0 when classified "
+        "(and as configured), 1 when undecided or not as configured, 2 when the NAT gateway refuses the "
+        "configuration.",
+    )
+    probe.add_argument("--lab", default=DEFAULT_LAB, help="a namespace lab (brought up and down if not running)")
+    probe.add_argument(
+        "--mapping",
+        choices=[m.value for m in Mapping],
+        help="first Configure the NAT gateway with this RFC 4787 mapping, then check the probe agrees",
+    )
+    probe.add_argument("--filtering", choices=[f.value for f in Filtering], help="likewise for the filtering")
+    probe.add_argument("--rto", type=float, default=0.5, help="STUN RTO in seconds (RFC 5389 default 0.5)")
+    probe.add_argument("--rc", type=int, default=7, help="sends per STUN transaction (RFC 5389 Rc, default 7)")
+    probe.add_argument("--rm", type=int, default=16, help="wait after the last send in RTOs (RFC 5389 Rm, 16)")
+    probe.add_argument("--json", action="store_true", help="print the result as JSON")
+    probe.set_defaults(func=cmd_nat_probe)
 
     args = parser.parse_args(argv)
     from netns.lab import LabError

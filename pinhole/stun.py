@@ -2,6 +2,9 @@
 
 RFC 5763 §6.7.2 needs exactly this much STUN: the passive side sends a single *unauthenticated*
 Binding request from its media port to open the NAT pinhole, and every endpoint must answer one.
+The codec also knows the NAT Behavior Discovery attributes of RFC 5780 §7 (CHANGE-REQUEST,
+RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT, PADDING) that services/stunserver and
+pinhole/natprobe.py use to classify the lab's NAT.
 The codec is pure (bytes in, :class:`Message` out, and back); :class:`BindingTransaction` is the
 RFC 5389 §7.2.1 retransmission timer as a sans-IO state machine (time is passed in as ``now``);
 :class:`BindingClient` is its thin asyncio adapter for any socket (media or SIP).
@@ -28,17 +31,27 @@ __all__ = [
     "AddressFamily",
     "AttributeType",
     "BindingTransaction",
+    "ChangeRequest",
     "Message",
     "MessageClass",
     "Method",
     "StunError",
+    "address_value",
+    "binding_error",
     "binding_request",
     "binding_success",
     "decode",
     "encode",
+    "error_code_value",
     "looks_like_stun",
+    "padding_value",
+    "parse_address",
     "parse_mapped_address",
+    "parse_response_port",
+    "parse_unknown_attributes",
     "parse_xor_address",
+    "response_port_value",
+    "unknown_attributes_value",
     "xor_address",
 ]
 
@@ -73,9 +86,10 @@ class MessageClass(IntEnum):
 
 
 class AttributeType(IntEnum):
-    """RFC 5389 §18.2 / RFC 8489 §18.3 attribute types (plus the ICE ones seen in RFC 5769)."""
+    """RFC 5389 §18.2 / RFC 8489 §18.3 attribute types (plus the ICE ones seen in RFC 5769 and RFC 5780's)."""
 
     MAPPED_ADDRESS = 0x0001
+    CHANGE_REQUEST = 0x0003  # RFC 5780 §7.2
     USERNAME = 0x0006
     MESSAGE_INTEGRITY = 0x0008
     ERROR_CODE = 0x0009
@@ -88,6 +102,8 @@ class AttributeType(IntEnum):
     XOR_MAPPED_ADDRESS = 0x0020
     PRIORITY = 0x0024
     USE_CANDIDATE = 0x0025
+    PADDING = 0x0026  # RFC 5780 §7.6
+    RESPONSE_PORT = 0x0027  # RFC 5780 §7.5
     PASSWORD_ALGORITHMS = 0x8002
     ALTERNATE_DOMAIN = 0x8003
     SOFTWARE = 0x8022
@@ -95,6 +111,8 @@ class AttributeType(IntEnum):
     FINGERPRINT = 0x8028
     ICE_CONTROLLED = 0x8029
     ICE_CONTROLLING = 0x802A
+    RESPONSE_ORIGIN = 0x802B  # RFC 5780 §7.3
+    OTHER_ADDRESS = 0x802C  # RFC 5780 §7.4 (RFC 3489's CHANGED-ADDRESS)
 
 
 class AddressFamily(IntEnum):
@@ -195,6 +213,96 @@ def parse_mapped_address(value: bytes) -> tuple[str, int]:
     return _unpack_address(value, None, "MAPPED-ADDRESS")
 
 
+def address_value(ip: str, port: int) -> bytes:
+    """A plain (not XORed) address value: MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS (RFC 5780 §7.1)."""
+    return _pack_address(ip, port, None)
+
+
+def parse_address(value: bytes, what: str = "MAPPED-ADDRESS") -> tuple[str, int]:
+    """(ip, port) from a plain address value; `what` names the attribute in errors."""
+    return _unpack_address(value, None, what)
+
+
+# -- RFC 5780 §7: NAT Behavior Discovery attributes ---------------------------------------------------
+
+_CHANGE_IP = 0x4
+_CHANGE_PORT = 0x2
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """CHANGE-REQUEST (RFC 5780 §7.2): answer from the other IP (flag A) and/or the other port (flag B)."""
+
+    change_ip: bool = False
+    change_port: bool = False
+
+    def encode(self) -> bytes:
+        return struct.pack("!I", (_CHANGE_IP if self.change_ip else 0) | (_CHANGE_PORT if self.change_port else 0))
+
+    @classmethod
+    def decode(cls, value: bytes) -> ChangeRequest:
+        if len(value) != 4:
+            raise StunError(f"CHANGE-REQUEST: length {len(value)} must be 4")
+        (flags,) = struct.unpack("!I", value)
+        if flags & ~(_CHANGE_IP | _CHANGE_PORT):
+            raise StunError(
+                f"CHANGE-REQUEST: flags 0x{flags:08X} set bits other than change IP (0x4) and change port (0x2)"
+            )
+        return cls(bool(flags & _CHANGE_IP), bool(flags & _CHANGE_PORT))
+
+    def __str__(self) -> str:
+        changed = [what for what, flag in (("IP", self.change_ip), ("port", self.change_port)) if flag]
+        return "change " + " and ".join(changed) if changed else "no change"
+
+
+def response_port_value(port: int) -> bytes:
+    """RESPONSE-PORT (RFC 5780 §7.5): the port in network order, then 2 bytes of padding (zero)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise StunError(f"RESPONSE-PORT: port {port!r} is out of range 0..65535")
+    return struct.pack("!HH", port, 0)
+
+
+def parse_response_port(value: bytes) -> int:
+    """The port of a RESPONSE-PORT value; 2 bytes, or 4 with the padding counted in the length."""
+    if len(value) not in (2, 4):
+        raise StunError(f"RESPONSE-PORT: length {len(value)} must be 2 or 4")
+    (port,) = struct.unpack_from("!H", value)
+    return port
+
+
+def padding_value(length: int) -> bytes:
+    """PADDING (RFC 5780 §7.6): `length` bytes whose value does not matter (zeros here)."""
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= 0xFFFF:
+        raise StunError(f"PADDING: length {length!r} is out of range 0..65535")
+    return bytes(length)
+
+
+# -- errors (RFC 5389 §15.6, §15.9) ---------------------------------------------------------------------
+
+
+def error_code_value(code: int, reason: str) -> bytes:
+    """ERROR-CODE: class (hundreds) and number, then a UTF-8 reason phrase of at most 128 characters."""
+    if isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 699:
+        raise StunError(f"ERROR-CODE: code {code!r} is not in 300..699")
+    if len(reason) > 128:
+        raise StunError(f"ERROR-CODE: reason phrase of {len(reason)} characters is longer than 128")
+    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
+
+
+def unknown_attributes_value(types: list[int] | tuple[int, ...]) -> bytes:
+    """UNKNOWN-ATTRIBUTES: the 16-bit types a server did not understand (RFC 5389 §15.9)."""
+    for attr_type in types:
+        if isinstance(attr_type, bool) or not isinstance(attr_type, int) or not 0 <= attr_type <= 0xFFFF:
+            raise StunError(f"UNKNOWN-ATTRIBUTES: {attr_type!r} is not a 16-bit attribute type")
+    return struct.pack(f"!{len(types)}H", *types)
+
+
+def parse_unknown_attributes(value: bytes) -> list[int]:
+    if len(value) % 2:
+        raise StunError(f"UNKNOWN-ATTRIBUTES: length {len(value)} is not a multiple of 2")
+    return list(struct.unpack(f"!{len(value) // 2}H", value))
+
+
 def _check_transaction_id(transaction_id: bytes) -> None:
     if not isinstance(transaction_id, (bytes, bytearray)) or len(transaction_id) != TRANSACTION_ID_LENGTH:
         size = len(transaction_id) if isinstance(transaction_id, (bytes, bytearray)) else "?"
@@ -241,6 +349,34 @@ class Message:
     def mapped_address(self) -> tuple[str, int] | None:
         value = self.attribute(AttributeType.MAPPED_ADDRESS)
         return None if value is None else parse_mapped_address(value)
+
+    @property
+    def change_request(self) -> ChangeRequest | None:
+        """CHANGE-REQUEST of a request (RFC 5780 §7.2), None when absent."""
+        value = self.attribute(AttributeType.CHANGE_REQUEST)
+        return None if value is None else ChangeRequest.decode(value)
+
+    @property
+    def response_origin(self) -> tuple[str, int] | None:
+        """Where the server sent the response from, by its own account (RFC 5780 §7.3)."""
+        value = self.attribute(AttributeType.RESPONSE_ORIGIN)
+        return None if value is None else parse_address(value, "RESPONSE-ORIGIN")
+
+    @property
+    def other_address(self) -> tuple[str, int] | None:
+        """The server's alternate IP and port, the source of a change-IP-and-port answer (RFC 5780 §7.4)."""
+        value = self.attribute(AttributeType.OTHER_ADDRESS)
+        return None if value is None else parse_address(value, "OTHER-ADDRESS")
+
+    @property
+    def response_port(self) -> int | None:
+        value = self.attribute(AttributeType.RESPONSE_PORT)
+        return None if value is None else parse_response_port(value)
+
+    @property
+    def unknown_attributes(self) -> list[int] | None:
+        value = self.attribute(AttributeType.UNKNOWN_ATTRIBUTES)
+        return None if value is None else parse_unknown_attributes(value)
 
     @property
     def software(self) -> str | None:
@@ -440,6 +576,16 @@ def _check_attribute(attr_type: int, value: bytes, transaction_id: bytes, offset
                 raise StunError(f"{_attribute_name(attr_type)} is not valid UTF-8") from None
         elif attr_type == AttributeType.ERROR_CODE:
             _parse_error_code(value)
+        elif attr_type == AttributeType.CHANGE_REQUEST:
+            ChangeRequest.decode(value)
+        elif attr_type == AttributeType.RESPONSE_ORIGIN:
+            parse_address(value, "RESPONSE-ORIGIN")
+        elif attr_type == AttributeType.OTHER_ADDRESS:
+            parse_address(value, "OTHER-ADDRESS")
+        elif attr_type == AttributeType.RESPONSE_PORT:
+            parse_response_port(value)
+        elif attr_type == AttributeType.UNKNOWN_ATTRIBUTES:
+            parse_unknown_attributes(value)
     except StunError as exc:
         raise StunError(f"attribute at offset {offset}: {exc}") from None
 
@@ -447,29 +593,83 @@ def _check_attribute(attr_type: int, value: bytes, transaction_id: bytes, offset
 # -- Binding helpers ----------------------------------------------------------------------------------
 
 
-def binding_request(transaction_id: bytes | None = None, software: str | None = None) -> Message:
+def binding_request(
+    transaction_id: bytes | None = None,
+    software: str | None = None,
+    *,
+    change_request: ChangeRequest | None = None,
+    response_port: int | None = None,
+    padding: int | None = None,
+) -> Message:
     """An unauthenticated Binding request (RFC 5763 §6.7.2: no USERNAME or MESSAGE-INTEGRITY).
 
     The transaction ID is 96 random bits (RFC 5389 §6: cryptographically random).
+    `change_request`, `response_port` and `padding` (a length) add the RFC 5780 request attributes.
     """
     attributes: list[tuple[int, bytes]] = []
+    if change_request is not None:
+        attributes.append((AttributeType.CHANGE_REQUEST, change_request.encode()))
+    if response_port is not None:
+        attributes.append((AttributeType.RESPONSE_PORT, response_port_value(response_port)))
+    if padding is not None:
+        attributes.append((AttributeType.PADDING, padding_value(padding)))
     if software is not None:
         attributes.append((AttributeType.SOFTWARE, software.encode("utf-8")))
     tid = os.urandom(TRANSACTION_ID_LENGTH) if transaction_id is None else transaction_id
     return Message(Method.BINDING, MessageClass.REQUEST, tid, attributes)
 
 
-def binding_success(request: Message, source: tuple[str, int], software: str | None = None) -> Message:
-    """The success response to ``request``: XOR-MAPPED-ADDRESS = the request's source (RFC 5389 §7.3.1.1)."""
-    if request.method != Method.BINDING or request.message_class != MessageClass.REQUEST:
-        raise StunError(f"can only answer a Binding request, not a {request.method.name} {request.message_class.name}")
+def binding_success(
+    request: Message,
+    source: tuple[str, int],
+    software: str | None = None,
+    *,
+    mapped_address: bool = False,
+    response_origin: tuple[str, int] | None = None,
+    other_address: tuple[str, int] | None = None,
+) -> Message:
+    """The success response to ``request``: XOR-MAPPED-ADDRESS = the request's source (RFC 5389 §7.3.1.1).
+
+    RFC 5780 §6.1 adds MAPPED-ADDRESS too (`mapped_address`), RESPONSE-ORIGIN (where the response
+    leaves from) and OTHER-ADDRESS (only from a server with a second IP address, §7.4).
+    """
+    _check_request(request)
     ip, port = source
     attributes: list[tuple[int, bytes]] = [
         (AttributeType.XOR_MAPPED_ADDRESS, xor_address(ip, port, request.transaction_id))
     ]
+    if mapped_address:
+        attributes.append((AttributeType.MAPPED_ADDRESS, address_value(ip, port)))
+    if response_origin is not None:
+        attributes.append((AttributeType.RESPONSE_ORIGIN, address_value(*response_origin)))
+    if other_address is not None:
+        attributes.append((AttributeType.OTHER_ADDRESS, address_value(*other_address)))
     if software is not None:
         attributes.append((AttributeType.SOFTWARE, software.encode("utf-8")))
     return Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, request.transaction_id, attributes)
+
+
+def binding_error(
+    request: Message,
+    code: int,
+    reason: str,
+    *,
+    unknown_attributes: list[int] | tuple[int, ...] = (),
+    software: str | None = None,
+) -> Message:
+    """The error response to ``request`` (RFC 5389 §7.3.1.1): ERROR-CODE, and UNKNOWN-ATTRIBUTES for a 420."""
+    _check_request(request)
+    attributes: list[tuple[int, bytes]] = [(AttributeType.ERROR_CODE, error_code_value(code, reason))]
+    if unknown_attributes:
+        attributes.append((AttributeType.UNKNOWN_ATTRIBUTES, unknown_attributes_value(unknown_attributes)))
+    if software is not None:
+        attributes.append((AttributeType.SOFTWARE, software.encode("utf-8")))
+    return Message(Method.BINDING, MessageClass.ERROR_RESPONSE, request.transaction_id, attributes)
+
+
+def _check_request(request: Message) -> None:
+    if request.method != Method.BINDING or request.message_class != MessageClass.REQUEST:
+        raise StunError(f"can only answer a Binding request, not a {request.method.name} {request.message_class.name}")
 
 
 # -- client transaction (RFC 5389 §7.2.1) -------------------------------------------------------------

@@ -63,7 +63,8 @@ def test_default_topology() -> None:
     for name in ("proxy-a", "proxy-b", "stun", "bob"):
         assert topo.nodes[name].routes == []
         assert topo.nodes[name].addresses[0].startswith("203.0.113.")
-    assert topo.nodes["stun"].extra == {"stun_port": 3478}
+    assert topo.nodes["stun"].extra == {"stun_port": 3478, "stun_alternate_port": 3479}
+    assert topo.nodes["stun"].addresses == ["203.0.113.30/24", "203.0.113.31/24"]
     assert topo.ipv6 is False
 
 

@@ -521,3 +521,176 @@ def test_binding_client_resolves_to_the_mapped_address_and_times_out_on_schedule
             transport.close()
 
     asyncio.run(scenario())
+
+
+# -- RFC 5780 attributes (NAT Behavior Discovery) -----------------------------------------------------
+
+
+def _request_bytes(*attributes: bytes) -> bytes:
+    body = b"".join(attributes)
+    return struct.pack("!HHI", 0x0001, len(body), 0x2112A442) + TID + body
+
+
+@pytest.mark.parametrize(
+    "change, value",
+    [
+        (stun.ChangeRequest(), "00000000"),
+        (stun.ChangeRequest(change_port=True), "00000002"),
+        (stun.ChangeRequest(change_ip=True), "00000004"),
+        (stun.ChangeRequest(True, True), "00000006"),
+    ],
+)
+def test_change_request_bytes(change: stun.ChangeRequest, value: str) -> None:
+    request = stun.binding_request(TID, change_request=change)
+    data = stun.encode(request, fingerprint=False)
+    assert data == bytes.fromhex("000100082112a442") + TID + bytes.fromhex("00030004" + value)
+    assert stun.decode(data).change_request == change
+    assert stun.decode(stun.encode(request)).change_request == change
+
+
+def test_change_request_names() -> None:
+    assert str(stun.ChangeRequest()) == "no change"
+    assert str(stun.ChangeRequest(True, False)) == "change IP"
+    assert str(stun.ChangeRequest(False, True)) == "change port"
+    assert str(stun.ChangeRequest(True, True)) == "change IP and port"
+    assert stun.decode(stun.encode(stun.binding_request(TID))).change_request is None
+
+
+def test_rfc5780_success_response_bytes() -> None:
+    """XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS, written out by hand."""
+    request = stun.binding_request(TID)
+    response = stun.binding_success(
+        request,
+        ("203.0.113.1", 40000),
+        mapped_address=True,
+        response_origin=("203.0.113.31", 3479),
+        other_address=("203.0.113.31", 3479),
+    )
+    body = (
+        bytes.fromhex("0020 0008 0001 bd52 ea12d543")  # XOR-MAPPED-ADDRESS: 40000 ^ 0x2112, cb007101 ^ 2112a442
+        + bytes.fromhex("0001 0008 0001 9c40 cb007101")  # MAPPED-ADDRESS 203.0.113.1:40000
+        + bytes.fromhex("802b 0008 0001 0d97 cb00711f")  # RESPONSE-ORIGIN 203.0.113.31:3479
+        + bytes.fromhex("802c 0008 0001 0d97 cb00711f")  # OTHER-ADDRESS 203.0.113.31:3479
+    )
+    head = struct.pack("!HHI", 0x0101, len(body), 0x2112A442) + TID + body
+    expected = head[:2] + struct.pack("!H", len(body) + 8) + head[4:] + bytes.fromhex("80280004")
+    expected += reference_fingerprint(head)
+    assert stun.encode(response) == expected
+    decoded = stun.decode(expected)
+    assert decoded.xor_mapped_address == ("203.0.113.1", 40000)
+    assert decoded.mapped_address == ("203.0.113.1", 40000)
+    assert decoded.response_origin == ("203.0.113.31", 3479)
+    assert decoded.other_address == ("203.0.113.31", 3479)
+    assert decoded.unknown_comprehension_required == []
+
+
+def test_plain_binding_success_has_no_rfc5780_attributes() -> None:
+    response = stun.binding_success(stun.binding_request(TID), ("203.0.113.1", 40000), software="x")
+    assert [t for t, _ in response.attributes] == [AttributeType.XOR_MAPPED_ADDRESS, AttributeType.SOFTWARE]
+    assert response.other_address is None and response.response_origin is None and response.mapped_address is None
+
+
+def test_rfc5780_addresses_ipv6() -> None:
+    value = stun.address_value("2001:db8::1", 3478)
+    assert value == bytes.fromhex("00020d96 20010db8000000000000000000000001")
+    assert stun.parse_address(value, "OTHER-ADDRESS") == ("2001:db8::1", 3478)
+
+
+def test_response_port_and_padding_bytes() -> None:
+    request = stun.binding_request(TID, response_port=40000, padding=5)
+    data = stun.encode(request, fingerprint=False)
+    assert data[20:] == bytes.fromhex("00270004 9c400000 00260005 0000000000000000")
+    decoded = stun.decode(data)
+    assert decoded.response_port == 40000
+    assert decoded.attribute(AttributeType.PADDING) == bytes(5)
+    # a RESPONSE-PORT of length 2 (the padding left to the TLV) reads the same
+    assert stun.decode(_request_bytes(bytes.fromhex("002700029c400000"))).response_port == 40000
+
+
+def test_error_response_420_bytes() -> None:
+    request = stun.binding_request(TID, change_request=stun.ChangeRequest(True, True))
+    response = stun.binding_error(request, 420, "Unknown Attribute", unknown_attributes=[0x0003])
+    data = stun.encode(response, fingerprint=False)
+    assert data == (
+        bytes.fromhex("011100242112a442")
+        + TID
+        + bytes.fromhex("00090015 00000414")
+        + b"Unknown Attribute\x00\x00\x00"
+        + bytes.fromhex("000a0002 00030000")
+    )
+    decoded = stun.decode(data)
+    assert decoded.error_code == (420, "Unknown Attribute")
+    assert decoded.unknown_attributes == [AttributeType.CHANGE_REQUEST]
+
+
+def test_rfc5780_attributes_are_known() -> None:
+    request = stun.binding_request(TID, change_request=stun.ChangeRequest(True), response_port=1, padding=4)
+    assert stun.decode(stun.encode(request)).unknown_comprehension_required == []
+
+
+@pytest.mark.parametrize(
+    "attribute, message",
+    [
+        (bytes.fromhex("0003000200000000"), "attribute at offset 20: CHANGE-REQUEST: length 2 must be 4"),
+        (bytes.fromhex("00030008 00000006 00000000"), "attribute at offset 20: CHANGE-REQUEST: length 8 must be 4"),
+        (
+            bytes.fromhex("0003000400000001"),
+            "attribute at offset 20: CHANGE-REQUEST: flags 0x00000001 set bits other than change IP (0x4) "
+            "and change port (0x2)",
+        ),
+        (
+            bytes.fromhex("0003000480000006"),
+            "attribute at offset 20: CHANGE-REQUEST: flags 0x80000006 set bits other than change IP (0x4) "
+            "and change port (0x2)",
+        ),
+        (
+            bytes.fromhex("802c 0008 0003 0d97 cb00711f"),
+            "attribute at offset 20: OTHER-ADDRESS: unknown address family 0x03",
+        ),
+        (
+            bytes.fromhex("802c00040001a147"),
+            "attribute at offset 20: OTHER-ADDRESS: length 4 does not fit family IPV4 (expected 8)",
+        ),
+        (
+            bytes.fromhex("802b0008 00020d96 cb00711e"),
+            "attribute at offset 20: RESPONSE-ORIGIN: length 8 does not fit family IPV6 (expected 20)",
+        ),
+        (bytes.fromhex("802b0000"), "attribute at offset 20: RESPONSE-ORIGIN: value of 0 bytes is shorter than 4"),
+        (bytes.fromhex("002700039c400000"), "attribute at offset 20: RESPONSE-PORT: length 3 must be 2 or 4"),
+        (bytes.fromhex("00270000"), "attribute at offset 20: RESPONSE-PORT: length 0 must be 2 or 4"),
+        (
+            bytes.fromhex("000a000300030000"),
+            "attribute at offset 20: UNKNOWN-ATTRIBUTES: length 3 is not a multiple of 2",
+        ),
+    ],
+)
+def test_rfc5780_attribute_errors(attribute: bytes, message: str) -> None:
+    with pytest.raises(StunError) as excinfo:
+        stun.decode(_request_bytes(attribute))
+    assert str(excinfo.value) == message
+
+
+def test_rfc5780_attribute_errors_after_other_attributes_name_the_offset() -> None:
+    software = bytes.fromhex("80220004") + b"test"
+    with pytest.raises(StunError, match=r"^attribute at offset 28: CHANGE-REQUEST: length 2 must be 4$"):
+        stun.decode(_request_bytes(software, bytes.fromhex("0003000200000000")))
+
+
+def test_rfc5780_encode_errors() -> None:
+    with pytest.raises(StunError, match=r"^RESPONSE-PORT: port 65536 is out of range 0..65535$"):
+        stun.response_port_value(65536)
+    with pytest.raises(StunError, match=r"^RESPONSE-PORT: port True is out of range 0..65535$"):
+        stun.response_port_value(True)  # type: ignore[arg-type]
+    with pytest.raises(StunError, match=r"^PADDING: length -1 is out of range 0..65535$"):
+        stun.padding_value(-1)
+    with pytest.raises(StunError, match=r"^ERROR-CODE: code 299 is not in 300..699$"):
+        stun.error_code_value(299, "x")
+    with pytest.raises(StunError, match=r"^ERROR-CODE: reason phrase of 129 characters is longer than 128$"):
+        stun.error_code_value(400, "x" * 129)
+    with pytest.raises(StunError, match=r"^UNKNOWN-ATTRIBUTES: 65536 is not a 16-bit attribute type$"):
+        stun.unknown_attributes_value([0x10000])
+    with pytest.raises(StunError, match=r"^'a2' is not an IPv4 or IPv6 address$"):
+        stun.binding_success(stun.binding_request(TID), ("192.0.2.1", 1), other_address=("a2", 1))
+    response = stun.binding_success(stun.binding_request(TID), ("192.0.2.1", 1))
+    with pytest.raises(StunError, match=r"^can only answer a Binding request, not a BINDING SUCCESS_RESPONSE$"):
+        stun.binding_error(response, 400, "Bad Request")

@@ -82,7 +82,10 @@ def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> l
     if node.service == "useragent":
         argv += ["--media-ip", address]
     if node.service == "stunserver":
-        argv += ["--listen", f"{address}:{extra.get('stun_port', 3478)}"]
+        port = extra.get("stun_port", 3478)
+        argv += ["--listen", f"{address}:{port}"]
+        if len(node.addresses) > 1:  # a second address: an RFC 5780 server (it copes if it lacks the address)
+            argv += ["--alternate", f"{node.addresses[1].split('/')[0]}:{extra.get('stun_alternate_port', port + 1)}"]
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
         if name_interfaces:
