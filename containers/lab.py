@@ -5,9 +5,10 @@ Same nodes, addresses and services as the namespace lab, so a run gets the same 
   *internal* engine network: no NAT to the outside, no default route in the containers;
 - every node with a service is a container of that service's image (localhost/pinhole-<service>),
   unprivileged and read-only, except the NAT gateway: root with exactly NET_ADMIN, no other capability;
-- a node's routes (Alice's default route through the NAT) are set by a one-shot helper container with
-  NET_ADMIN in the node's network namespace, as the init container does on Kubernetes: the docker API
-  cannot make another container a network's gateway;
+- a node's routes (Alice's default route through the NAT) and further addresses (the STUN server's
+  second one) are set by a one-shot helper container with NET_ADMIN in the node's network namespace, as
+  the init container does on Kubernetes: the docker API can neither make another container a network's
+  gateway nor give a container two addresses on one network;
 - the controller reaches each service over a unix socket in the lab's run directory, which every
   container mounts at /run/pinhole, and captures the NAT's interfaces from the host through
   /proc/PID/ns/net. So the controller runs as root on the engine's machine.
@@ -44,12 +45,19 @@ CONTAINER_RUN_DIR = Path("/run/pinhole")  # where every container mounts the lab
 SERVICE_USER = "10001:10001"  # the images' unprivileged user
 LABEL = "io.pinhole.lab"
 ENGINE_START_TIMEOUT = 30.0
-# Sets the routes of the container whose network namespace the helper shares (argv[1]: JSON list).
-ROUTE_SCRIPT = """
-import ipaddress, json, sys
+# In the network namespace of the container the helper shares (argv[1]: JSON {"addresses": [[interface's
+# first address, extra address/len], ...], "routes": [{"to", "via"}, ...]}): the node's further addresses
+# on an interface (an engine gives each network one) and its routes.
+NETWORK_SCRIPT = """
+import ipaddress, json, socket, sys
 from pyroute2 import IPRoute
+plan = json.loads(sys.argv[1])
 with IPRoute() as ipr:
-    for route in json.loads(sys.argv[1]):
+    where = {e.get_attr("IFA_ADDRESS"): e["index"] for e in ipr.get_addr(family=socket.AF_INET)}
+    for first, extra in plan["addresses"]:
+        address = ipaddress.ip_interface(extra)
+        ipr.addr("replace", index=where[first], address=str(address.ip), prefixlen=address.network.prefixlen)
+    for route in plan["routes"]:
         to = ipaddress.ip_network("0.0.0.0/0" if route["to"] == "default" else route["to"])
         ipr.route("replace", dst=str(to.network_address), dst_len=to.prefixlen, gateway=route["via"])
 """
@@ -278,8 +286,9 @@ class ContainerLab:
         for segment, ifname in ends[1:]:
             client.networks.get(f"{self.name}-{segment.name}").connect(container, ipv4_address=address(ifname))
         container.start()
-        if spec.routes:
-            self._set_routes(container, node, [{"to": r.to, "via": r.via} for r in spec.routes])
+        extra = [(addrs[0].split("/")[0], more) for addrs in spec.interfaces.values() for more in addrs[1:]]
+        if spec.routes or extra:
+            self._set_network(container, node, extra, [{"to": r.to, "via": r.via} for r in spec.routes])
         container.reload()
         return Started(node, container.id, int(container.attrs["State"]["Pid"]))
 
@@ -289,12 +298,15 @@ class ContainerLab:
             state["containers"].append({"id": container_id, "node": node, "log": str(log_path)})
             self._save(state)
 
-    def _set_routes(self, container: Any, node: str, routes: list[dict[str, str]]) -> None:
-        """A helper with NET_ADMIN in the node's network namespace sets its routes, then exits."""
+    def _set_network(
+        self, container: Any, node: str, addresses: list[tuple[str, str]], routes: list[dict[str, str]]
+    ) -> None:
+        """A helper with NET_ADMIN in the node's network namespace adds its further addresses and its
+        routes, then exits."""
         self.client().containers.run(
             f"{self.image_prefix}natgw",  # any pinhole image has python and pyroute2
-            command=["python", "-c", ROUTE_SCRIPT, json.dumps(routes)],
-            name=f"{self.name}-{node}-routes",
+            command=["python", "-c", NETWORK_SCRIPT, json.dumps({"addresses": addresses, "routes": routes})],
+            name=f"{self.name}-{node}-network",
             labels={LABEL: self.name},
             network_mode=f"container:{container.id}",
             user="0:0",

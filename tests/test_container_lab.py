@@ -116,6 +116,20 @@ def test_alice_routes_through_the_nat_container_only(container_lab):
     assert defaults == [topology.nodes["natgw"].interfaces["lan0"][0].split("/")[0]], routes
 
 
+def test_every_topology_address_is_on_its_container(container_lab):
+    """Addresses beyond the one an engine network gives (the STUN server's second, RFC 5780) are there too."""
+    running, topology, _ = container_lab
+    from pyroute2 import IPRoute
+
+    from netns.lab import in_netns
+
+    for container in running.client().containers.list(filters={"label": f"io.pinhole.lab={running.name}"}):
+        node = container.labels["io.pinhole.node"]
+        with in_netns(f"/proc/{container.attrs['State']['Pid']}/ns/net"), IPRoute() as ipr:
+            present = {f"{e.get_attr('IFA_ADDRESS')}/{e['prefixlen']}" for e in ipr.get_addr(family=2)}
+        assert set(topology.nodes[node].addresses) <= present, (node, present)
+
+
 def test_section_7_3_gets_the_same_verdict_in_containers_as_in_namespaces(container_lab, lab, tmp_path):
     running, _, _ = container_lab
     in_containers, evidence, out_dir = _run(running.name, "docker", tmp_path / "docker", "rfc5763-7.3")
