@@ -610,7 +610,7 @@ def probe_command(
     not running); with `mapping`/`filtering`, Configure the NAT gateway first and check the probe agrees.
 
     Exit status: 0 classified (and, when configured, as configured); 1 undecided or disagreeing;
-    2 the gateway refused the configuration (UNIMPLEMENTED: it cannot emulate that NAT yet).
+    2 the gateway refused the configuration.
     """
     import json
     import sys

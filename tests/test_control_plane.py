@@ -44,14 +44,16 @@ def _error(call, request) -> grpc.RpcError:
     return info.value
 
 
-def test_natgw_rejects_a_short_mapping_timeout_and_unbuilt_behaviours(clients):
+def test_natgw_rejects_a_short_mapping_timeout_and_unknown_settings(clients):
     natgw = clients.stub("natgw")
     error = _error(natgw.Configure, natgw_pb2.NatConfig(mapping_timeout_seconds=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "mapping_timeout_seconds: 30 is below the 120 s RFC 4787 REQ-5 requires" in error.details()
-    error = _error(natgw.Configure, natgw_pb2.NatConfig(filtering=natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    error = _error(natgw.Configure, natgw_pb2.NatConfig(port_preservation=7))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "port_preservation: unknown value 7" in error.details()
     reply = natgw.Configure(natgw_pb2.NatConfig(), timeout=10)
+    assert reply.effective.port_preservation == natgw_pb2.PORT_PRESERVATION_ON
     assert reply.effective.mapping == natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT
     assert reply.effective.filtering == natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT
     assert reply.effective.mapping_timeout_seconds == 300 and "masquerade" in reply.ruleset

@@ -4,6 +4,7 @@ RFC 4787 behaviour of the rendered ruleset measured in a real lab (root, namespa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,7 @@ LAN = "10.10.1.0/24"
 # --------------------------------------------------------------------------- ruleset (pure)
 
 DEFAULT_SCRIPT = """\
-# pinhole NAT gateway: RFC 4787 endpoint-independent mapping, address-and-port-dependent filtering
+# pinhole NAT gateway: RFC 4787 endpoint-independent mapping, address-and-port-dependent filtering, ports preserved
 table inet pinhole_nat
 delete table inet pinhole_nat
 table inet pinhole_nat {
@@ -60,11 +62,17 @@ table inet pinhole_nat {
 \t}
 \tcounter inbound_translated {
 \t}
+\tcounter inbound_admitted {
+\t}
+\tcounter inbound_remote_port_rewritten {
+\t}
 \tcounter inbound_dropped_input {
 \t}
 \tcounter inbound_dropped_forward {
 \t}
 
+\t# RFC 4787 §4.1 endpoint-independent mapping: masquerade keeps the internal port x wherever it is free,
+\t# so every flow of X:x leaves from port x
 \tchain postrouting {
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\toifname "wan0" ip saddr 10.10.1.0/24 counter name "mappings_created" masquerade
@@ -109,7 +117,8 @@ def test_render_address_and_port_dependent_mapping() -> None:
         log_group=7,
     )
     assert script.splitlines()[0] == (
-        "# pinhole NAT gateway: RFC 4787 address-and-port-dependent mapping, address-and-port-dependent filtering"
+        "# pinhole NAT gateway: RFC 4787 address-and-port-dependent mapping, address-and-port-dependent filtering, "
+        "ports not preserved"
     )
     assert (
         '\t\toifname "outside" ip saddr 192.168.0.0/16 counter name "mappings_created" '
@@ -119,33 +128,81 @@ def test_render_address_and_port_dependent_mapping() -> None:
     assert "ip daddr 198.51.100.7" in script
 
 
-@pytest.mark.parametrize(
-    ("behaviour", "message"),
-    [
-        (
-            NatBehaviour(mapping=Mapping.ADDRESS_DEPENDENT),
-            "address-dependent mapping (RFC 4787 §4.1) is not implemented: Linux masquerade maps "
-            "either per endpoint (masquerade) or per flow (masquerade fully-random)",
-        ),
-        (
-            NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT),
-            "endpoint-independent filtering (RFC 4787 §5) is not implemented: conntrack only "
-            "admits replies from the exact remote address and port; it needs an nft set filled "
-            "by outbound packets and a prerouting DNAT for inbound packets matching it",
-        ),
-        (
-            NatBehaviour(filtering="address-dependent"),  # type: ignore[arg-type]
-            "address-dependent filtering (RFC 4787 §5) is not implemented: conntrack only "
-            "admits replies from the exact remote address and port; it needs an nft set filled "
-            "by outbound packets and a prerouting DNAT for inbound packets matching it",
-        ),
-    ],
-    ids=["ADM", "EIF", "ADF"],
-)
-def test_render_refuses_what_it_cannot_do(behaviour: NatBehaviour, message: str) -> None:
-    with pytest.raises(NotImplementedError) as info:
-        render(behaviour, wan_address=WAN, lan_prefix=LAN)
-    assert str(info.value) == message
+GOLDEN_DIR = Path(__file__).parent / "data" / "natgw"
+BEHAVIOURS = [
+    NatBehaviour(mapping=mapping, filtering=filtering, port_preservation=preserve)
+    for mapping in Mapping
+    for filtering in Filtering
+    for preserve in (True, False)
+]
+
+
+def _golden(behaviour: NatBehaviour) -> Path:
+    ports = "ports-preserved" if behaviour.port_preservation else "ports-not-preserved"
+    return GOLDEN_DIR / f"{behaviour.mapping.value}-mapping_{behaviour.filtering.value}-filtering_{ports}.nft"
+
+
+@pytest.mark.parametrize("behaviour", BEHAVIOURS, ids=lambda b: _golden(b).stem)
+def test_render_golden_for_every_behaviour(behaviour: NatBehaviour) -> None:
+    """Every RFC 4787 mapping x filtering x port preservation renders as its golden script
+    (tests/data/natgw; PINHOLE_REGOLDEN=1 rewrites them, review the diff)."""
+    script = render(behaviour, wan_address=WAN, lan_prefix=LAN)
+    path = _golden(behaviour)
+    if os.environ.get("PINHOLE_REGOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+    assert script == path.read_text()
+
+
+def test_golden_directory_holds_one_script_per_behaviour() -> None:
+    assert sorted(GOLDEN_DIR.glob("*.nft")) == sorted(_golden(b) for b in BEHAVIOURS)
+    assert _golden(NatBehaviour()).read_text() == DEFAULT_SCRIPT
+
+
+def test_render_only_builds_what_the_behaviour_needs() -> None:
+    """The kernel's own behaviours stay plain masquerade; the sets appear only where they are used."""
+
+    def sets(behaviour: NatBehaviour) -> list[str]:
+        script = render(behaviour, wan_address=WAN, lan_prefix=LAN)
+        return [name for name in ruleset.DYNAMIC_SETS if f" {name} {{" in script]
+
+    eif, adf = Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT
+    adm, apdm = Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT
+    assert sets(NatBehaviour()) == []
+    assert sets(NatBehaviour(mapping=apdm)) == []
+    assert sets(NatBehaviour(port_preservation=False)) == ["endpoint_independent_mappings"]
+    assert sets(NatBehaviour(mapping=adm)) == ["address_dependent_mappings"]
+    assert sets(NatBehaviour(mapping=adm, port_preservation=True)) == [
+        "address_dependent_mappings",
+        "mapped_endpoints",
+    ]
+    assert sets(NatBehaviour(mapping=apdm, port_preservation=True)) == ["mapped_endpoints"]
+    assert sets(NatBehaviour(filtering=eif)) == ["inbound_mappings"]
+    assert sets(NatBehaviour(filtering=adf)) == ["inbound_mappings", "contacted_addresses"]
+    assert "chain prerouting" not in render(NatBehaviour(mapping=adm), wan_address=WAN, lan_prefix=LAN)
+
+
+def test_render_keeps_wan_services_out_of_the_filtering_dnat() -> None:
+    script = render(
+        NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT),
+        wan_address=WAN,
+        lan_prefix=LAN,
+        wan_services=[("tcp", 50051), ("udp", 4789), ("udp", 4790)],
+    )
+    assert (
+        '\t\tiifname "wan0" ip daddr 203.0.113.1 udp dport != { 4789, 4790 } udp dport @inbound_mappings '
+        'counter name "inbound_admitted" dnat ip to udp dport map @inbound_mappings\n'
+    ) in script
+
+
+def test_render_timeouts_of_the_sets_are_the_mapping_timeout() -> None:
+    script = render(
+        NatBehaviour(mapping=Mapping.ADDRESS_DEPENDENT, filtering=Filtering.ADDRESS_DEPENDENT, mapping_timeout=137),
+        wan_address=WAN,
+        lan_prefix=LAN,
+    )
+    assert script.count("\t\tflags dynamic,timeout\n\t\ttimeout 137s\n") == 3
+    assert "policy = { unreplied : 137, replied : 137 }" in script
 
 
 def test_behaviour_takes_rfc_names() -> None:
@@ -153,6 +210,17 @@ def test_behaviour_takes_rfc_names() -> None:
     assert behaviour.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT
     assert behaviour.filtering is Filtering.ADDRESS_AND_PORT_DEPENDENT
     assert NatBehaviour().mapping_timeout == 300
+
+
+def test_port_preservation_defaults_to_the_kernels() -> None:
+    """masquerade keeps free ports (endpoint-independent mapping); fully-random does not."""
+    assert NatBehaviour().port_preservation is True
+    assert NatBehaviour(mapping=Mapping.ADDRESS_DEPENDENT).port_preservation is False
+    assert NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT).port_preservation is False
+    assert NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT, port_preservation=True).port_preservation is True
+    assert NatBehaviour(port_preservation=False).describe() == (
+        "endpoint-independent mapping, address-and-port-dependent filtering, ports not preserved"
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,6 +236,7 @@ def test_behaviour_takes_rfc_names() -> None:
         ),
         ({"mapping_timeout": 0}, "mapping_timeout 0 is not a positive integer"),
         ({"mapping_timeout": True}, "mapping_timeout True is not a positive integer"),
+        ({"port_preservation": "yes"}, "port_preservation 'yes' is not true, false or None"),
     ],
 )
 def test_behaviour_errors(kwargs: dict[str, object], message: str) -> None:
@@ -250,6 +319,23 @@ def test_parse_udp_mappings_golden() -> None:
         NatMapping(("10.10.1.10", 40002), (WAN, 28411), ("203.0.113.40", 5000), 115, True),
     ]
     assert parse_udp_mappings(CONNTRACK_OUTPUT, "198.51.100.1") == []
+
+
+# Sessions the remote opened (EIF/ADF admitted and DNATed them), as conntrack -L printed them here: bob
+# from another port; stun towards a second mapping of the same inside endpoint (the kernel changed its
+# port inside, 3478 -> 57011); and an unsolicited packet to the outside address itself (no mapping).
+INBOUND_CONNTRACK_OUTPUT = """\
+udp      17 299 src=203.0.113.40 dst=203.0.113.1 sport=5001 dport=42677 src=10.10.1.10 dst=203.0.113.40 sport=40000 dport=5001 mark=0 use=1
+udp      17 299 src=203.0.113.30 dst=203.0.113.1 sport=3478 dport=22376 src=10.10.1.10 dst=203.0.113.30 sport=40011 dport=57011 mark=0 use=1
+udp      17 29 src=203.0.113.31 dst=203.0.113.1 sport=3479 dport=42677 [UNREPLIED] src=203.0.113.1 dst=203.0.113.31 sport=42677 dport=3479 mark=0 use=1
+"""
+
+
+def test_parse_udp_mappings_of_sessions_opened_from_outside() -> None:
+    assert parse_udp_mappings(INBOUND_CONNTRACK_OUTPUT, WAN) == [
+        NatMapping(("10.10.1.10", 40000), (WAN, 42677), ("203.0.113.40", 5001), 299, False, inbound=True),
+        NatMapping(("10.10.1.10", 40011), (WAN, 22376), ("203.0.113.30", 3478), 299, False, inbound=True),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -493,6 +579,8 @@ def test_endpoint_independent_mapping_and_address_and_port_dependent_filtering(
         "mappings_created": 2,
         "outbound_translated": 2,
         "inbound_translated": 2,
+        "inbound_admitted": 0,
+        "inbound_remote_port_rewritten": 0,
         "inbound_dropped_input": 1,
         "inbound_dropped_forward": 0,
     }
@@ -618,6 +706,12 @@ def test_parse_flow_counts_reads_both_directions():
     assert (count.outbound_packets, count.inbound_packets) == (53, 54)
     assert count.mapping.external == ("203.0.113.1", 40000) and count.mapping.remote == ("203.0.113.40", 50000)
     assert parse_flow_counts(line.replace("packets=53 ", "").replace("packets=54 ", ""), "203.0.113.1") == []
+    inbound = (
+        "udp      17 298 src=203.0.113.40 dst=203.0.113.1 sport=50000 dport=40000 packets=7 bytes=900 "
+        "src=10.10.1.10 dst=203.0.113.40 sport=40000 dport=50000 packets=5 bytes=700 [ASSURED] mark=0 use=1"
+    )
+    (count,) = parse_flow_counts(inbound, "203.0.113.1")  # Bob opened it: his packets are the original direction
+    assert (count.mapping.inbound, count.outbound_packets, count.inbound_packets) == (True, 5, 7)
 
 
 def test_wan_services_are_admitted_before_the_unsolicited_drop():
@@ -637,3 +731,335 @@ def test_wan_services_are_admitted_before_the_unsolicited_drop():
         ruleset.render(
             ruleset.NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24", wan_services=[("sctp", 9)]
         )
+
+
+# --------------------------------------------------------------------------- RFC 4787 behaviours, measured (root)
+#
+# Alice (X:x, behind the NAT) sends to bob:5000 first; bob:5001 is the same remote address from another
+# port, stun:3478 another remote address. The tables say what RFC 4787 defines; the tests send real
+# packets through the kernel and compare.
+
+REMOTES = {  # label -> (node, port)
+    "bob:5000": ("bob", 5000),
+    "bob:5001": ("bob", 5001),
+    "stun:3478": ("stun", 3478),
+}
+
+# RFC 4787 §5: after X:x has sent to bob:5000 only, which remote endpoints may send in through its mapping.
+FILTERING_ADMITS = {
+    # "The NAT forwards any packets destined to X:x."
+    Filtering.ENDPOINT_INDEPENDENT: {"bob:5000": True, "bob:5001": True, "stun:3478": True},
+    # "... filter out packets from Y:y destined for X:x if X:x has not sent packets to Y:any previously"
+    Filtering.ADDRESS_DEPENDENT: {"bob:5000": True, "bob:5001": True, "stun:3478": False},
+    # "... if X:x has not sent packets to Y:y previously"
+    Filtering.ADDRESS_AND_PORT_DEPENDENT: {"bob:5000": True, "bob:5001": False, "stun:3478": False},
+}
+
+# RFC 4787 §4.1: X:x sends to bob:5000, then bob:5001, then stun:3478; does each later flow reuse the
+# mapping (external ip:port) of the flow to bob:5000?
+MAPPING_REUSED = {
+    # "the same mapping for subsequent packets sent from the same internal IP address and port (X:x) to any
+    # external IP address and port"
+    Mapping.ENDPOINT_INDEPENDENT: {"bob:5001": True, "stun:3478": True},
+    # "... to the same external IP address (Y), regardless of the external port"
+    Mapping.ADDRESS_DEPENDENT: {"bob:5001": True, "stun:3478": False},
+    # "... to the same external IP address and port (Y:y) while the mapping is still active"
+    Mapping.ADDRESS_AND_PORT_DEPENDENT: {"bob:5001": False, "stun:3478": False},
+}
+
+BEHAVIOUR_GRID = [(mapping, filtering) for mapping in Mapping for filtering in Filtering]
+
+
+def _grid_id(value: tuple[Mapping, Filtering]) -> str:
+    short = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
+    return f"{short[value[0].value]}M-{short[value[1].value]}F"
+
+
+def _load(natgw: Natgw, behaviour: NatBehaviour) -> None:
+    ruleset.apply(render(behaviour, wan_address=WAN, lan_prefix=LAN), netns=natgw.ns)
+
+
+def _remote_sockets(natgw: Natgw, stack: contextlib.ExitStack) -> dict[str, socket.socket]:
+    return {label: stack.enter_context(natgw.udp(node, port)) for label, (node, port) in REMOTES.items()}
+
+
+def _dropped_and_logged(natgw: Natgw, alice: socket.socket, datagram: UdpDatagram) -> None:
+    """The packet was dropped in the input hook, logged to NFLOG as such, and never reached Alice."""
+    logged = natgw.nflog.wait(2.0)
+    assert [(p.prefix, p.hook, p.indev) for p in logged] == [(DROP_PREFIX_INPUT, 1, natgw.ifindex("wan0"))]
+    assert drop_hook(logged[0].prefix) == "input"
+    assert decode_ipv4_udp(logged[0].payload) == datagram
+    assert _nothing_queued(alice)
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize(("mapping", "filtering"), BEHAVIOUR_GRID, ids=[_grid_id(v) for v in BEHAVIOUR_GRID])
+def test_rfc4787_filtering_is_what_was_configured(natgw: Natgw, mapping: Mapping, filtering: Filtering) -> None:
+    """Who can reach X:x's mapping after it sent to bob:5000: FILTERING_ADMITS, whatever the mapping.
+    An admitted packet arrives from the remote's real endpoint, and X:x's answer leaves through the same
+    mapping (the reverse NAT of the DNATed flow). A refused one is dropped and NFLOG-logged in input."""
+    _load(natgw, NatBehaviour(mapping=mapping, filtering=filtering))
+    port = 43100
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", port))
+        remotes = _remote_sockets(natgw, stack)
+        alice.sendto(b"open", remotes["bob:5000"].getsockname())
+        data, (address, external) = remotes["bob:5000"].recvfrom(2048)
+        assert (data, address) == (b"open", WAN)
+        for label, remote in remotes.items():
+            remote.sendto(label.encode(), (WAN, external))
+            if FILTERING_ADMITS[filtering][label]:
+                assert alice.recvfrom(2048) == (label.encode(), remote.getsockname()), label
+                alice.sendto(b"answer", remote.getsockname())
+                assert remote.recvfrom(2048) == (b"answer", (WAN, external)), label
+            else:
+                _dropped_and_logged(natgw, alice, UdpDatagram(remote.getsockname(), (WAN, external), label.encode()))
+    admitted = [label for label, yes in FILTERING_ADMITS[filtering].items() if yes and label != "bob:5000"]
+    remote_endpoints = {label: (natgw.lab.address(node), p) for label, (node, p) in REMOTES.items()}
+    assert sorted(
+        (m.remote, m.inbound, m.internal, m.external) for m in conntrack.list_udp_mappings(WAN, netns=natgw.ns)
+    ) == sorted(
+        [(remote_endpoints["bob:5000"], False, ("10.10.1.10", port), (WAN, external))]
+        + [(remote_endpoints[label], True, ("10.10.1.10", port), (WAN, external)) for label in admitted]
+    )
+    counters = natgw.counters()
+    assert counters["inbound_admitted"] == len(admitted)  # new inbound flows let in by EIF/ADF
+    assert counters["inbound_dropped_input"] == len(REMOTES) - 1 - len(admitted)
+    assert counters["inbound_translated"] == 1 + len(admitted)
+    assert counters["inbound_remote_port_rewritten"] == 0
+    assert (natgw.nflog.odd, natgw.nflog.overruns) == (0, 0)
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize(("mapping", "filtering"), BEHAVIOUR_GRID, ids=[_grid_id(v) for v in BEHAVIOUR_GRID])
+def test_rfc4787_mapping_is_what_was_configured(natgw: Natgw, mapping: Mapping, filtering: Filtering) -> None:
+    """Which flows of X:x share an external port: MAPPING_REUSED, whatever the filtering; every mapping
+    works for its own remote, and conntrack holds exactly those translations."""
+    _load(natgw, NatBehaviour(mapping=mapping, filtering=filtering))
+    port = 43200
+    externals: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", port))
+        for label, remote in _remote_sockets(natgw, stack).items():
+            alice.sendto(label.encode(), remote.getsockname())
+            data, (address, externals[label]) = remote.recvfrom(2048)
+            assert (data, address) == (label.encode(), WAN)
+            remote.sendto(b"reply", (WAN, externals[label]))
+            assert alice.recvfrom(2048) == (b"reply", remote.getsockname())
+    reused = {label: externals[label] == externals["bob:5000"] for label in ("bob:5001", "stun:3478")}
+    assert reused == MAPPING_REUSED[mapping], externals
+    if mapping is not Mapping.ENDPOINT_INDEPENDENT:
+        assert externals["stun:3478"] != externals["bob:5001"]  # a new remote address: a new mapping
+    if mapping is Mapping.ENDPOINT_INDEPENDENT:
+        assert externals["bob:5000"] == port  # masquerade's port preservation, the default here
+    remote_endpoints = {label: (natgw.lab.address(node), p) for label, (node, p) in REMOTES.items()}
+    assert sorted(
+        (m.internal, m.external, m.remote) for m in conntrack.list_udp_mappings(WAN, netns=natgw.ns)
+    ) == sorted((("10.10.1.10", port), (WAN, externals[label]), remote_endpoints[label]) for label in REMOTES)
+    assert natgw.counters()["mappings_created"] == len(REMOTES)  # one conntrack flow per remote endpoint
+
+
+# RFC 4787 §4.1 port preservation, for X:x's first mapping (towards bob:5000) and the second (stun:3478).
+PORT_PRESERVATION = {  # (mapping, preservation) -> (first keeps x, second is the first's mapping)
+    (Mapping.ENDPOINT_INDEPENDENT, True): (True, True),
+    (Mapping.ENDPOINT_INDEPENDENT, False): (False, True),
+    (Mapping.ADDRESS_DEPENDENT, True): (True, False),
+    (Mapping.ADDRESS_DEPENDENT, False): (False, False),
+    (Mapping.ADDRESS_AND_PORT_DEPENDENT, True): (True, False),
+    (Mapping.ADDRESS_AND_PORT_DEPENDENT, False): (False, False),
+}
+PRESERVATION_IDS = [f"{m.value}-{'preserved' if p else 'random'}" for m, p in PORT_PRESERVATION]
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize(("mapping", "preserve"), list(PORT_PRESERVATION), ids=PRESERVATION_IDS)
+def test_port_preservation_is_what_was_configured(natgw: Natgw, mapping: Mapping, preserve: bool) -> None:
+    """Three inside endpoints, each sending to bob:5000 then stun:3478. With preservation every first
+    mapping keeps its port; without, the ports are random (all three kept by chance: ~1e-14)."""
+    _load(natgw, NatBehaviour(mapping=mapping, port_preservation=preserve))
+    ports = [43300, 43301, 43302]
+    first, second = [], []
+    with contextlib.ExitStack() as stack:
+        bob, stun = stack.enter_context(natgw.udp("bob", 5000)), stack.enter_context(natgw.udp("stun", 3478))
+        for port in ports:
+            alice = stack.enter_context(natgw.udp("alice", port))
+            for remote, externals in ((bob, first), (stun, second)):
+                alice.sendto(b"out", remote.getsockname())
+                data, (address, external) = remote.recvfrom(2048)
+                assert (data, address) == (b"out", WAN)
+                externals.append(external)
+    keeps, same = PORT_PRESERVATION[(mapping, preserve)]
+    if keeps:
+        assert first == ports
+    else:
+        assert first != ports
+    assert [a == b for a, b in zip(first, second, strict=True)] == [same] * len(ports), (first, second)
+
+
+@needs_kernel_nat
+def test_a_remote_sending_to_another_mapping_of_the_same_endpoint(natgw: Natgw) -> None:
+    """Address-and-port-dependent mapping with endpoint-independent filtering: X:x talks to stun:3478
+    through one mapping, and stun:3478 sends to its other mapping (the one towards bob). EIF admits it,
+    but conntrack cannot hold two sessions X:x <-> stun:3478: the kernel gives the second one another
+    remote port, so Alice sees stun:3478 as stun:<other port> (counted); her answer to that still
+    reaches stun:3478 from the mapping it sent to."""
+    _load(natgw, NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT, filtering=Filtering.ENDPOINT_INDEPENDENT))
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", 43400))
+        remotes = _remote_sockets(natgw, stack)
+        bob, stun = remotes["bob:5000"], remotes["stun:3478"]
+        alice.sendto(b"to bob", bob.getsockname())
+        towards_bob = bob.recvfrom(2048)[1][1]
+        alice.sendto(b"to stun", stun.getsockname())
+        towards_stun = stun.recvfrom(2048)[1][1]
+        assert towards_bob != towards_stun
+        stun.sendto(b"to the other mapping", (WAN, towards_bob))
+        data, (address, seen_port) = alice.recvfrom(2048)
+        assert (data, address) == (b"to the other mapping", "203.0.113.30")
+        assert seen_port != 3478  # the kernel's clash resolution, not RFC 4787
+        alice.sendto(b"answer", (address, seen_port))
+        assert stun.recvfrom(2048) == (b"answer", (WAN, towards_bob))
+        alice.sendto(b"again", stun.getsockname())
+        assert stun.recvfrom(2048) == (b"again", (WAN, towards_stun))  # her own mapping towards stun is intact
+    counters = natgw.counters()
+    assert (counters["inbound_admitted"], counters["inbound_remote_port_rewritten"]) == (1, 1)
+
+
+@needs_kernel_nat
+def test_address_dependent_filtering_is_kept_per_mapping(natgw: Natgw) -> None:
+    """With address-and-port-dependent mapping, X:x has a mapping towards bob and one towards stun. ADF's
+    state belongs to the mapping (RFC 4787 §5: "the NAT assigns a filtering rule for the mapping"), as
+    conntrack's APDF does: stun may not use the mapping towards bob; bob from another port may."""
+    _load(natgw, NatBehaviour(mapping=Mapping.ADDRESS_AND_PORT_DEPENDENT, filtering=Filtering.ADDRESS_DEPENDENT))
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", 43410))
+        remotes = _remote_sockets(natgw, stack)
+        alice.sendto(b"to bob", remotes["bob:5000"].getsockname())
+        towards_bob = remotes["bob:5000"].recvfrom(2048)[1][1]
+        alice.sendto(b"to stun", remotes["stun:3478"].getsockname())
+        remotes["stun:3478"].recvfrom(2048)
+        remotes["stun:3478"].sendto(b"wrong mapping", (WAN, towards_bob))
+        _dropped_and_logged(natgw, alice, UdpDatagram(("203.0.113.30", 3478), (WAN, towards_bob), b"wrong mapping"))
+        remotes["bob:5001"].sendto(b"other port", (WAN, towards_bob))
+        assert alice.recvfrom(2048) == (b"other port", ("203.0.113.40", 5001))
+
+
+def _expected_elements(name: str, external: int) -> tuple[tuple[object, ...], tuple[object, ...] | None]:
+    inside, remote = ("10.10.1.10", 43500), "203.0.113.40"
+    return {
+        ruleset.SET_EIM: (inside, (WAN, external)),
+        ruleset.SET_ADM: ((*inside, remote), (WAN, external)),
+        ruleset.SET_MAPPED: (inside, None),
+        ruleset.SET_INBOUND: ((external,), inside),
+        ruleset.SET_CONTACTED: ((remote, external), None),
+    }[name]
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT, port_preservation=False, mapping_timeout=137),
+        NatBehaviour(
+            mapping=Mapping.ADDRESS_DEPENDENT,
+            filtering=Filtering.ADDRESS_DEPENDENT,
+            port_preservation=True,
+            mapping_timeout=137,
+        ),
+    ],
+    ids=["EIM-EIF-random", "ADM-ADF-preserved"],
+)
+def test_set_elements_live_as_long_as_the_mapping(natgw: Natgw, behaviour: NatBehaviour) -> None:
+    """Every set element the packet path adds carries the mapping timer (REQ-5), like the conntrack entries
+    of the mapping and of a session bob opens from another port (the namespace's sysctl says 30 s)."""
+    ruleset.set_mapping_timeout(30, netns=natgw.ns)
+    _load(natgw, behaviour)
+    with natgw.udp("alice", 43500) as alice, natgw.udp("bob", 5000) as bob, natgw.udp("bob", 5001) as bob_other:
+        alice.sendto(b"out", ("203.0.113.40", 5000))
+        external = bob.recvfrom(2048)[1][1]
+        bob_other.sendto(b"in", (WAN, external))
+        assert alice.recvfrom(2048) == (b"in", ("203.0.113.40", 5001))
+    names = ruleset.dynamic_sets(behaviour)
+    assert len(names) in (2, 4)  # between them the two behaviours use all five sets
+    for name in names:
+        [element] = ruleset.read_elements(name, netns=natgw.ns)
+        assert (element.key, element.data) == _expected_elements(name, external), name
+        assert element.expires is not None and 130 <= element.expires <= 137, element
+    mappings = conntrack.list_udp_mappings(WAN, netns=natgw.ns)
+    assert sorted(m.inbound for m in mappings) == [False, True]
+    assert all(130 <= m.timeout <= 137 for m in mappings), mappings
+
+
+@needs_kernel_nat
+def test_outbound_packets_refresh_a_mapping_and_it_expires_without_them(natgw: Natgw) -> None:
+    """REQ-6: outbound packets keep the mapping (and so EIF's admission) alive past its timer; once they
+    stop, the mapping's element expires and a new remote is dropped and logged again. A 2 s timer."""
+    _load(natgw, NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT, mapping_timeout=2))
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", 43600))
+        remotes = _remote_sockets(natgw, stack)
+        bob, stun = remotes["bob:5000"], remotes["stun:3478"]
+        for _ in range(4):  # 3 s of traffic: longer than the timer
+            alice.sendto(b"keepalive", bob.getsockname())
+            assert bob.recvfrom(2048) == (b"keepalive", (WAN, 43600))
+            time.sleep(1.0)
+        stun.sendto(b"still mapped", (WAN, 43600))
+        assert alice.recvfrom(2048) == (b"still mapped", stun.getsockname())
+        time.sleep(3.0)  # no outbound packet for longer than the timer
+        assert ruleset.read_elements(ruleset.SET_INBOUND, netns=natgw.ns) == []
+        remotes["bob:5001"].sendto(b"too late", (WAN, 43600))
+        _dropped_and_logged(natgw, alice, UdpDatagram(("203.0.113.40", 5001), (WAN, 43600), b"too late"))
+
+
+@needs_kernel_nat
+def test_reloading_the_ruleset_starts_every_set_empty(natgw: Natgw) -> None:
+    """A new behaviour is a new table generation: no element of the old one survives (the flows in
+    conntrack do, and their next outbound packet records their mapping again)."""
+    _load(natgw, NatBehaviour(filtering=Filtering.ADDRESS_DEPENDENT, port_preservation=False))
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", 43700))
+        remotes = _remote_sockets(natgw, stack)
+        alice.sendto(b"out", remotes["bob:5000"].getsockname())
+        external = remotes["bob:5000"].recvfrom(2048)[1][1]
+        for name in (ruleset.SET_EIM, ruleset.SET_INBOUND, ruleset.SET_CONTACTED):
+            assert len(ruleset.read_elements(name, netns=natgw.ns)) == 1, name
+
+        _load(natgw, NatBehaviour(mapping=Mapping.ADDRESS_DEPENDENT, filtering=Filtering.ENDPOINT_INDEPENDENT))
+        assert ruleset.read_elements(ruleset.SET_ADM, netns=natgw.ns) == []
+        assert ruleset.read_elements(ruleset.SET_INBOUND, netns=natgw.ns) == []
+        with pytest.raises(NftError, match="No such file or directory"):
+            ruleset.read_elements(ruleset.SET_CONTACTED, netns=natgw.ns)
+        remotes["stun:3478"].sendto(b"early", (WAN, external))
+        _dropped_and_logged(natgw, alice, UdpDatagram(("203.0.113.30", 3478), (WAN, external), b"early"))
+
+        alice.sendto(b"again", remotes["bob:5000"].getsockname())  # the same conntrack flow, recorded anew
+        assert remotes["bob:5000"].recvfrom(2048) == (b"again", (WAN, external))
+        remotes["stun:3478"].sendto(b"now", (WAN, external))
+        assert alice.recvfrom(2048) == (b"now", ("203.0.113.30", 3478))
+
+
+@needs_kernel_nat
+def test_two_inside_hosts_can_share_an_external_port(natgw: Natgw) -> None:
+    """A kernel limit, not RFC 4787 (REQ-3 forbids port overloading): masquerade keeps a port unique only
+    towards one remote endpoint. A second inside host (10.10.1.11) on the same port gets the same
+    external port towards another remote, and another port towards the first host's remote."""
+    _load(natgw, NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT))
+    alice_ns = natgw.lab.ns("alice")
+    subprocess.run(["ip", "-n", alice_ns, "addr", "add", "10.10.1.11/24", "dev", "eth0"], check=True)
+    try:
+        with in_netns(alice_ns):
+            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.bind(("10.10.1.11", 43900))
+        other.settimeout(2.0)
+        with other, natgw.udp("alice", 43900) as alice, natgw.udp("bob", 5000) as bob, natgw.udp("stun", 3478) as stun:
+            alice.sendto(b"first host", ("203.0.113.40", 5000))
+            assert bob.recvfrom(2048) == (b"first host", (WAN, 43900))
+            other.sendto(b"second host", ("203.0.113.30", 3478))
+            assert stun.recvfrom(2048) == (b"second host", (WAN, 43900))  # overloaded
+            other.sendto(b"second host", ("203.0.113.40", 5000))
+            data, (address, port) = bob.recvfrom(2048)
+            assert (data, address) == (b"second host", WAN) and port != 43900  # not endpoint-independent
+        inbound = {e.key: e.data for e in ruleset.read_elements(ruleset.SET_INBOUND, netns=natgw.ns)}
+        assert inbound == {(43900,): ("10.10.1.10", 43900), (port,): ("10.10.1.11", 43900)}  # the first host's
+    finally:
+        subprocess.run(["ip", "-n", alice_ns, "addr", "del", "10.10.1.11/24", "dev", "eth0"], check=True)

@@ -40,6 +40,11 @@ FILTERINGS = {
     natgw_pb2.FILTERING_ADDRESS_DEPENDENT: ruleset.Filtering.ADDRESS_DEPENDENT,
     natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
 }
+PORT_PRESERVATIONS = {
+    natgw_pb2.PORT_PRESERVATION_UNSPECIFIED: None,  # the kernel's default for the mapping
+    natgw_pb2.PORT_PRESERVATION_ON: True,
+    natgw_pb2.PORT_PRESERVATION_OFF: False,
+}
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
 PR_SET_PDEATHSIG = 1
 
@@ -94,6 +99,7 @@ class NatGateway:
             mapping=behaviour.mapping.value,
             filtering=behaviour.filtering.value,
             mapping_timeout=behaviour.mapping_timeout,
+            port_preservation="on" if behaviour.port_preservation else "off",
         )
         return script
 
@@ -165,7 +171,9 @@ class NatGateway:
         self.events.emit("nat.call_ended", call_id, parent=flow.context if flow else None, media_flows=reported)
 
     async def _read_mappings(self, process: asyncio.subprocess.Process) -> None:
-        """Every new mapping onto the outside address, as the kernel creates it."""
+        """Every new mapping onto the outside address, as the kernel creates it (`nat.mapping`), and every
+        session a remote opens through one, admitted by endpoint-independent or address-dependent
+        filtering (`nat.admitted`)."""
         assert process.stdout is not None
         async for raw in process.stdout:
             line = raw.decode(errors="replace").replace("[NEW]", "").strip()
@@ -175,10 +183,10 @@ class NatGateway:
                 self.counters["conntrack_unparsable"] += 1
                 continue
             for m in mappings:
-                self.counters["mappings_seen"] += 1
+                self.counters["sessions_admitted" if m.inbound else "mappings_seen"] += 1
                 flow = self.calls.lookup(m.external, m.remote)
                 self.events.emit(
-                    "nat.mapping",
+                    "nat.admitted" if m.inbound else "nat.mapping",
                     flow.call_id if flow else "",
                     parent=flow.context if flow else None,
                     internal=f"{m.internal[0]}:{m.internal[1]}",
@@ -282,13 +290,23 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
         b = self.gateway.behaviour
         mapping = next(k for k, v in MAPPINGS.items() if v == b.mapping and k != natgw_pb2.MAPPING_UNSPECIFIED)
         filtering = next(k for k, v in FILTERINGS.items() if v == b.filtering and k != natgw_pb2.FILTERING_UNSPECIFIED)
-        return natgw_pb2.NatConfig(mapping=mapping, filtering=filtering, mapping_timeout_seconds=b.mapping_timeout)
+        preservation = natgw_pb2.PORT_PRESERVATION_ON if b.port_preservation else natgw_pb2.PORT_PRESERVATION_OFF
+        return natgw_pb2.NatConfig(
+            mapping=mapping,
+            filtering=filtering,
+            mapping_timeout_seconds=b.mapping_timeout,
+            port_preservation=preservation,
+        )
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
         if request.mapping not in MAPPINGS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mapping: unknown value {request.mapping}")
         if request.filtering not in FILTERINGS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filtering: unknown value {request.filtering}")
+        if request.port_preservation not in PORT_PRESERVATIONS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"port_preservation: unknown value {request.port_preservation}"
+            )
         timeout = request.mapping_timeout_seconds or 300
         if timeout < MIN_MAPPING_TIMEOUT:
             await context.abort(
@@ -296,7 +314,10 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
                 f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires",
             )
         behaviour = ruleset.NatBehaviour(
-            mapping=MAPPINGS[request.mapping], filtering=FILTERINGS[request.filtering], mapping_timeout=timeout
+            mapping=MAPPINGS[request.mapping],
+            filtering=FILTERINGS[request.filtering],
+            mapping_timeout=timeout,
+            port_preservation=PORT_PRESERVATIONS[request.port_preservation],
         )
         try:
             script = self.gateway.apply(behaviour)
@@ -319,6 +340,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
                     remote=_endpoint(m.remote),
                     timeout_seconds=m.timeout,
                     assured=m.assured,
+                    inbound=m.inbound,
                 )
                 for m in mappings
             ]

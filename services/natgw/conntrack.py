@@ -2,7 +2,10 @@
 
 A masqueraded UDP flow is one conntrack entry: the original tuple (inside host -> remote) and
 the reply tuple (remote -> the NAT's outside address and port). RFC 4787 calls the pair of
-inside and outside endpoints a mapping; the remote endpoint matters for filtering.
+inside and outside endpoints a mapping; the remote endpoint matters for filtering. A session the
+remote opened (admitted by endpoint-independent or address-dependent filtering: the ruleset DNATs
+it to the inside endpoint) is the other way round: the original tuple is remote -> the NAT's outside
+address and port, the reply tuple inside host -> remote.
 
 `parse_udp_mappings` is pure (text in, mappings out); `list_udp_mappings` and `flush` run the
 conntrack tool in the calling thread's network namespace, or in `netns` when given.
@@ -32,13 +35,15 @@ class ConntrackError(ValueError):
 class NatMapping:
     """One UDP mapping (RFC 4787 §4.1): `internal` -> `external` while talking to `remote`;
     `timeout` is the seconds left, `assured` whether conntrack saw traffic both ways long
-    enough to call the flow a stream."""
+    enough to call the flow a stream, `inbound` whether the remote opened the session (its first
+    packet was admitted through the mapping by EIF/ADF) rather than the inside endpoint."""
 
     internal: tuple[str, int]
     external: tuple[str, int]
     remote: tuple[str, int]
     timeout: int
     assured: bool
+    inbound: bool = False
 
 
 def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
@@ -46,7 +51,9 @@ def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
 
     A line reads `udp 17 TIMEOUT src= dst= sport= dport= [UNREPLIED] src= dst= sport= dport=
     [ASSURED] mark= use=1`: the first src/dst/sport/dport set is the original direction, the
-    second the reply direction, whose destination is the NAT's outside endpoint.
+    second the reply direction, whose destination is the NAT's outside endpoint. An inbound
+    session's original destination is the outside endpoint and its reply source the inside one
+    (an entry to and from the outside address itself, a local service, is no mapping).
     """
     wan = str(ipaddress.IPv4Address(wan_address))
     out: list[NatMapping] = []
@@ -72,18 +79,17 @@ def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
         for name, tup in (("original", orig), ("reply", reply)):
             if set(tup) != {"src", "dst", "sport", "dport"}:
                 raise ConntrackError(f"line {number}: incomplete {name} tuple: {line!r}")
-        if reply["dst"] != wan:
+        if reply["dst"] == wan:  # opened from inside, masqueraded: X:x -> Y:y, back Y:y -> X':x'
+            inbound = False
+            ends = [(orig["src"], orig["sport"]), (reply["dst"], reply["dport"]), (orig["dst"], orig["dport"])]
+        elif orig["dst"] == wan and reply["src"] != wan:  # opened from outside, DNATed: Y:y -> X':x', back X:x -> Y:y'
+            inbound = True  # (y' is y unless the kernel had to change it, see ruleset.NatBehaviour)
+            ends = [(reply["src"], reply["sport"]), (orig["dst"], orig["dport"]), (orig["src"], orig["sport"])]
+        else:
             continue
         try:
-            out.append(
-                NatMapping(
-                    internal=(orig["src"], int(orig["sport"])),
-                    external=(reply["dst"], int(reply["dport"])),
-                    remote=(orig["dst"], int(orig["dport"])),
-                    timeout=timeout,
-                    assured="[ASSURED]" in fields,
-                )
-            )
+            internal, external, remote = ((address, int(port)) for address, port in ends)
+            out.append(NatMapping(internal, external, remote, timeout, "[ASSURED]" in fields, inbound))
         except ValueError:
             raise ConntrackError(f"line {number}: a port is not a number: {line!r}") from None
     return out
@@ -105,7 +111,8 @@ def parse_flow_counts(text: str, wan_address: str) -> list[FlowCount]:
         mappings = parse_udp_mappings(line, wan_address)
         packets = [int(token.partition("=")[2]) for token in line.split() if token.startswith("packets=")]
         if mappings and len(packets) >= 2:
-            out.append(FlowCount(mappings[0], packets[0], packets[1]))
+            outbound, inbound = (packets[1], packets[0]) if mappings[0].inbound else (packets[0], packets[1])
+            out.append(FlowCount(mappings[0], outbound, inbound))
     return out
 
 

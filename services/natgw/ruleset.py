@@ -8,8 +8,29 @@ aimed at inside addresses through *forward*. Drops never show up as conntrack ev
 dropped inbound packet is counted and logged to NFLOG (`log group N queue-threshold 1`; without
 the threshold the kernel batches log messages and they arrive late or not at all).
 
-`render` is pure (text out); `apply`, `remove`, `read_counters` and `set_mapping_timeout` act on
-the network namespace of the calling thread, or on `netns` when given.
+The rest is built in the same table from dynamic nft sets and maps whose element timeout is the
+mapping timer (RFC 4787 REQ-5), filled from the packet path by the `record_mappings` chain
+(postrouting, after srcnat: it sees each outbound packet already translated, so it learns the
+external port the kernel picked, whatever way it picked it) and refreshed by every outbound packet
+(REQ-6):
+
+- endpoint-independent and address-dependent filtering (§5): a `prerouting` nat chain DNATs an
+  inbound UDP packet to the outside address whose destination port is the external port of a
+  mapping (`inbound_mappings`: external port -> internal ip . port) back to its internal endpoint:
+  from anyone (EIF), or only from a remote address the mapping has sent to (ADF,
+  `contacted_addresses`: remote ip . external port). The filtering state is kept per mapping
+  (§5: "the NAT assigns a filtering rule for the mapping"), as conntrack does for APDF. The
+  forward chain accepts what was DNATed (`ct status dnat`); everything else still falls through
+  to the input hook and is dropped and logged as before.
+- address-dependent mapping (§4.1), and endpoint-independent mapping without port preservation:
+  a map internal ip . port [. remote ip] -> external ip . port makes every later flow of the
+  internal endpoint (towards that remote address, for ADM) reuse the mapping (`snat ... map`);
+  the first flow's port is the kernel's (`masquerade fully-random`, or `masquerade` to preserve it).
+- port preservation for address(-and-port)-dependent mapping: the first mapping of an internal
+  endpoint keeps its port (`masquerade`), later ones get random ports (`mapped_endpoints`).
+
+`render` is pure (text out); `apply`, `remove`, `read_counters`, `read_elements` and
+`set_mapping_timeout` act on the network namespace of the calling thread, or on `netns` when given.
 """
 
 from __future__ import annotations
@@ -32,6 +53,7 @@ __all__ = [
     "COUNTERS",
     "DROP_PREFIX_FORWARD",
     "DROP_PREFIX_INPUT",
+    "DYNAMIC_SETS",
     "TABLE",
     "Filtering",
     "KernelNatError",
@@ -39,11 +61,15 @@ __all__ = [
     "NatBehaviour",
     "NftError",
     "RulesetError",
+    "SetElement",
     "apply",
     "drop_hook",
+    "dynamic_sets",
     "get_mapping_timeout",
     "parse_counters",
+    "parse_elements",
     "read_counters",
+    "read_elements",
     "remove",
     "render",
     "set_mapping_timeout",
@@ -55,16 +81,36 @@ FAMILY = "inet"
 # Named counters (nft `counter` objects, read back with `nft -j list counters`).
 COUNTER_MAPPINGS_CREATED = "mappings_created"  # first packet of each outbound flow (nat chain)
 COUNTER_OUTBOUND = "outbound_translated"  # every packet forwarded LAN -> WAN
-COUNTER_INBOUND = "inbound_translated"  # every packet forwarded WAN -> LAN (established/related)
+COUNTER_INBOUND = "inbound_translated"  # every packet forwarded WAN -> LAN (established/related, or admitted)
+COUNTER_ADMITTED = "inbound_admitted"  # first packet of each inbound flow admitted by EIF/ADF (nat chain)
+# an admitted inbound flow whose remote port the kernel had to change (see NatBehaviour): one per packet
+COUNTER_REMOTE_PORT_REWRITTEN = "inbound_remote_port_rewritten"
 COUNTER_DROPPED_INPUT = "inbound_dropped_input"  # unsolicited, to the NAT's outside address
 COUNTER_DROPPED_FORWARD = "inbound_dropped_forward"  # unsolicited, routed towards the LAN
 COUNTERS = (
     COUNTER_MAPPINGS_CREATED,
     COUNTER_OUTBOUND,
     COUNTER_INBOUND,
+    COUNTER_ADMITTED,
+    COUNTER_REMOTE_PORT_REWRITTEN,
     COUNTER_DROPPED_INPUT,
     COUNTER_DROPPED_FORWARD,
 )
+
+# Dynamic sets and maps (element timeout = the mapping timer), filled by the record_mappings chain.
+SET_EIM = "endpoint_independent_mappings"  # internal ip . port : external ip . port
+SET_ADM = "address_dependent_mappings"  # internal ip . port . remote ip : external ip . port
+SET_MAPPED = "mapped_endpoints"  # internal ip . port holding at least one mapping
+SET_INBOUND = "inbound_mappings"  # external port : internal ip . port
+SET_CONTACTED = "contacted_addresses"  # remote ip . external port the mapping has sent to
+DYNAMIC_SETS = (SET_EIM, SET_ADM, SET_MAPPED, SET_INBOUND, SET_CONTACTED)
+SET_TYPES = {  # name -> (key type, data type or None for a set)
+    SET_EIM: ("ipv4_addr . inet_service", "ipv4_addr . inet_service"),
+    SET_ADM: ("ipv4_addr . inet_service . ipv4_addr", "ipv4_addr . inet_service"),
+    SET_MAPPED: ("ipv4_addr . inet_service", None),
+    SET_INBOUND: ("inet_service", "ipv4_addr . inet_service"),
+    SET_CONTACTED: ("ipv4_addr . inet_service", None),
+}
 
 # NFLOG prefixes of the drop rules: they say in which hook the packet was dropped.
 DROP_PREFIX_INPUT = "pinhole-nat drop input"
@@ -108,11 +154,30 @@ class Filtering(str, Enum):
 class NatBehaviour:
     """A NAT in RFC 4787 terms. The default is what §7.3 of RFC 5763 assumes and what Linux
     masquerading does: endpoint-independent mapping (REQ-1), address-and-port-dependent
-    filtering; `mapping_timeout` in seconds (REQ-5: at least 120, 300 recommended)."""
+    filtering; `mapping_timeout` in seconds (REQ-5: at least 120, 300 recommended).
+
+    `port_preservation` (§4.1: the NAT tries to keep the internal port as the external one) defaults
+    to what the kernel does for that mapping: on for endpoint-independent mapping (`masquerade`), off
+    otherwise (`masquerade fully-random`). With an address(-and-port)-dependent mapping only the
+    first mapping of an internal endpoint can keep its port.
+
+    Kernel limits (both measured in tests/test_natgw_kernel.py). Conntrack keeps an external port
+    from being used twice only *towards the same remote endpoint*, so a second inside host using
+    the same port gets it too towards other remotes (port overloading, which REQ-3 forbids), and
+    another one towards a remote the first already talks to (so its mapping is not endpoint-
+    independent); EIF/ADF then deliver new remotes on that port to the first host. The lab has
+    one inside host. And with a mapping that is not endpoint-independent and EIF/ADF, a remote
+    endpoint that already talks to X:x through one mapping and then sends to another of its
+    mappings is admitted, but conntrack cannot hold two sessions with the same inside tuple: the
+    kernel gives the second one another remote port, so X:x sees the remote's port rewritten
+    (`inbound_remote_port_rewritten` counts those packets); X:x's answers to it still reach the
+    remote, from the mapping it sent to.
+    """
 
     mapping: Mapping = Mapping.ENDPOINT_INDEPENDENT
     filtering: Filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT
     mapping_timeout: int = 300
+    port_preservation: bool | None = None  # None: the default for `mapping` (see above)
 
     def __post_init__(self) -> None:
         try:
@@ -131,6 +196,28 @@ class NatBehaviour:
             or self.mapping_timeout < 1
         ):
             raise RulesetError(f"mapping_timeout {self.mapping_timeout!r} is not a positive integer")
+        if self.port_preservation is None:
+            self.port_preservation = self.mapping is Mapping.ENDPOINT_INDEPENDENT
+        elif not isinstance(self.port_preservation, bool):
+            raise RulesetError(f"port_preservation {self.port_preservation!r} is not true, false or None")
+
+    def describe(self) -> str:
+        """'endpoint-independent mapping, address-and-port-dependent filtering, ports preserved'."""
+        ports = "ports preserved" if self.port_preservation else "ports not preserved"
+        return f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}"
+
+
+def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
+    """The sets and maps the ruleset of `behaviour` declares, in DYNAMIC_SETS order (pure)."""
+    mapping, preserve = behaviour.mapping, behaviour.port_preservation
+    wanted = {
+        SET_EIM: mapping is Mapping.ENDPOINT_INDEPENDENT and not preserve,
+        SET_ADM: mapping is Mapping.ADDRESS_DEPENDENT,
+        SET_MAPPED: mapping is not Mapping.ENDPOINT_INDEPENDENT and bool(preserve),
+        SET_INBOUND: behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT,
+        SET_CONTACTED: behaviour.filtering is Filtering.ADDRESS_DEPENDENT,
+    }
+    return [name for name in DYNAMIC_SETS if wanted[name]]
 
 
 def render(
@@ -151,28 +238,13 @@ def render(
     group (observation only: the NAT changes nothing in it, RFC 4787 REQ-10: no ALG).
     `wan_services` are (protocol, port) pairs the gateway itself serves on its outside address
     (in a pod: the gRPC port for the kubelet's probes, the VXLAN port of Alice's link); every other
-    unsolicited packet there is dropped and logged as before.
+    unsolicited packet there is dropped and logged as before, and no mapping admits packets to them.
 
-    The script replaces any previous version of the table in one transaction. Behaviours the
-    kernel's masquerade cannot express raise NotImplementedError instead of being faked.
+    The script replaces any previous version of the table, its sets and their elements, in one
+    transaction (conntrack entries stay: established flows keep their translation).
     """
     if not isinstance(behaviour, NatBehaviour):
         raise RulesetError(f"behaviour must be a NatBehaviour, not {type(behaviour).__name__}")
-    if behaviour.mapping is Mapping.ENDPOINT_INDEPENDENT:
-        masquerade = "masquerade"
-    elif behaviour.mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT:
-        masquerade = "masquerade fully-random"
-    else:
-        raise NotImplementedError(
-            "address-dependent mapping (RFC 4787 §4.1) is not implemented: Linux masquerade "
-            "maps either per endpoint (masquerade) or per flow (masquerade fully-random)"
-        )
-    if behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
-        raise NotImplementedError(
-            f"{behaviour.filtering.value} filtering (RFC 4787 §5) is not implemented: conntrack "
-            "only admits replies from the exact remote address and port; it needs an nft set "
-            "filled by outbound packets and a prerouting DNAT for inbound packets matching it"
-        )
     for what, name in (("lan_if", lan_if), ("wan_if", wan_if)):
         if not isinstance(name, str) or not IFNAME_RE.match(name):
             raise RulesetError(f"{what} {name!r} is not an interface name (1-15 of [A-Za-z0-9_.-])")
@@ -192,6 +264,7 @@ def render(
         raise RulesetError(f"log_group {log_group!r} is not an integer in 0..65535")
 
     admitted = ""
+    udp_services = []
     for protocol, port in wan_services:
         if (
             protocol not in ("tcp", "udp")
@@ -201,6 +274,8 @@ def render(
         ):
             raise RulesetError(f"wan service {protocol}/{port} is not tcp/PORT or udp/PORT")
         admitted += f'\t\tiifname "{wan_if}" ip daddr {wan} {protocol} dport {port} accept\n'
+        if protocol == "udp":
+            udp_services.append(str(port))
 
     def log(prefix: str) -> str:
         return f'log prefix "{prefix}" group {log_group} queue-threshold 1'
@@ -213,21 +288,113 @@ def render(
         copy = f'log prefix "{SIP_PREFIX}" group {sip_log_group} queue-threshold 1'
         observe = f"\t\tudp dport {sip_port} {copy}\n\t\tudp sport {sip_port} udp dport != {sip_port} {copy}\n"
 
+    mapping, filtering, preserve = behaviour.mapping, behaviour.filtering, behaviour.port_preservation
+    outbound = f'oifname "{wan_if}" ip saddr {lan}'
+    created = f'counter name "{COUNTER_MAPPINGS_CREATED}"'
+    sets = dynamic_sets(behaviour)
+    if mapping is Mapping.ENDPOINT_INDEPENDENT and preserve:
+        why = ["masquerade keeps the internal port x wherever it is free,", "so every flow of X:x leaves from port x"]
+        translate = [f"{outbound} {created} masquerade"]
+    elif mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT and not preserve:
+        why = ["every flow gets a new mapping, on a random port"]
+        translate = [f"{outbound} {created} masquerade fully-random"]
+    else:
+        ports = "X:x's first mapping keeps port x, later ones get random ports" if preserve else "on a random port"
+        if mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT:
+            why = ["every flow gets a new mapping;", ports]
+        else:
+            remote = " to the same remote address" if mapping is Mapping.ADDRESS_DEPENDENT else ""
+            why = [f"a new flow of X:x{remote} reuses its mapping, else gets a new one", f"({ports})"]
+        translate = [f"{outbound} {created}"]
+        if mapping is Mapping.ENDPOINT_INDEPENDENT:
+            translate.append(f"{outbound} snat ip to ip saddr . udp sport map @{SET_EIM}")
+        elif mapping is Mapping.ADDRESS_DEPENDENT:
+            translate.append(f"{outbound} snat ip to ip saddr . udp sport . ip daddr map @{SET_ADM}")
+        if preserve:  # address(-and-port)-dependent: only X:x's first mapping can keep x
+            translate.append(f"{outbound} ip saddr . udp sport @{SET_MAPPED} masquerade fully-random")
+            translate.append(f"{outbound} masquerade")
+        else:
+            translate.append(f"{outbound} masquerade fully-random")
+
+    declarations = ""
+    for name in sets:
+        key, data = SET_TYPES[name]
+        kind, type_ = ("map", f"{key} : {data}") if data else ("set", key)
+        declarations += (
+            f"\t{kind} {name} {{\n\t\ttype {type_}\n\t\tflags dynamic,timeout\n"
+            f"\t\ttimeout {behaviour.mapping_timeout}s\n\t}}\n\n"
+        )
+
+    prerouting = ""
+    admit_forward = ""
+    if filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
+        services = f" udp dport != {{ {', '.join(udp_services)} }}" if udp_services else ""
+        contacted = f" ip saddr . udp dport @{SET_CONTACTED}" if filtering is Filtering.ADDRESS_DEPENDENT else ""
+        who = "if the mapping has sent to its source address" if contacted else "whoever sent it"
+        prerouting = f"""\
+\t# RFC 4787 §5 {filtering.value} filtering: an inbound packet to the external port of a mapping
+\t# goes to its internal endpoint, {who};
+\t# anything else goes on to the input hook, where it is dropped and logged
+\tchain prerouting {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\t{unsolicited}{services} udp dport @{SET_INBOUND}{contacted} counter name "{COUNTER_ADMITTED}" \
+dnat ip to udp dport map @{SET_INBOUND}
+\t}}
+
+"""
+        admit_forward = (
+            f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat meta l4proto udp ct state new '
+            'ct timeout set "mapping"\n'
+            f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat counter name "{COUNTER_INBOUND}" accept\n'
+        )
+
+    record = ""
+    if sets:
+        rules = []
+        for direction in ("original", "reply"):  # reply: X:x answering a flow it was sent (admitted by EIF/ADF)
+            inside = f"ct {direction} ip saddr . ct {direction} proto-src"
+            updates = {
+                SET_EIM: f"update @{SET_EIM} {{ {inside} : ip saddr . udp sport }}",
+                SET_ADM: f"update @{SET_ADM} {{ {inside} . ip daddr : ip saddr . udp sport }}",
+                SET_MAPPED: f"update @{SET_MAPPED} {{ {inside} }}",
+                SET_INBOUND: f"update @{SET_INBOUND} {{ udp sport : {inside} }}",
+                SET_CONTACTED: f"update @{SET_CONTACTED} {{ ip daddr . udp sport }}",
+            }
+            rules.append(
+                f'\t\toifname "{wan_if}" ct direction {direction} ct {direction} ip saddr {lan} meta l4proto udp '
+                + " ".join(updates[name] for name in sets)
+                + "\n"
+            )
+        if SET_INBOUND in sets:
+            rules.append(
+                f'\t\toifname "{lan_if}" ct direction original ct status dnat ct status snat '
+                f'counter name "{COUNTER_REMOTE_PORT_REWRITTEN}"\n'
+            )
+        record = f"""\
+\t# every outbound packet, already translated (after srcnat), records or refreshes its mapping
+\t# (RFC 4787 REQ-6) under the external port the kernel gave it
+\tchain record_mappings {{
+\t\ttype filter hook postrouting priority srcnat + 100; policy accept;
+{"".join(rules)}\t}}
+
+"""
+
     counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in COUNTERS)
+    explained = "\n\t# ".join(why)
+    translation = "".join(f"\t\t{rule}\n" for rule in translate)
     return f"""\
-# pinhole NAT gateway: RFC 4787 {behaviour.mapping.value} mapping, \
-{behaviour.filtering.value} filtering
+# pinhole NAT gateway: RFC 4787 {behaviour.describe()}
 table {FAMILY} {TABLE}
 delete table {FAMILY} {TABLE}
 table {FAMILY} {TABLE} {{
 {counters}
 
+{declarations}{prerouting}\t# RFC 4787 §4.1 {mapping.value} mapping: {explained}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\toifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_MAPPINGS_CREATED}" {masquerade}
-\t}}
+{translation}\t}}
 
-\t# RFC 4787 REQ-5: the mapping timer of this table's flows, set while a flow is new (before
+{record}\t# RFC 4787 REQ-5: the mapping timer of this table's flows, set while a flow is new (before
 \t# conntrack confirms it), so no namespace-wide sysctl is needed (a container's /proc/sys is read-only)
 \tct timeout mapping {{
 \t\tprotocol udp;
@@ -240,7 +407,7 @@ table {FAMILY} {TABLE} {{
 {observe}\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} meta l4proto udp ct state new ct timeout set "mapping"
 \t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
 \t\t{inbound} counter name "{COUNTER_INBOUND}" accept
-\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
+{admit_forward}\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
 \t}}
 
 \tchain input {{
@@ -300,6 +467,60 @@ def parse_counters(text: str) -> dict[str, dict[str, int]]:
             }
         except (KeyError, TypeError, ValueError):
             raise RulesetError(f"nft counter entry is malformed: {counter!r}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class SetElement:
+    """One element of a dynamic set or map: key (and data) fields in nft's order, seconds left."""
+
+    key: tuple[str | int, ...]
+    data: tuple[str | int, ...] | None
+    expires: int | None
+
+
+def read_elements(name: str, *, netns: str | None = None) -> list[SetElement]:
+    """The elements of one of the table's dynamic sets or maps (DYNAMIC_SETS)."""
+    if name not in DYNAMIC_SETS:
+        raise RulesetError(f"{name!r} is not one of the table's sets: {', '.join(DYNAMIC_SETS)}")
+    kind = "set" if SET_TYPES[name][1] is None else "map"
+    return parse_elements(_nft(["-j", "list", kind, FAMILY, TABLE, name], None, netns))
+
+
+def parse_elements(text: str) -> list[SetElement]:
+    """Parse `nft -j list set|map` output (pure): elements with their expiry, nft 1.0.6 JSON schema 1."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RulesetError(f"nft JSON output is not JSON: {e}") from None
+    items = doc.get("nftables") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise RulesetError('nft JSON output has no "nftables" array')
+
+    def fields(value: Any) -> tuple[str | int, ...]:
+        if isinstance(value, dict) and isinstance(value.get("concat"), list):
+            value = value["concat"]
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+            raise RulesetError(f"nft set element is malformed: {value!r}")
+        return tuple(values)
+
+    out = []
+    for item in items:
+        body: Any = None
+        if isinstance(item, dict):
+            body = item.get("set") or item.get("map")
+        if not isinstance(body, dict) or body.get("table") != TABLE:
+            continue
+        for element in body.get("elem", []):
+            key, data = element if isinstance(element, list) and len(element) == 2 else (element, None)
+            expires = None
+            if isinstance(key, dict) and isinstance(key.get("elem"), dict):
+                expires = key["elem"].get("expires")
+                key = key["elem"].get("val")
+            if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
+                raise RulesetError(f"nft set element has a bad expiry: {expires!r}")
+            out.append(SetElement(fields(key), None if data is None else fields(data), expires))
     return out
 
 

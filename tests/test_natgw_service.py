@@ -1,0 +1,244 @@
+"""The NAT gateway service over gRPC: Configure takes every RFC 4787 behaviour the kernel ruleset
+builds, answers with the effective config and the loaded script, emits `nat.configured`, and a new
+behaviour leaves nothing of the old one's sets; WatchDrops still reports what the filter keeps out.
+
+The real service runs in the natgw namespace of a lab of its own (root, namespaces "ph-tg*")."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from netns import lab as lab_mod
+from netns.lab import NetnsLab, in_netns, load_topology, pids_in_netns
+from pinhole.rpc.v1 import events_pb2, natgw_pb2, natgw_pb2_grpc
+from services.natgw import ruleset
+from services.natgw.__main__ import FILTERINGS, MAPPINGS, PORT_PRESERVATIONS
+from services.natgw.ruleset import Filtering, Mapping, NatBehaviour
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "nft", "conntrack")),
+    reason="needs root, iproute2, nft and conntrack",
+)
+
+WAN = "203.0.113.1"
+LAN = "10.10.1.0/24"
+LAB_NAME = f"ph-tg{os.getpid() % 100000:05d}"
+ROOT = Path(__file__).parent.parent
+
+MAPPING_ENUMS = {
+    Mapping.ENDPOINT_INDEPENDENT: natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
+    Mapping.ADDRESS_DEPENDENT: natgw_pb2.MAPPING_ADDRESS_DEPENDENT,
+    Mapping.ADDRESS_AND_PORT_DEPENDENT: natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+}
+FILTERING_ENUMS = {
+    Filtering.ENDPOINT_INDEPENDENT: natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
+    Filtering.ADDRESS_DEPENDENT: natgw_pb2.FILTERING_ADDRESS_DEPENDENT,
+    Filtering.ADDRESS_AND_PORT_DEPENDENT: natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+}
+
+
+class Gateway:
+    def __init__(self, lab: NetnsLab, stub: natgw_pb2_grpc.NatGatewayStub) -> None:
+        self.lab, self.stub, self.ns = lab, stub, lab.ns("natgw")
+
+    def udp(self, node: str, port: int) -> socket.socket:
+        with in_netns(self.lab.ns(node)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.lab.address(node), port))
+        sock.settimeout(2.0)
+        return sock
+
+    def sets(self) -> dict[str, int]:
+        """{set or map name: element count} of the gateway's table, as the kernel lists it."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.ns, "nft", "-j", "list", "table", "inet", ruleset.TABLE],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        found = {}
+        for item in json.loads(out)["nftables"]:
+            body = item.get("set") or item.get("map")
+            if body is not None:
+                found[body["name"]] = len(body.get("elem", []))
+        return found
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    """A lab with only the NAT gateway service running (its gRPC socket in the lab's run directory)."""
+    lab = NetnsLab(load_topology(), name=LAB_NAME)
+    try:
+        lab.up()
+        sock = lab.run_dir / "natgw.sock"
+        argv = [sys.executable, "-m", "services.natgw", "--name", "natgw", "--grpc", f"unix:{sock}"]
+        argv += ["--lan-if", "lan0", "--wan-if", "wan0", "--wan-address", WAN, "--lan-prefix", LAN]
+        env = {"PATH": os.environ.get("PATH", ""), "OTEL_SDK_DISABLED": "true", "PYTHONUNBUFFERED": "1"}
+        lab.spawn("natgw", argv, log_path=lab.run_dir / "natgw.log", env=env, cwd=ROOT)
+        channel = grpc.insecure_channel(f"unix:{sock}")
+        _wait_serving(channel, lab.run_dir / "natgw.log")
+        try:
+            yield Gateway(lab, natgw_pb2_grpc.NatGatewayStub(channel))
+        finally:
+            channel.close()
+    finally:
+        pids = [pid for ns in lab.namespaces() for pid in pids_in_netns(ns)]
+        lab.down()
+        assert [ns for ns in lab_mod._netns_names() if ns.startswith(LAB_NAME + "-")] == []
+        assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []
+
+
+def _wait_serving(channel: grpc.Channel, log: Path, timeout: float = 20.0) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service="pinhole.rpc.v1.NatGateway"), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"natgw did not come up: {log.read_text() if log.exists() else 'no log'}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def natgw(gateway: Gateway) -> Iterator[Gateway]:
+    yield gateway
+    gateway.stub.Configure(natgw_pb2.NatConfig(), timeout=10)  # §7.3's NAT again
+    subprocess.run(["ip", "netns", "exec", gateway.ns, "conntrack", "-F"], capture_output=True, check=False)
+
+
+CONFIGS = [
+    (mapping, filtering, preservation)
+    for mapping in Mapping
+    for filtering in Filtering
+    for preservation in (natgw_pb2.PORT_PRESERVATION_UNSPECIFIED, natgw_pb2.PORT_PRESERVATION_OFF)
+]
+
+
+def test_the_service_tables_name_every_behaviour() -> None:
+    assert set(MAPPINGS.values()) == set(Mapping) and set(FILTERINGS.values()) == set(Filtering)
+    assert set(PORT_PRESERVATIONS) == set(natgw_pb2.NatPortPreservation.values())
+
+
+def test_configure_takes_every_behaviour(natgw: Gateway) -> None:
+    """Each mapping x filtering (x default / no port preservation): the reply's effective config and ruleset
+    are those of the behaviour, the kernel holds exactly its sets, and `nat.configured` says so."""
+    since = time.time_ns()
+    for mapping, filtering, preservation in CONFIGS:
+        reply = natgw.stub.Configure(
+            natgw_pb2.NatConfig(
+                mapping=MAPPING_ENUMS[mapping],
+                filtering=FILTERING_ENUMS[filtering],
+                mapping_timeout_seconds=240,
+                port_preservation=preservation,
+            ),
+            timeout=10,
+        )
+        behaviour = NatBehaviour(mapping, filtering, 240, PORT_PRESERVATIONS[preservation])
+        preserved = natgw_pb2.PORT_PRESERVATION_ON if behaviour.port_preservation else natgw_pb2.PORT_PRESERVATION_OFF
+        assert reply.effective == natgw_pb2.NatConfig(
+            mapping=MAPPING_ENUMS[mapping],
+            filtering=FILTERING_ENUMS[filtering],
+            mapping_timeout_seconds=240,
+            port_preservation=preserved,
+        )
+        assert reply.ruleset == ruleset.render(
+            behaviour, wan_address=WAN, lan_prefix=LAN, log_group=1, sip_log_group=2
+        ), behaviour.describe()
+        assert natgw.sets() == dict.fromkeys(ruleset.dynamic_sets(behaviour), 0), behaviour.describe()
+
+    events = natgw.stub.WatchEvents(events_pb2.WatchEventsRequest(since_unix_nano=since), timeout=10)
+    configured = [dict(e.attributes) for e in events if e.kind == "nat.configured"]
+    assert configured == [
+        {
+            "mapping": mapping.value,
+            "filtering": filtering.value,
+            "mapping_timeout": "240",
+            "port_preservation": "on"
+            if NatBehaviour(mapping, filtering, 240, PORT_PRESERVATIONS[preservation]).port_preservation
+            else "off",
+        }
+        for mapping, filtering, preservation in CONFIGS
+    ]
+
+
+def test_configure_names_a_bad_port_preservation(natgw: Gateway) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        natgw.stub.Configure(natgw_pb2.NatConfig(port_preservation=7), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "port_preservation: unknown value 7"
+
+
+def _stun_binding_request() -> bytes:
+    return struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, b"pinhole-test")
+
+
+def _events(natgw: Gateway, kind: str, since: int, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+    """The attributes of `kind` events since `since`, once there are `count` (conntrack -E is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stream = natgw.stub.WatchEvents(events_pb2.WatchEventsRequest(since_unix_nano=since), timeout=10)
+        found = [dict(e.attributes) for e in stream if e.kind == kind]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_new_behaviour_keeps_nothing_of_the_old_sets_and_drops_are_still_reported(natgw: Gateway) -> None:
+    """Address-dependent filtering admits bob from another port (ListMappings and a `nat.admitted` event
+    show the session) and keeps stun out (WatchDrops reports the STUN request it dropped in input);
+    re-Configured as address-dependent mapping, no element survives."""
+    since = time.time_ns()
+    natgw.stub.Configure(
+        natgw_pb2.NatConfig(filtering=natgw_pb2.FILTERING_ADDRESS_DEPENDENT, port_preservation=2), timeout=10
+    )
+    with contextlib.ExitStack() as stack:
+        alice = stack.enter_context(natgw.udp("alice", 43800))
+        bob, bob_other = stack.enter_context(natgw.udp("bob", 5000)), stack.enter_context(natgw.udp("bob", 5001))
+        stun = stack.enter_context(natgw.udp("stun", 3478))
+        alice.sendto(b"out", ("203.0.113.40", 5000))
+        external = bob.recvfrom(2048)[1][1]
+        bob_other.sendto(b"same address", (WAN, external))
+        assert alice.recvfrom(2048) == (b"same address", ("203.0.113.40", 5001))
+        stun.sendto(_stun_binding_request(), (WAN, external))
+        # replay: the gateway may see the drop before it serves this stream
+        drops = natgw.stub.WatchDrops(natgw_pb2.WatchDropsRequest(replay=True), timeout=10)
+        drop = next(d for d in drops if d.destination.port == external)
+        drops.cancel()
+        assert (drop.hook, drop.classification, drop.protocol) == ("input", "stun", "udp")
+        assert (drop.source.ip, drop.source.port) == ("203.0.113.30", 3478)
+        assert (drop.destination.ip, drop.destination.port) == (WAN, external)
+        mappings = natgw.stub.ListMappings(natgw_pb2.ListMappingsRequest(), timeout=10).mappings
+        assert sorted((m.remote.port, m.inbound, m.internal.port, m.external.port) for m in mappings) == [
+            (5000, False, 43800, external),
+            (5001, True, 43800, external),
+        ]
+        ends = {"internal": "10.10.1.10:43800", "external": f"{WAN}:{external}"}
+        assert [
+            {k: e[k] for k in ("internal", "external", "remote")} for e in _events(natgw, "nat.mapping", since, 1)
+        ] == [{**ends, "remote": "203.0.113.40:5000"}]
+        assert [
+            {k: e[k] for k in ("internal", "external", "remote")} for e in _events(natgw, "nat.admitted", since, 1)
+        ] == [{**ends, "remote": "203.0.113.40:5001"}]
+        # one mapping: alice:43800 -> external, external -> alice:43800, and bob's address through it
+        assert natgw.sets() == {"endpoint_independent_mappings": 1, "inbound_mappings": 1, "contacted_addresses": 1}
+
+        natgw.stub.Configure(natgw_pb2.NatConfig(mapping=natgw_pb2.MAPPING_ADDRESS_DEPENDENT), timeout=10)
+        assert natgw.sets() == {"address_dependent_mappings": 0}
