@@ -52,12 +52,19 @@ class Nat:
     mapping: str = "endpoint-independent"
     filtering: str = "address-and-port-dependent"
     mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
+    port_preservation: bool | None = None  # None: the gateway's default (on for EIM, off otherwise)
 
     def proto(self) -> natgw_pb2.NatConfig:
+        preservation = {
+            None: natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
+            True: natgw_pb2.PORT_PRESERVATION_ON,
+            False: natgw_pb2.PORT_PRESERVATION_OFF,
+        }[self.port_preservation]
         return natgw_pb2.NatConfig(
             mapping=NAT_MAPPINGS[self.mapping],
             filtering=NAT_FILTERINGS[self.filtering],
             mapping_timeout_seconds=self.mapping_timeout,
+            port_preservation=preservation,
         )
 
     def label(self) -> str:
@@ -147,9 +154,10 @@ def parse_nat(value: Any, where: str) -> Nat:
         return Nat(mapping, filtering)
     if not isinstance(value, dict):
         raise _fail(where, f"expected a NAT alias or a mapping with keys mapping/filtering, not {value!r}")
-    unknown = set(value) - {"behaviour", "mapping", "filtering", "mapping_timeout"}
+    keys = ("behaviour", "mapping", "filtering", "mapping_timeout", "port_preservation")
+    unknown = set(value) - set(keys)
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)} (behaviour, mapping, filtering, mapping_timeout)")
+        raise _fail(where, f"unknown key(s) {sorted(unknown)} ({', '.join(keys)})")
     nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
     for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
         if key in value:
@@ -161,6 +169,8 @@ def parse_nat(value: Any, where: str) -> Nat:
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_MAPPING_TIMEOUT:
             raise _fail(f"{where}.mapping_timeout", f"{seconds!r}: whole seconds, at least 120 (RFC 4787 REQ-5)")
         nat = replace(nat, mapping_timeout=seconds)
+    if "port_preservation" in value:
+        nat = replace(nat, port_preservation=_bool(value["port_preservation"], f"{where}.port_preservation"))
     return nat
 
 
