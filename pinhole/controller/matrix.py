@@ -166,10 +166,34 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def pivot(cells: list[Cell]) -> str:
+    """The matrix cells as NAT x role rows against check x latching columns: outcome and INVITE-to-media time."""
+    knobs = ("nat", "answerer", "stun_check", "latching")
+    by_knobs = {tuple(c.scenario.knobs.get(k) for k in knobs): c for c in cells if "[" in c.scenario.name}
+    rows = list(dict.fromkeys(k[:2] for k in by_knobs))  # in the order of the matrix's axes
+    columns = [(True, False), (True, True), (False, False), (False, True)]
+    lines = [
+        "| NAT | Bob's a=setup | check | check + Bob latches | no check | no check + Bob latches |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nat, answerer in rows:
+        out = [nat, answerer]
+        for check, latching in columns:
+            cell = by_knobs.get((nat, answerer, check, latching))
+            if cell is None:
+                out.append("")
+                continue
+            text = f"{cell.observed} ({cell.media_time:.2f} s)" if cell.media_time is not None else cell.observed
+            out.append(text if cell.matched else f"**{text}** ✗ (expected {cell.scenario.expect.outcome})")
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def write_reports(cells: list[Cell], out_dir: Path) -> None:
-    """matrix.json (every row), matrix.md (the table), index.html (the table, each cell linked to its ladder)."""
+    """matrix.json (every row), matrix.md (the pivot and the table), index.html (the table, each cell
+    linked to its ladder)."""
     (out_dir / "matrix.json").write_text(json.dumps([c.row() for c in cells], indent=1))
-    (out_dir / "matrix.md").write_text(table(cells) + "\n")
+    (out_dir / "matrix.md").write_text(pivot(cells) + "\n\n" + table(cells) + "\n")
     rows = []
     for cell in cells:
         row = cell.row()
