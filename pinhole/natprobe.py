@@ -35,10 +35,10 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any
 
 from pinhole import stun
+from pinhole.nat import Filtering, Mapping
 
 __all__ = [
     "Decision",
@@ -57,22 +57,6 @@ Address = tuple[str, int]
 
 class ProbeError(RuntimeError):
     """The probe could not run at all (no socket, no fresh port)."""
-
-
-class Mapping(str, Enum):
-    """RFC 4787 §4.1 mapping behaviour (the names natgw, the ConfigMap and the CLI use)."""
-
-    ENDPOINT_INDEPENDENT = "endpoint-independent"
-    ADDRESS_DEPENDENT = "address-dependent"
-    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
-
-
-class Filtering(str, Enum):
-    """RFC 4787 §5 filtering behaviour."""
-
-    ENDPOINT_INDEPENDENT = "endpoint-independent"
-    ADDRESS_DEPENDENT = "address-dependent"
-    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pinhole.nat import Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
-NAT_MAPPINGS = {
-    "endpoint-independent": natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
-    "address-dependent": natgw_pb2.MAPPING_ADDRESS_DEPENDENT,
-    "address-and-port-dependent": natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
-}
-NAT_FILTERINGS = {
-    "endpoint-independent": natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
-    "address-dependent": natgw_pb2.FILTERING_ADDRESS_DEPENDENT,
-    "address-and-port-dependent": natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-}
+NAT_MAPPINGS = {m.value: natgw_pb2.NatMappingBehaviour.Value(f"MAPPING_{m.name}") for m in Mapping}
+NAT_FILTERINGS = {f.value: natgw_pb2.NatFilteringBehaviour.Value(f"FILTERING_{f.name}") for f in Filtering}
 # RFC 3489's cone names (RFC 4787 §3 explains why they are not enough): aliases for (mapping, filtering)
 NAT_ALIASES = {
     "full-cone": ("endpoint-independent", "endpoint-independent"),

@@ -43,10 +43,10 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pinhole.nat import Filtering, Mapping
 from services.natgw.kernel import in_namespace, run_tool
 
 __all__ = [
@@ -132,22 +132,6 @@ class KernelNatError(RuntimeError):
 
 class NftError(KernelNatError):
     """`nft` failed; the message carries its stderr."""
-
-
-class Mapping(str, Enum):
-    """RFC 4787 §4.1 mapping behaviour: what decides whether an outbound flow reuses a mapping."""
-
-    ENDPOINT_INDEPENDENT = "endpoint-independent"
-    ADDRESS_DEPENDENT = "address-dependent"
-    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
-
-
-class Filtering(str, Enum):
-    """RFC 4787 §5 filtering behaviour: which outside endpoints may send in through a mapping."""
-
-    ENDPOINT_INDEPENDENT = "endpoint-independent"
-    ADDRESS_DEPENDENT = "address-dependent"
-    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
 
 
 @dataclass
