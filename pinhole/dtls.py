@@ -233,6 +233,23 @@ def handshake_messages(record: DtlsRecord) -> list[HandshakeHeader]:
     return messages
 
 
+def client_hello_random(datagram: bytes) -> bytes | None:
+    """The 32-byte random of a ClientHello in `datagram` (RFC 5246 §7.4.1.2: after the 2-byte
+    client_version), or None if the datagram carries no readable first fragment of one. A new
+    handshake has a new random; a retransmitted ClientHello repeats it."""
+    try:
+        for record in parse_records(datagram):
+            if record.content_type != ContentType.handshake or record.epoch != 0:
+                continue
+            for message in handshake_messages(record):
+                if message.msg_type == HandshakeType.client_hello and message.fragment_offset == 0:
+                    if len(message.body) >= 34:
+                        return message.body[2:34]
+    except DtlsError:
+        return None
+    return None
+
+
 class _Reader:
     """Bounds-checked reads for hello message bodies."""
 
@@ -743,6 +760,14 @@ class DtlsEndpoint:
         return keys_from_keying_material(
             self._keying_material, self.selected_profile, is_client=self.role is Role.CLIENT
         )
+
+    @property
+    def client_random(self) -> bytes | None:
+        """The ClientHello random of this association (ours as client, the peer's as server), once known."""
+        try:
+            return self._connection.client_random()
+        except SSL.Error:
+            return None
 
     def exporter_digest(self) -> str:
         """SHA-256 hex of the exported keying material: equal on both sides, safe to log."""

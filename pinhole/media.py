@@ -13,6 +13,13 @@ dropped, as RFC 5763 has it. With `latching` on (RFC 7362 latching, a.k.a. "come
 the peer sending symmetric RTP, RFC 4961, i.e. from the socket it receives on, as this one does)
 the session follows the peer's packets instead, for a peer behind a NAT whose SDP address is not
 where its packets come from; see `MediaSession` for what counts as the peer and why.
+
+One session is one *component* (RFC 5245 numbering: 1 RTP, 2 RTCP). With rtcp-mux (RFC 5761) a
+call has only component 1 and RTCP shares its association; without it the call has a second
+session on its own socket, with its own DTLS association and SRTCP keys (RFC 5764 §4: one
+association per host/port quartet), its own §6.7.2 check, and RTCP sender reports. Every event
+names its component and association. A session can replace its association mid-call (`renew`,
+RFC 5763 §6.6); see `MediaSession` for what happens to the media in flight.
 """
 
 from __future__ import annotations
@@ -44,6 +51,34 @@ class MediaTimers:
     stun_rto: float = 0.5
 
 
+#: RFC 5245 §4.1.1.1 component IDs, and the names events carry.
+RTP, RTCP = 1, 2
+COMPONENT_NAMES = {RTP: "rtp", RTCP: "rtcp"}
+
+#: Seconds the receive keys of a replaced association still decrypt after the switch (packets in
+#: flight; RFC 5764 §5.2 has receivers keep both key sets for some time on a rekey).
+RETIRED_KEYS_GRACE = 2.0
+
+
+@dataclass
+class AssociationRecord:
+    """One DTLS association of a component: why it was made, how it ended, the media it keyed."""
+
+    index: int  # 1 = the component's first
+    role: str
+    reason: str
+    started: float  # unix seconds
+    state: str = "handshaking"  # handshaking, connected, retired, failed, closed
+    completed: float = 0.0
+    exporter_digest: str = ""
+    peer_fingerprint: str = ""
+    ended: str = ""  # why it was retired or closed
+    srtp_sent: int = 0
+    srtp_received: int = 0
+    srtcp_sent: int = 0
+    srtcp_received: int = 0
+
+
 @dataclass
 class MediaStats:
     srtp_sent: int = 0
@@ -51,6 +86,8 @@ class MediaStats:
     srtp_auth_failed: int = 0
     srtp_replayed: int = 0
     srtcp_received: int = 0
+    srtcp_sent: int = 0
+    received_with_previous_keys: int = 0  # decrypted with a replaced association's keys (in flight at the switch)
     malformed: int = 0
     unexpected_source: int = 0
     before_handshake: int = 0
@@ -145,6 +182,24 @@ class MediaSession(asyncio.DatagramProtocol):
     at most one extra DTLS flight per flight of ours towards the spoofed address. Authenticated SRTP
     is not proof against an on-path attacker who replays a genuine packet from elsewhere before
     the original arrives; the next genuine packet latches back (standard comedia limitation).
+
+    A new association mid-call (`renew`, RFC 5763 §6.6: the fingerprints or the roles changed in a
+    re-INVITE). It runs on the same socket and 5-tuple as the old one, so the old association is
+    retired first: its DTLS state is dropped without a close_notify (that alert would travel the
+    same 5-tuple as the new handshake, and the peer could not tell which association it belongs
+    to; RFC 5764 offers no demultiplexing of two associations on one 5-tuple), and every DTLS
+    record from then on goes to the new association. The SRTP keys the old association exported
+    stay in use, both ways, until the new handshake is complete and the peer's new certificate
+    verified; then the session switches to the new keys at once (as RFC 5763 §6.8 does on a
+    rekey: no gap in the media, and never a key that has not been verified). For
+    `RETIRED_KEYS_GRACE` seconds after the switch, packets that fail under the new keys are tried
+    with the old receive keys: the peer's packets in flight when it switched
+    (`stats.received_with_previous_keys`). While the new handshake runs, packets that match
+    neither key set are counted as `before_handshake`, not as authentication failures: the peer
+    may have switched first. An offerer whose re-offer lets the answerer be active sets
+    `expect_new_association`: a ClientHello with a new random then starts the new association as
+    server before the answer arrives, like the initial ClientHello that can beat the answer
+    (RFC 5763 §5), and its certificate is checked when the answer's fingerprints arrive.
     """
 
     def __init__(
@@ -157,7 +212,20 @@ class MediaSession(asyncio.DatagramProtocol):
         srtp_profiles: Sequence[str],
         on_change: Callable[[MediaSession], None] | None = None,
         latching: bool = False,
+        component: int = RTP,
     ) -> None:
+        if component not in COMPONENT_NAMES:
+            raise ValueError(f"component {component}: expected 1 (RTP) or 2 (RTCP)")
+        self.component = component
+        self.component_name = COMPONENT_NAMES[component]
+        self.association = 0  # index of the newest association (1 = the first)
+        self.associations: list[AssociationRecord] = []
+        self.expect_new_association = False  # a re-offer is pending that lets the peer be the DTLS client
+        self.renewed_early = False  # a new ClientHello started the new association before the answer
+        self.stream: rtp.RtpStream | None = None  # what we send on this component (RTP only)
+        self._srtp_association = 0  # the association whose keys srtp_session holds
+        self._previous_rx: tuple[srtp.SrtpSession, int, float] | None = None  # keys, association, until
+        self._rtcp_task: asyncio.Task[None] | None = None
         self.certificate = certificate
         self.events = events
         self.call_id = call_id
@@ -205,6 +273,33 @@ class MediaSession(asyncio.DatagramProtocol):
     def _now(self) -> float:
         return self._loop.time()
 
+    def _emit(
+        self, kind: str, attributes: dict[str, object] | None = None, *, association: int | None = None, **more: object
+    ) -> None:
+        """An event of this call, naming the component and (once there is one) the association."""
+        index = self.association if association is None else association
+        self.events.emit(
+            kind,
+            self.call_id,
+            {**(attributes or {}), "component": self.component_name, "association": index or None},
+            **more,
+        )
+
+    @property
+    def handshake_complete(self) -> bool:
+        """The newest association's handshake is done (RFC 5763 §6.7.2 asks this of the passive side)."""
+        return self.endpoint is not None and self.endpoint.state == "connected"
+
+    @property
+    def keys_association(self) -> int:
+        """The association whose SRTP keys protect the media now (0: none yet)."""
+        return self._srtp_association
+
+    @property
+    def renewing(self) -> bool:
+        """A newer association than the one whose keys protect the media is being set up."""
+        return self.srtp_session is not None and self._srtp_association < self.association
+
     def _send(self, data: bytes, address: Address) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(data, address)
@@ -231,7 +326,7 @@ class MediaSession(asyncio.DatagramProtocol):
 
     def _malformed(self, data: bytes, source: Address, reason: str) -> None:
         self.stats.malformed += 1
-        self.events.emit("media.malformed", self.call_id, peer=fmt(source), size=len(data), reason=reason)
+        self._emit("media.malformed", peer=fmt(source), size=len(data), reason=reason)
 
     # -- STUN (RFC 5389; RFC 5763 §6.7.2) ---------------------------------------------------------
 
@@ -243,9 +338,8 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         attrs = {"stun.transaction_id": message.transaction_id.hex(), "stun.class": message.message_class.name.lower()}
         if message.message_class == stun.MessageClass.REQUEST and message.method == stun.Method.BINDING:
-            self.events.emit(
+            self._emit(
                 "stun.recv",
-                self.call_id,
                 attrs,
                 peer=fmt(source),
                 local=fmt(self.local_address),
@@ -253,9 +347,8 @@ class MediaSession(asyncio.DatagramProtocol):
             )
             response = stun.encode(stun.binding_success(message, source, software="pinhole"))
             self.stats.stun_requests_answered += 1
-            self.events.emit(
+            self._emit(
                 "stun.send",
-                self.call_id,
                 {**attrs, "stun.class": "success_response", "stun.xor_mapped_address": fmt(source)},
                 peer=fmt(source),
                 local=fmt(self.local_address),
@@ -265,9 +358,8 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._dtls_output(self.endpoint.resend_for_new_path(self._now()), cause="latched")
             return
         mapped = message.xor_mapped_address
-        self.events.emit(
+        self._emit(
             "stun.recv",
-            self.call_id,
             {**attrs, "stun.xor_mapped_address": fmt(mapped)},
             peer=fmt(source),
             local=fmt(self.local_address),
@@ -281,9 +373,8 @@ class MediaSession(asyncio.DatagramProtocol):
         return self._stun_client.request(destination, label=purpose)
 
     def _stun_sent(self, tid: bytes, destination: Address, attempt: int, purpose: str) -> None:
-        self.events.emit(
+        self._emit(
             "stun.send",
-            self.call_id,
             {"stun.transaction_id": tid.hex(), "stun.class": "request"},
             peer=fmt(destination),
             local=fmt(self.local_address),
@@ -293,15 +384,18 @@ class MediaSession(asyncio.DatagramProtocol):
         )
 
     def _stun_timed_out(self, tid: bytes, attempts: int, purpose: str) -> None:
-        self.events.emit("stun.timeout", self.call_id, {"stun.transaction_id": tid.hex()}, attempts=attempts)
+        self._emit("stun.timeout", {"stun.transaction_id": tid.hex()}, attempts=attempts)
 
     # -- DTLS (RFC 6347, RFC 5764) ----------------------------------------------------------------
 
-    def start_dtls(self, role: dtls.Role, remote: Address | None, *, from_sdp: bool = True) -> None:
+    def start_dtls(
+        self, role: dtls.Role, remote: Address | None, *, from_sdp: bool = True, reason: str = "offer/answer"
+    ) -> None:
         """Create the association; the client (active side) sends its ClientHello at once.
 
         `remote` is the peer's SDP address (`from_sdp`), or the source of a ClientHello that came
-        before the SDP; with latching, an address already evidenced by the peer's packets wins."""
+        before the SDP; with latching, an address already evidenced by the peer's packets wins.
+        `reason` says why this association is made (its record and its dtls.start event)."""
         if from_sdp and remote is not None:
             self.sdp_remote = remote
         self.remote = remote
@@ -314,14 +408,55 @@ class MediaSession(asyncio.DatagramProtocol):
             timer=self.timers.dtls,
             peer_fingerprints=self.peer_fingerprints,
         )
-        self.events.emit(
+        self.association += 1
+        self.associations.append(AssociationRecord(self.association, role.value, reason, started=time.time()))
+        self._emit(
             "dtls.start",
-            self.call_id,
             role=role.value,
             peer=fmt(remote),
             local_fingerprint=self.certificate.fingerprint("sha-256"),
+            reason=reason,
         )
         self._dtls_output(self.endpoint.start(self._now()), cause="start")
+
+    def renew(
+        self,
+        role: dtls.Role,
+        remote: Address | None,
+        *,
+        reason: str,
+        peer_fingerprints: list[tuple[str, bytes]] | None = None,
+        certificate: dtls.Certificate | None = None,
+        from_sdp: bool = True,
+    ) -> None:
+        """Replace the association (RFC 5763 §6.6): retire the current one, start a new one in `role`
+        with `certificate` (default: the current one) against `peer_fingerprints` (None: keep the
+        known ones; a server that starts before the answer checks them when they arrive). The media
+        keys switch once the new handshake is verified (see the class docstring)."""
+        self._retire(f"replaced: {reason}")
+        self.expect_new_association = False
+        if certificate is not None:
+            self.certificate = certificate
+        if peer_fingerprints is not None:
+            self.peer_fingerprints = peer_fingerprints
+        self.start_dtls(role, remote if remote is not None else self.remote, from_sdp=from_sdp, reason=reason)
+
+    def _retire(self, reason: str) -> None:
+        """Drop the current association's DTLS state; no close_notify (see the class docstring)."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        state = endpoint.state
+        endpoint.close(self._now())  # its close_notify is not sent
+        record = self.associations[-1]
+        if record.state in ("handshaking", "connected"):
+            record.state = "retired"
+        record.ended = reason
+        self.endpoint = None
+        self._emit("dtls.retired", reason=reason, dtls_state=state, keys_in_use=self._srtp_association == record.index)
 
     def set_remote(self, remote: Address) -> None:
         """The peer's SDP address arrived; with latching, an address already evidenced by the peer's
@@ -352,9 +487,8 @@ class MediaSession(asyncio.DatagramProtocol):
         self.stats.latches += 1
         self.stats.latched_to = fmt(source)
         self.stats.latched_on = evidence
-        self.events.emit(
+        self._emit(
             "media.latched",
-            self.call_id,
             {"from": fmt(previous), "to": fmt(source)},
             peer=fmt(source),
             local=fmt(self.local_address),
@@ -401,10 +535,20 @@ class MediaSession(asyncio.DatagramProtocol):
             if self.latching:  # the answer's SDP address will not override where the peer is
                 self._evidence = (source, LATCH_ON_DTLS)
             self.start_dtls(dtls.Role.SERVER, source, from_sdp=False)
+        elif self.expect_new_association and self.endpoint is not None and self._new_client_hello(data):
+            # our re-offer let the peer be active and its new handshake beat the answer (RFC 5763
+            # §6.6: a new association "following the same rules as for initial exchanges")
+            self.renewed_early = True
+            self.peer_fingerprints = None  # tentative: the answer's a=fingerprint decides (RFC 5763 §5)
+            self.renew(
+                dtls.Role.SERVER,
+                self.remote,
+                reason="a new ClientHello before the answer to our re-offer",
+                from_sdp=False,
+            )
         if self.endpoint is None:
-            self.events.emit(
+            self._emit(
                 "dtls.recv",
-                self.call_id,
                 description,
                 peer=fmt(source),
                 accepted=False,
@@ -422,19 +566,25 @@ class MediaSession(asyncio.DatagramProtocol):
                 reason = f"not from the peer's address {fmt(self.remote)} and nothing to latch on ({why})"
             else:
                 reason = f"not from the SDP address {fmt(self.remote)} (no latching)"
-            self.events.emit(
+            self._emit(
                 "dtls.recv",
-                self.call_id,
                 description,
                 peer=fmt(source),
                 accepted=False,
                 reason=reason,
             )
             return
-        self.events.emit("dtls.recv", self.call_id, description, peer=fmt(source), local=fmt(self.local_address))
+        self._emit("dtls.recv", description, peer=fmt(source), local=fmt(self.local_address))
         if self.remote is None:
             self.remote = source
         self._dtls_output(self.endpoint.receive(data, self._now()), cause="response")
+
+    def _new_client_hello(self, data: bytes) -> bool:
+        """`data` holds a ClientHello of another handshake than the current association's."""
+        assert self.endpoint is not None
+        random = dtls.client_hello_random(data)
+        current = self.endpoint.client_random
+        return random is not None and current is not None and random != current
 
     def _dtls_timeout(self) -> None:
         self._dtls_timer = None
@@ -447,9 +597,8 @@ class MediaSession(asyncio.DatagramProtocol):
         for datagram in datagrams:
             if self.remote is None:
                 break
-            self.events.emit(
+            self._emit(
                 "dtls.send",
-                self.call_id,
                 dtls.describe(datagram),
                 peer=fmt(self.remote),
                 local=fmt(self.local_address),
@@ -468,25 +617,39 @@ class MediaSession(asyncio.DatagramProtocol):
     def _check_dtls_state(self) -> None:
         endpoint = self.endpoint
         assert endpoint is not None
-        if endpoint.state == "connected" and not self.connected.is_set() and endpoint.fingerprint_verified:
-            self.srtp_session = srtp.SrtpSession(endpoint.srtp_keys())
+        record = self.associations[-1]
+        if endpoint.state == "connected" and endpoint.fingerprint_verified and record.state == "handshaking":
+            record.state, record.completed = "connected", time.time()
+            record.exporter_digest = endpoint.exporter_digest()
+            record.peer_fingerprint = _sha256(endpoint.peer_certificate_der)
+            previous, previous_association = self.srtp_session, self._srtp_association
+            if previous is not None:  # the old keys decrypt what is still in flight, for a while
+                self._previous_rx = (previous, previous_association, self._now() + RETIRED_KEYS_GRACE)
+            self.srtp_session, self._srtp_association = srtp.SrtpSession(endpoint.srtp_keys()), record.index
             self.connected.set()
-            self.events.emit(
+            self._emit(
                 "dtls.connected",
-                self.call_id,
                 role=self.role.value if self.role else "",
                 profile=endpoint.selected_profile,
                 peer_fingerprint_verified=endpoint.fingerprint_verified,
-                peer_fingerprint=_sha256(endpoint.peer_certificate_der),
-                exporter_digest=endpoint.exporter_digest(),
+                peer_fingerprint=record.peer_fingerprint,
+                exporter_digest=record.exporter_digest,
                 retransmissions=endpoint.retransmissions,
+                reason=record.reason,
             )
+            if previous is not None:
+                self._emit(
+                    "srtp.switched",
+                    {"from": previous_association, "to": record.index},
+                    reason="the new association is verified: media now uses its keys",
+                    previous_keys_accepted_for=RETIRED_KEYS_GRACE,
+                )
             self._changed()
         elif endpoint.state == "failed" and not self.failed.is_set():
+            record.state, record.ended = "failed", endpoint.failure_reason or ""
             self.failed.set()
-            self.events.emit(
+            self._emit(
                 "dtls.failed",
-                self.call_id,
                 reason=endpoint.failure_reason,
                 peer_fingerprint=_sha256(endpoint.peer_certificate_der),
             )
@@ -503,21 +666,15 @@ class MediaSession(asyncio.DatagramProtocol):
         if self.srtp_session is None:
             self.stats.before_handshake += 1
             if self.stats.before_handshake == 1:
-                self.events.emit(
+                self._emit(
                     "srtp.dropped",
-                    self.call_id,
                     peer=fmt(source),
                     reason="SRTP before the handshake completed (RFC 5764 §5.1)",
                 )
             return
+        is_rtcp = kind == demux.PacketKind.RTCP
         try:
-            if kind == demux.PacketKind.RTCP:
-                self.srtp_session.unprotect_rtcp(data)
-                self.stats.srtcp_received += 1
-                if elsewhere:
-                    self._latch(source, LATCH_ON_SRTP)
-                return
-            plain = self.srtp_session.unprotect(data)
+            plain, association = self._unprotect(data, is_rtcp)
         except srtp.SrtpAuthError as error:
             if elsewhere:  # a forgery or replay from elsewhere is not the peer: no latch, not its failure
                 self.stats.unexpected_source += 1
@@ -525,73 +682,170 @@ class MediaSession(asyncio.DatagramProtocol):
             if "replay" in str(error):  # a duplicate, not a forgery: counted apart
                 self.stats.srtp_replayed += 1
                 return
+            if self.renewing:  # the peer may have switched to keys we do not have verified yet
+                self.stats.before_handshake += 1
+                return
             self.stats.srtp_auth_failed += 1
-            self.events.emit("srtp.auth_failed", self.call_id, peer=fmt(source), reason=str(error))
+            self._emit("srtp.auth_failed", peer=fmt(source), reason=str(error))
             return
         if elsewhere:
             self._latch(source, LATCH_ON_SRTP)
+        record = self.associations[association - 1]
+        if is_rtcp:
+            self.stats.srtcp_received += 1
+            record.srtcp_received += 1
+            if record.srtcp_received == 1:
+                ssrc = int.from_bytes(plain[4:8], "big") if len(plain) >= 8 else 0
+                self._emit(
+                    "srtcp.first_received",
+                    {"rtcp.ssrc": f"0x{ssrc:08x}", "rtcp.packet_type": str(plain[1]) if len(plain) > 1 else ""},
+                    association=association,
+                    peer=fmt(source),
+                    profile=self.srtp_session.profile,
+                )
+            return
         self.stats.srtp_received += 1
+        record.srtp_received += 1
         if self.stats.srtp_received == 1:
             self.stats.first_srtp_decrypted = time.time()
+        if record.srtp_received == 1:  # the first packet under each association's keys
             packet = rtp.RtpPacket.decode(plain)
-            self.events.emit(
+            self._emit(
                 "srtp.first_received",
-                self.call_id,
                 {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
+                association=association,
                 peer=fmt(source),
-                profile=self.endpoint.selected_profile if self.endpoint else "",
+                profile=self.srtp_session.profile,
             )
             self._changed()
 
+    def _unprotect(self, data: bytes, is_rtcp: bool) -> tuple[bytes, int]:
+        """(plaintext, the association whose keys took it): the current keys, else for a while after a
+        switch the previous ones (see the class docstring). Raises the current keys' SrtpAuthError."""
+        assert self.srtp_session is not None
+        try:
+            if is_rtcp:
+                return self.srtp_session.unprotect_rtcp(data), self._srtp_association
+            return self.srtp_session.unprotect(data), self._srtp_association
+        except srtp.SrtpAuthError:
+            previous = self._previous_rx
+            if previous is None:
+                raise
+            session, association, until = previous
+            if self._now() > until:
+                self._previous_rx = None
+                raise
+            try:
+                plain = session.unprotect_rtcp(data) if is_rtcp else session.unprotect(data)
+            except srtp.SrtpAuthError:
+                pass
+            else:
+                self.stats.received_with_previous_keys += 1
+                return plain, association
+            raise
+
     def start_media(self, packets: int, ptime: float = 0.02) -> None:
-        """Send `packets` SRTP packets of PCMU silence, `ptime` apart, once the keys exist."""
+        """Send `packets` SRTP packets of PCMU silence, `ptime` apart, under the current keys."""
         self._media_task = self._loop.create_task(self._send_media(packets, ptime))
 
     async def _send_media(self, packets: int, ptime: float) -> None:
         await self.connected.wait()
-        assert self.srtp_session is not None and self.remote is not None
-        stream = rtp.RtpStream(ssrc=int.from_bytes(os.urandom(4), "big"), payload_type=0)
-        for index in range(packets):
+        stream = self.stream = rtp.RtpStream(ssrc=int.from_bytes(os.urandom(4), "big"), payload_type=0)
+        for _ in range(packets):
             if self.closed:
                 return
+            await self.connected.wait()
+            assert self.srtp_session is not None and self.remote is not None
             packet = stream.next_packet(b"\xff" * 160)
             self._send(self.srtp_session.protect(packet.encode()), self.remote)
             self.stats.srtp_sent += 1
-            if index == 0:
+            record = self.associations[self._srtp_association - 1]
+            record.srtp_sent += 1
+            if self.stats.srtp_sent == 1:
                 self.stats.first_srtp_sent = time.time()
-                self.events.emit(
+            if record.srtp_sent == 1:  # the first packet under each association's keys
+                self._emit(
                     "srtp.first_sent",
-                    self.call_id,
                     {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
+                    association=record.index,
                     peer=fmt(self.remote),
-                    profile=self.endpoint.selected_profile if self.endpoint else "",
+                    profile=self.srtp_session.profile,
                 )
             await asyncio.sleep(ptime)
-        self.events.emit("srtp.sent", self.call_id, packets=self.stats.srtp_sent, peer=fmt(self.remote))
+        self._emit("srtp.sent", packets=self.stats.srtp_sent, peer=fmt(self.remote))
+
+    # -- RTCP on its own component (no rtcp-mux) ---------------------------------------------------
+
+    def start_rtcp(self, source: MediaSession, interval: float = 0.2, minimum: int = 3) -> None:
+        """Send RTCP sender reports about `source`'s RTP stream from this session (the RTCP component),
+        SRTCP-protected with this association's keys: one every `interval` seconds while `source`
+        sends, at least `minimum` in all. RFC 3550 §6.2 would space them 5 s apart; a lab call is
+        shorter than that, and the point is to exercise the second association's keys."""
+        self._rtcp_task = self._loop.create_task(self._send_rtcp(source, interval, minimum))
+
+    async def _send_rtcp(self, source: MediaSession, interval: float, minimum: int) -> None:
+        sent = 0
+        while not self.closed:
+            await self.connected.wait()
+            if source.stream is not None:
+                self._send_sender_report(source.stream)
+                sent += 1
+                if sent >= minimum and source._media_task is not None and source._media_task.done():
+                    break
+            await asyncio.sleep(interval)
+        self._emit("srtcp.sent", packets=self.stats.srtcp_sent, peer=fmt(self.remote))
+
+    def _send_sender_report(self, stream: rtp.RtpStream) -> None:
+        """One compound RTCP packet, SR + SDES CNAME (RFC 3550 §6.1), protected as SRTCP (RFC 3711 §3.4)."""
+        assert self.srtp_session is not None and self.remote is not None
+        report = rtp.sender_report(
+            stream.ssrc, rtp.ntp_timestamp(time.time()), stream.timestamp, stream.packets_sent, stream.octets_sent
+        )
+        compound = report + _sdes_cname(stream.ssrc, f"pinhole-{stream.ssrc:08x}".encode())
+        self._send(self.srtp_session.protect_rtcp(compound), self.remote)
+        self.stats.srtcp_sent += 1
+        record = self.associations[self._srtp_association - 1]
+        record.srtcp_sent += 1
+        if record.srtcp_sent == 1:
+            self._emit(
+                "srtcp.first_sent",
+                {"rtcp.ssrc": f"0x{stream.ssrc:08x}", "rtcp.packet_type": str(rtp.RTCP_SR)},
+                association=record.index,
+                peer=fmt(self.remote),
+                profile=self.srtp_session.profile,
+            )
 
     # -- teardown ---------------------------------------------------------------------------------
 
-    def teardown(self, reason: str) -> None:
-        """Stop the media session at once (RFC 5763 §5 on a fingerprint mismatch; BYE otherwise)."""
+    def teardown(self, reason: str, *, event: str = "media.closed") -> None:
+        """Stop the media session at once (RFC 5763 §5 on a fingerprint mismatch; BYE otherwise).
+
+        `event`: the kind of event that reports it (a fallback RTCP port released unused is not a
+        closed media session: `media.released`)."""
         if self.closed:
             return
         if self.endpoint is not None and self.endpoint.state == "connected" and self.remote is not None:
             for datagram in self.endpoint.close(self._now()):
                 self._send(datagram, self.remote)
+        if self.associations and self.associations[-1].state in ("handshaking", "connected"):
+            self.associations[-1].state, self.associations[-1].ended = "closed", reason
         self.closed = True
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         self._stun_client.close(f"media session closed: {reason}")
-        if self._media_task is not None:
-            self._media_task.cancel()
-        self.events.emit(
-            "media.closed",
-            self.call_id,
+        for task in (self._media_task, self._rtcp_task):
+            if task is not None:
+                task.cancel()
+        self._emit(
+            event,
             reason=reason,
             srtp_sent=self.stats.srtp_sent,
             srtp_received=self.stats.srtp_received,
             srtp_auth_failed=self.stats.srtp_auth_failed,
+            srtcp_sent=self.stats.srtcp_sent,
+            srtcp_received=self.stats.srtcp_received,
             malformed=self.stats.malformed,
+            associations=self.association,
         )
         if self.transport is not None:
             self.transport.close()
@@ -599,6 +853,13 @@ class MediaSession(asyncio.DatagramProtocol):
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self)
+
+
+def _sdes_cname(ssrc: int, cname: bytes) -> bytes:
+    """An RTCP SDES packet with one chunk, CNAME only (RFC 3550 §6.5), padded to 32 bits."""
+    chunk = ssrc.to_bytes(4, "big") + bytes([1, len(cname)]) + cname + b"\x00"
+    chunk += b"\x00" * (-len(chunk) % 4)
+    return bytes([(rtp.RTP_VERSION << 6) | 1, 202]) + (len(chunk) // 4).to_bytes(2, "big") + chunk
 
 
 def _sha256(der: bytes | None) -> str:

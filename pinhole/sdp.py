@@ -497,6 +497,10 @@ class DtlsSrtpMedia:
     ``rtcp_port`` equals ``port`` when rtcp-mux is in use, else a=rtcp (RFC 3605) or port + 1.
     ``capneg`` is True when UDP/TLS/RTP/SAVP(F) was reached through RFC 5939 (a=tcap/a=pcfg in
     an offer, a=acfg in an answer). ``fingerprints`` keeps only those with a supported hash.
+    ``rtcp_address`` is the address of an a=rtcp line that names one ("" = the c= address);
+    ``rtcp_fallback_port`` is the a=rtcp port of an SDP that also has a=rtcp-mux: where RTCP goes
+    if the answer declines multiplexing (RFC 5761 §5.1.1; §5.1.3 requires that line of ICE
+    offers). :meth:`rtcp_target` picks the right one.
     """
 
     address: str
@@ -509,6 +513,21 @@ class DtlsSrtpMedia:
     capneg: bool
     warnings: list[str] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
+    rtcp_address: str = ""
+    rtcp_fallback_port: int | None = None
+
+    def rtcp_target(self, rtcp_mux: bool) -> tuple[str, int]:
+        """Where to send RTCP to this side: its RTP address and port when the offer/answer settled on
+        rtcp-mux; otherwise the a=rtcp port and address (RFC 3605), else port + 1 on the c= address
+        (RFC 5761 §5.1.1: "the port pair, or a signalled port if the a=rtcp: attribute is also
+        included"); an SDP that offered rtcp-mux but was answered without it falls back to its a=rtcp."""
+        if rtcp_mux:
+            return self.address, self.port
+        if self.rtcp_mux:  # we declined the rtcp-mux it offered
+            port = self.rtcp_fallback_port if self.rtcp_fallback_port is not None else self.port + 1
+        else:
+            port = self.rtcp_port
+        return self.rtcp_address or self.address, port
 
 
 @dataclass
@@ -623,17 +642,11 @@ def _read(
     rtcp_mux = bool(mux_lines)
     if answer and rtcp_mux and offer is not None and not offer.rtcp_mux:
         raise SdpError(_at(mux_lines[0], "a=rtcp-mux in an answer to an offer without it (RFC 5761 §5.1.1)"))
-    if rtcp_mux:
-        rtcp_port = m.port
-    else:
-        rtcp_port = m.port + 1
-        for line, value in _lookup_media(sd, mi, "rtcp", lines)[:1]:
-            port_text = (value or "").split(" ")[0]
-            if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
-                raise SdpError(
-                    _at(line, f"a=rtcp:{value}: expected '<port> [<nettype> <addrtype> <address>]' (RFC 3605 §2.1)")
-                )
-            rtcp_port = int(port_text)
+    rtcp_attribute: int | None = None
+    rtcp_address = ""
+    for line, value in _lookup_media(sd, mi, "rtcp", lines)[:1]:
+        rtcp_attribute, rtcp_address = _read_rtcp_attribute(line, value)
+    rtcp_port = m.port if rtcp_mux else (m.port + 1 if rtcp_attribute is None else rtcp_attribute)
 
     media = DtlsSrtpMedia(
         address=address,
@@ -646,8 +659,32 @@ def _read(
         capneg=uses_capneg,
         warnings=warnings,
         formats=list(m.formats),
+        rtcp_address=rtcp_address,
+        rtcp_fallback_port=rtcp_attribute if rtcp_mux else None,
     )
     return media, capneg
+
+
+def _read_rtcp_attribute(line: int, value: str | None) -> tuple[int, str]:
+    """``a=rtcp:<port> [<nettype> <addrtype> <connection-address>]`` (RFC 3605 §2.1): (port, address or "")."""
+    parts = (value or "").split(" ")
+    port_text = parts[0]
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535) or len(parts) not in (1, 4):
+        raise SdpError(_at(line, f"a=rtcp:{value}: expected '<port> [<nettype> <addrtype> <address>]' (RFC 3605 §2.1)"))
+    address = ""
+    if len(parts) == 4:
+        nettype, addrtype, address = parts[1:]
+        if nettype != "IN" or addrtype not in ("IP4", "IP6") or not address:
+            raise SdpError(_at(line, f"a=rtcp:{value}: expected 'IN IP4|IP6 <address>' after the port (RFC 3605 §2.1)"))
+    return int(port_text), address.split("/")[0]
+
+
+def _rtcp_attribute(rtcp: tuple[str, int], address: str) -> tuple[str, str]:
+    """a=rtcp for ``rtcp`` (RFC 3605 §2.1); the address only when it is not the c= address."""
+    rtcp_address, rtcp_port = rtcp
+    if rtcp_address == address:
+        return ("rtcp", str(rtcp_port))
+    return ("rtcp", f"{rtcp_port} IN {_addrtype(rtcp_address)} {rtcp_address}")
 
 
 def _lookup_media(
@@ -795,12 +832,16 @@ def build_offer(
     username: str = "-",
     setup: Setup = Setup.ACTPASS,
     rtcp_mux: bool = True,
+    rtcp: tuple[str, int] | None = None,
     payload_types: Sequence[int] = (0,),
     ptime: int | None = 20,
     session_version: int | None = None,
 ) -> SessionDescription:
     """A DTLS-SRTP audio offer (RFC 5763 §5): UDP/TLS/RTP/SAVP in m=, a=setup, one a=fingerprint
-    per certificate fingerprint, a=rtcp-mux (RFC 5761), no a=connection."""
+    per certificate fingerprint, a=rtcp-mux (RFC 5761), no a=connection.
+
+    ``rtcp``: the address:port RTCP is received on without multiplexing, as a=rtcp (RFC 3605); with
+    ``rtcp_mux`` it is the fallback for an answer that declines rtcp-mux (RFC 5761 §5.1.1)."""
     if not fingerprints:
         raise SdpError("an offer needs at least one fingerprint (RFC 5763 §5)")
     if not payload_types:
@@ -810,6 +851,8 @@ def build_offer(
     attributes += [("fingerprint", str(fp)) for fp in fingerprints]
     if rtcp_mux:
         attributes.append(("rtcp-mux", None))
+    if rtcp is not None:
+        attributes.append(_rtcp_attribute(rtcp, address))
     attributes += _rtpmaps(payload_types)
     if ptime is not None:
         attributes.append(("ptime", str(ptime)))
@@ -836,11 +879,15 @@ def build_answer(
     username: str = "-",
     setup: Setup = Setup.ACTIVE,
     rtcp_mux: bool = True,
+    rtcp: tuple[str, int] | None = None,
     payload_types: Sequence[int] = (0,),
     ptime: int | None = 20,
     session_version: int | None = None,
 ) -> SessionDescription:
     """The answer to ``offer`` (RFC 5763 §5, RFC 3264 §6).
+
+    ``rtcp``: where we receive RTCP when the answer does not multiplex (a=rtcp, RFC 3605); left out
+    when rtcp-mux is offered and ``rtcp_mux`` accepts it.
 
     setup must be active (RECOMMENDED: the handshake runs while the answer travels) or passive;
     rtcp-mux only if offered (RFC 5761 §5.1.1); payload types = the offer's, in its order, that
@@ -881,6 +928,8 @@ def build_answer(
     attributes += [("fingerprint", str(fp)) for fp in fingerprints]
     if rtcp_mux and offered.rtcp_mux:
         attributes.append(("rtcp-mux", None))
+    elif rtcp is not None:
+        attributes.append(_rtcp_attribute(rtcp, address))
     if capneg is not None:
         attributes.append(("acfg", f"{capneg.config} t={capneg.transport}"))
     attributes += _rtpmaps(int(f) for f in formats)

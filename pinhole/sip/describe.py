@@ -93,4 +93,5 @@ def _sdp_attributes(body: bytes) -> dict[str, str]:
     attrs["sdp.rtcp_mux"] = str(
         media.attribute("rtcp-mux") is not None or any(k == "rtcp-mux" for k, _ in media.attributes)
     )
+    attrs["sdp.rtcp"] = media.attribute("rtcp") or ""  # RFC 3605: RTCP's port when not port + 1
     return attrs

@@ -10,7 +10,7 @@ import grpc
 
 from pinhole import dtls, sdp, telemetry
 from pinhole.events import Counters, EventLog
-from pinhole.media import MediaTimers, fmt
+from pinhole.media import Address, AssociationRecord, MediaSession, MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
 from pinhole.service import (
     EvidenceServicer,
@@ -21,7 +21,15 @@ from pinhole.service import (
     setup_observability,
 )
 from pinhole.sip import SipParseError, SipTimers
-from services.useragent.agent import AgentConfig, Call, CallStateError, ConfigError, UserAgent
+from services.useragent.agent import (
+    AgentConfig,
+    Call,
+    CallStateError,
+    ConfigError,
+    Modification,
+    ReinviteSetup,
+    UserAgent,
+)
 
 log = logging.getLogger("useragent")
 
@@ -70,7 +78,16 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         ),
         media_packets=request.media_packets or 50,
         latching=request.latching,  # unset: off, RFC 5763 sends to the SDP address
+        rtcp_mux=request.rtcp_mux if request.HasField("rtcp_mux") else True,
+        rtcp_mux_fallback=request.rtcp_mux_fallback if request.HasField("rtcp_mux_fallback") else True,
     )
+
+
+REINVITE_SETUPS = {
+    useragent_pb2.REINVITE_SETUP_KEEP: ReinviteSetup.KEEP,
+    useragent_pb2.REINVITE_SETUP_FLIP: ReinviteSetup.FLIP,
+    useragent_pb2.REINVITE_SETUP_ACTPASS: ReinviteSetup.ACTPASS,
+}
 
 
 def call_status(call: Call) -> useragent_pb2.CallStatus:
@@ -80,6 +97,7 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
         reason=call.reason,
         direction=call.direction,
         invite_time=call.invite_time,
+        modifications=[modification_proto(m) for m in call.modifications],
     )
     media = call.media
     if media is None:
@@ -109,9 +127,92 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
             latched_to=s.latched_to,
             latches=s.latches,
             latched_on=s.latched_on,
+            rtcp_mux=call.rtcp_mux,
+            components=[
+                component_proto(session, advertised, remote)
+                for session, advertised, remote in (
+                    (call.media, call.advertised, call.remote_media),
+                    (call.rtcp, call.advertised_rtcp, call.remote_rtcp),
+                )
+                if session is not None
+            ],
+            dtls_associations=media.association,
+            associations=[
+                association_proto(session.component, record)
+                for session in call.sessions()
+                for record in session.associations
+            ],
+            srtcp_sent=sum(x.stats.srtcp_sent for x in call.sessions()),
+            srtcp_received=sum(x.stats.srtcp_received for x in call.sessions()),
         )
     )
     return status
+
+
+def component_proto(
+    session: MediaSession, advertised: Address | None, remote: Address | None
+) -> useragent_pb2.MediaComponent:
+    s, endpoint = session.stats, session.endpoint
+    current = [r for r in session.associations if r.index == session.keys_association]
+    return useragent_pb2.MediaComponent(
+        component=session.component,
+        name=session.component_name,
+        local_media=fmt(advertised),
+        remote_media=fmt(remote),
+        local_socket=fmt(session.local_address) if session.transport is not None else "",
+        dtls_role=session.role.value if session.role else "",
+        dtls_state=endpoint.state if endpoint else "",
+        dtls_failure=(endpoint.failure_reason or "") if endpoint else "",
+        profile=(endpoint.selected_profile or "") if endpoint else "",
+        peer_fingerprint_verified=bool(endpoint and endpoint.fingerprint_verified),
+        dtls_associations=session.association,
+        dtls_retransmissions=endpoint.retransmissions if endpoint else 0,
+        stun_checks_sent=s.stun_checks_sent,
+        stun_requests_answered=s.stun_requests_answered,
+        srtp_sent=s.srtp_sent,
+        srtp_received=s.srtp_received,
+        srtcp_sent=s.srtcp_sent,
+        srtcp_received=s.srtcp_received,
+        srtp_auth_failed=s.srtp_auth_failed,
+        received_with_previous_keys=s.received_with_previous_keys,
+        before_handshake=s.before_handshake,
+        malformed=s.malformed,
+        exporter_digest=current[0].exporter_digest if current else "",
+        latches=s.latches,
+        latched_to=s.latched_to,
+    )
+
+
+def association_proto(component: int, record: AssociationRecord) -> useragent_pb2.DtlsAssociation:
+    return useragent_pb2.DtlsAssociation(
+        component=component,
+        index=record.index,
+        role=record.role,
+        state=record.state,
+        reason=record.reason,
+        ended=record.ended,
+        started=record.started,
+        completed=record.completed,
+        exporter_digest=record.exporter_digest,
+        peer_fingerprint=record.peer_fingerprint,
+        srtp_sent=record.srtp_sent,
+        srtp_received=record.srtp_received,
+        srtcp_sent=record.srtcp_sent,
+        srtcp_received=record.srtcp_received,
+    )
+
+
+def modification_proto(m: Modification) -> useragent_pb2.SessionModification:
+    return useragent_pb2.SessionModification(
+        direction=m.direction,
+        offered_setup=m.offered_setup,
+        new_certificate=m.new_certificate,
+        status_code=m.status_code,
+        new_association=m.new_association,
+        reason=m.reason,
+        dtls_role=m.dtls_role,
+        time=m.time,
+    )
 
 
 def _wall(loop_time: float | None) -> float:
@@ -135,6 +236,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
         effective = useragent_pb2.UserAgentConfig()
         effective.CopyFrom(request)
         effective.latching = config.latching  # explicit even when left unset: the default is off
+        effective.rtcp_mux = config.rtcp_mux  # the defaults (on) made explicit too
+        effective.rtcp_mux_fallback = config.rtcp_mux_fallback
         return useragent_pb2.ConfigureReply(effective=effective)
 
     async def PlaceCall(self, request, context):  # noqa: N802
@@ -173,6 +276,21 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
         return useragent_pb2.HangUpReply()
 
+    async def Reinvite(self, request, context):  # noqa: N802
+        if request.setup not in REINVITE_SETUPS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"setup: unknown value {request.setup}")
+        try:
+            modification = await self.agent.reinvite(
+                request.call_id, new_certificate=request.new_certificate, setup=REINVITE_SETUPS[request.setup]
+            )
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
+        except CallStateError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return useragent_pb2.ReinviteReply(
+            modification=modification_proto(modification), call=call_status(self.agent.calls[request.call_id])
+        )
+
     async def GetCall(self, request, context):  # noqa: N802
         call = self.agent.calls.get(request.call_id)
         if call is None:
@@ -187,10 +305,10 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
         if self.agent.endpoint is not None:
             counters.update({f"sip_{k}": v for k, v in self.agent.endpoint.stats.items()})
         for call in self.agent.calls.values():
-            if call.media is not None:
-                counters["media_malformed"] += call.media.stats.malformed
-                counters["srtp_auth_failed"] += call.media.stats.srtp_auth_failed
-                counters["media_latched"] += call.media.stats.latches
+            for session in call.sessions():
+                counters["media_malformed"] += session.stats.malformed
+                counters["srtp_auth_failed"] += session.stats.srtp_auth_failed
+                counters["media_latched"] += session.stats.latches
         return counters
 
 

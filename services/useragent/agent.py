@@ -11,6 +11,22 @@ arrives and the handshake is not complete.
 
 With `latching` configured (off by default) the media session follows the peer's packets rather
 than its SDP address (symmetric RTP; see pinhole.media.MediaSession for what counts as the peer).
+
+rtcp-mux (RFC 5761, `rtcp_mux`, on by default). A call has one media session per component: RTP,
+and without rtcp-mux RTCP on its own socket, each with its own DTLS association (RFC 5764 §4),
+its own §6.7.2 check from the passive side and, behind the NAT, its own reflexive address learned
+from the STUN server. An offer that asks for rtcp-mux also reserves an RTCP port and names it in
+a=rtcp (`rtcp_mux_fallback`, on by default): if the answer declines rtcp-mux, RFC 5761 §5.1.1
+forbids multiplexing and RTCP needs a port the answerer can reach (RFC 5761 §5.1.3 asks ICE
+offers for that same a=rtcp fallback). The reserved port is released once the answer accepts
+rtcp-mux. The answerer multiplexes only if the offer asked and its own `rtcp_mux` allows.
+
+Session modification (RFC 5763 §6.6). Either side may re-INVITE within the dialog (`reinvite`)
+with a new offer: a new certificate, the other DTLS role, or nothing changed. When the offer/answer
+changes a fingerprint, the roles or the peer's transport address, every component gets a new
+association (see MediaSession.renew for the media in flight); otherwise the associations continue
+and no handshake runs. A re-INVITE that arrives while an offer/answer is in progress gets 491
+(RFC 3261 §14.2); one that fails leaves the session as it was (§14.1).
 """
 
 from __future__ import annotations
@@ -22,15 +38,17 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from opentelemetry.context import Context
 
 from pinhole import dtls, sdp, stun
 from pinhole.events import Counters, EventLog
-from pinhole.media import Address, MediaSession, MediaTimers, fmt
+from pinhole.media import RTCP, RTP, Address, MediaSession, MediaTimers, fmt
 from pinhole.sip import (
     ClientTransaction,
     Dialog,
+    DialogError,
     Headers,
     Request,
     Response,
@@ -75,6 +93,41 @@ class AgentConfig:
     media_timers: MediaTimers = field(default_factory=MediaTimers)
     media_packets: int = 50
     latching: bool = False  # send media where the peer's packets come from (MediaSession), not the SDP address
+    rtcp_mux: bool = True  # RFC 5761: RTP and RTCP on one port and one DTLS association
+    rtcp_mux_fallback: bool = True  # offers with rtcp-mux reserve an RTCP port too, named in a=rtcp
+
+
+class ReinviteSetup(str, Enum):
+    """The a=setup of a re-offer (RFC 4145 §4.1, RFC 5763 §6.6)."""
+
+    KEEP = "keep"  # our current role (active if we are the DTLS client): the roles stay
+    FLIP = "flip"  # the other role: the roles swap, so a new association MUST be made (§6.6)
+    ACTPASS = "actpass"  # let the answerer choose; pinhole's answerer keeps its current role
+
+
+@dataclass
+class Negotiated:
+    """What the last completed offer/answer settled; RFC 5763 §6.6 compares the next one with it."""
+
+    local_fingerprint: str
+    peer_fingerprints: list[tuple[str, bytes]]
+    role: dtls.Role
+    remote: Address
+    remote_rtcp: Address | None  # None with rtcp-mux
+
+
+@dataclass
+class Modification:
+    """One re-INVITE offer/answer (RFC 5763 §6.6) and what it did to the DTLS associations."""
+
+    direction: str  # sent (our re-INVITE) or received
+    offered_setup: str
+    new_certificate: bool = False
+    status_code: int = 0  # the final response; 0 while pending
+    new_association: bool = False
+    reason: str = ""  # why a new association, why the old one continues, or why it failed
+    dtls_role: str = ""  # our role afterwards
+    time: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -96,10 +149,39 @@ class Call:
     invite_client: ClientTransaction | None = None  # our pending INVITE, for CANCEL
     tampered_fingerprint: bool = False  # our SDP carried a fingerprint that is not ours (negative control)
     peer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
+    certificate: dtls.Certificate | None = None  # ours for this call (a re-INVITE may change it)
+    rtcp: MediaSession | None = None  # component 2 without rtcp-mux (or the fallback reserved by an offer)
+    rtcp_mux: bool = True
+    advertised_rtcp: Address | None = None
+    remote_rtcp: Address | None = None
+    offer_media: sdp.DtlsSrtpMedia | None = None  # our initial offer, to check the answer against
+    negotiated: Negotiated | None = None
+    sdp_session_id: int = field(default_factory=lambda: int(time.time()))
+    sdp_version: int = (
+        0  # o= sess-version of our last SDP (starts at the session id); +1 per modification (RFC 3264 §8)
+    )
+    offer_pending: str = ""  # "sent" or "received" while a re-INVITE offer/answer runs (RFC 3261 §14)
+    modifications: list[Modification] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sdp_version = self.sdp_version or self.sdp_session_id
+
+    def sessions(self) -> list[MediaSession]:
+        """The call's media sessions, RTP first."""
+        return [m for m in (self.media, self.rtcp) if m is not None]
+
+    def components(self) -> list[tuple[MediaSession, Address | None]]:
+        """Each media session with the peer's SDP address for it."""
+        out: list[tuple[MediaSession, Address | None]] = []
+        if self.media is not None:
+            out.append((self.media, self.remote_media))
+        if self.rtcp is not None:
+            out.append((self.rtcp, self.remote_rtcp))
+        return out
 
 
 class UserAgent:
-    """A SIP UA whose calls carry one DTLS-SRTP audio flow each (rtcp-mux)."""
+    """A SIP UA whose calls carry one DTLS-SRTP audio stream each (one or two components)."""
 
     def __init__(self, *, name: str, sip_address: Address, media_ip: str, events: EventLog, counters: Counters) -> None:
         self.name = name
@@ -136,8 +218,8 @@ class UserAgent:
 
     def close(self) -> None:
         for call in self.calls.values():
-            if call.media is not None:
-                call.media.teardown("service stopping")
+            for session in call.sessions():
+                session.teardown("service stopping")
         self.events.close()
         if self.endpoint is not None:
             self.endpoint.close()
@@ -158,6 +240,8 @@ class UserAgent:
             answer_setup=config.answer_setup.value,
             tamper=config.tamper_answer_fingerprint,
             latching=config.latching,
+            rtcp_mux=config.rtcp_mux,
+            rtcp_mux_fallback=config.rtcp_mux_fallback,
         )
 
     # -- evidence ---------------------------------------------------------------------------------
@@ -219,33 +303,61 @@ class UserAgent:
         parse_uri(target)
         assert self.endpoint is not None
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
+        call.certificate = self.certificate
         self.calls[call.call_id] = call
         self.events.start_call(call.call_id, parent, direction="outgoing", target=target)
         try:
-            media = await self._open_media(call)
-            # a=setup:actpass: a ClientHello may come before the answer (RFC 5763 §5), we are its server
-            media.accept_early_client_hello = True
+            media = await self._open_media(call, RTP)
+            if not self.config.rtcp_mux or self.config.rtcp_mux_fallback:
+                await self._open_media(call, RTCP)
+            for session in call.sessions():
+                # a=setup:actpass: a ClientHello may come before the answer (RFC 5763 §5), we are its server
+                session.accept_early_client_hello = True
             advertised = media.local_address
+            advertised_rtcp = call.rtcp.local_address if call.rtcp is not None else None
             if self.config.stun_server is not None:
-                advertised = await media.stun_binding(self.config.stun_server, purpose="reflexive-address")
+                # each component's own public address: each socket has its own NAT mapping
+                mapped = await asyncio.gather(
+                    *(s.stun_binding(self.config.stun_server, purpose="reflexive-address") for s in call.sessions())
+                )
+                advertised = mapped[0]
+                if call.rtcp is not None:
+                    advertised_rtcp = mapped[1]
                 if self.sip_reflexive is None:
                     self.sip_reflexive = await self._learn_sip_reflexive(call.call_id)
         except (OSError, TimeoutError, stun.StunError) as error:
             self._fail(call, f"could not prepare the call: {error}")
             raise
-        call.advertised = advertised
-        self.events.emit("media.open", call.call_id, local=fmt(media.local_address), advertised=fmt(advertised))
+        call.advertised, call.advertised_rtcp = advertised, advertised_rtcp
+        self._media_opened(call)
         offer = sdp.build_offer(
             address=advertised[0],
             port=advertised[1],
-            fingerprints=[self._fingerprint()],
-            session_id=int(time.time()),
+            fingerprints=[self._fingerprint(call)],
+            session_id=call.sdp_session_id,
+            session_version=call.sdp_version,
             username=self._user(),
+            rtcp_mux=self.config.rtcp_mux,
+            rtcp=advertised_rtcp,
         )
+        call.offer_media = sdp.read_offer(offer)
         invite = self._new_request("INVITE", target, call.call_id, body=sdp.serialize(offer).encode())
         call.invite_time = time.time()
         asyncio.get_running_loop().create_task(self._run_invite(call, invite))
         return call.call_id
+
+    def _media_opened(self, call: Call) -> None:
+        assert call.media is not None
+        self.events.emit(
+            "media.open",
+            call.call_id,
+            local=fmt(call.media.local_address),
+            advertised=fmt(call.advertised),
+            component=call.media.component_name,
+            rtcp_mux=self.config.rtcp_mux if call.direction == "outgoing" else call.rtcp_mux,
+            rtcp_local=fmt(call.rtcp.local_address) if call.rtcp is not None else None,
+            rtcp_advertised=fmt(call.advertised_rtcp) if call.rtcp is not None else None,
+        )
 
     def _user(self) -> str:
         return parse_uri(self.config.aor).user or "-"
@@ -307,7 +419,7 @@ class UserAgent:
             await self._bye_after_failure(call)
             return
         try:
-            answer = sdp.read_answer(sdp.parse(response.body))
+            answer = sdp.read_answer(sdp.parse(response.body), call.offer_media)
         except sdp.SdpError as error:
             self._fail(call, f"bad SDP answer: {error}")
             await self._bye_after_failure(call)  # the dialog exists: end it at Bob too
@@ -315,35 +427,385 @@ class UserAgent:
         self._set_state(call, "established")
         media = call.media
         assert media is not None
+        self._settle_rtcp(call, answer)
         call.remote_media = (answer.address, answer.port)
-        media.set_remote(call.remote_media)
-        media.set_peer_fingerprints([(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)])
+        peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)]
         # a=setup:active in the answer makes us the DTLS server (passive), and the reverse (RFC 4145)
         role = dtls.Role.SERVER if answer.setup == sdp.Setup.ACTIVE else dtls.Role.CLIENT
-        media.accept_early_client_hello = False
-        if media.endpoint is None:
-            media.start_dtls(role, call.remote_media)
-        elif media.role != role:
-            self._fail(call, f"answer a=setup:{answer.setup.value} but a ClientHello already made us the server")
-            await self._bye_after_failure(call)
-            return
+        for session, remote in call.components():
+            assert remote is not None
+            session.set_remote(remote)
+            session.set_peer_fingerprints(peer_fingerprints)
+            session.accept_early_client_hello = False
+            if session.endpoint is None:
+                session.start_dtls(role, remote)
+            elif session.role != role:
+                self._fail(
+                    call,
+                    f"answer a=setup:{answer.setup.value} but a ClientHello already made us the server"
+                    f" ({session.component_name})",
+                )
+                await self._bye_after_failure(call)
+                return
+        call.negotiated = Negotiated(
+            str(self._fingerprint(call)), peer_fingerprints, role, call.remote_media, call.remote_rtcp
+        )
         if role == dtls.Role.SERVER:
-            self._stun_check(call)
-        media.start_media(self.config.media_packets)
+            self._stun_checks(call)
+        self._start_media(call)
 
-    def _stun_check(self, call: Call) -> None:
-        """RFC 5763 §6.7.2: no ICE and the handshake not complete → one unauthenticated check."""
-        media = call.media
-        assert media is not None and call.remote_media is not None
-        if media.connected.is_set():
-            self.events.emit("stun.check_skipped", call.call_id, reason="handshake already complete")
+    def _settle_rtcp(self, call: Call, answer: sdp.DtlsSrtpMedia) -> None:
+        """The answer decides rtcp-mux (RFC 5761 §5.1.1): release the fallback RTCP port, or keep RTCP
+        apart towards the answer's a=rtcp (or port + 1)."""
+        call.rtcp_mux = answer.rtcp_mux
+        if answer.rtcp_mux:
+            if call.rtcp is not None:
+                call.rtcp.teardown(
+                    "the answer accepted rtcp-mux: the fallback RTCP port is not needed (RFC 5761 §5.1.1)",
+                    event="media.released",
+                )
+                call.rtcp = None
+            call.advertised_rtcp = None
             return
-        if not self.config.stun_check:
-            self.events.emit("stun.check_skipped", call.call_id, reason="disabled by configuration")
+        if call.rtcp is None:
+            self.events.emit(
+                "media.rtcp_unavailable",
+                call.call_id,
+                component="rtcp",
+                reason="the answer declined rtcp-mux and our offer reserved no RTCP port (rtcp_mux_fallback off);"
+                " RFC 5761 §5.1.1 forbids multiplexing, so this call has no RTCP",
+            )
             return
-        # to where the peer is: its SDP address, unless the session has latched elsewhere already
-        future = media.stun_binding(media.remote or call.remote_media, purpose="connectivity-check")
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
+        call.remote_rtcp = answer.rtcp_target(False)
+
+    def _start_media(self, call: Call) -> None:
+        assert call.media is not None
+        call.media.start_media(self.config.media_packets)
+        if call.rtcp is not None:
+            call.rtcp.start_rtcp(call.media)
+
+    def _stun_checks(self, call: Call) -> None:
+        """RFC 5763 §6.7.2: no ICE and the handshake not complete → one unauthenticated check, per
+        component (each DTLS flow needs its own pinhole)."""
+        for media, sdp_remote in call.components():
+            if media.handshake_complete:
+                self.events.emit(
+                    "stun.check_skipped",
+                    call.call_id,
+                    component=media.component_name,
+                    reason="handshake already complete",
+                )
+                continue
+            if not self.config.stun_check:
+                self.events.emit(
+                    "stun.check_skipped",
+                    call.call_id,
+                    component=media.component_name,
+                    reason="disabled by configuration",
+                )
+                continue
+            destination = media.remote or sdp_remote  # the SDP address, unless latched elsewhere already
+            assert destination is not None
+            future = media.stun_binding(destination, purpose="connectivity-check")
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
+
+    # -- session modification (RFC 5763 §6.6) -----------------------------------------------------
+
+    async def reinvite(
+        self, call_id: str, *, new_certificate: bool = False, setup: ReinviteSetup = ReinviteSetup.KEEP
+    ) -> Modification:
+        """Send a re-INVITE with a new offer in the call's dialog and apply the answer; returns when the
+        re-INVITE has its final response (the new handshake, if any, runs on: watch the events)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise KeyError(call_id)
+        if call.state != "established" or call.dialog is None or call.negotiated is None or call.media is None:
+            raise CallStateError(f"call {call_id} is {call.state}: no established session to modify")
+        if call.offer_pending:
+            raise CallStateError(
+                f"call {call_id}: an offer/answer is in progress ({call.offer_pending}), RFC 3261 §14.1"
+            )
+        assert self.endpoint is not None and call.advertised is not None and call.certificate is not None
+        setup = ReinviteSetup(setup)
+        certificate = dtls.Certificate.generate(common_name=self.name) if new_certificate else call.certificate
+        client = call.negotiated.role is dtls.Role.CLIENT
+        offered_setup = {
+            ReinviteSetup.KEEP: sdp.Setup.ACTIVE if client else sdp.Setup.PASSIVE,
+            ReinviteSetup.FLIP: sdp.Setup.PASSIVE if client else sdp.Setup.ACTIVE,
+            ReinviteSetup.ACTPASS: sdp.Setup.ACTPASS,
+        }[setup]
+        fingerprint = sdp.certificate_fingerprint(certificate.der, "sha-256")
+        offer = sdp.build_offer(
+            address=call.advertised[0],
+            port=call.advertised[1],
+            fingerprints=[fingerprint],
+            session_id=call.sdp_session_id,
+            session_version=call.sdp_version + 1,
+            username=self._user(),
+            setup=offered_setup,
+            rtcp_mux=call.rtcp_mux,
+            rtcp=None if call.rtcp_mux else call.advertised_rtcp,
+        )
+        offer_media = sdp.read_offer(offer)
+        request, destination = call.dialog.create_request("INVITE", sdp.serialize(offer).encode())
+        call.sdp_version += 1
+        modification = Modification("sent", offered_setup.value, new_certificate=new_certificate)
+        call.modifications.append(modification)
+        call.offer_pending = "sent"
+        may_be_server = offered_setup in (sdp.Setup.PASSIVE, sdp.Setup.ACTPASS)
+        for session in call.sessions():
+            # the answerer may be active and start the new handshake before its answer reaches us
+            session.expect_new_association, session.renewed_early = may_be_server, False
+            session.certificate = certificate  # what a new association (only) will present
+        self.counters["reinvites_sent"] += 1
+        self.events.emit(
+            "call.reinvite",
+            call_id,
+            direction="sent",
+            setup=offered_setup.value,
+            new_certificate=new_certificate,
+            fingerprint=str(fingerprint),
+        )
+        transaction = self.endpoint.send_request(request, destination)
+        try:
+            response = await self._final_response(transaction)
+            if response is None or response.status_code >= 300:
+                status = 408 if response is None else response.status_code
+                why = "timed out (Timer B)" if response is None else f"{response.status_code} {response.reason}"
+                modification.status_code = status
+                modification.reason = f"re-INVITE {why}: the session continues unchanged (RFC 3261 §14.1)"
+                for session in call.sessions():
+                    session.certificate = call.certificate
+                self._modified(call, modification)
+                return modification
+            modification.status_code = response.status_code
+            call.dialog.receive_response(response)
+            ack, ack_destination = call.dialog.create_ack(request.cseq.number)
+            self.endpoint.send_stateless(ack, ack_destination)
+            asyncio.get_running_loop().create_task(self._ack_retransmissions(transaction, ack, ack_destination))
+            try:
+                answer = sdp.read_answer(sdp.parse(response.body), offer_media)
+                if answer.rtcp_mux != call.rtcp_mux:
+                    raise sdp.SdpError("the answer declines the rtcp-mux this call runs with (RFC 5761 §5.1.1)")
+            except sdp.SdpError as error:
+                modification.reason = f"bad SDP answer to the re-INVITE: {error}"
+                self._modified(call, modification)
+                self._fail(call, modification.reason)
+                await self._bye_after_failure(call)
+                return modification
+            role = dtls.Role.SERVER if answer.setup == sdp.Setup.ACTIVE else dtls.Role.CLIENT
+            self._apply_offer_answer(
+                call,
+                modification,
+                role=role,
+                peer_fingerprints=[(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)],
+                remote=(answer.address, answer.port),
+                remote_rtcp=None if call.rtcp_mux else answer.rtcp_target(False),
+                certificate=certificate,
+                local_fingerprint=str(fingerprint),
+            )
+            return modification
+        finally:
+            call.offer_pending = ""
+            for session in call.sessions():
+                session.expect_new_association = False
+
+    async def _final_response(self, transaction: ClientTransaction) -> Response | None:
+        """The first final response of a client transaction; None on Timer B."""
+        try:
+            async for response in transaction.responses():
+                if response.status_code >= 200:
+                    return response
+        except SipTimeout:
+            return None
+        return None
+
+    async def _ack_retransmissions(self, transaction: ClientTransaction, ack: Request, destination: Address) -> None:
+        """ACK every retransmission of the 2xx to our re-INVITE (§13.2.2.4) until Timer M ends it."""
+        assert self.endpoint is not None
+        with contextlib.suppress(SipTimeout):
+            async for response in transaction.responses():
+                if 200 <= response.status_code < 300:
+                    self.endpoint.send_stateless(ack, destination)
+
+    async def _on_reinvite(self, transaction: ServerTransaction, call: Call) -> None:
+        """A re-INVITE in our dialog: answer its offer, and keep or replace the associations (§6.6)."""
+        request = transaction.request
+        if call.dialog is None or not call.dialog.matches(request):
+            transaction.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            return
+        try:
+            call.dialog.receive_request(request)
+        except DialogError as error:
+            transaction.respond(make_response(request, 500, f"Server Internal Error ({error})"[:120]))
+            return
+        if call.offer_pending or call.state != "established" or call.negotiated is None or call.media is None:
+            # RFC 3261 §14.2: an offer while one of ours is outstanding (glare) gets 491
+            self.counters["reinvites_491"] += 1
+            self.events.emit(
+                "call.reinvite_rejected",
+                call.call_id,
+                status=491,
+                reason=f"offer/answer in progress ({call.offer_pending or call.state})",
+            )
+            transaction.respond(make_response(request, 491, "Request Pending"))
+            return
+        assert self.endpoint is not None and call.advertised is not None and call.certificate is not None
+        self.counters["reinvites_received"] += 1
+        call.offer_pending = "received"
+        modification = Modification("received", "")
+        call.modifications.append(modification)
+        try:
+            try:
+                offer_sdp = sdp.parse(request.body)
+                offered = sdp.read_offer(offer_sdp)
+                modification.offered_setup = offered.setup.value
+                if call.rtcp_mux and not offered.rtcp_mux:
+                    raise sdp.SdpError("the offer drops rtcp-mux: pinhole adds no RTCP component to a running call")
+                # RFC 4145 §4.1 for active/passive; for actpass keep our role, so a re-offer that
+                # changes nothing keeps the association (RFC 8842 has the same answerer rule, verify)
+                client = call.negotiated.role is dtls.Role.CLIENT
+                setup = {sdp.Setup.ACTIVE: sdp.Setup.PASSIVE, sdp.Setup.PASSIVE: sdp.Setup.ACTIVE}.get(
+                    offered.setup, sdp.Setup.ACTIVE if client else sdp.Setup.PASSIVE
+                )
+                fingerprint = sdp.certificate_fingerprint(call.certificate.der, "sha-256")
+                answer = sdp.build_answer(
+                    offer_sdp,
+                    address=call.advertised[0],
+                    port=call.advertised[1],
+                    fingerprints=[fingerprint],
+                    session_id=call.sdp_session_id,
+                    session_version=call.sdp_version + 1,
+                    username=self._user(),
+                    setup=setup,
+                    rtcp_mux=call.rtcp_mux,
+                    rtcp=None if call.rtcp_mux else call.advertised_rtcp,
+                )
+            except sdp.SdpError as error:
+                modification.status_code = 488
+                modification.reason = f"cannot answer the re-offer: {error}; the session continues unchanged"
+                self.events.emit("sdp.rejected", call.call_id, reason=str(error))
+                transaction.respond(make_response(request, 488, "Not Acceptable Here"))
+                self._modified(call, modification)
+                return
+            call.sdp_version += 1
+            self.events.emit(
+                "call.reinvite",
+                call.call_id,
+                direction="received",
+                setup=offered.setup.value,
+                answer_setup=setup.value,
+                fingerprint=str(offered.fingerprints[0]) if offered.fingerprints else "",
+            )
+            modification.status_code = 200
+            role = dtls.Role.CLIENT if setup == sdp.Setup.ACTIVE else dtls.Role.SERVER
+            # as in the first answer: an active answerer's ClientHello leaves before its 200 OK
+            self._apply_offer_answer(
+                call,
+                modification,
+                role=role,
+                peer_fingerprints=[(f.hash_function, f.value) for f in sdp.select_fingerprints(offered.fingerprints)],
+                remote=(offered.address, offered.port),
+                remote_rtcp=None if call.rtcp_mux else offered.rtcp_target(False),
+                certificate=call.certificate,
+                local_fingerprint=str(fingerprint),
+            )
+            ok = make_response(request, 200, "OK")
+            ok.headers.add("Contact", self._contact())
+            ok.headers.add("Content-Type", "application/sdp")
+            ok.body = sdp.serialize(answer).encode()
+            transaction.respond(ok)
+            if call.ok_retransmitter is not None:
+                call.ok_retransmitter.ack_received()  # type: ignore[attr-defined]
+            call.ok_retransmitter = retransmit_2xx(
+                self.endpoint, ok, transaction.response_destination(), self.endpoint.timers
+            )
+        finally:
+            call.offer_pending = ""
+
+    def _apply_offer_answer(
+        self,
+        call: Call,
+        modification: Modification,
+        *,
+        role: dtls.Role,
+        peer_fingerprints: list[tuple[str, bytes]],
+        remote: Address,
+        remote_rtcp: Address | None,
+        certificate: dtls.Certificate,
+        local_fingerprint: str,
+    ) -> None:
+        """A re-INVITE's offer/answer is complete (RFC 5763 §6.6): reuse the associations if they are
+        compatible (same fingerprints, roles and transport), else make new ones, following "the same
+        rules as for initial exchanges" (the active side sends its ClientHello at once, the passive
+        side its §6.7.2 check) and tearing the old ones down now."""
+        previous = call.negotiated
+        assert previous is not None
+        reasons = []
+        if sorted(peer_fingerprints) != sorted(previous.peer_fingerprints):
+            reasons.append("the peer's fingerprint changed")
+        if local_fingerprint != previous.local_fingerprint:
+            reasons.append("our fingerprint changed")
+        if role != previous.role:
+            reasons.append(f"the DTLS roles changed (we are now {role.value}), a new association MUST be made")
+        if remote != previous.remote or remote_rtcp != previous.remote_rtcp:
+            reasons.append("the peer's transport address changed")
+        call.certificate = certificate
+        call.peer_fingerprints = peer_fingerprints
+        call.remote_media, call.remote_rtcp = remote, remote_rtcp
+        call.negotiated = Negotiated(local_fingerprint, peer_fingerprints, role, remote, remote_rtcp)
+        modification.dtls_role = role.value
+        if reasons:
+            modification.new_association = True
+            modification.reason = "; ".join(reasons) + " (RFC 5763 §6.6)"
+            for session, target in call.components():
+                if session.renewed_early and role is dtls.Role.SERVER and session.endpoint is not None:
+                    # the peer's new ClientHello already started it: check its certificate now
+                    session.renewed_early = False
+                    if target is not None and target != session.sdp_remote:
+                        session.set_remote(target)
+                    session.set_peer_fingerprints(peer_fingerprints)
+                else:
+                    session.renew(
+                        role,
+                        target,
+                        reason=modification.reason,
+                        peer_fingerprints=peer_fingerprints,
+                        certificate=certificate,
+                    )
+            if role is dtls.Role.SERVER:
+                self._stun_checks(call)
+        else:
+            modification.reason = "same fingerprints, roles and transport: the association continues (RFC 5763 §6.6)"
+            for session, _ in call.components():
+                if session.renewed_early:  # the peer made a new association although nothing changed
+                    session.renewed_early = False
+                    session.set_peer_fingerprints(peer_fingerprints)
+                    modification.new_association = True
+                    modification.reason = "the peer started a new association although the offer/answer changed nothing"
+                    continue
+                self.events.emit(
+                    "dtls.kept",
+                    call.call_id,
+                    component=session.component_name,
+                    association=session.association,
+                    reason=modification.reason,
+                )
+        for session in call.sessions():
+            session.certificate = certificate
+        self._modified(call, modification)
+
+    def _modified(self, call: Call, modification: Modification) -> None:
+        self.events.emit(
+            "call.modified",
+            call.call_id,
+            direction=modification.direction,
+            status=modification.status_code,
+            new_association=modification.new_association,
+            dtls_role=modification.dtls_role,
+            reason=modification.reason,
+            associations=call.media.association if call.media is not None else 0,
+        )
 
     # -- incoming calls (the answerer: Bob) -------------------------------------------------------
 
@@ -369,7 +831,7 @@ class UserAgent:
         except Exception as error:
             log.exception("handling %s failed", transaction.request.method)
             self.counters["handler_errors"] += 1
-            if transaction.request.method != "ACK":
+            if transaction.request.method != "ACK" and transaction.can_respond(500) and not transaction.final_sent:
                 transaction.respond(
                     make_response(transaction.request, 500, f"Server Internal Error ({type(error).__name__})")
                 )
@@ -382,6 +844,9 @@ class UserAgent:
         request = transaction.request
         call_id = request.call_id
         if call_id in self.calls:
+            if request.to.tag is not None:  # within a dialog: a session modification
+                await self._on_reinvite(transaction, self.calls[call_id])
+                return
             transaction.respond(make_response(request, 491, "Request Pending"))
             return
         try:
@@ -418,14 +883,21 @@ class UserAgent:
         transaction, request = call.invite_transaction, call.invite_transaction.request
         call.invite_transaction = None
         assert call.offer is not None
-        offered = sdp.read_offer(call.offer).setup
+        offered = sdp.read_offer(call.offer)
         # RFC 4145 §4.1: an offer of active/passive (RFC 8842 allows them) leaves us the other role
         setup = {sdp.Setup.ACTIVE: sdp.Setup.PASSIVE, sdp.Setup.PASSIVE: sdp.Setup.ACTIVE}.get(
-            offered, self.config.answer_setup
+            offered.setup, self.config.answer_setup
         )
-        media = await self._open_media(call)
+        # RFC 5761 §5.1.1: multiplex only if offered and wanted; else RTCP gets its own component
+        call.rtcp_mux = offered.rtcp_mux and self.config.rtcp_mux
+        call.certificate = self.certificate
+        media = await self._open_media(call, RTP)
+        if not call.rtcp_mux:
+            rtcp = await self._open_media(call, RTCP)
+            call.advertised_rtcp = rtcp.local_address
+            call.remote_rtcp = offered.rtcp_target(False)
         call.advertised = media.local_address
-        fingerprint = self._fingerprint()
+        fingerprint = self._fingerprint(call)
         if self.config.tamper_answer_fingerprint:
             fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
             call.tampered_fingerprint = True
@@ -441,21 +913,31 @@ class UserAgent:
                 address=call.advertised[0],
                 port=call.advertised[1],
                 fingerprints=[fingerprint],
-                session_id=int(time.time()),
+                session_id=call.sdp_session_id,
+                session_version=call.sdp_version,
                 username=self._user(),
                 setup=setup,
+                rtcp_mux=self.config.rtcp_mux,
+                rtcp=call.advertised_rtcp,
             )
         except sdp.SdpError as error:
             transaction.respond(make_response(request, 488, "Not Acceptable Here"))
             self._fail(call, f"cannot answer the offer: {error}")
             raise
-        self.events.emit("media.open", call_id, local=fmt(media.local_address), advertised=fmt(media.local_address))
-        media.set_peer_fingerprints(call.peer_fingerprints)
-        if setup == sdp.Setup.ACTIVE:
-            media.start_dtls(dtls.Role.CLIENT, call.remote_media)
-        else:
-            media.start_dtls(dtls.Role.SERVER, call.remote_media)
-            self._stun_check(call)  # §6.7.2: the passive side checks as soon as it has the peer's SDP
+        self._media_opened(call)
+        role = dtls.Role.CLIENT if setup == sdp.Setup.ACTIVE else dtls.Role.SERVER
+        for session, remote in call.components():
+            session.set_peer_fingerprints(call.peer_fingerprints)
+            session.start_dtls(role, remote)
+        call.negotiated = Negotiated(
+            str(fingerprint),
+            call.peer_fingerprints,
+            role,
+            call.remote_media,
+            call.remote_rtcp,  # type: ignore[arg-type]
+        )
+        if role == dtls.Role.SERVER:
+            self._stun_checks(call)  # §6.7.2: the passive side checks as soon as it has the peer's SDP
         ok = make_response(request, 200, "OK", to_tag=call.to_tag)
         ok.headers.add("Contact", self._contact())
         ok.headers.add("Content-Type", "application/sdp")
@@ -467,7 +949,7 @@ class UserAgent:
             self.endpoint, ok, transaction.response_destination(), self.endpoint.timers
         )
         self._set_state(call, "established")
-        media.start_media(self.config.media_packets)
+        self._start_media(call)
 
     async def _on_ack(self, transaction: ServerTransaction) -> None:
         call = self.calls.get(transaction.request.call_id)
@@ -526,21 +1008,26 @@ class UserAgent:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _fingerprint(self) -> sdp.Fingerprint:
-        return sdp.certificate_fingerprint(self.certificate.der, "sha-256")
+    def _fingerprint(self, call: Call) -> sdp.Fingerprint:
+        return sdp.certificate_fingerprint((call.certificate or self.certificate).der, "sha-256")
 
-    async def _open_media(self, call: Call) -> MediaSession:
-        call.media = await MediaSession.open(
+    async def _open_media(self, call: Call, component: int) -> MediaSession:
+        session = await MediaSession.open(
             self.media_ip,
-            certificate=self.certificate,
+            certificate=call.certificate or self.certificate,
             events=self.events,
             call_id=call.call_id,
             timers=self.config.media_timers,
             srtp_profiles=self.config.srtp_profiles,
             on_change=lambda media: self._media_changed(call, media),
             latching=self.config.latching,
+            component=component,
         )
-        return call.media
+        if component == RTP:
+            call.media = session
+        else:
+            call.rtcp = session
+        return session
 
     def _media_changed(self, call: Call, media: MediaSession) -> None:
         if media.failed.is_set() and call.state not in ("failed", "terminated"):
@@ -565,14 +1052,14 @@ class UserAgent:
         self._set_state(call, "failed", reason)
         self.events.emit("call.failed", call.call_id, reason=reason)
         self.events.end_call(call.call_id, state="failed", reason=reason)
-        if call.media is not None:
-            call.media.teardown(reason)
+        for session in call.sessions():
+            session.teardown(reason)
 
     def _end(self, call: Call, state: str, reason: str) -> None:
         if call.ok_retransmitter is not None:
             call.ok_retransmitter.ack_received()  # type: ignore[attr-defined]
-        if call.media is not None:
-            call.media.teardown(reason)
+        for session in call.sessions():
+            session.teardown(reason)
         if call.state != "failed":
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
