@@ -70,9 +70,22 @@ def judge_outcome(evidence: dict[str, Any]) -> Outcome:
         if received == 0 or failed:
             why = f"SRTP {sender} -> {receiver}: {received} decrypted, {failed} failed authentication"
             return Outcome(False, why, None)
+    # without rtcp-mux the RTCP component has its own association (RFC 5764 §4): it must work as well
+    for side, m in media.items():
+        for component in m.get("components", []):
+            if component.get("name") != "rtcp":
+                continue
+            if not component.get("peer_fingerprint_verified"):
+                failure = component.get("dtls_failure") or "no handshake"
+                why = f"{side}: the RTCP association never completed ({failure})"
+                return Outcome(False, why, None)
+            if _int(component.get("srtcp_received")) == 0:
+                return Outcome(False, f"{side}: no SRTCP decrypted on the RTCP component", None)
     client = "Bob" if media["bob"].get("dtls_role") == "client" else "Alice"
     how = f"DTLS ({client} active) after {len(drops)} NAT drop(s)" if drops else f"DTLS ({client} active), no NAT drop"
     if latched:
         how += ", Bob latched onto " + latched[0]["attrs"].get("to", "the check's source")
     sent = {side: _int(m.get("srtp_received")) for side, m in media.items()}
-    return Outcome(True, f"{how}; SRTP both ways ({sent['alice']} and {sent['bob']} packets)", media_time)
+    separate = any(c.get("name") == "rtcp" for m in media.values() for c in m.get("components", []))
+    rtcp = " and SRTCP on its own association" if separate else ""
+    return Outcome(True, f"{how}; SRTP both ways ({sent['alice']} and {sent['bob']} packets){rtcp}", media_time)

@@ -124,13 +124,14 @@ SCENARIO_KEYS = {
     "stun_check",
     "latching",
     "media_packets",
+    "rtcp_mux",
     "tamper_answer_fingerprint",
     "expect",
     "matrix",
     "rules",
 }
-AXES = ("nat", "answerer", "stun_check", "latching")
-WHEN_KEYS = ("mapping", "filtering", "answerer", "stun_check", "latching")
+AXES = ("nat", "answerer", "stun_check", "latching", "rtcp_mux")
+WHEN_KEYS = ("mapping", "filtering", "answerer", "stun_check", "latching", "rtcp_mux")
 
 
 def _fail(where: str, what: str) -> ScenarioError:
@@ -219,8 +220,12 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         bob["tamper_answer_fingerprint"] = True
     if "media_packets" in settings:
         alice["media_packets"] = bob["media_packets"] = settings["media_packets"]
+    if settings.get("rtcp_mux") is False:  # both sides: RTP and RTCP each on its own association (RFC 5764 §4)
+        alice["rtcp_mux"] = bob["rtcp_mux"] = False
     nat = settings.get("nat", Nat())
     knobs = {"nat": nat.label(), "answerer": answerer, "stun_check": stun_check, "latching": latching}
+    if "rtcp_mux" in settings:
+        knobs["rtcp_mux"] = settings["rtcp_mux"]
     return Scenario(
         name=name,
         description=description,
@@ -246,7 +251,7 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["nat"] = parse_nat(data["nat"], f"{where}.nat")
     if "answerer" in data:
         out["answerer"] = _answerer(data["answerer"], f"{where}.answerer")
-    for key in ("stun_check", "latching", "tamper_answer_fingerprint"):
+    for key in ("stun_check", "latching", "rtcp_mux", "tamper_answer_fingerprint"):
         if key in data:
             out[key] = _bool(data[key], f"{where}.{key}")
     if "media_packets" in data:
@@ -334,6 +339,7 @@ def load(path: Path) -> list[Scenario]:
             "answerer": settings.get("answerer", "active"),
             "stun_check": settings.get("stun_check", True),
             "latching": settings.get("latching", False),
+            "rtcp_mux": settings.get("rtcp_mux", True),
         }
         rule = next((r for r in rules if r.matches(facts)), None)
         label = ",".join(_cell_label(axis, value) for axis, value in combination)
