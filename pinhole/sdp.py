@@ -645,7 +645,7 @@ def _read(
     rtcp_attribute: int | None = None
     rtcp_address = ""
     for line, value in _lookup_media(sd, mi, "rtcp", lines)[:1]:
-        rtcp_attribute, rtcp_address = _read_rtcp_attribute(line, value)
+        rtcp_attribute, rtcp_address = read_rtcp_attribute(line, value)
     rtcp_port = m.port if rtcp_mux else (m.port + 1 if rtcp_attribute is None else rtcp_attribute)
 
     media = DtlsSrtpMedia(
@@ -665,7 +665,7 @@ def _read(
     return media, capneg
 
 
-def _read_rtcp_attribute(line: int, value: str | None) -> tuple[int, str]:
+def read_rtcp_attribute(line: int, value: str | None) -> tuple[int, str]:
     """``a=rtcp:<port> [<nettype> <addrtype> <connection-address>]`` (RFC 3605 §2.1): (port, address or "")."""
     parts = (value or "").split(" ")
     port_text = parts[0]

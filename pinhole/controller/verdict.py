@@ -146,7 +146,9 @@ def _ok_to_invite(ev: Evidence, service: str, kind: str) -> Event | None:
 
 
 def _connectivity_checks(ev: Evidence) -> list[Event]:
-    return ev.find("alice", "stun.send", purpose="connectivity-check")
+    """Alice's checks on the RTP component (without rtcp-mux RTCP has its own check, RFC 5763 §6.7)."""
+    checks = ev.find("alice", "stun.send", purpose="connectivity-check")
+    return [e for e in checks if e["attrs"].get("component", "rtp") == "rtp"]
 
 
 @check("1", "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's NAT address", "RFC 5763 §5, §7.3")

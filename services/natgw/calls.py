@@ -75,8 +75,19 @@ class CallDirectory:
             return
         carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
         flow = CallFlow(message.call_id or "", telemetry.extract(carrier))
-        self._flows[(connection.split()[-1], media.port)] = flow
-        if len(self._flows) > self.limit:
+        address = connection.split()[-1]
+        self._flows[(address, media.port)] = flow
+        # the RTCP component's flow (RFC 3605 a=rtcp, else port + 1): its own mapping, drops and packets,
+        # whether this SDP settles on rtcp-mux or keeps a port for when the answer declines it (RFC 5761)
+        rtcp = media.attribute("rtcp")
+        if rtcp or not media.has_attribute("rtcp-mux"):
+            try:
+                port, rtcp_address = sdp.read_rtcp_attribute(0, rtcp) if rtcp else (media.port + 1, "")
+            except sdp.SdpError:
+                self.unparsable += 1
+            else:
+                self._flows[(rtcp_address or address, port)] = flow
+        while len(self._flows) > self.limit:
             del self._flows[next(iter(self._flows))]
 
     def addresses_of(self, call_id: str) -> list[Address]:
