@@ -322,6 +322,7 @@ class CallRecord:
     calls: dict[str, Any]  # the user agents' own statistics (GetCall)
     mappings: list[dict[str, Any]]  # the NAT's mappings at the end (ListMappings)
     counters: dict[str, dict[str, int]]
+    flushed: list[dict[str, Any]] = field(default_factory=list)  # events streamed before the services' flush
 
 
 def drive_call(
@@ -366,6 +367,9 @@ def drive_call(
                 timeout=10,
             )
         show.stage("collecting evidence")
+        # what has been streamed so far was recorded (its span ended) before the flush: it must be in the
+        # trace; a late datagram recorded after the flush (a retransmission) may not be, and is no loss
+        flushed = collector.snapshot()
         for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
         calls = {
@@ -381,7 +385,7 @@ def drive_call(
         collector.stop()
         if run_span is not None:
             run_span.end()
-    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters)
+    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed)
 
 
 def judge_call(
@@ -423,7 +427,7 @@ def judge_call(
         "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
     }
     result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
-    lost = from_trace.lost_spans(trace_request, [e for e in record.events if e["call_id"] == call_id])
+    lost = from_trace.lost_spans(trace_request, [e for e in record.flushed if e["call_id"] == call_id])
     if lost and not result.broken:  # every span the services said they made must be in the trace
         result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
     drawing = ladder.render(evidence)
