@@ -6,7 +6,7 @@
 #
 # Offline build (no registry, no TLS inside the build): `make images`, i.e. containers/images.sh, which
 # makes a debootstrap base image, fills build/wheelhouse (cp311 manylinux wheels) and build/debs (nftables,
-# conntrack), then runs per service (and for the controller)
+# conntrack, iptables), then runs per service (and for the controller)
 #   podman build --network none --build-arg BASE_IMAGE=localhost/pinhole-base:bookworm \
 #       --target <service> -t localhost/pinhole-<service> .
 # Elsewhere the default base is the public Debian bookworm Python image; the wheelhouse is still required.
@@ -61,10 +61,11 @@ FROM runtime AS stunserver
 USER 10001:10001
 CMD ["python", "-m", "services.stunserver", "--help"]
 
-# natgw loads an nftables ruleset and reads conntrack: it needs the nft and conntrack programs (Debian
-# packages nftables and conntrack, installed here from build/debs, the .deb wheelhouse that
-# containers/images.sh downloads on a bookworm host; packages the base already has are skipped) and, at
-# run time only, the capability NET_ADMIN in its own network namespace:
+# natgw loads an nftables ruleset, reads conntrack and feeds its fault engine's NFQUEUE from an iptables-nft
+# rule: it needs the nft, conntrack and iptables programs (Debian packages nftables, conntrack and iptables,
+# installed here from build/debs, the .deb wheelhouse that containers/images.sh downloads on a bookworm host;
+# packages the base already has are skipped) and, at run time only, the capability NET_ADMIN in its own
+# network namespace:
 #   podman run --cap-add NET_ADMIN localhost/pinhole-natgw python -m services.natgw ...
 # The process still runs as the unprivileged user: the capabilities are granted to it through ambient
 # capabilities of the runtime (podman adds --cap-add to the ambient set of a non-root user).
@@ -77,7 +78,7 @@ RUN set -e; set --; \
     done; \
     if [ $# -gt 0 ]; then apt-get install --yes --no-install-recommends "$@"; fi; \
     rm -rf /tmp/debs /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    nft --version && conntrack --version
+    nft --version && conntrack --version && iptables-nft --version
 USER 10001:10001
 CMD ["python", "-m", "services.natgw", "--help"]
 

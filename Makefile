@@ -1,7 +1,7 @@
 # One interface for people and CI. Everything needs root (namespaces, nftables).
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := python3-venv nftables conntrack tshark iproute2 openssl chromium
+APT_PKGS  := python3-venv nftables conntrack iptables tshark iproute2 openssl chromium
 PROTOS    := $(wildcard proto/pinhole/rpc/v1/*.proto)
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp

@@ -2,7 +2,7 @@
 # Build the pinhole service images with Podman, offline (no registry, no TLS inside builds).
 #
 #   containers/images.sh base-image   debootstrap bookworm -> localhost/pinhole-base:bookworm (skip if present)
-#   containers/images.sh wheelhouse   build/wheelhouse (Python wheels, cp311 manylinux) + build/debs (nftables, conntrack)
+#   containers/images.sh wheelhouse   build/wheelhouse (Python wheels, cp311 manylinux) + build/debs (nftables, conntrack, iptables)
 #   containers/images.sh images       base-image + wheelhouse + one image per service (localhost/pinhole-<service>)
 #                                     + localhost/pinhole-controller (the k8s/controller Job: pinhole cluster-run)
 #   containers/images.sh smoke        `python -m services.<service> --help` in each image, `pinhole cluster-run
@@ -66,10 +66,11 @@ wheelhouse() {
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_34_x86_64 $reqs "setuptools>=68" wheel 2>&1 \
         | { grep -v "is neither a file nor a directory" || true; })
-    # nft and conntrack for the natgw image: Debian packages of the same suite as the base image (the
-    # host must be Debian $SUITE), their dependencies minus the essential ones every base already has.
+    # nft, conntrack and iptables (the NFQUEUE rule of the fault engine) for the natgw image: Debian packages
+    # of the same suite as the base image (the host must be Debian $SUITE), their dependencies minus the
+    # essential ones every base already has.
     pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
-        --no-enhances --no-pre-depends nftables conntrack | grep '^[a-z]' | sort -u \
+        --no-enhances --no-pre-depends nftables conntrack iptables | grep '^[a-z]' | sort -u \
         | grep -vx -e libc6 -e libgcc-s1 -e gcc-12-base)
     # shellcheck disable=SC2086
     (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root $pkgs)

@@ -149,3 +149,32 @@ def test_negative_control_fails_in_containers_at_the_same_message(container_lab,
     result, _, _ = _run(running.name, "docker", tmp_path, "no-stun-check")
     assert result.outcome == "fail"
     assert not next(c for c in result.checks if c.message == "5").passed
+
+
+def test_the_nat_container_injects_faults_with_net_admin_only(container_lab, tmp_path):
+    """SetFaults in the NAT container (an unprivileged user, NET_ADMIN only, read-only root): its NFQUEUE
+    rule (iptables-nft) and queue work there, and the dropped STUN check is an event of the call's trace."""
+    from pinhole.controller.run import Endpoints, service_kinds
+    from pinhole.controller.services import ServiceClients
+    from pinhole.rpc.v1 import natgw_pb2
+
+    running, topology, _ = container_lab
+    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
+    natgw = clients.stub("natgw")
+    bob = Endpoints.of_topology(topology).addresses["bob"]
+    rule = natgw_pb2.FaultRule(
+        name="lose-first-check",
+        match=natgw_pb2.FaultMatch(direction=natgw_pb2.FAULT_DIRECTION_OUTBOUND, what="stun-request", peer=bob),
+        count=1,
+        drop=natgw_pb2.FaultDrop(),
+    )
+    try:
+        assert natgw.SetFaults(natgw_pb2.FaultPlan(rules=[rule]), timeout=20).active
+        result, evidence, _ = _run(running.name, "docker", tmp_path, "rfc5763-7.3")
+    finally:
+        assert not natgw.ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=20).active
+        clients.close()
+    assert result.passed, result.render()  # the check was resent (RFC 5389 RTO) and the call worked
+    [fault] = [e for e in evidence["events"] if e["kind"] == "fault.injected"]
+    assert fault["service"] == "natgw" and fault["attrs"]["rule"] == "lose-first-check"
+    assert fault["attrs"]["summary"].startswith("STUN Binding request")

@@ -4,6 +4,10 @@ The NAT itself is the Linux kernel: this process only loads the RFC 4787 behavio
 over gRPC as an nftables ruleset, raises conntrack's UDP timeout to RFC 4787 REQ-5 values, and
 observes: every inbound packet the ruleset drops arrives here over NFLOG and is classified
 (STUN / DTLS with handshake type / RTP / other) so the lab can show *which* message died.
+
+It also injects faults when asked (SetFaults): loss, delay, duplication, reordering and expired
+mappings on the packets of Alice's path, decided packet by packet from an NFQUEUE (faults.py); each
+injected fault is a `fault.injected` event in the call's trace, correlated like the drops.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ipaddress
+import json
 import logging
+import re
 import signal
+import socket
 import time
+from collections import Counter
+from typing import Any
 
 import grpc
 
@@ -22,8 +31,9 @@ from pinhole.events import Counters, EventLog
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
-from services.natgw import conntrack, kernel, ruleset
+from services.natgw import conntrack, faults, kernel, nfqueue, ruleset
 from services.natgw.calls import CallDirectory
+from services.natgw.faults import FaultEngine, FaultError, FaultInjector, FaultPlan, Injected
 from services.natgw.nflog import LoggedPacket, NflogReader
 
 log = logging.getLogger("natgw")
@@ -45,6 +55,12 @@ PORT_PRESERVATIONS = {
     natgw_pb2.PORT_PRESERVATION_ON: True,
     natgw_pb2.PORT_PRESERVATION_OFF: False,
 }
+FAULT_LINKS = {natgw_pb2.FAULT_LINK_ANY: None, natgw_pb2.FAULT_LINK_LAN: "lan", natgw_pb2.FAULT_LINK_WAN: "wan"}
+FAULT_DIRECTIONS = {
+    natgw_pb2.FAULT_DIRECTION_ANY: None,
+    natgw_pb2.FAULT_DIRECTION_INBOUND: "inbound",
+    natgw_pb2.FAULT_DIRECTION_OUTBOUND: "outbound",
+}
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
 PR_SET_PDEATHSIG = 1
 
@@ -63,6 +79,7 @@ class NatGateway:
         wan_services: list[tuple[str, int]],
         events: EventLog,
         counters: Counters,
+        fault_queue: int = 1,
     ) -> None:
         self.lan_if, self.wan_if, self.wan_address, self.lan_prefix = lan_if, wan_if, wan_address, lan_prefix
         self.log_group = log_group
@@ -78,6 +95,10 @@ class NatGateway:
         self._reported: dict[str, None] = {}  # calls whose translated packets were reported (at their BYE)
         self._tasks: set[asyncio.Task[None]] = set()
         self._conntrack_events: asyncio.subprocess.Process | None = None
+        self.fault_queue = fault_queue
+        self.fault_plan = FaultPlan()
+        self.injector: FaultInjector | None = None
+        self.fault_counts: Counter[str] = Counter()  # over every plan this gateway ran
 
     def apply(self, behaviour: ruleset.NatBehaviour) -> str:
         script = ruleset.render(
@@ -246,6 +267,99 @@ class NatGateway:
         for queue in self._watchers:
             queue.put_nowait(drop)
 
+    # -- faults ---------------------------------------------------------------------------------
+
+    async def set_faults(self, plan: FaultPlan) -> None:
+        """Apply `plan` to the packets to come (no rules: clear). The queue socket is bound before
+        the rules feed it, and a new plan replaces the old one's decisions and occurrence counts."""
+        if not plan.rules:
+            await self.clear_faults()
+            return
+        engine = FaultEngine(
+            plan, lan_ifindex=socket.if_nametoindex(self.lan_if), wan_ifindex=socket.if_nametoindex(self.wan_if)
+        )
+        if self.injector is None:
+            queue = nfqueue.NfQueue(self.fault_queue)
+            self.injector = FaultInjector(
+                queue,
+                engine,
+                on_fault=self._fault_injected,
+                expire=self._expire_mapping,
+                settle=self._forget_mapping,
+                counts=self.fault_counts,
+            )
+            self.injector.start()
+        else:
+            self.injector.replace(engine)
+        path = ruleset.FaultPath(self.fault_queue, {d.value for d in plan.directions()})
+        try:
+            await asyncio.to_thread(ruleset.apply_faults, path, lan_if=self.lan_if, wan_if=self.wan_if)
+        except BaseException:
+            await self.clear_faults()
+            raise
+        self.fault_plan = plan
+        self.counters["fault_plans_set"] += 1
+        self.events.emit(
+            "nat.faults_set",
+            rules=len(plan.rules),
+            seed=plan.seed,
+            directions=",".join(sorted(path.directions)),
+            plan=json.dumps(plan.to_dict(), separators=(",", ":")),
+        )
+
+    async def clear_faults(self) -> None:
+        """Nothing is queued or copied any more; what is held is let go at once."""
+        await asyncio.to_thread(ruleset.remove_faults)
+        had = self._stop_faults()
+        self.fault_plan = FaultPlan()
+        if had:
+            self.events.emit("nat.faults_cleared", injected=self.fault_counts["faults_injected"])
+
+    def _stop_faults(self) -> bool:
+        if self.injector is None:
+            return False
+        for name, value in self.injector.stats().items():  # the queue's own counts, kept past its end
+            if name.startswith("faults_queue_"):
+                self.fault_counts[name] += value
+        self.injector.stop()
+        self.injector = None
+        return True
+
+    def fault_stats(self) -> Counter[str]:
+        out = Counter(self.fault_counts)
+        if self.injector is not None:
+            for name, value in self.injector.stats().items():
+                if name.startswith("faults_queue_") or name == "faults_held":
+                    out[name] += value
+        return out
+
+    async def _expire_mapping(self, internal: tuple[str, int]) -> int:
+        """expire-mapping: the conntrack entries of Alice's inside endpoint, and what the ruleset's sets
+        remember of its mappings (the external port EIF/ADF admit through, the addresses it sent to)."""
+        deleted = await asyncio.to_thread(faults.expire_mapping, internal)
+        return deleted + await self._forget_mapping(internal)
+
+    async def _forget_mapping(self, internal: tuple[str, int]) -> int:
+        """The sets again once the packet passed: an outbound one renews them in postrouting."""
+        return await asyncio.to_thread(ruleset.forget_mapping, internal, self.behaviour)
+
+    def _fault_injected(self, injected: Injected) -> None:
+        """One fault, as an event in the trace of the call it hit: a SIP message names its call; a media
+        packet is found by the far end's address, which the call's SDP announced (as for nat.drop)."""
+        if self.sip_reader is not None:
+            self._read_sip()  # the SIP forwarded just before (an answer) may tell whose packet this is
+        flow = None
+        if injected.attributes.get("kind") == "sip":
+            flow = self.calls.of_message(injected.payload)
+        flow = flow or self.calls.lookup(injected.peer, injected.internal)
+        self.events.emit(
+            "fault.injected",
+            flow.call_id if flow else "",
+            injected.event_attributes(),
+            parent=flow.context if flow else None,
+            at_ns=int(injected.at * 1e9),
+        )
+
     def watch(self) -> asyncio.Queue[natgw_pb2.DroppedPacket]:
         queue: asyncio.Queue[natgw_pb2.DroppedPacket] = asyncio.Queue()
         self._watchers.append(queue)
@@ -255,6 +369,11 @@ class NatGateway:
         self._watchers.remove(queue)
 
     def close(self) -> None:
+        self._stop_faults()
+        try:
+            ruleset.remove_faults()
+        except Exception as error:  # the NAT table must still go
+            log.warning("removing the fault path failed: %s", error)
         for reader in (self.reader, self.sip_reader):
             if reader is not None:
                 asyncio.get_running_loop().remove_reader(reader.fileno())
@@ -348,6 +467,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
 
     async def collect_counters(self) -> Counters:
         counters = Counters(self.gateway.counters)
+        counters.update(self.gateway.fault_stats())
         for name, values in (await asyncio.to_thread(ruleset.read_counters)).items():
             counters[f"nft_{name}_packets"] = values["packets"]
             counters[f"nft_{name}_bytes"] = values["bytes"]
@@ -364,6 +484,115 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
         finally:
             self.gateway.unwatch(queue)
 
+    async def SetFaults(self, request, context):  # noqa: N802
+        try:
+            plan = fault_plan(request)
+        except FaultError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            await self.gateway.set_faults(plan)
+        except nfqueue.QueueRuleError as error:  # iptables missing or refused
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"installing the fault queue failed: {error}")
+        except (nfqueue.NfqueueError, OSError, RuntimeError) as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"setting up the fault engine failed: {error}")
+        return self._faults_reply()
+
+    async def ClearFaults(self, request, context):  # noqa: N802
+        try:
+            await self.gateway.clear_faults()
+        except (OSError, RuntimeError) as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"removing the fault path failed: {error}")
+        return self._faults_reply()
+
+    def _faults_reply(self) -> natgw_pb2.FaultsReply:
+        return natgw_pb2.FaultsReply(
+            effective=fault_plan_proto(self.gateway.fault_plan), active=self.gateway.injector is not None
+        )
+
+
+PROTO_FIELDS = {  # faults.FaultPlan.from_dict's field -> where it is in a gRPC FaultRule
+    "link": "match.link",
+    "direction": "match.direction",
+    "what": "match.what",
+    "peer": "match.peer",
+    "seconds": "delay.seconds",
+    "copies": "duplicate.copies",
+    "max_hold": "reorder.max_hold_seconds",
+}
+
+
+def fault_plan(request: natgw_pb2.FaultPlan) -> FaultPlan:
+    """A gRPC FaultPlan as a validated faults.FaultPlan; FaultError names the field as the proto does
+    ("rules[1].delay.seconds: ...")."""
+    rules: list[dict[str, Any]] = []
+    for index, rule in enumerate(request.rules):
+        match = rule.match
+        if match.link not in FAULT_LINKS:
+            raise FaultError(f"rules[{index}].match.link: unknown value {match.link}")
+        if match.direction not in FAULT_DIRECTIONS:
+            raise FaultError(f"rules[{index}].match.direction: unknown value {match.direction}")
+        item: dict[str, Any] = {
+            "name": rule.name,
+            "link": FAULT_LINKS[match.link],
+            "direction": FAULT_DIRECTIONS[match.direction],
+            "what": match.what or "any",
+            "peer": match.peer or None,
+            "nth": rule.nth or 1,
+            "count": rule.count,
+        }
+        if rule.HasField("probability"):
+            item["probability"] = rule.probability
+        action = rule.WhichOneof("action")
+        if action is not None:
+            item["action"] = action.replace("_", "-")
+        if action == "delay":
+            item["seconds"] = rule.delay.seconds
+        elif action == "duplicate":
+            item["copies"] = rule.duplicate.copies or 1
+        elif action == "reorder":
+            item["max_hold"] = rule.reorder.max_hold_seconds or 1.0
+        rules.append(item)
+    try:
+        return FaultPlan.from_dict({"seed": request.seed, "rules": rules})
+    except FaultError as error:
+        text = re.sub(
+            r"^(rules\[\d+\])\.(\w+)",
+            lambda m: f"{m.group(1)}.{PROTO_FIELDS.get(m.group(2), m.group(2))}",
+            str(error),
+        )
+        raise FaultError(text) from None
+
+
+def fault_plan_proto(plan: FaultPlan) -> natgw_pb2.FaultPlan:
+    """The inverse of `fault_plan`, every default filled in."""
+    links = {v: k for k, v in FAULT_LINKS.items()}
+    directions = {v: k for k, v in FAULT_DIRECTIONS.items()}
+    rules = []
+    for rule in plan.rules:
+        m = rule.match
+        match = natgw_pb2.FaultMatch(
+            link=links[m.link.value if m.link else None],
+            direction=directions[m.direction.value if m.direction else None],
+            what=str(m.what),
+            peer=(m.peer[0] + (f":{m.peer[1]}" if m.peer[1] else "")) if m.peer else "",
+        )
+        out = natgw_pb2.FaultRule(
+            name=rule.name, match=match, nth=rule.nth, count=rule.count, probability=rule.probability
+        )
+        action = rule.action
+        if isinstance(action, faults.Drop):
+            out.drop.SetInParent()
+        elif isinstance(action, faults.Delay):
+            out.delay.seconds = action.seconds
+        elif isinstance(action, faults.Duplicate):
+            out.duplicate.copies = action.copies
+        elif isinstance(action, faults.Reorder):
+            out.reorder.max_hold_seconds = action.max_hold
+        else:
+            out.expire_mapping.SetInParent()
+        rules.append(out)
+    return natgw_pb2.FaultPlan(rules=rules, seed=plan.seed)
+
 
 async def main() -> None:
     parser = argument_parser("pinhole NAT gateway")
@@ -372,6 +601,7 @@ async def main() -> None:
     parser.add_argument("--wan-address", required=True, help="the NAT's outside address")
     parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
     parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
+    parser.add_argument("--fault-queue", type=int, default=1, help="NFQUEUE number of the fault engine (SetFaults)")
     parser.add_argument(
         "--wan-allow",
         action="append",
@@ -395,7 +625,12 @@ async def main() -> None:
         wan_services=[_wan_service(value) for value in args.wan_allow],
         events=events,
         counters=counters,
+        fault_queue=args.fault_queue,
     )
+    try:  # a gateway that died with faults set left its queue rules behind (they let packets pass: bypass)
+        ruleset.remove_faults()
+    except Exception as error:
+        log.warning("removing a stale fault path failed: %s", error)
     await gateway.start_observing()
     gateway.apply(ruleset.NatBehaviour())
     events.emit("service.started", wan_address=args.wan_address, lan_prefix=args.lan_prefix)

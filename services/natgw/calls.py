@@ -99,6 +99,17 @@ class CallDirectory:
         for address in self.addresses_of(call_id):
             del self._flows[address]
 
+    @staticmethod
+    def of_message(payload: bytes) -> CallFlow | None:
+        """The call of one SIP datagram itself: its Call-ID and the trace context it carries."""
+        try:
+            message = parse_message(payload)
+            call_id = message.call_id
+        except SipParseError:
+            return None
+        carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
+        return CallFlow(call_id, telemetry.extract(carrier))
+
     def lookup(self, *addresses: Address) -> CallFlow | None:
         """The call of the first address that an SDP announced."""
         for address in addresses:

@@ -551,3 +551,94 @@ def _ensure_conntrack() -> None:
         raise KernelNatError(
             "net.netfilter.nf_conntrack_udp_timeout is missing: nf_conntrack is not loaded and could not be loaded"
         )
+
+
+# --------------------------------------------------------------------------- faults (services/natgw/faults.py)
+#
+# While a fault plan is set, the forwarded UDP of the directions its rules can select goes to an
+# NFQUEUE (the fault engine decides each packet), and a table `ip pinhole_faults` copies the packets
+# the engine marks for duplication, after the NAT. No plan: neither exists (no queue, no cost).
+# The queue needs an xtables rule (this kernel has no nftables `queue`, see nfqueue.py), so this part
+# is not in the NAT table's script: loading the NAT table again (Configure) leaves the faults alone.
+
+
+@dataclass(frozen=True)
+class FaultPath:
+    """Where the fault engine's packets come from: NFQUEUE `queue`, fed with the forwarded UDP of
+    `directions` ("outbound": from Alice, lan -> wan; "inbound": toward her, wan -> lan)."""
+
+    queue: int
+    directions: frozenset[str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directions", frozenset(self.directions))
+        if isinstance(self.queue, bool) or not isinstance(self.queue, int) or not 0 <= self.queue < 65536:
+            raise RulesetError(f"fault queue {self.queue!r} is not an integer in 0..65535")
+        unknown = sorted(self.directions - {"inbound", "outbound"})
+        if unknown or not self.directions:
+            raise RulesetError(f"fault directions {sorted(self.directions)}: expected some of inbound, outbound")
+
+
+def _fault_paths(path: FaultPath, lan_if: str, wan_if: str) -> list[tuple[str, str]]:
+    for what, name in (("lan_if", lan_if), ("wan_if", wan_if)):
+        if not isinstance(name, str) or not IFNAME_RE.match(name):
+            raise RulesetError(f"{what} {name!r} is not an interface name (1-15 of [A-Za-z0-9_.-])")
+    wanted = {"outbound": (lan_if, wan_if), "inbound": (wan_if, lan_if)}
+    return [wanted[direction] for direction in ("outbound", "inbound") if direction in path.directions]
+
+
+def render_faults(path: FaultPath, *, lan_if: str = "lan0", wan_if: str = "wan0") -> tuple[str, list[list[str]]]:
+    """(the nft script of table ip pinhole_faults, the iptables argument lists of the queue rules) (pure)."""
+    from services.natgw import faults, nfqueue
+
+    return faults.render_dup_table(), nfqueue.render_queue_rules(path.queue, _fault_paths(path, lan_if, wan_if))
+
+
+def apply_faults(path: FaultPath, *, lan_if: str, wan_if: str, netns: str | None = None) -> None:
+    """Load the dup table, then (re)load the queue rules (idempotent: a new plan replaces the old path)."""
+    from services.natgw import faults, nfqueue
+
+    _nft(["-f", "-"], faults.render_dup_table(), netns)
+    nfqueue.install_queue_rules(path.queue, _fault_paths(path, lan_if, wan_if), netns=netns)
+
+
+def remove_faults(*, netns: str | None = None) -> None:
+    """Queue nothing and copy nothing any more (idempotent; the queue rules first, so that no packet
+    is queued after the engine has gone)."""
+    from services.natgw import faults, nfqueue
+
+    nfqueue.remove_queue_rules(netns=netns)
+    _nft(["-f", "-"], f"table ip {faults.DUP_TABLE}\ndelete table ip {faults.DUP_TABLE}\n", netns)
+
+
+def forget_mapping(internal: tuple[str, int], behaviour: NatBehaviour, *, netns: str | None = None) -> int:
+    """Delete what the dynamic sets remember of the mappings of inside endpoint `internal` (the
+    fault engine's expire-mapping; conntrack's part is faults.expire_mapping): its external
+    endpoint(s), the inbound mapping that EIF/ADF admit through, the addresses it contacted.
+    Returns how many elements were deleted."""
+    ip, port = str(internal[0]), int(internal[1])
+    sets = dynamic_sets(behaviour)
+    doomed: dict[str, list[tuple[str | int, ...]]] = {}
+    external_ports: set[int] = set()
+    for name in sets:
+        for element in read_elements(name, netns=netns):
+            key, data = element.key, element.data
+            if name in (SET_EIM, SET_MAPPED, SET_ADM) and key[:2] == (ip, port):
+                doomed.setdefault(name, []).append(key)
+                if data is not None and len(data) == 2:
+                    external_ports.add(int(data[1]))
+            elif name == SET_INBOUND and data == (ip, port):
+                doomed.setdefault(name, []).append(key)
+                external_ports.add(int(key[0]))
+    if SET_CONTACTED in sets and external_ports:
+        for element in read_elements(SET_CONTACTED, netns=netns):
+            if int(element.key[1]) in external_ports:
+                doomed.setdefault(SET_CONTACTED, []).append(element.key)
+    if not doomed:
+        return 0
+    script = "".join(
+        f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(' . '.join(str(f) for f in key) for key in keys)} }}\n"
+        for name, keys in doomed.items()
+    )
+    _nft(["-f", "-"], script, netns)
+    return sum(len(keys) for keys in doomed.values())

@@ -1,0 +1,576 @@
+"""A small NFQUEUE client: the packets an xtables `NFQUEUE` rule hands to user space, and their verdicts.
+
+nfnetlink_queue (NETLINK_NETFILTER, subsystem 3) parks each queued packet in the kernel and sends a
+copy to the socket bound to the queue; the packet goes on only when that socket sends a verdict for
+its id: accept (the packet continues with the next hook function, optionally with a new mark) or
+drop. Verdicts may come in any order and any time later: a packet can be held (a delay) while later
+ones are accepted (reordering), which is what the NAT gateway's fault engine (faults.py) does.
+
+Why xtables: this kernel has no nftables `queue` statement (CONFIG_NFT_QUEUE is off, see
+FIELD-NOTES), but the xtables NFQUEUE target is built in, so the gateway feeds the queue from an
+`iptables -t mangle` rule (`install_queue_rules`) next to its nftables table. iptables-nft is
+preferred: it loads the xtables target through nft_compat over netlink and needs CAP_NET_ADMIN
+only, like nft (a pod's natgw has nothing more); iptables-legacy also needs CAP_NET_RAW (measured:
+"Permission denied" without it). The mangle FORWARD hook (priority -150) runs before the NAT
+table's filter chain (priority 0), so a packet whose verdict is accept still meets every rule of
+the NAT ruleset, as if it had never been queued.
+
+Failure policy (`fail_open`, on by default): the lab must never be blackholed by its own fault
+engine. With NFQA_CFG_F_FAIL_OPEN the kernel accepts, instead of dropping, a packet it cannot queue
+(queue full, or the socket's receive buffer full); with `--queue-bypass` on the rule it accepts
+packets while no socket is bound (the gateway stopped or died). The cost: such packets escape the
+faults silently. What can be seen of it is counted: `overruns` (ENOBUFS, the socket missed
+messages) and `missed` (gaps in the kernel's packet ids: queued packets whose message was lost,
+which fail-open accepted). A full queue shows in neither (the kernel then assigns no id), so
+`max_length` is large (held packets count towards it) and `kernel_stats` reads the queue's own
+counters from /proc/net/netfilter/nfnetlink_queue. A fault that was planned but not injected is
+visible anyway: every injected fault is an event, so a missing one shows as missing.
+
+The codec half is pure (`build_config`, `build_verdict`, `parse_messages`, `parse_packet`);
+`NfQueue` is the socket, non-blocking so an asyncio loop can watch it with `loop.add_reader`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ACCEPT",
+    "DROP",
+    "NfQueue",
+    "NfqueueError",
+    "QueueRuleError",
+    "QueuedPacket",
+    "build_config",
+    "build_verdict",
+    "install_queue_rules",
+    "kernel_stats",
+    "parse_messages",
+    "parse_packet",
+    "remove_queue_rules",
+    "render_queue_rules",
+]
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = 0
+NFQNL_MSG_VERDICT = 1
+NFQNL_MSG_CONFIG = 2
+MSG_PACKET = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+MSG_VERDICT = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+MSG_CONFIG = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
+NFNETLINK_V0 = 0
+
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLA_TYPE_MASK = 0x3FFF  # drops NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+# enum nfqnl_attr_type
+NFQA_PACKET_HDR = 1
+NFQA_VERDICT_HDR = 2
+NFQA_MARK = 3
+NFQA_TIMESTAMP = 4
+NFQA_IFINDEX_INDEV = 5
+NFQA_IFINDEX_OUTDEV = 6
+NFQA_PAYLOAD = 10
+NFQA_CAP_LEN = 13
+# enum nfqnl_attr_config
+NFQA_CFG_CMD = 1
+NFQA_CFG_PARAMS = 2
+NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x1
+# enum nfqnl_msg_config_cmds
+NFQNL_CFG_CMD_BIND = 1
+NFQNL_CFG_CMD_UNBIND = 2
+NFQNL_COPY_PACKET = 2
+COPY_RANGE = 0xFFFF
+
+# netfilter verdicts (include/uapi/linux/netfilter.h)
+DROP = 0
+ACCEPT = 1
+VERDICTS = {DROP: "drop", ACCEPT: "accept"}
+
+# IPv4 netfilter hooks, as NFQA_PACKET_HDR reports them
+HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
+
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
+NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (network order)
+NLATTR = struct.Struct("=HH")  # len, type (host order)
+PACKET_HDR = struct.Struct("!IHB")  # struct nfqnl_msg_packet_hdr: be32 id, be16 hw_protocol, u8 hook
+VERDICT_HDR = struct.Struct("!II")  # struct nfqnl_msg_verdict_hdr: be32 verdict, be32 id
+RECV_BUFFER = 1 << 17
+SO_RCVBUFFORCE = 33
+DEFAULT_MAX_LENGTH = 4096
+
+
+class NfqueueError(ValueError):
+    """NFQUEUE setup failed or a message is malformed; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class QueuedPacket:
+    """One packet parked in the kernel until a verdict names its `packet_id`.
+
+    `hook` is the netfilter hook (2 = forward), `indev`/`outdev` the ifindexes it came in on and
+    will leave by (0 if none), `mark` its skb mark, `payload` the IP packet, `timestamp` the
+    kernel's receive time if the packet carried one, else None; `received` is when this process
+    read it (time.time()).
+    """
+
+    packet_id: int
+    hook: int
+    indev: int
+    outdev: int
+    payload: bytes
+    mark: int = 0
+    timestamp: float | None = None
+    received: float = 0.0
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    length = NLATTR.size + len(value)
+    return NLATTR.pack(length, kind) + value + b"\0" * (-length % 4)
+
+
+def _check_queue(queue: int) -> None:
+    if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 0xFFFF:
+        raise NfqueueError(f"queue number {queue!r} is out of range 0..65535")
+
+
+def build_config(queue: int, seq: int, attrs: Sequence[tuple[int, bytes]]) -> bytes:
+    """An NFQNL_MSG_CONFIG request for `queue` carrying `attrs` (type, value), acknowledged (pure)."""
+    _check_queue(queue)
+    body = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + b"".join(_attr(t, v) for t, v in attrs)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def config_bind(queue: int, seq: int) -> bytes:
+    # struct nfqnl_msg_config_cmd: u8 command, u8 pad, be16 pf (ignored since Linux 3.8)
+    return build_config(queue, seq, [(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0))])
+
+
+def config_unbind(queue: int, seq: int) -> bytes:
+    return build_config(queue, seq, [(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_UNBIND, 0))])
+
+
+def config_params(queue: int, seq: int, max_length: int, fail_open: bool) -> bytes:
+    """Copy whole packets, hold at most `max_length` of them, and the fail-open flag (set or cleared)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= 0xFFFFFFFF:
+        raise NfqueueError(f"queue max length {max_length!r} is not a positive 32-bit integer")
+    flags = NFQA_CFG_F_FAIL_OPEN if fail_open else 0
+    return build_config(
+        queue,
+        seq,
+        [
+            (NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET)),  # packed: 5 bytes
+            (NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", max_length)),
+            (NFQA_CFG_FLAGS, struct.pack("!I", flags)),
+            (NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)),
+        ],
+    )
+
+
+def build_verdict(queue: int, packet_id: int, verdict: int, *, mark: int | None = None, seq: int = 0) -> bytes:
+    """An NFQNL_MSG_VERDICT for one packet: accept or drop, optionally setting its mark (pure).
+
+    No acknowledgement is asked for: a verdict the kernel refuses (an unknown id) comes back as
+    an error message on the socket, which `NfQueue.read` counts in `verdict_errors`.
+    """
+    _check_queue(queue)
+    if verdict not in VERDICTS:
+        raise NfqueueError(f"verdict {verdict!r} is not accept (1) or drop (0)")
+    if not 0 <= packet_id <= 0xFFFFFFFF:
+        raise NfqueueError(f"packet id {packet_id} is not a 32-bit unsigned integer")
+    attrs = [(NFQA_VERDICT_HDR, VERDICT_HDR.pack(verdict, packet_id))]
+    if mark is not None:
+        if not 0 <= mark <= 0xFFFFFFFF:
+            raise NfqueueError(f"mark {mark} is not a 32-bit unsigned integer")
+        attrs.append((NFQA_MARK, struct.pack("!I", mark)))
+    body = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + b"".join(_attr(t, v) for t, v in attrs)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), MSG_VERDICT, NLM_F_REQUEST, seq, 0) + body
+
+
+def _iter_attrs(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    while offset + NLATTR.size <= len(data):
+        length, kind = NLATTR.unpack_from(data, offset)
+        if length < NLATTR.size or offset + length > len(data):
+            raise NfqueueError(f"{where}: attribute at offset {offset} has bad length {length}")
+        yield kind & NLA_TYPE_MASK, data[offset + NLATTR.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
+    """Parse the body of an NFQNL_MSG_PACKET message (after the netlink header) (pure)."""
+    if len(body) < NFGENMSG.size:
+        raise NfqueueError(f"packet message body is {len(body)} bytes, shorter than nfgenmsg")
+    header: tuple[int, int, int] | None = None
+    indev = outdev = mark = 0
+    payload = b""
+    timestamp = None
+    for kind, value in _iter_attrs(body[NFGENMSG.size :], "packet message"):
+        if kind == NFQA_PACKET_HDR:
+            if len(value) < PACKET_HDR.size:
+                raise NfqueueError(f"packet header attribute is {len(value)} bytes, expected {PACKET_HDR.size}")
+            header = PACKET_HDR.unpack_from(value)
+        elif kind == NFQA_IFINDEX_INDEV and len(value) >= 4:
+            indev = struct.unpack_from("!I", value)[0]
+        elif kind == NFQA_IFINDEX_OUTDEV and len(value) >= 4:
+            outdev = struct.unpack_from("!I", value)[0]
+        elif kind == NFQA_MARK and len(value) >= 4:
+            mark = struct.unpack_from("!I", value)[0]
+        elif kind == NFQA_PAYLOAD:
+            payload = bytes(value)
+        elif kind == NFQA_TIMESTAMP and len(value) >= 16:
+            sec, usec = struct.unpack_from("!QQ", value)
+            timestamp = sec + usec / 1e6
+    if header is None:
+        raise NfqueueError("packet message has no NFQA_PACKET_HDR (no packet id: no verdict possible)")
+    packet_id, _hw_protocol, hook = header
+    return QueuedPacket(
+        packet_id=packet_id,
+        hook=hook,
+        indev=indev,
+        outdev=outdev,
+        payload=payload,
+        mark=mark,
+        timestamp=timestamp,
+        received=received,
+    )
+
+
+@dataclass
+class ParsedBatch:
+    packets: list[QueuedPacket] = field(default_factory=list)
+    acks: dict[int, int] = field(default_factory=dict)  # seq -> errno (0 = success) of NLMSG_ERROR messages
+    odd: int = 0  # messages we do not understand or could not parse
+
+
+def parse_messages(data: bytes, received: float = 0.0) -> ParsedBatch:
+    """Split one netlink datagram into messages and parse them (pure; never raises)."""
+    batch = ParsedBatch()
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            batch.odd += 1
+            return batch
+        body = data[offset + NLMSGHDR.size : offset + length]
+        if kind == MSG_PACKET:
+            try:
+                batch.packets.append(parse_packet(body, received))
+            except NfqueueError:
+                batch.odd += 1
+        elif kind == NLMSG_ERROR and len(body) >= 4:
+            batch.acks[seq] = -struct.unpack_from("=i", body)[0]
+        elif kind not in (NLMSG_NOOP, NLMSG_DONE):
+            batch.odd += 1
+        offset += (length + 3) & ~3
+    if offset < len(data):
+        batch.odd += 1
+    return batch
+
+
+class NfQueue:
+    """The packets of NFQUEUE `queue` in the current network namespace (or in `netns`, entered only
+    to create the socket), and their verdicts.
+
+    `read()` never blocks and never raises on odd messages; `accept`/`drop` may be called for the
+    packets read in any order, at any later time. Packets not decided yet are in `pending`
+    (id -> the time read); `close()` accepts them (the kernel would drop them on unbind).
+    Counters: `odd` (unparsable messages), `overruns` (ENOBUFS: messages the kernel could not
+    deliver), `missed` (gaps in packet ids: queued packets this socket never saw),
+    `verdict_errors` (verdicts the kernel refused, e.g. an id it no longer holds).
+    """
+
+    def __init__(
+        self,
+        queue: int,
+        *,
+        netns: str | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        fail_open: bool = True,
+        timeout: float = 2.0,
+    ) -> None:
+        _check_queue(queue)
+        self.queue = queue
+        self.max_length = max_length
+        self.fail_open = fail_open
+        self.pending: dict[int, float] = {}
+        self.odd = 0
+        self.overruns = 0
+        self.missed = 0
+        self.verdict_errors = 0
+        self.accepted = 0
+        self.dropped = 0
+        self._last_id: int | None = None
+        self._seq = 0
+        if netns is None:
+            self._sock = self._open()
+        else:
+            from netns.lab import in_netns
+
+            with in_netns(netns):
+                self._sock = self._open()
+        try:
+            self._configure(lambda seq: config_bind(queue, seq), "bind", timeout)
+            self._configure(lambda seq: config_params(queue, seq, max_length, fail_open), "configure", timeout)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._sock.setblocking(False)
+
+    @staticmethod
+    def _open() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind((0, 0))
+        return sock
+
+    def _configure(self, build, what: str, timeout: float) -> None:  # noqa: ANN001 (a builder of one message)
+        self._seq += 1
+        seq = self._seq
+        self._sock.settimeout(timeout)
+        self._sock.send(build(seq))
+        deadline = time.monotonic() + timeout
+        while True:
+            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                data = self._sock.recv(RECV_BUFFER)
+            except TimeoutError:
+                raise NfqueueError(f"NFQUEUE {self.queue}: no answer to {what} within {timeout} s") from None
+            batch = parse_messages(data, time.time())
+            self.odd += batch.odd
+            for packet in batch.packets:  # a packet queued before the configuration was acknowledged
+                self._note(packet)
+                self._verdict(packet.packet_id, ACCEPT, None)
+            if seq in batch.acks:
+                err = batch.acks[seq]
+                if err in (errno.EPERM, errno.EBUSY):
+                    # EPERM: another socket (another process) is bound to this queue number.
+                    raise NfqueueError(
+                        f"NFQUEUE {self.queue}: {what} refused ({errno.errorcode[err]}): another socket "
+                        "in this namespace holds the queue, or the process lacks CAP_NET_ADMIN"
+                    )
+                if err:
+                    raise NfqueueError(f"NFQUEUE {self.queue}: {what} failed: {os.strerror(err)}")
+                return
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def _note(self, packet: QueuedPacket) -> None:
+        if self._last_id is not None and packet.packet_id > self._last_id + 1:
+            self.missed += packet.packet_id - self._last_id - 1
+        self._last_id = packet.packet_id
+        self.pending[packet.packet_id] = packet.received
+
+    def read(self) -> list[QueuedPacket]:
+        """Every packet queued now (possibly none); each waits for `accept` or `drop`."""
+        packets: list[QueuedPacket] = []
+        while True:
+            try:
+                data = self._sock.recv(RECV_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                return packets
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.overruns += 1
+                    continue
+                raise
+            batch = parse_messages(data, time.time())
+            self.odd += batch.odd
+            self.verdict_errors += sum(1 for err in batch.acks.values() if err)
+            for packet in batch.packets:
+                self._note(packet)
+            packets.extend(batch.packets)
+
+    def wait(self, timeout: float) -> list[QueuedPacket]:
+        """Block until at least one packet is queued or `timeout` seconds pass; then `read()`."""
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.poll(timeout * 1000)
+        return self.read()
+
+    def _verdict(self, packet_id: int, verdict: int, mark: int | None) -> None:
+        message = build_verdict(self.queue, packet_id, verdict, mark=mark)
+        while True:
+            try:
+                self._sock.send(message)
+                break
+            except InterruptedError:
+                continue
+            except BlockingIOError:  # the kernel handles a verdict synchronously; never seen, but never lose one
+                select.select([], [self._sock], [], 0.1)
+        self.pending.pop(packet_id, None)
+        if verdict == ACCEPT:
+            self.accepted += 1
+        else:
+            self.dropped += 1
+
+    def accept(self, packet_id: int, *, mark: int | None = None) -> None:
+        """Let the packet go on (with `mark` as its new skb mark, if given)."""
+        self._verdict(packet_id, ACCEPT, mark)
+
+    def drop(self, packet_id: int) -> None:
+        self._verdict(packet_id, DROP, None)
+
+    def release_all(self) -> int:
+        """Accept every packet still waiting for a verdict; returns how many."""
+        ids = list(self.pending)
+        for packet_id in ids:
+            with contextlib.suppress(OSError):
+                self._verdict(packet_id, ACCEPT, None)
+        return len(ids)
+
+    def close(self) -> None:
+        """Accept what is still held, unbind and close (idempotent)."""
+        if self._sock.fileno() < 0:
+            return
+        self._sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            self.release_all()
+        with contextlib.suppress(OSError):
+            self._seq += 1
+            self._sock.send(config_unbind(self.queue, self._seq))
+        self._sock.close()
+
+    def __enter__(self) -> NfQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- the kernel rule feeding the queue
+
+PROC_QUEUES = Path("/proc/net/netfilter/nfnetlink_queue")
+CHAIN = "PINHOLE_FAULTS"
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+
+
+class QueueRuleError(RuntimeError):
+    """iptables refused the queue rules, or is missing; the message carries its stderr."""
+
+
+def kernel_stats(queue: int, *, netns: str | None = None) -> dict[str, int] | None:
+    """The kernel's view of `queue` (/proc/net/netfilter/nfnetlink_queue): held (queue_total),
+    queue_dropped (full queue, without fail-open), user_dropped (socket buffer full, without
+    fail-open), id_sequence (the last packet id). None while no socket is bound to it."""
+    from services.natgw.kernel import in_namespace
+
+    with in_namespace(netns):
+        try:
+            text = PROC_QUEUES.read_text()
+        except FileNotFoundError:
+            return None
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0].isdigit() and int(fields[0]) == queue:
+            return {
+                "held": int(fields[2]),
+                "queue_dropped": int(fields[5]),
+                "user_dropped": int(fields[6]),
+                "id_sequence": int(fields[7]),
+            }
+    return None
+
+
+def iptables_tool() -> str:
+    """iptables-nft if installed (CAP_NET_ADMIN is enough), else iptables, else iptables-legacy."""
+    for name in ("iptables-nft", "iptables", "iptables-legacy"):
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    raise QueueRuleError("iptables is not installed (Debian package iptables): the NFQUEUE rule needs it")
+
+
+def render_queue_rules(queue: int, paths: Sequence[tuple[str, str]], *, chain: str = CHAIN) -> list[list[str]]:
+    """The iptables argument lists (table mangle) that send the UDP packets forwarded along each
+    (in interface, out interface) of `paths` to `queue`, with --queue-bypass (no socket bound:
+    accept). Pure. Only forwarded packets: what the gateway itself sends or receives (gRPC, the
+    VXLAN carrying Alice's link in a pod) is never queued."""
+    _check_queue(queue)
+    if not IFNAME_RE.match(chain) or len(chain) > 28:
+        raise QueueRuleError(f"chain name {chain!r} is not an iptables chain name")
+    rules = []
+    for in_if, out_if in paths:
+        for name in (in_if, out_if):
+            if not isinstance(name, str) or not IFNAME_RE.match(name):
+                raise QueueRuleError(f"{name!r} is not an interface name (1-15 of [A-Za-z0-9_.-])")
+        rules.append(
+            ["-t", "mangle", "-A", chain, "-i", in_if, "-o", out_if, "-p", "udp"]
+            + ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+        )
+    return rules
+
+
+def _iptables(args: list[str], netns: str | None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    from services.natgw.kernel import in_namespace
+
+    tool = iptables_tool()
+    with in_namespace(netns):
+        result = subprocess.run([tool, "-w", *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise QueueRuleError(f"{os.path.basename(tool)} {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def install_queue_rules(
+    queue: int, paths: Sequence[tuple[str, str]], *, netns: str | None = None, chain: str = CHAIN
+) -> None:
+    """(Re)load the queue rules: chain `chain` in table mangle holds exactly the rules of `paths`,
+    and FORWARD jumps to it first. Idempotent."""
+    rules = render_queue_rules(queue, paths, chain=chain)
+    if _iptables(["-t", "mangle", "-n", "-L", chain], netns, check=False).returncode == 0:
+        _iptables(["-t", "mangle", "-F", chain], netns)
+    else:
+        _iptables(["-t", "mangle", "-N", chain], netns)
+    for rule in rules:
+        _iptables(rule, netns)
+    if _iptables(["-t", "mangle", "-C", "FORWARD", "-j", chain], netns, check=False).returncode != 0:
+        _iptables(["-t", "mangle", "-I", "FORWARD", "1", "-j", chain], netns)
+
+
+def remove_queue_rules(*, netns: str | None = None, chain: str = CHAIN) -> None:
+    """Take the queue rules away (idempotent; fine when iptables is missing and nothing was installed)."""
+    try:
+        iptables_tool()
+    except QueueRuleError:
+        return
+    while _iptables(["-t", "mangle", "-D", "FORWARD", "-j", chain], netns, check=False).returncode == 0:
+        pass
+    if _iptables(["-t", "mangle", "-n", "-L", chain], netns, check=False).returncode == 0:
+        _iptables(["-t", "mangle", "-F", chain], netns)
+        _iptables(["-t", "mangle", "-X", chain], netns)
+    if "nf_tables" in _iptables(["-V"], netns).stdout:
+        # iptables-nft made table `ip mangle` with base chains on every hook: when nothing else is in
+        # it, delete it, so no hook is left behind (no faults, no cost)
+        listing = _iptables(["-t", "mangle", "-S"], netns).stdout.splitlines()
+        if all(line.startswith("-P ") and line.endswith(" ACCEPT") for line in listing):
+            from services.natgw.kernel import in_namespace
+
+            nft = shutil.which("nft")
+            if nft is not None:
+                with in_namespace(netns):
+                    subprocess.run([nft, "delete", "table", "ip", "mangle"], capture_output=True, check=False)
