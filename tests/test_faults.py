@@ -929,7 +929,7 @@ def test_grpc_plans_are_validated_with_the_proto_field_names() -> None:
 
 def test_grpc_plans_round_trip_with_defaults_filled_in() -> None:
     from pinhole.rpc.v1 import natgw_pb2 as pb
-    from services.natgw.__main__ import fault_plan, fault_plan_proto
+    from services.natgw.fault_wire import fault_plan, fault_plan_proto
 
     request = pb.FaultPlan(
         seed=5,

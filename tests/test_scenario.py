@@ -88,6 +88,9 @@ def test_nat_in_rfc_4787_words_and_cone_aliases():
         ),
         ("name: a\nmatrix: {nat: [full-cone, cone]}\nrules: [{outcome: works}]\n", "s.yaml.matrix.nat[1]"),
         ("name: a\nmatrix: {answerer: [active]}\nrules: [{when: {colour: red}, outcome: works}]\n", "keys must be"),
+        ("name: a\nfaults: {drop: all}\nexpect: {outcome: works}\n", "s.yaml.faults: a list of rules"),
+        ("name: a\nfaults: [{what: stun, action: explode}]\nexpect: {outcome: works}\n", "rules[0].action"),
+        ("name: a\nfaults: [{what: 'dtls:hello', action: drop}]\nexpect: {outcome: works}\n", "rules[0]"),
     ],
 )
 def test_errors_say_where_and_why(tmp_path, text, message):
@@ -119,3 +122,18 @@ def test_outcome_works_only_with_both_certificates_and_srtp_both_ways():
     assert "SRTP bob -> alice: 0 decrypted" in judge_outcome(_evidence(srtp_received="0")).reason
     failed = judge_outcome(_evidence(handshake_completed=0, dtls_failure="timeout"))
     assert not failed.works and "DTLS never completed (alice: timeout)" in failed.reason
+
+
+def test_fault_peers_may_name_nodes(tmp_path):
+    from pinhole.controller.scenario import fault_plan
+    from pinhole.rpc.v1 import natgw_pb2
+
+    text = (
+        "name: f\nfaults: [{what: stun-request, peer: 'bob:5000', count: 1, action: drop}]\nexpect: {outcome: works}\n"
+    )
+    (scenario,) = load(write(tmp_path, text))
+    plan = fault_plan(scenario, {"bob": "203.0.113.40"})
+    assert plan.rules[0].match.peer == "203.0.113.40:5000" and plan.rules[0].HasField("drop")
+    assert fault_plan(load(write(tmp_path, "name: g\nexpect: {outcome: works}\n"))[0], {}) == natgw_pb2.FaultPlan()
+    with pytest.raises(ScenarioError, match="peer 'carol' is no node"):
+        fault_plan(load(write(tmp_path, text.replace("bob", "carol")))[0], {"bob": "203.0.113.40"})

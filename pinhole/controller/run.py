@@ -9,6 +9,7 @@ out/<run-id>/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from opentelemetry import trace
 
 from netns.lab import NetnsLab, load_topology
@@ -24,7 +26,7 @@ from pinhole import demux, telemetry
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
-from pinhole.controller.scenario import SCENARIOS, Scenario
+from pinhole.controller.scenario import SCENARIOS, Scenario, fault_plan
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
@@ -282,6 +284,8 @@ def configure(
     }
     clients.stub("alice").Configure(useragent_pb2.UserAgentConfig(**{**alice_config, **scenario.alice}))
     clients.stub("bob").Configure(useragent_pb2.UserAgentConfig(**{**bob_config, **scenario.bob}))
+    # the scenario's faults, or none: a lab that stays up must not keep the last run's
+    clients.stub("natgw").SetFaults(fault_plan(scenario, endpoints.addresses))
 
 
 def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
@@ -502,6 +506,9 @@ def run(
     finally:
         if capture is not None:
             capture.stop()
+        if scenario.faults:  # the lab may stay up for other runs
+            with contextlib.suppress(grpc.RpcError):
+                clients.stub("natgw").ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
         clients.close()
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the run's own span

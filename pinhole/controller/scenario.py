@@ -93,6 +93,7 @@ class Scenario:
     expect: Expectation | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    faults: dict[str, Any] | None = None  # a fault plan for the gateway (FaultPlan.from_dict), peers may be nodes
 
 
 SCENARIOS = {
@@ -127,6 +128,8 @@ SCENARIO_KEYS = {
     "rtcp_mux",
     "tamper_answer_fingerprint",
     "expect",
+    "faults",
+    "fault_seed",
     "matrix",
     "rules",
 }
@@ -237,6 +240,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         expect=settings.get("expect"),
         knobs=knobs,
         source=source,
+        faults=settings.get("faults"),
     )
 
 
@@ -261,7 +265,55 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["media_packets"] = count
     if "expect" in data:
         out["expect"] = parse_expect(data["expect"], f"{where}.expect")
+    if "faults" in data or "fault_seed" in data:
+        out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
     return out
+
+
+PLACEHOLDER = "192.0.2.1"  # stands for a node's address while a plan is validated (TEST-NET-1)
+
+
+def parse_faults(rules: Any, seed: Any, where: str) -> dict[str, Any]:
+    """A fault plan for the NAT gateway, validated by the gateway's own rules (services/natgw/faults.py).
+
+    `peer` may name a node of the topology ("bob", "stun"); the run puts its address there."""
+    from services.natgw.faults import FaultError, FaultPlan
+
+    if not isinstance(rules, list):
+        raise _fail(f"{where}.faults", "a list of rules: {name, direction, what, peer, nth, count, action, ...}")
+    plan = {"rules": rules, "seed": seed}
+    try:
+        FaultPlan.from_dict({"rules": [_with_peer(r, lambda node: PLACEHOLDER) for r in rules], "seed": seed})
+    except FaultError as error:
+        raise _fail(f"{where}.faults", str(error)) from None
+    return plan
+
+
+def _with_peer(rule: Any, address_of: Any) -> Any:
+    """The rule with a node name in `peer` replaced by that node's address (other values unchanged)."""
+    if not isinstance(rule, dict) or not isinstance(rule.get("peer"), str):
+        return rule
+    host, _, port = rule["peer"].partition(":")
+    if host.replace(".", "").isdigit() or not NAME_RE.match(host):
+        return rule
+    return {**rule, "peer": address_of(host) + (f":{port}" if port else "")}
+
+
+def fault_plan(scenario: Scenario, addresses: dict[str, str]) -> natgw_pb2.FaultPlan:
+    """The scenario's faults as the gateway's SetFaults request, node names resolved to `addresses`."""
+    from services.natgw.fault_wire import fault_plan_proto
+    from services.natgw.faults import FaultPlan
+
+    doc = scenario.faults or {"rules": [], "seed": 0}
+
+    def address_of(node: str) -> str:
+        if node not in addresses:
+            nodes = ", ".join(addresses)
+            raise ScenarioError(f"{scenario.source}.faults: peer {node!r} is no node of the lab ({nodes})")
+        return addresses[node]
+
+    rules = [_with_peer(rule, address_of) for rule in doc["rules"]]
+    return fault_plan_proto(FaultPlan.from_dict({"rules": rules, "seed": doc["seed"]}))
 
 
 @dataclass(frozen=True)
