@@ -380,3 +380,40 @@ def test_screenshot_has_the_size_asked_and_the_protocol_colors(tmp_path: Path) -
         "drop": (0xDC, 0x26, 0x26),
     }.items():
         assert seen(rgb), f"no {name} color in the screenshot"
+
+
+def test_a_dropped_packet_hides_only_its_own_send_and_names_the_fault():
+    """A fault's drop is drawn as an X at the NAT in place of the send it dropped; the retransmission of
+    the same STUN transaction that got through is still an arrow of its own."""
+    from pinhole.controller.ladder import arrows
+
+    def send(t: float, attempt: str) -> dict:
+        attrs = {
+            "peer": "203.0.113.40:4000",
+            "local": "10.10.1.10:5000",
+            "stun.class": "request",
+            "stun.transaction_id": "ab",
+            "attempt": attempt,
+        }
+        return {"t": t, "service": "alice", "kind": "stun.send", "attrs": attrs}
+
+    fault = {
+        "t": 1.01,
+        "service": "natgw",
+        "kind": "fault.injected",
+        "attrs": {
+            "action": "drop",
+            "rule": "lose-first-check",
+            "summary": "STUN Binding request ab",
+            "source": "10.10.1.10:5000",
+            "stun.transaction_id": "ab",
+            "classification": "stun",
+        },
+    }
+    evidence = {
+        "events": [send(1.0, "1"), fault, send(1.2, "2")],
+        "address_map": {"10.10.1.10": "alice", "203.0.113.40": "bob"},
+    }
+    drawn = arrows(evidence)
+    assert [(a.source, a.target, a.dropped) for a in drawn] == [("alice", "natgw", True), ("alice", "bob", False)]
+    assert "[fault lose-first-check]" in drawn[0].label and drawn[1].retransmission

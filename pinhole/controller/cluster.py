@@ -346,7 +346,7 @@ def cluster_run(
         tracer_provider, tracer = telemetry.run_tracer(local_endpoint(receiver.endpoint or ""))
         show.stage(f"configuring services (NAT: {measurements['nat']})")
         configure(clients, endpoints, scenario, timers, nat=nat)
-        record = drive_call(clients, kinds, scenario, timers, tracer, show)
+        record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints)
         tracer_provider.shutdown()  # exports the run's own span
         tracer_provider = None
         _wait_for_spans(receiver, record.events, record.call_id, span_wait)

@@ -36,6 +36,8 @@ def _label(event: dict[str, Any]) -> str:
         if a.get("attempt", "1") != "1":
             text += " (re)"
         return text
+    if kind == "fault.injected":  # the fault's rule says why the message went missing
+        return f"{a.get('summary', 'packet').replace('DTLS ', '')} [fault {a.get('rule', '')}]"
     if kind.startswith("dtls.") or kind == "nat.drop":
         text = a.get("summary", "DTLS").replace("DTLS ", "")
         if kind == "nat.drop":
@@ -67,15 +69,29 @@ def arrows(evidence: dict[str, Any]) -> list[Arrow]:
     """The arrows of the call in time order: what both ladders (terminal and HTML) draw."""
     where: dict[str, str] = evidence.get("address_map", {})
     events = sorted(evidence.get("events", []), key=lambda e: e["t"])
-    drops = {_drop_key(e.get("attrs", {}), "source") for e in events if e["kind"] == "nat.drop"}
+    # each drop stands for the latest send of the same packet before it (a retransmission of the same
+    # STUN transaction or DTLS record number that got through is still drawn)
+    dropped_sends: set[int] = set()
+    for drop in (e for e in events if _is_drop(e)):
+        key = _drop_key(drop.get("attrs", {}), "source")
+        candidates = [
+            i
+            for i, e in enumerate(events)
+            if e["kind"] in SENT_KINDS
+            and e["t"] <= drop["t"]
+            and i not in dropped_sends
+            and _drop_key(e.get("attrs", {}), "local") == key
+        ]
+        if candidates:
+            dropped_sends.add(candidates[-1])
     picked: list[tuple[dict[str, Any], str, str, bool]] = []
-    for e in events:
+    for index, e in enumerate(events):
         a = e.get("attrs", {})
         if e["kind"] in SENT_KINDS:
             source, target = e["service"], where.get(_host(a.get("peer", "")))
-            if source in COLUMNS and target in COLUMNS and _drop_key(a, "local") not in drops:
+            if source in COLUMNS and target in COLUMNS and index not in dropped_sends:
                 picked.append((e, source, target, False))  # a dropped send is drawn as the NAT's drop
-        elif e["kind"] == "nat.drop":
+        elif _is_drop(e):
             source = where.get(_host(a.get("source", "")), "")
             if source in COLUMNS:
                 picked.append((e, source, "natgw", True))
@@ -84,6 +100,13 @@ def arrows(evidence: dict[str, Any]) -> list[Arrow]:
         Arrow(i, e["t"] - t0, src, dst, _label(e), _protocol(e), _is_retransmission(e), dropped, e)
         for i, (e, src, dst, dropped) in enumerate(picked)
     ]
+
+
+def _is_drop(event: dict[str, Any]) -> bool:
+    """A packet that died at the NAT: refused by its filtering, or dropped by an injected fault."""
+    return event["kind"] == "nat.drop" or (
+        event["kind"] == "fault.injected" and event.get("attrs", {}).get("action") == "drop"
+    )
 
 
 def _host(address: str) -> str:
@@ -96,7 +119,7 @@ def _drop_key(attrs: dict[str, Any], address: str) -> tuple[Any, Any, Any]:
 
 
 def _protocol(event: dict[str, Any]) -> str:
-    if event["kind"] == "nat.drop":
+    if _is_drop(event):
         prefix = event.get("attrs", {}).get("classification") or event.get("attrs", {}).get("kind", "")
     else:
         prefix = event["kind"].partition(".")[0]

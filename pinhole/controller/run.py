@@ -330,11 +330,18 @@ class CallRecord:
 
 
 def drive_call(
-    clients: ServiceClients, kinds: dict[str, str], scenario: Scenario, timers: Timers, tracer: Any, show: Progress
+    clients: ServiceClients,
+    kinds: dict[str, str],
+    scenario: Scenario,
+    timers: Timers,
+    tracer: Any,
+    show: Progress,
+    endpoints: Endpoints | None = None,
 ) -> CallRecord:
     """Place the call Alice -> Bob, wait until it is over, hang up, and flush every service's spans.
 
-    The run's span is the root of the call's trace: PlaceCall carries its context to Alice.
+    The run's span is the root of the call's trace: PlaceCall carries its context to Alice. It also
+    carries the lab's address map (`endpoints`), so the trace alone can name every ladder column.
     Services must already be configured (and captures running).
     """
     collector = EventCollector(clients, list(kinds), since=time.time())
@@ -343,7 +350,10 @@ def drive_call(
         collector.start()
         show.stage("placing the call alice -> bob")
         placed = time.time()
-        run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes={"pinhole.scenario": scenario.name})
+        attributes = {"pinhole.scenario": scenario.name}
+        if endpoints is not None:
+            attributes["pinhole.address_map"] = json.dumps(endpoints.address_map(), sort_keys=True)
+        run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes=attributes)
         run_context = trace.set_span_in_context(run_span)
         handle = clients.stub("alice").PlaceCall(
             useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), metadata=telemetry.grpc_metadata(run_context)
@@ -502,7 +512,7 @@ def run(
         configure(clients, Endpoints.of_topology(topology), scenario, timers)
         natgw = topology.nodes["natgw"]
         capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
-        record = drive_call(clients, kinds, scenario, timers, tracer, show)
+        record = drive_call(clients, kinds, scenario, timers, tracer, show, Endpoints.of_topology(topology))
     finally:
         if capture is not None:
             capture.stop()
