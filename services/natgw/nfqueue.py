@@ -33,7 +33,6 @@ The codec half is pure (`build_config`, `build_verdict`, `parse_messages`, `pars
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import select
@@ -42,9 +41,12 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.natgw import nfnetlink
+from services.natgw.nfnetlink import NFGENMSG, NLM_F_ACK, NLM_F_REQUEST
 
 __all__ = [
     "ACCEPT",
@@ -63,7 +65,6 @@ __all__ = [
     "render_queue_rules",
 ]
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0
 NFQNL_MSG_VERDICT = 1
@@ -71,14 +72,6 @@ NFQNL_MSG_CONFIG = 2
 MSG_PACKET = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
 MSG_VERDICT = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
 MSG_CONFIG = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
-NFNETLINK_V0 = 0
-
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLA_TYPE_MASK = 0x3FFF  # drops NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 # enum nfqnl_attr_type
 NFQA_PACKET_HDR = 1
@@ -110,13 +103,8 @@ VERDICTS = {DROP: "drop", ACCEPT: "accept"}
 # IPv4 netfilter hooks, as NFQA_PACKET_HDR reports them
 HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
 
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
-NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (network order)
-NLATTR = struct.Struct("=HH")  # len, type (host order)
 PACKET_HDR = struct.Struct("!IHB")  # struct nfqnl_msg_packet_hdr: be32 id, be16 hw_protocol, u8 hook
 VERDICT_HDR = struct.Struct("!II")  # struct nfqnl_msg_verdict_hdr: be32 verdict, be32 id
-RECV_BUFFER = 1 << 17
-SO_RCVBUFFORCE = 33
 DEFAULT_MAX_LENGTH = 4096
 
 
@@ -144,11 +132,6 @@ class QueuedPacket:
     received: float = 0.0
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    length = NLATTR.size + len(value)
-    return NLATTR.pack(length, kind) + value + b"\0" * (-length % 4)
-
-
 def _check_queue(queue: int) -> None:
     if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 0xFFFF:
         raise NfqueueError(f"queue number {queue!r} is out of range 0..65535")
@@ -157,8 +140,7 @@ def _check_queue(queue: int) -> None:
 def build_config(queue: int, seq: int, attrs: Sequence[tuple[int, bytes]]) -> bytes:
     """An NFQNL_MSG_CONFIG request for `queue` carrying `attrs` (type, value), acknowledged (pure)."""
     _check_queue(queue)
-    body = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + b"".join(_attr(t, v) for t, v in attrs)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return nfnetlink.build_message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, socket.AF_UNSPEC, queue, attrs)
 
 
 def config_bind(queue: int, seq: int) -> bytes:
@@ -203,18 +185,7 @@ def build_verdict(queue: int, packet_id: int, verdict: int, *, mark: int | None 
         if not 0 <= mark <= 0xFFFFFFFF:
             raise NfqueueError(f"mark {mark} is not a 32-bit unsigned integer")
         attrs.append((NFQA_MARK, struct.pack("!I", mark)))
-    body = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + b"".join(_attr(t, v) for t, v in attrs)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), MSG_VERDICT, NLM_F_REQUEST, seq, 0) + body
-
-
-def _iter_attrs(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
-    offset = 0
-    while offset + NLATTR.size <= len(data):
-        length, kind = NLATTR.unpack_from(data, offset)
-        if length < NLATTR.size or offset + length > len(data):
-            raise NfqueueError(f"{where}: attribute at offset {offset} has bad length {length}")
-        yield kind & NLA_TYPE_MASK, data[offset + NLATTR.size : offset + length]
-        offset += (length + 3) & ~3
+    return nfnetlink.build_message(MSG_VERDICT, NLM_F_REQUEST, seq, socket.AF_UNSPEC, queue, attrs)
 
 
 def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
@@ -225,7 +196,7 @@ def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
     indev = outdev = mark = 0
     payload = b""
     timestamp = None
-    for kind, value in _iter_attrs(body[NFGENMSG.size :], "packet message"):
+    for kind, value in nfnetlink.iter_attrs(body[NFGENMSG.size :], "packet message", NfqueueError):
         if kind == NFQA_PACKET_HDR:
             if len(value) < PACKET_HDR.size:
                 raise NfqueueError(f"packet header attribute is {len(value)} bytes, expected {PACKET_HDR.size}")
@@ -266,29 +237,22 @@ class ParsedBatch:
 def parse_messages(data: bytes, received: float = 0.0) -> ParsedBatch:
     """Split one netlink datagram into messages and parse them (pure; never raises)."""
     batch = ParsedBatch()
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > len(data):
-            batch.odd += 1
-            return batch
-        body = data[offset + NLMSGHDR.size : offset + length]
+    for kind, _seq, body in nfnetlink.walk_messages(data, batch):
         if kind == MSG_PACKET:
             try:
                 batch.packets.append(parse_packet(body, received))
             except NfqueueError:
                 batch.odd += 1
-        elif kind == NLMSG_ERROR and len(body) >= 4:
-            batch.acks[seq] = -struct.unpack_from("=i", body)[0]
-        elif kind not in (NLMSG_NOOP, NLMSG_DONE):
+        else:
             batch.odd += 1
-        offset += (length + 3) & ~3
-    if offset < len(data):
-        batch.odd += 1
     return batch
 
 
-class NfQueue:
+def _parse_now(data: bytes) -> ParsedBatch:
+    return parse_messages(data, time.time())
+
+
+class NfQueue(nfnetlink.NfnetlinkClient):
     """The packets of NFQUEUE `queue` in the current network namespace (or in `netns`, entered only
     to create the socket), and their verdicts.
 
@@ -299,6 +263,9 @@ class NfQueue:
     deliver), `missed` (gaps in packet ids: queued packets this socket never saw),
     `verdict_errors` (verdicts the kernel refused, e.g. an id it no longer holds).
     """
+
+    _holds = "queue"
+    _error = NfqueueError
 
     def __init__(
         self,
@@ -322,62 +289,23 @@ class NfQueue:
         self.dropped = 0
         self._last_id: int | None = None
         self._seq = 0
-        if netns is None:
-            self._sock = self._open()
-        else:
-            from netns.lab import in_netns
-
-            with in_netns(netns):
-                self._sock = self._open()
+        self._label = f"NFQUEUE {queue}"
+        self._sock = nfnetlink.open_socket(1 << 22, netns)
         try:
-            self._configure(lambda seq: config_bind(queue, seq), "bind", timeout)
-            self._configure(lambda seq: config_params(queue, seq, max_length, fail_open), "configure", timeout)
+            self._configure(lambda seq: config_bind(queue, seq), "bind", timeout, _parse_now)
+            self._configure(
+                lambda seq: config_params(queue, seq, max_length, fail_open), "configure", timeout, _parse_now
+            )
         except BaseException:
             self._sock.close()
             raise
         self._sock.setblocking(False)
 
-    @staticmethod
-    def _open() -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        sock.bind((0, 0))
-        return sock
-
-    def _configure(self, build, what: str, timeout: float) -> None:  # noqa: ANN001 (a builder of one message)
-        self._seq += 1
-        seq = self._seq
-        self._sock.settimeout(timeout)
-        self._sock.send(build(seq))
-        deadline = time.monotonic() + timeout
-        while True:
-            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            try:
-                data = self._sock.recv(RECV_BUFFER)
-            except TimeoutError:
-                raise NfqueueError(f"NFQUEUE {self.queue}: no answer to {what} within {timeout} s") from None
-            batch = parse_messages(data, time.time())
-            self.odd += batch.odd
-            for packet in batch.packets:  # a packet queued before the configuration was acknowledged
-                self._note(packet)
-                self._verdict(packet.packet_id, ACCEPT, None)
-            if seq in batch.acks:
-                err = batch.acks[seq]
-                if err in (errno.EPERM, errno.EBUSY):
-                    # EPERM: another socket (another process) is bound to this queue number.
-                    raise NfqueueError(
-                        f"NFQUEUE {self.queue}: {what} refused ({errno.errorcode[err]}): another socket "
-                        "in this namespace holds the queue, or the process lacks CAP_NET_ADMIN"
-                    )
-                if err:
-                    raise NfqueueError(f"NFQUEUE {self.queue}: {what} failed: {os.strerror(err)}")
-                return
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    def _during_configure(self, batch: ParsedBatch) -> None:
+        """A packet queued before the configuration was acknowledged: let it go on."""
+        for packet in batch.packets:
+            self._note(packet)
+            self._verdict(packet.packet_id, ACCEPT, None)
 
     def _note(self, packet: QueuedPacket) -> None:
         if self._last_id is not None and packet.packet_id > self._last_id + 1:
@@ -388,28 +316,18 @@ class NfQueue:
     def read(self) -> list[QueuedPacket]:
         """Every packet queued now (possibly none); each waits for `accept` or `drop`."""
         packets: list[QueuedPacket] = []
-        while True:
-            try:
-                data = self._sock.recv(RECV_BUFFER)
-            except (BlockingIOError, InterruptedError):
-                return packets
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self.overruns += 1
-                    continue
-                raise
+        for data in self._datagrams():
             batch = parse_messages(data, time.time())
             self.odd += batch.odd
             self.verdict_errors += sum(1 for err in batch.acks.values() if err)
             for packet in batch.packets:
                 self._note(packet)
             packets.extend(batch.packets)
+        return packets
 
     def wait(self, timeout: float) -> list[QueuedPacket]:
         """Block until at least one packet is queued or `timeout` seconds pass; then `read()`."""
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        poller.poll(timeout * 1000)
+        self._poll(timeout)
         return self.read()
 
     def _verdict(self, packet_id: int, verdict: int, mark: int | None) -> None:
@@ -450,16 +368,7 @@ class NfQueue:
         self._sock.setblocking(False)
         with contextlib.suppress(OSError):
             self.release_all()
-        with contextlib.suppress(OSError):
-            self._seq += 1
-            self._sock.send(config_unbind(self.queue, self._seq))
-        self._sock.close()
-
-    def __enter__(self) -> NfQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._unbind_and_close(lambda seq: config_unbind(self.queue, seq))
 
 
 # --------------------------------------------------------------------------- the kernel rule feeding the queue
