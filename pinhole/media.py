@@ -100,6 +100,9 @@ class MediaStats:
     latched_on: str = ""  # the evidence of the last latch: one of LATCH_EVIDENCE
 
 
+#: Early SRTP held while the peer is unverified (RFC 5763 §7.1): 5 s of 20 ms packets at most
+MAX_HELD_SRTP = 250
+
 #: What may move a latching session's remote, weakest first (see MediaSession).
 LATCH_ON_STUN = "stun-binding-request"
 LATCH_ON_DTLS = "dtls-handshake"
@@ -250,6 +253,11 @@ class MediaSession(asyncio.DatagramProtocol):
         )
         self._media_task: asyncio.Task[None] | None = None
         self.accept_early_client_hello = False  # the offerer (actpass) before the answer arrives
+        # RFC 5763 §7.1 (6): early SRTP that arrives once the handshake is complete but before the answer's
+        # a=fingerprint verified the peer: held undecrypted, decrypted once verified, dropped if not
+        self._held: list[tuple[bytes, Address, demux.PacketKind]] = []
+        self.srtp_held = 0
+        self._tentative: set[int] = set()  # associations whose handshake completed before verification
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
 
@@ -618,6 +626,21 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint = self.endpoint
         assert endpoint is not None
         record = self.associations[-1]
+        if (
+            endpoint.state == "connected"
+            and not endpoint.fingerprint_verified
+            and record.state == "handshaking"
+            and record.index not in self._tentative
+        ):
+            self._tentative.add(record.index)
+            self._emit(
+                "dtls.handshake_complete",
+                role=self.role.value if self.role else "",
+                profile=endpoint.selected_profile,
+                peer_fingerprint_verified=False,
+                peer_fingerprint=_sha256(endpoint.peer_certificate_der),
+                reason="the peer's certificate is accepted tentatively until its a=fingerprint arrives (RFC 5763 §5)",
+            )
         if endpoint.state == "connected" and endpoint.fingerprint_verified and record.state == "handshaking":
             record.state, record.completed = "connected", time.time()
             record.exporter_digest = endpoint.exporter_digest()
@@ -636,7 +659,13 @@ class MediaSession(asyncio.DatagramProtocol):
                 exporter_digest=record.exporter_digest,
                 retransmissions=endpoint.retransmissions,
                 reason=record.reason,
+                handshake_completed_before_verification=record.index in self._tentative,
             )
+            if self._held:  # early media, now from a verified peer (RFC 5763 §7.1 messages 6 and 9)
+                held, self._held = self._held, []
+                self._emit("srtp.released", packets=len(held), reason="the peer's certificate matches a=fingerprint")
+                for data, source, kind in held:
+                    self._srtp_received(data, source, kind)
             if previous is not None:
                 self._emit(
                     "srtp.switched",
@@ -647,6 +676,10 @@ class MediaSession(asyncio.DatagramProtocol):
             self._changed()
         elif endpoint.state == "failed" and not self.failed.is_set():
             record.state, record.ended = "failed", endpoint.failure_reason or ""
+            if self._held:  # never decrypted: the keys came from a peer the answer did not vouch for
+                self._emit("srtp.discarded", packets=len(self._held), reason="the peer's certificate was rejected")
+                self.stats.before_handshake += len(self._held)
+                self._held = []
             self.failed.set()
             self._emit(
                 "dtls.failed",
@@ -662,6 +695,28 @@ class MediaSession(asyncio.DatagramProtocol):
         elsewhere = self.remote is not None and source != self.remote
         if elsewhere and not (self.latching and self.srtp_session is not None):
             self.stats.unexpected_source += 1  # no latching: only the SDP address is our peer
+            return
+        endpoint = self.endpoint
+        if (
+            self.srtp_session is None
+            and endpoint is not None
+            and endpoint.state == "connected"
+            and not endpoint.fingerprint_verified
+        ):
+            # the peer is not verified yet (RFC 5763 §7.1 message 6: Alice "can't yet trust the media"):
+            # keep the packet, decrypt and play it only once the answer's fingerprint matches
+            if len(self._held) < MAX_HELD_SRTP:
+                self._held.append((data, source, kind))
+                self.srtp_held += 1
+                if self.srtp_held == 1:
+                    self._emit(
+                        "srtp.held",
+                        peer=fmt(source),
+                        reason="early media before the peer's a=fingerprint is known: held until verified"
+                        " (RFC 5763 §7.1 message 6, §6.2)",
+                    )
+            else:
+                self.stats.before_handshake += 1
             return
         if self.srtp_session is None:
             self.stats.before_handshake += 1

@@ -12,8 +12,11 @@ from pinhole.media import MediaSession, MediaTimers
 TIMERS = MediaTimers(dtls=dtls.RetransmitTimer(initial=0.05, maximum=0.4, max_transmissions=6), stun_rto=0.05)
 
 
-async def pair(*, bob_claims: dtls.Certificate | None = None) -> tuple[MediaSession, MediaSession]:
-    """Alice passive (server), Bob active (client), each knowing the other's fingerprint."""
+async def pair(
+    *, bob_claims: dtls.Certificate | None = None, alice_knows: bool = True
+) -> tuple[MediaSession, MediaSession]:
+    """Alice passive (server), Bob active (client), each knowing the other's fingerprint (Alice not before
+    the answer with `alice_knows=False`: she serves an early ClientHello, RFC 5763 §7.1)."""
     sessions = []
     for name in ("alice", "bob"):
         sessions.append(
@@ -28,7 +31,10 @@ async def pair(*, bob_claims: dtls.Certificate | None = None) -> tuple[MediaSess
         )
     alice, bob = sessions
     bob_cert = bob_claims or bob.certificate
-    alice.set_peer_fingerprints([("sha-256", bob_cert.digest("sha-256"))])
+    if alice_knows:
+        alice.set_peer_fingerprints([("sha-256", bob_cert.digest("sha-256"))])
+    else:
+        alice.accept_early_client_hello = True
     bob.set_peer_fingerprints([("sha-256", alice.certificate.digest("sha-256"))])
     return alice, bob
 
@@ -109,6 +115,61 @@ def test_fingerprint_mismatch_tears_the_session_down():
             assert alice.closed and not alice.connected.is_set()
             assert "matches no a=fingerprint" in alice.endpoint.failure_reason
             assert alice.stats.srtp_received == 0
+        finally:
+            alice.teardown("test over")
+            bob.teardown("test over")
+
+    asyncio.run(scenario())
+
+
+def test_early_media_is_held_until_the_answer_verifies_the_peer():
+    """RFC 5763 §7.1: Bob's ClientHello comes before the answer, the handshake completes, his early SRTP
+    (message 6) is held undecrypted; the answer's a=fingerprint (message 9) verifies him and releases it."""
+
+    async def scenario():
+        alice, bob = await pair(alice_knows=False)
+        try:
+            bob.start_dtls(dtls.Role.CLIENT, alice.local_address)
+            bob.start_media(5, ptime=0.001)
+            await wait(bob.connected)
+            await until(lambda: alice.srtp_held == 5)
+            assert "dtls.handshake_complete" in kinds(alice) and not alice.connected.is_set()
+            assert alice.stats.srtp_received == 0 and alice.stats.before_handshake == 0
+            alice.set_peer_fingerprints([("sha-256", bob.certificate.digest("sha-256"))])  # the answer arrives
+            await wait(alice.connected)
+            await until(lambda: alice.stats.srtp_received == 5)
+            assert alice.stats.srtp_auth_failed == 0
+            order = [
+                k
+                for k in kinds(alice)
+                if k
+                in ("dtls.handshake_complete", "srtp.held", "dtls.connected", "srtp.released", "srtp.first_received")
+            ]
+            assert order == [
+                "dtls.handshake_complete",
+                "srtp.held",
+                "dtls.connected",
+                "srtp.released",
+                "srtp.first_received",
+            ]
+        finally:
+            alice.teardown("test over")
+            bob.teardown("test over")
+
+    asyncio.run(scenario())
+
+
+def test_early_media_of_a_peer_the_answer_does_not_vouch_for_is_never_decrypted():
+    async def scenario():
+        alice, bob = await pair(alice_knows=False)
+        try:
+            bob.start_dtls(dtls.Role.CLIENT, alice.local_address)
+            bob.start_media(5, ptime=0.001)
+            await until(lambda: alice.srtp_held == 5)
+            alice.set_peer_fingerprints([("sha-256", dtls.Certificate.generate("mallory").digest("sha-256"))])
+            await wait(alice.failed)
+            assert "srtp.discarded" in kinds(alice)
+            assert alice.stats.srtp_received == 0 and alice.stats.before_handshake == 5
         finally:
             alice.teardown("test over")
             bob.teardown("test over")

@@ -154,8 +154,26 @@ def test_render_golden_for_every_behaviour(behaviour: NatBehaviour) -> None:
     assert script == path.read_text()
 
 
+ROUTER = NatBehaviour(translate=False)
+ROUTER_GOLDEN = GOLDEN_DIR / "no-translation.nft"
+
+
+def test_render_golden_without_translation() -> None:
+    """RFC 5763 §7.1 (no NAT): the gateway routes lan <-> wan unchanged, filters nothing of the lab's traffic,
+    still copies SIP to its observer and counts what it forwards (PINHOLE_REGOLDEN=1 rewrites it)."""
+    script = render(ROUTER, wan_address=WAN, lan_prefix=LAN, sip_log_group=2)
+    if os.environ.get("PINHOLE_REGOLDEN") == "1":
+        ROUTER_GOLDEN.write_text(script)
+    assert script == ROUTER_GOLDEN.read_text()
+    assert "masquerade" not in script and "snat" not in script and "dnat" not in script
+    assert "type nat hook" not in script  # no translation chain at all
+    assert ruleset.dynamic_sets(ROUTER) == []
+    assert ROUTER.port_preservation is True  # nothing rewrites a port
+    assert ROUTER.describe() == "no translation (a plain router)"
+
+
 def test_golden_directory_holds_one_script_per_behaviour() -> None:
-    assert sorted(GOLDEN_DIR.glob("*.nft")) == sorted(_golden(b) for b in BEHAVIOURS)
+    assert sorted(GOLDEN_DIR.glob("*.nft")) == sorted([*(_golden(b) for b in BEHAVIOURS), ROUTER_GOLDEN])
     assert _golden(NatBehaviour()).read_text() == DEFAULT_SCRIPT
 
 
@@ -237,6 +255,19 @@ def test_port_preservation_defaults_to_the_kernels() -> None:
         ({"mapping_timeout": 0}, "mapping_timeout 0 is not a positive integer"),
         ({"mapping_timeout": True}, "mapping_timeout True is not a positive integer"),
         ({"port_preservation": "yes"}, "port_preservation 'yes' is not true, false or None"),
+        ({"translate": "no"}, "translate 'no' is not true or false"),
+        (
+            {"translate": False, "filtering": "endpoint-independent"},
+            "without translation there is no endpoint-independent mapping or endpoint-independent filtering",
+        ),
+        (
+            {"translate": False, "mapping": "address-dependent"},
+            "without translation there is no address-dependent mapping or address-and-port-dependent filtering",
+        ),
+        (
+            {"translate": False, "port_preservation": False},
+            "without translation every port is kept: port_preservation cannot be false",
+        ),
     ],
 )
 def test_behaviour_errors(kwargs: dict[str, object], message: str) -> None:
@@ -595,12 +626,10 @@ def test_packet_routed_towards_the_lan_is_dropped_in_forward(natgw: Natgw) -> No
     bob_ns = natgw.lab.ns("bob")
     alice, bob = natgw.udp("alice", 43002), natgw.udp("bob", 5002)
     with IPRoute(netns=bob_ns) as ipr, alice, bob:
-        ipr.route("add", dst=LAN, gateway=WAN)
-        try:
-            bob.sendto(b"straight in", ("10.10.1.10", 43002))
-            logged = natgw.nflog.wait(2.0)
-        finally:
-            ipr.route("del", dst=LAN, gateway=WAN)
+        # the topology routes Alice's LAN through the gateway (for RFC 5763 §7.1, translation off)
+        assert ipr.route("get", dst="10.10.1.10")[0].get_attr("RTA_GATEWAY") == WAN
+        bob.sendto(b"straight in", ("10.10.1.10", 43002))
+        logged = natgw.nflog.wait(2.0)
         assert [(p.prefix, p.hook) for p in logged] == [(DROP_PREFIX_FORWARD, 2)]
         assert drop_hook(logged[0].prefix) == "forward"
         assert decode_ipv4_udp(logged[0].payload) == UdpDatagram(
@@ -608,6 +637,40 @@ def test_packet_routed_towards_the_lan_is_dropped_in_forward(natgw: Natgw) -> No
         )
         assert _nothing_queued(alice)
     assert natgw.counters()["inbound_dropped_forward"] == 1
+
+
+@needs_kernel_nat
+def test_without_translation_the_gateway_routes_both_ways(natgw: Natgw) -> None:
+    """RFC 5763 §7.1 (no NAT): Bob reaches 10.10.1.10 directly, unsolicited (his early ClientHello), and
+    Alice's packets keep their source address and port; SIP is still copied to the observer group."""
+    ruleset.apply(render(ROUTER, wan_address=WAN, lan_prefix=LAN, sip_log_group=2), netns=natgw.ns)
+    alice, bob = natgw.udp("alice", 43003), natgw.udp("bob", 5003)
+    alice_sip, bob_sip = natgw.udp("alice", 5060), natgw.udp("bob", 5060)
+    with NflogReader(2, netns=natgw.ns) as sip_log, alice, bob, alice_sip, bob_sip:
+        bob.sendto(b"clienthello", ("10.10.1.10", 43003))  # nothing was sent to Bob before
+        assert alice.recvfrom(2048) == (b"clienthello", ("203.0.113.40", 5003))
+        alice.sendto(b"serverhello", ("203.0.113.40", 5003))
+        assert bob.recvfrom(2048) == (b"serverhello", ("10.10.1.10", 43003))  # no translation
+        alice.sendto(b"to another port", ("203.0.113.40", 5060))
+        assert bob_sip.recvfrom(2048) == (b"to another port", ("10.10.1.10", 43003))
+        bob_sip.sendto(b"INVITE", ("10.10.1.10", 5060))
+        assert alice_sip.recvfrom(2048) == (b"INVITE", ("203.0.113.40", 5060))
+        copies = sip_log.wait(2.0)
+        assert [decode_ipv4_udp(p.payload).payload for p in copies][-1:] == [b"INVITE"]
+        # the gateway's own outside address is still no way in
+        bob.sendto(b"to the gateway", (WAN, 43003))
+        assert [p.prefix for p in natgw.nflog.wait(2.0)] == [DROP_PREFIX_INPUT]
+        assert _nothing_queued(alice)
+    assert conntrack.list_udp_mappings(WAN, netns=natgw.ns) == []  # nothing translated
+    assert natgw.counters() == {
+        "mappings_created": 0,
+        "outbound_translated": 2,  # forwarded lan -> wan
+        "inbound_translated": 2,  # forwarded wan -> lan
+        "inbound_admitted": 0,
+        "inbound_remote_port_rewritten": 0,
+        "inbound_dropped_input": 1,
+        "inbound_dropped_forward": 0,
+    }
 
 
 @needs_kernel_nat

@@ -186,6 +186,52 @@ def test_configure_names_a_bad_port_preservation(natgw: Gateway) -> None:
     assert info.value.details() == "port_preservation: unknown value 7"
 
 
+def test_configure_without_translation(natgw: Gateway) -> None:
+    """translation_off (RFC 5763 §7.1): the gateway only routes; the reply says so, idempotently (the
+    effective config is accepted back), and a behaviour is restored by the next Configure."""
+    since = time.time_ns()
+    reply = natgw.stub.Configure(natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=240), timeout=10)
+    assert reply.effective == natgw_pb2.NatConfig(
+        translation_off=True, mapping_timeout_seconds=240, port_preservation=natgw_pb2.PORT_PRESERVATION_ON
+    )
+    router = NatBehaviour(mapping_timeout=240, translate=False)
+    assert reply.ruleset == ruleset.render(router, wan_address=WAN, lan_prefix=LAN, log_group=1, sip_log_group=2)
+    assert natgw.sets() == {}
+    again = natgw.stub.Configure(reply.effective, timeout=10)
+    assert again.effective == reply.effective
+    events = natgw.stub.WatchEvents(events_pb2.WatchEventsRequest(since_unix_nano=since), timeout=10)
+    configured = [dict(e.attributes) for e in events if e.kind == "nat.configured"]
+    assert configured[0]["translation"] == "off"
+    # switching translation off flushes conntrack: a flow translated before would keep its translation
+    flushed = natgw.stub.WatchEvents(events_pb2.WatchEventsRequest(since_unix_nano=since), timeout=10)
+    assert [dict(e.attributes)["reason"] for e in flushed if e.kind == "nat.flushed"] == ["translation turned off"]
+    natgw.stub.Configure(natgw_pb2.NatConfig(), timeout=10)
+    assert "masquerade" in natgw.stub.Configure(natgw_pb2.NatConfig(), timeout=10).ruleset
+
+
+@pytest.mark.parametrize(
+    ("config", "details"),
+    [
+        (
+            {"mapping": natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT},
+            "translation_off: no translation contradicts mapping MAPPING_ENDPOINT_INDEPENDENT",
+        ),
+        (
+            {"filtering": natgw_pb2.FILTERING_ADDRESS_DEPENDENT, "port_preservation": natgw_pb2.PORT_PRESERVATION_OFF},
+            "translation_off: no translation contradicts filtering FILTERING_ADDRESS_DEPENDENT, "
+            "port_preservation PORT_PRESERVATION_OFF",
+        ),
+    ],
+)
+def test_configure_rejects_translation_off_with_a_behaviour(natgw: Gateway, config: dict, details: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        natgw.stub.Configure(natgw_pb2.NatConfig(translation_off=True, **config), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"{details} (leave mapping and filtering UNSPECIFIED, port_preservation UNSPECIFIED or ON)"
+    )
+
+
 def _stun_binding_request() -> bytes:
     return struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, b"pinhole-test")
 

@@ -61,7 +61,8 @@ def test_default_topology() -> None:
     assert topo.ports("public") == ["p-natgw", "p-proxy-a", "p-proxy-b", "p-stun", "p-bob"]
     assert topo.links[0] == Link(a=("alice", "eth0"), b=("natgw", "lan0"))
     for name in ("proxy-a", "proxy-b", "stun", "bob"):
-        assert topo.nodes[name].routes == []
+        # Alice's LAN through the gateway: used only when it routes without translating (RFC 5763 §7.1)
+        assert topo.nodes[name].routes == [Route(to="10.10.1.0/24", via="203.0.113.1")]
         assert topo.nodes[name].addresses[0].startswith("203.0.113.")
     assert topo.nodes["stun"].extra == {"stun_port": 3478, "stun_alternate_port": 3479}
     assert topo.nodes["stun"].addresses == ["203.0.113.30/24", "203.0.113.31/24"]
@@ -315,9 +316,11 @@ def test_every_link_stays_inside_the_lab(make_lab: Callable[..., NetnsLab]) -> N
                 with pytest.raises(NetlinkError) as info:
                     ipr.route("get", dst="192.0.2.1")
                 assert info.value.code == errno.ENETUNREACH
-    # Bob cannot route to Alice's private network: she is reachable only through the NAT.
-    with IPRoute(netns=lab.ns("bob")) as ipr, pytest.raises(NetlinkError):
-        ipr.route("get", dst="10.10.1.10")
+    # Bob routes to Alice's private network only through the gateway (which, translating, drops what
+    # comes unsolicited; without translation it forwards it: RFC 5763 §7.1).
+    with IPRoute(netns=lab.ns("bob")) as ipr:
+        (route,) = ipr.route("get", dst="10.10.1.10")
+        assert route.get_attr("RTA_GATEWAY") == "203.0.113.1"
 
 
 def _in(address: str, network: str) -> bool:

@@ -64,6 +64,21 @@ def test_nat_in_rfc_4787_words_and_cone_aliases():
     assert {parse_nat(a, "x").label() for a in NAT_ALIASES} == {"EIM+EIF", "EIM+ADF", "EIM+APDF", "APDM+APDF"}
 
 
+def test_no_nat():
+    """`nat: none` (RFC 5763 §7.1): the gateway only routes; nothing of a behaviour may come with it."""
+    nat = parse_nat("none", "x")
+    assert (nat.translate, nat.label()) == (False, "no NAT")
+    assert nat.proto() == natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=300)
+    assert parse_nat({"behaviour": "none", "mapping_timeout": 600}, "x").proto() == natgw_pb2.NatConfig(
+        translation_off=True, mapping_timeout_seconds=600
+    )
+    with pytest.raises(ScenarioError) as info:
+        parse_nat({"behaviour": "none", "filtering": "endpoint-independent"}, "x.nat")
+    assert str(info.value) == "x.nat: behaviour none (no translation) leaves nothing for filtering"
+    (scenario,) = load(ROOT / "scenarios" / "rfc5763-7.1.yaml")
+    assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (Nat(translate=False), "short", "works")
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -26,6 +26,7 @@ NAT_ALIASES = {
     "port-restricted-cone": ("endpoint-independent", "address-and-port-dependent"),
     "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
 }
+NO_NAT = "none"  # no translation at all: the gateway as a plain router (RFC 5763 §7.1)
 SHORT = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
 DEFAULT_MAPPING_TIMEOUT = 300
@@ -46,8 +47,11 @@ class Nat:
     filtering: str = "address-and-port-dependent"
     mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
     port_preservation: bool | None = None  # None: the gateway's default (on for EIM, off otherwise)
+    translate: bool = True  # False (`nat: none`): no NAT at all, the gateway routes (RFC 5763 §7.1)
 
     def proto(self) -> natgw_pb2.NatConfig:
+        if not self.translate:
+            return natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=self.mapping_timeout)
         preservation = {
             None: natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
             True: natgw_pb2.PORT_PRESERVATION_ON,
@@ -61,7 +65,9 @@ class Nat:
         )
 
     def label(self) -> str:
-        """EIM+APDF style, as RFC 4787 abbreviates."""
+        """EIM+APDF style, as RFC 4787 abbreviates; "no NAT" without translation."""
+        if not self.translate:
+            return "no NAT"
         return f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
 
 
@@ -142,10 +148,12 @@ def _fail(where: str, what: str) -> ScenarioError:
 
 
 def parse_nat(value: Any, where: str) -> Nat:
-    """A NAT as a cone alias, or {behaviour|mapping, filtering, mapping_timeout}."""
+    """A NAT as a cone alias, `none` (no translation), or {behaviour|mapping, filtering, mapping_timeout}."""
+    if value == NO_NAT:
+        return Nat(translate=False)
     if isinstance(value, str):
         if value not in NAT_ALIASES:
-            aliases = ", ".join(NAT_ALIASES)
+            aliases = ", ".join([*NAT_ALIASES, NO_NAT])
             raise _fail(where, f"{value!r} is not a NAT alias ({aliases}); or give mapping and filtering")
         mapping, filtering = NAT_ALIASES[value]
         return Nat(mapping, filtering)
@@ -156,6 +164,9 @@ def parse_nat(value: Any, where: str) -> Nat:
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)} ({', '.join(keys)})")
     nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
+    contradicting = sorted({"mapping", "filtering", "port_preservation"} & set(value)) if not nat.translate else []
+    if contradicting:
+        raise _fail(where, f"behaviour {NO_NAT} (no translation) leaves nothing for {', '.join(contradicting)}")
     for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
         if key in value:
             if value[key] not in table:

@@ -105,6 +105,11 @@ class NatGateway:
             wan_services=self.wan_services,
         )
         ruleset.apply(script)
+        if behaviour.translate != self.behaviour.translate:
+            # conntrack keeps each flow's translation: a flow translated before would stay translated (and the
+            # untranslated replies to it clash with its entry and are dropped), and the reverse; start afresh
+            conntrack.flush()
+            self.events.emit("nat.flushed", reason="translation turned " + ("on" if behaviour.translate else "off"))
         for setting in ruleset.set_mapping_timeout(behaviour.mapping_timeout):
             self.events.emit("nat.warning", reason=f"cannot set {setting}")
         self.behaviour, self.script = behaviour, script
@@ -114,6 +119,7 @@ class NatGateway:
             filtering=behaviour.filtering.value,
             mapping_timeout=behaviour.mapping_timeout,
             port_preservation="on" if behaviour.port_preservation else "off",
+            **({} if behaviour.translate else {"translation": "off"}),
         )
         return script
 
@@ -400,6 +406,12 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
 
     def _effective(self) -> natgw_pb2.NatConfig:
         b = self.gateway.behaviour
+        if not b.translate:
+            return natgw_pb2.NatConfig(
+                translation_off=True,
+                mapping_timeout_seconds=b.mapping_timeout,
+                port_preservation=natgw_pb2.PORT_PRESERVATION_ON,
+            )
         mapping = next(k for k, v in MAPPINGS.items() if v == b.mapping and k != natgw_pb2.MAPPING_UNSPECIFIED)
         filtering = next(k for k, v in FILTERINGS.items() if v == b.filtering and k != natgw_pb2.FILTERING_UNSPECIFIED)
         preservation = natgw_pb2.PORT_PRESERVATION_ON if b.port_preservation else natgw_pb2.PORT_PRESERVATION_OFF
@@ -419,6 +431,26 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"port_preservation: unknown value {request.port_preservation}"
             )
+        if request.translation_off:
+            contradictions = [
+                f"{field} {natgw_pb2.NatConfig.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name}"
+                for field, value, allowed in (
+                    ("mapping", request.mapping, (natgw_pb2.MAPPING_UNSPECIFIED,)),
+                    ("filtering", request.filtering, (natgw_pb2.FILTERING_UNSPECIFIED,)),
+                    (
+                        "port_preservation",
+                        request.port_preservation,
+                        (natgw_pb2.PORT_PRESERVATION_UNSPECIFIED, natgw_pb2.PORT_PRESERVATION_ON),
+                    ),
+                )
+                if value not in allowed
+            ]
+            if contradictions:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"translation_off: no translation contradicts {', '.join(contradictions)} "
+                    "(leave mapping and filtering UNSPECIFIED, port_preservation UNSPECIFIED or ON)",
+                )
         timeout = request.mapping_timeout_seconds or 300
         if timeout < MIN_MAPPING_TIMEOUT:
             await context.abort(
@@ -430,6 +462,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
             filtering=FILTERINGS[request.filtering],
             mapping_timeout=timeout,
             port_preservation=PORT_PRESERVATIONS[request.port_preservation],
+            translate=not request.translation_off,
         )
         try:
             script = self.gateway.apply(behaviour)

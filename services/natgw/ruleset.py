@@ -162,8 +162,13 @@ class NatBehaviour:
     filtering: Filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT
     mapping_timeout: int = 300
     port_preservation: bool | None = None  # None: the default for `mapping` (see above)
+    # False: no NAT at all (RFC 5763 §7.1), the gateway routes lan <-> wan unchanged; mapping and filtering
+    # must then be left at their defaults (they mean nothing), and every port is "preserved"
+    translate: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.translate, bool):
+            raise RulesetError(f"translate {self.translate!r} is not true or false")
         try:
             self.mapping = Mapping(self.mapping)
         except ValueError:
@@ -180,6 +185,13 @@ class NatBehaviour:
             or self.mapping_timeout < 1
         ):
             raise RulesetError(f"mapping_timeout {self.mapping_timeout!r} is not a positive integer")
+        if not self.translate:
+            if (self.mapping, self.filtering) != (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT):
+                raise RulesetError(
+                    f"without translation there is no {self.mapping.value} mapping or {self.filtering.value} filtering"
+                )
+            if self.port_preservation is False:
+                raise RulesetError("without translation every port is kept: port_preservation cannot be false")
         if self.port_preservation is None:
             self.port_preservation = self.mapping is Mapping.ENDPOINT_INDEPENDENT
         elif not isinstance(self.port_preservation, bool):
@@ -187,6 +199,8 @@ class NatBehaviour:
 
     def describe(self) -> str:
         """'endpoint-independent mapping, address-and-port-dependent filtering, ports preserved'."""
+        if not self.translate:
+            return "no translation (a plain router)"
         ports = "ports preserved" if self.port_preservation else "ports not preserved"
         return f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}"
 
@@ -194,6 +208,8 @@ class NatBehaviour:
 def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
     """The sets and maps the ruleset of `behaviour` declares, in DYNAMIC_SETS order (pure)."""
     mapping, preserve = behaviour.mapping, behaviour.port_preservation
+    if not behaviour.translate:
+        return []
     wanted = {
         SET_EIM: mapping is Mapping.ENDPOINT_INDEPENDENT and not preserve,
         SET_ADM: mapping is Mapping.ADDRESS_DEPENDENT,
@@ -271,6 +287,9 @@ def render(
     if sip_log_group is not None:
         copy = f'log prefix "{SIP_PREFIX}" group {sip_log_group} queue-threshold 1'
         observe = f"\t\tudp dport {sip_port} {copy}\n\t\tudp sport {sip_port} udp dport != {sip_port} {copy}\n"
+
+    if not behaviour.translate:
+        return _render_router(behaviour, lan_if, wan_if, lan, observe, admitted, unsolicited, log)
 
     mapping, filtering, preserve = behaviour.mapping, behaviour.filtering, behaviour.port_preservation
     outbound = f'oifname "{wan_if}" ip saddr {lan}'
@@ -392,6 +411,54 @@ table {FAMILY} {TABLE} {{
 \t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
 \t\t{inbound} counter name "{COUNTER_INBOUND}" accept
 {admit_forward}\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
+\t}}
+
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname "{wan_if}" ct state established,related accept
+{admitted}\t\t{unsolicited} counter name "{COUNTER_DROPPED_INPUT}" {log(DROP_PREFIX_INPUT)} drop
+\t}}
+}}
+"""
+
+
+def _render_router(
+    behaviour: NatBehaviour,
+    lan_if: str,
+    wan_if: str,
+    lan: ipaddress.IPv4Network,
+    observe: str,
+    admitted: str,
+    unsolicited: str,
+    log: Any,
+) -> str:
+    """The table without translation (RFC 5763 §7.1: no NAT between Alice and Bob): the gateway forwards
+    lan -> wan from the lan prefix and wan -> lan to it, addresses and ports unchanged, and counts both
+    (`outbound_translated` / `inbound_translated` then count forwarded packets; no mapping is ever created
+    or admitted). What is neither, and unsolicited packets to its own outside address, are still dropped
+    and logged; forwarded SIP is still copied to the SIP observer."""
+    counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in COUNTERS)
+    return f"""\
+# pinhole NAT gateway: {behaviour.describe()}
+table {FAMILY} {TABLE}
+delete table {FAMILY} {TABLE}
+table {FAMILY} {TABLE} {{
+{counters}
+
+\t# the conntrack timer of the flows the gateway forwards (it observes them, it does not translate them)
+\tct timeout mapping {{
+\t\tprotocol udp;
+\t\tl3proto ip;
+\t\tpolicy = {{ unreplied : {behaviour.mapping_timeout}, replied : {behaviour.mapping_timeout} }}
+\t}}
+
+\t# RFC 5763 §7.1: no NAT, no filtering: both ways between lan and wan, as a router
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+{observe}\t\tmeta l4proto udp ct state new ct timeout set "mapping"
+\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
+\t\tiifname "{wan_if}" oifname "{lan_if}" ip daddr {lan} counter name "{COUNTER_INBOUND}" accept
+\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
 \t}}
 
 \tchain input {{

@@ -943,13 +943,15 @@ class UserAgent:
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.serialize(answer).encode()
         call.dialog = Dialog.from_uas(request, call.to_tag, self._contact())
+        # RFC 5763 §6.2: the active answerer may send (early) media as soon as its handshake completes,
+        # before its 200 OK arrives (§7.1 message 6); the media waits for the handshake (MediaSession)
+        self._start_media(call)
         transaction.respond(ok)
         assert self.endpoint is not None
         call.ok_retransmitter = retransmit_2xx(
             self.endpoint, ok, transaction.response_destination(), self.endpoint.timers
         )
         self._set_state(call, "established")
-        self._start_media(call)
 
     async def _on_ack(self, transaction: ServerTransaction) -> None:
         call = self.calls.get(transaction.request.call_id)
