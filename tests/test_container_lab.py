@@ -152,29 +152,19 @@ def test_negative_control_fails_in_containers_at_the_same_message(container_lab,
 
 
 def test_the_nat_container_injects_faults_with_net_admin_only(container_lab, tmp_path):
-    """SetFaults in the NAT container (an unprivileged user, NET_ADMIN only, read-only root): its NFQUEUE
-    rule (iptables-nft) and queue work there, and the dropped STUN check is an event of the call's trace."""
-    from pinhole.controller.run import Endpoints, service_kinds
-    from pinhole.controller.services import ServiceClients
-    from pinhole.rpc.v1 import natgw_pb2
+    """A fault scenario in the NAT container (an unprivileged user, NET_ADMIN only, read-only root): its
+    NFQUEUE rule (iptables-nft) and queue work there, and the dropped STUN check is an event of the call."""
+    from pinhole.controller.outcome import judge_outcome
+    from pinhole.controller.scenario import load
 
-    running, topology, _ = container_lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    natgw = clients.stub("natgw")
-    bob = Endpoints.of_topology(topology).addresses["bob"]
-    rule = natgw_pb2.FaultRule(
-        name="lose-first-check",
-        match=natgw_pb2.FaultMatch(direction=natgw_pb2.FAULT_DIRECTION_OUTBOUND, what="stun-request", peer=bob),
-        count=1,
-        drop=natgw_pb2.FaultDrop(),
+    running, _, _ = container_lab
+    (scenario,) = load(ROOT / "scenarios" / "fault-lost-check.yaml")
+    result, out_dir = run(
+        scenario, timers_name="short", lab_name=running.name, backend="docker", out_root=tmp_path, progress=False
     )
-    try:
-        assert natgw.SetFaults(natgw_pb2.FaultPlan(rules=[rule]), timeout=20).active
-        result, evidence, _ = _run(running.name, "docker", tmp_path, "rfc5763-7.3")
-    finally:
-        assert not natgw.ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=20).active
-        clients.close()
-    assert result.passed, result.render()  # the check was resent (RFC 5389 RTO) and the call worked
+    evidence = json.loads((out_dir / "evidence.json").read_text())
+    assert not result.broken, result.broken
+    assert judge_outcome(evidence).works, judge_outcome(evidence).reason  # the check was resent (RFC 5389 RTO)
     [fault] = [e for e in evidence["events"] if e["kind"] == "fault.injected"]
     assert fault["service"] == "natgw" and fault["attrs"]["rule"] == "lose-first-check"
     assert fault["attrs"]["summary"].startswith("STUN Binding request")
