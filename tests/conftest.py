@@ -52,6 +52,26 @@ def lab():
         assert not alive, f"processes left behind by lab {name}: {alive}"
 
 
+
+@pytest.fixture(scope="module")
+def clients(lab):
+    """gRPC stubs for the module's lab; afterwards the gateway is as §7.3 has it again (no faults, its
+    default NAT), since the lab is shared by the module's tests."""
+    from pinhole.controller.run import default_nat, service_kinds
+    from pinhole.controller.services import ServiceClients
+    from pinhole.rpc.v1 import natgw_pb2
+
+    running, topology, _ = lab
+    stubs = ServiceClients.local(running.run_dir, service_kinds(topology))
+    try:
+        yield stubs
+    finally:
+        try:
+            stubs.stub("natgw").ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
+            stubs.stub("natgw").Configure(default_nat(), timeout=10)
+        finally:
+            stubs.close()
+
 def _running(pid: int) -> bool:
     """True for a live process (a zombie waiting to be reaped has already ended)."""
     try:

@@ -9,7 +9,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, service_kinds
-from pinhole.controller.services import EventCollector, ServiceClients, channel
+from pinhole.controller.services import EventCollector, channel
 from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
 
 pytestmark = pytest.mark.lab
@@ -20,14 +20,6 @@ SERVICES = {
     "natgw": "pinhole.rpc.v1.NatGateway",
     "stunserver": "pinhole.rpc.v1.StunServer",
 }
-
-
-@pytest.fixture(scope="module")
-def clients(lab):
-    running, topology, _ = lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    yield clients
-    clients.close()
 
 
 def test_reflection_lists_health_and_the_service(lab):

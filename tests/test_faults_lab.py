@@ -18,27 +18,13 @@ from pinhole.controller.run import (
     Progress,
     Scenario,
     configure,
-    default_nat,
     drive_call,
     service_kinds,
 )
-from pinhole.controller.services import ServiceClients
 from pinhole.rpc.v1 import natgw_pb2
 
 pytestmark = pytest.mark.lab
 SHORT = TIMERS["short"]
-
-
-@pytest.fixture(scope="module")
-def clients(lab):
-    running, topology, _ = lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    try:
-        yield clients
-    finally:  # the lab is shared by the module: no faults, the NAT as §7.3 has it
-        clients.stub("natgw").ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
-        clients.stub("natgw").Configure(default_nat(), timeout=10)
-        clients.close()
 
 
 def _call(lab, clients, name: str, plan: natgw_pb2.FaultPlan):

@@ -21,11 +21,9 @@ from pinhole.controller.run import (
     Progress,
     Scenario,
     configure,
-    default_nat,
     drive_call,
     service_kinds,
 )
-from pinhole.controller.services import ServiceClients
 from pinhole.media import LATCH_ON_STUN
 from pinhole.rpc.v1 import natgw_pb2
 
@@ -36,17 +34,6 @@ APDM = natgw_pb2.NatConfig(
     filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
     mapping_timeout_seconds=300,
 )
-
-
-@pytest.fixture(scope="module")
-def clients(lab):
-    running, topology, _ = lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    try:
-        yield clients
-    finally:  # the lab is shared by the module: leave the NAT as §7.3 has it
-        clients.stub("natgw").Configure(default_nat(), timeout=10)
-        clients.close()
 
 
 def _call(lab, clients, *, latching: bool):

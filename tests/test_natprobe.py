@@ -465,19 +465,9 @@ FILTERING_ENUMS = [f.value for f in Filtering]
 
 
 @pytest.fixture(scope="module")
-def lab_clients(lab) -> Iterator[tuple[Any, Any, Any]]:
-    from pinhole.controller.run import service_kinds
-    from pinhole.controller.services import ServiceClients
-
+def lab_clients(lab, clients) -> Iterator[tuple[Any, Any, Any]]:
     running, topology, _ = lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    try:
-        yield running, topology, clients
-    finally:
-        try:
-            clients.stub("natgw").Configure(natprobe.nat_config(None, None), timeout=30)  # §7.3's NAT again
-        finally:
-            clients.close()
+    yield running, topology, clients
 
 
 @pytest.mark.lab

@@ -16,24 +16,13 @@ from typing import Any
 
 import pytest
 
-from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, default_nat, service_kinds
+from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import useragent_pb2
 
 pytestmark = pytest.mark.lab
 
 Events = list[dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def clients(lab):
-    running, topology, _ = lab
-    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
-    try:
-        yield clients
-    finally:
-        clients.stub("natgw").Configure(default_nat(), timeout=10)
-        clients.close()
 
 
 class LabCall:
