@@ -64,6 +64,19 @@ def test_nat_in_rfc_4787_words_and_cone_aliases():
     assert {parse_nat(a, "x").label() for a in NAT_ALIASES} == {"EIM+EIF", "EIM+ADF", "EIM+APDF", "APDM+APDF"}
 
 
+def test_mapping_expiry_cells_are_told_apart_by_port_preservation():
+    """The cells differ only in port preservation: their labels and the rules' `when` must see it."""
+    cells = {s.name: s.expect.outcome for s in load(ROOT / "scenarios" / "fault-mapping-expired.yaml")}
+    assert cells == {
+        "fault-mapping-expired[EIM+APDF+pp,no-latching]": "works",
+        "fault-mapping-expired[EIM+APDF+pp,latching]": "works",
+        "fault-mapping-expired[EIM+APDF+no-pp,no-latching]": "fails",
+        "fault-mapping-expired[EIM+APDF+no-pp,latching]": "works",
+    }
+    assert Nat().preserves_ports and not Nat("address-and-port-dependent").preserves_ports
+    assert not Nat(port_preservation=False).preserves_ports
+
+
 def test_no_nat():
     """`nat: none` (RFC 5763 §7.1): the gateway only routes; nothing of a behaviour may come with it."""
     nat = parse_nat("none", "x")

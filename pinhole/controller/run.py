@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -454,7 +455,8 @@ def judge_call(
 
 
 def new_run_dir(out_root: Path, scenario: Scenario) -> tuple[str, Path]:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{scenario.name}"
+    safe = re.sub(r"[^A-Za-z0-9.+,=\[\]-]", "_", scenario.name)  # a cell's name is one directory, whatever it says
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{safe}"
     out_dir = out_root / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     return run_id, out_dir

@@ -68,7 +68,17 @@ class Nat:
         """EIM+APDF style, as RFC 4787 abbreviates; "no NAT" without translation."""
         if not self.translate:
             return "no NAT"
-        return f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
+        label = f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
+        if self.port_preservation is not None:  # said explicitly: part of what tells two cells apart
+            label += "+pp" if self.port_preservation else "+no-pp"
+        return label
+
+    @property
+    def preserves_ports(self) -> bool:
+        """Port preservation as the gateway applies it (its default: on for endpoint-independent mapping)."""
+        if self.port_preservation is not None:
+            return self.port_preservation
+        return self.mapping == "endpoint-independent"
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,7 @@ SCENARIO_KEYS = {
     "rules",
 }
 AXES = ("nat", "answerer", "stun_check", "latching", "rtcp_mux")
-WHEN_KEYS = ("mapping", "filtering", "answerer", "stun_check", "latching", "rtcp_mux")
+WHEN_KEYS = ("mapping", "filtering", "port_preservation", "answerer", "stun_check", "latching", "rtcp_mux")
 
 
 def _fail(where: str, what: str) -> ScenarioError:
@@ -399,6 +409,7 @@ def load(path: Path) -> list[Scenario]:
         facts = {
             "mapping": nat.mapping,
             "filtering": nat.filtering,
+            "port_preservation": nat.preserves_ports,
             "answerer": settings.get("answerer", "active"),
             "stun_check": settings.get("stun_check", True),
             "latching": settings.get("latching", False),
