@@ -90,6 +90,7 @@ def test_no_nat():
     assert str(info.value) == "x.nat: behaviour none (no translation) leaves nothing for filtering"
     (scenario,) = load(ROOT / "scenarios" / "rfc5763-7.1.yaml")
     assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (Nat(translate=False), "short", "works")
+    assert (scenario.flow, scenario.expect.verdict) == ("rfc5763-7.1", "pass")
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,12 @@ def test_no_nat():
         ("name: a\nstun_check: 'yes'\nexpect: {outcome: works}\n", "s.yaml.stun_check: expected true or false"),
         ("name: a\ntimers: fast\nexpect: {outcome: works}\n", "s.yaml.timers: 'fast' is not rfc or short"),
         ("name: a\nexpect: {outcome: works, failing: ['5']}\n", "names failing checks, so verdict must be fail"),
-        ("name: a\nexpect: {outcome: fails, verdict: fail, failing: ['13']}\n", "a list of §7.3 messages"),
+        ("name: a\nexpect: {outcome: fails, verdict: fail, failing: ['13']}\n", "a list of rfc5763-7.3 messages"),
+        ("name: a\nflow: rfc5763-7.2\nexpect: {outcome: works}\n", "s.yaml.flow: 'rfc5763-7.2' is not one of"),
+        (
+            "name: a\nflow: rfc5763-7.1\nexpect: {outcome: fails, verdict: fail, failing: ['11a']}\n",
+            "s.yaml.expect.failing: ['11a']: a list of rfc5763-7.1 messages (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)",
+        ),
         ("name: a\nmatrix: {answerer: [active]}\n", "s.yaml.rules: a matrix needs rules"),
         ("name: a\nmatrix: {colour: [red]}\nrules: [{outcome: works}]\n", "s.yaml.matrix: axes must be among"),
         (

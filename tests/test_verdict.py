@@ -178,3 +178,37 @@ def test_an_invite_whose_spans_do_not_chain_through_the_proxies_fails_message_2(
         if event["service"] == "bob" and event["kind"] == "sip.recv" and event["attrs"].get("sip.method") == "INVITE":
             event["parent_span_id"] = ""
     assert "the INVITE's spans chain bob" in failed(evidence)["2"]
+
+
+def test_saved_section_7_1_run_passes_every_message_of_its_own_figure():
+    """§7.1 (no NAT, early media held until the answer) is judged against §7.1's figure, not §7.3's."""
+    evidence = load("rfc5763-7.1-early-media")
+    result = judge(evidence)
+    assert (result.flow, result.passed) == ("rfc5763-7.1", True), result.render()
+    assert [c.message for c in result.checks] == [str(n) for n in range(1, 12)]
+    assert "held 25 early packet(s)" in result.checks[5].detail
+    assert result.to_dict()["flow"] == "rfc5763-7.1" and "RFC 5763 §7.1" in result.render()
+    # the same call read as §7.3: nothing was dropped and no check was needed
+    as_7_3 = {c.message for c in judge(evidence, flow="rfc5763-7.3").checks if not c.passed}
+    assert {"3", "7"} <= as_7_3
+
+
+def test_section_7_3_run_is_not_a_section_7_1_flow():
+    failures = {c.message: c.detail for c in judge(load("rfc5763-7.3"), flow="rfc5763-7.1").checks if not c.passed}
+    assert "the gateway dropped" in failures["3"]
+    assert "after the answer" in failures["7"]
+
+
+def test_section_7_1_early_media_played_before_verification_fails_message_6():
+    evidence = load("rfc5763-7.1-early-media")
+    connected = next(e for e in evidence["events"] if e["service"] == "alice" and e["kind"] == "dtls.connected")
+    for e in evidence["events"]:
+        if e["service"] == "alice" and e["kind"] == "srtp.first_received":
+            e["t"] = connected["t"] - 0.1
+    failures = {c.message: c.detail for c in judge(evidence).checks if not c.passed}
+    assert failures == {"6": "Alice decrypted Bob's SRTP before she verified his certificate"}
+
+
+def test_unknown_flow_is_refused():
+    with pytest.raises(ValueError, match="no checks for flow 'rfc5763-7.2'"):
+        judge(load("rfc5763-7.3"), flow="rfc5763-7.2")

@@ -73,8 +73,10 @@ def evidence_from_trace(request: Any, call_id: str | None = None) -> dict[str, A
         and advertised in (e["attrs"].get("destination"), e["attrs"].get("external"))
     ]
     events.sort(key=lambda e: e["t"])
+    flows = [e["attrs"]["pinhole.flow"] for e in everything if e["attrs"].get("pinhole.flow")]
     return {
         "source": "trace",
+        **({"flow": flows[0]} if flows else {}),  # the figure the controller's run judged against
         "call_id": call_id,
         "trace_id": trace_id,
         "events": events,

@@ -351,7 +351,7 @@ def drive_call(
         collector.start()
         show.stage("placing the call alice -> bob")
         placed = time.time()
-        attributes = {"pinhole.scenario": scenario.name}
+        attributes = {"pinhole.scenario": scenario.name, "pinhole.flow": scenario.flow}
         if endpoints is not None:
             attributes["pinhole.address_map"] = json.dumps(endpoints.address_map(), sort_keys=True)
         run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes=attributes)
@@ -425,6 +425,7 @@ def judge_call(
     call_id = record.call_id
     evidence = {
         "scenario": scenario.name,
+        "flow": scenario.flow,  # the figure the checks follow
         "timers": timers_name,
         "placed_at": record.placed,
         **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings

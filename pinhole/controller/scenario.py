@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pinhole.controller import verdict as figures
 from pinhole.nat import Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
@@ -31,7 +32,6 @@ SHORT = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-p
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
 DEFAULT_MAPPING_TIMEOUT = 300
 OUTCOMES = ("works", "fails")
-MESSAGES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12")  # the §7.3 verdict's checks
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 
 
@@ -110,6 +110,7 @@ class Scenario:
     knobs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     faults: dict[str, Any] | None = None  # a fault plan for the gateway (FaultPlan.from_dict), peers may be nodes
+    flow: str = figures.DEFAULT_FLOW  # the RFC 5763 figure the call is judged against, check by check
 
 
 SCENARIOS = {
@@ -135,6 +136,7 @@ SCENARIOS = {
 SCENARIO_KEYS = {
     "name",
     "description",
+    "flow",
     "timers",
     "nat",
     "answerer",
@@ -204,7 +206,7 @@ def _answerer(value: Any, where: str) -> str:
     return value
 
 
-def parse_expect(value: Any, where: str) -> Expectation:
+def parse_expect(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> Expectation:
     if not isinstance(value, dict):
         raise _fail(where, f"expected a mapping with outcome (works|fails), not {value!r}")
     unknown = set(value) - {"outcome", "why", "verdict", "failing"}
@@ -214,14 +216,15 @@ def parse_expect(value: Any, where: str) -> Expectation:
         raise _fail(f"{where}.outcome", f"{value.get('outcome')!r} is not works or fails")
     verdict = value.get("verdict")
     if verdict not in (None, "pass", "fail"):
-        raise _fail(f"{where}.verdict", f"{verdict!r} is not pass or fail (the §7.3 verdict)")
+        raise _fail(f"{where}.verdict", f"{verdict!r} is not pass or fail (the {flow} verdict)")
     failing = value.get("failing", [])
-    if not isinstance(failing, list) or any(str(m) not in MESSAGES for m in failing):
-        raise _fail(f"{where}.failing", f"{failing!r}: a list of §7.3 messages ({', '.join(MESSAGES)})")
+    messages = figures.messages(flow)
+    if not isinstance(failing, list) or any(str(m) not in messages for m in failing):
+        raise _fail(f"{where}.failing", f"{failing!r}: a list of {flow} messages ({', '.join(messages)})")
     if failing and verdict != "fail":
         raise _fail(f"{where}.failing", "names failing checks, so verdict must be fail")
     if verdict == "pass" and value["outcome"] == "fails":
-        raise _fail(where, "a call that fails cannot pass the §7.3 verdict")
+        raise _fail(where, f"a call that fails cannot pass the {flow} verdict")
     return Expectation(value["outcome"], str(value.get("why", "")), verdict, tuple(str(m) for m in failing))
 
 
@@ -262,12 +265,17 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         knobs=knobs,
         source=source,
         faults=settings.get("faults"),
+        flow=settings.get("flow", figures.DEFAULT_FLOW),
     )
 
 
 def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[str, Any]:
     """Validate the scenario-level keys (not name/matrix/rules); returns normalised values."""
     out: dict[str, Any] = {}
+    if "flow" in data:
+        if data["flow"] not in figures.FLOWS:
+            raise _fail(f"{where}.flow", f"{data['flow']!r} is not one of {', '.join(figures.FLOWS)}")
+        out["flow"] = data["flow"]
     if "timers" in data:
         if data["timers"] not in ("rfc", "short"):
             raise _fail(f"{where}.timers", f"{data['timers']!r} is not rfc or short")
@@ -285,7 +293,7 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
             raise _fail(f"{where}.media_packets", f"{count!r}: a whole number of packets, 1..1000")
         out["media_packets"] = count
     if "expect" in data:
-        out["expect"] = parse_expect(data["expect"], f"{where}.expect")
+        out["expect"] = parse_expect(data["expect"], f"{where}.expect", out.get("flow", figures.DEFAULT_FLOW))
     if "faults" in data or "fault_seed" in data:
         out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
     return out
@@ -346,7 +354,7 @@ class Rule:
         return all(cell.get(key) == value for key, value in self.when.items())
 
 
-def _rules(value: Any, where: str) -> list[Rule]:
+def _rules(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> list[Rule]:
     if not isinstance(value, list) or not value:
         raise _fail(where, "a matrix needs rules: a list of {when: {...}, outcome: works|fails, why: ...}")
     rules = []
@@ -360,7 +368,7 @@ def _rules(value: Any, where: str) -> list[Rule]:
         for key in ("mapping", "filtering"):
             if key in when and when[key] not in NAT_MAPPINGS:
                 raise _fail(f"{here}.when.{key}", f"{when[key]!r} is not an RFC 4787 behaviour")
-        rules.append(Rule(dict(when), parse_expect({k: v for k, v in item.items() if k != "when"}, here)))
+        rules.append(Rule(dict(when), parse_expect({k: v for k, v in item.items() if k != "when"}, here, flow)))
     return rules
 
 
@@ -396,7 +404,7 @@ def load(path: Path) -> list[Scenario]:
     matrix = data["matrix"]
     if not isinstance(matrix, dict) or not matrix or set(matrix) - set(AXES):
         raise _fail(f"{where}.matrix", f"axes must be among {', '.join(AXES)}, each a list of values")
-    rules = _rules(data.get("rules"), f"{where}.rules")
+    rules = _rules(data.get("rules"), f"{where}.rules", base.get("flow", figures.DEFAULT_FLOW))
     axes: list[list[tuple[str, Any]]] = []
     for axis, values in matrix.items():
         if not isinstance(values, list) or not values:

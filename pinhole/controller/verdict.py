@@ -1,10 +1,16 @@
-"""The RFC 5763 §7.3 verdict: a pure function of the evidence a run collected.
+"""The verdict of a call against an RFC 5763 figure: a pure function of the evidence a run collected.
 
 Evidence is what the services reported (their events, the NAT's drops and mappings, the final
 call statistics) plus what the captures on both sides of the NAT saw. Each numbered message of
-the §7.3 figure is one check (the spec digest's table §1.1; "(11)" is used twice in the RFC,
-so 11a and 11b here). The checks deliberately leave alone what the RFC does not require: the
-order of media (10) and Finished (11a), and the ACK (12) coming last.
+a figure is one check. Two figures are judged:
+
+- §7.3 (`rfc5763-7.3`, the default): the spec digest's table §1.1; "(11)" is used twice in the
+  RFC, so 11a and 11b here. The checks deliberately leave alone what the RFC does not require:
+  the order of media (10) and Finished (11a), and the ACK (12) coming last.
+- §7.1 (`rfc5763-7.1`): no NAT, so Bob's first ClientHello reaches Alice and the handshake ends
+  before his 200 OK; Alice holds his early media (6) until the answer's fingerprint vouches for his
+  certificate (9). TLS transport and SIP Identity are not staged (notes say so), and message 4/5/7
+  are judged as the DTLS flights they stand for (the digest's §3 item 2 on the RFC's numbering).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Event = dict[str, Any]  # {"t": seconds, "service", "kind", "call_id", "attrs": {...}}
+DEFAULT_FLOW = "rfc5763-7.3"  # the figure a run is judged against unless its scenario names another
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Verdict:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     broken: str = ""  # the lab could not run the scenario (a service down, no evidence from one)
+    flow: str = DEFAULT_FLOW  # the figure it was judged against
 
     @property
     def outcome(self) -> str:
@@ -45,6 +53,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
+            "flow": self.flow,
             "verdict": self.outcome,
             "broken": self.broken,
             "checks": [asdict(c) for c in self.checks],
@@ -61,7 +70,7 @@ class Verdict:
             lines.append(f"  note: {note}")
         if self.broken:
             lines.append(f"  broken: {self.broken}")
-        lines.append(f"verdict: {self.outcome.upper()} ({self.scenario})")
+        lines.append(f"verdict: {self.outcome.upper()} ({self.scenario}; {FLOW_TITLES.get(self.flow, self.flow)})")
         return "\n".join(lines)
 
 
@@ -126,15 +135,26 @@ def _t(e: Event | None) -> float | None:
 
 
 CheckFn = Callable[[Evidence], tuple[bool, str, float | None]]
-_CHECKS: list[tuple[str, str, str, CheckFn]] = []
+FLOW_TITLES = {
+    "rfc5763-7.3": "RFC 5763 §7.3, basic message flow with STUN check for NAT case",
+    "rfc5763-7.1": "RFC 5763 §7.1, basic message flow with early media (no NAT)",
+}
+FLOWS: dict[str, list[tuple[str, str, str, CheckFn]]] = {flow: [] for flow in FLOW_TITLES}
 
 
-def check(message: str, title: str, rfc: str) -> Callable[[CheckFn], CheckFn]:
+def check(message: str, title: str, rfc: str, *, flow: str = DEFAULT_FLOW) -> Callable[[CheckFn], CheckFn]:
+    """Register a check of one message of one figure; checks run in the order they are registered."""
+
     def register(fn: CheckFn) -> CheckFn:
-        _CHECKS.append((message, title, rfc, fn))
+        FLOWS[flow].append((message, title, rfc, fn))
         return fn
 
     return register
+
+
+def messages(flow: str = DEFAULT_FLOW) -> tuple[str, ...]:
+    """The figure's message numbers, as its checks name them."""
+    return tuple(message for message, *_ in FLOWS[flow])
 
 
 def _invite(ev: Evidence, service: str, kind: str) -> Event | None:
@@ -448,18 +468,184 @@ def _media_direction(ev: Evidence, *, sender: str, receiver: str) -> tuple[bool,
     return True, f"{received}/{tx.get('srtp_sent', '?')} packets decrypted, 0 authentication failures", _t(first)
 
 
-def judge(data: dict[str, Any], scenario: str = "") -> Verdict:
-    """Run every §7.3 check over the evidence; the run passes only if all pass."""
+# --------------------------------------------------------------------------- RFC 5763 §7.1
+
+FLOW_7_1 = "rfc5763-7.1"
+
+
+@check(
+    "1",
+    "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's own address",
+    "RFC 5763 §5, §7.1",
+    flow=FLOW_7_1,
+)
+def _s71_m1(ev: Evidence) -> tuple[bool, str, float | None]:
+    invite = _invite(ev, "alice", "sip.send")
+    if invite is None:
+        return False, "Alice sent no INVITE", None
+    a = invite["attrs"]
+    problems = []
+    if a.get("sdp.setup") != "actpass":
+        problems.append(f"a=setup is {a.get('sdp.setup')!r}, not actpass")
+    if not a.get("sdp.fingerprint"):
+        problems.append("no a=fingerprint")
+    advertised = a.get("sdp.media", "")
+    if ev.alice_media_local and advertised != ev.alice_media_local:  # no NAT: what she offers is her socket
+        problems.append(f"advertised {advertised}, not her media socket {ev.alice_media_local} (a NAT in the way?)")
+    if problems:
+        return False, "; ".join(problems), _t(invite)
+    return True, f"offer {advertised}, setup actpass, fingerprint {a['sdp.fingerprint'][:23]}...", _t(invite)
+
+
+check("2", "INVITE reaches Bob through both proxies, body unchanged", "RFC 3261 §16.6, RFC 5763 §7.1", flow=FLOW_7_1)(
+    _m2
+)
+
+
+@check("3", "Bob's first ClientHello reaches Alice: nothing drops it", "RFC 5763 §7.1", flow=FLOW_7_1)
+def _s71_m3(ev: Evidence) -> tuple[bool, str, float | None]:
+    first = ev.first("bob", "dtls.send", cause="start", **{"dtls__handshake_types": "~client_hello"})
+    if first is None:
+        return False, "Bob sent no ClientHello", None
+    seq = first["attrs"].get("dtls.record_sequence")
+    arrived = ev.first("alice", "dtls.recv", **{"dtls__handshake_types": "~client_hello"})
+    drops = ev.find("natgw", "nat.drop", **{"dtls__handshake_types": "~client_hello"})
+    if drops:
+        return False, f"the gateway dropped {len(drops)} ClientHello (a NAT in the way: that is §7.3)", _t(drops[0])
+    if arrived is None:
+        return False, f"Bob's ClientHello (record seq {seq}) never reached Alice", _t(first)
+    if arrived["attrs"].get("dtls.record_sequence") != seq:
+        got = arrived["attrs"].get("dtls.record_sequence")
+        return False, f"the first ClientHello Alice got is record seq {got}, not Bob's first ({seq})", _t(arrived)
+    return True, f"record seq {seq}, {arrived['t'] - first['t']:.3f}s after Bob sent it", _t(arrived)
+
+
+check(
+    "4",
+    "Alice's flight: ServerHello with use_srtp, Certificate, CertificateRequest",
+    "RFC 5764 §4.1.1, RFC 5763 §7.1",
+    flow=FLOW_7_1,
+)(_m8)
+
+
+@check(
+    "5",
+    "Bob's flight: Certificate, ClientKeyExchange, CertificateVerify, Finished",
+    "RFC 6347, RFC 5763 §7.1",
+    flow=FLOW_7_1,
+)
+def _s71_m5(ev: Evidence) -> tuple[bool, str, float | None]:
+    key_exchange = ev.first("alice", "dtls.recv", **{"dtls__handshake_types": "~client_key_exchange"})
+    if key_exchange is None:
+        return False, "Alice received no ClientKeyExchange from Bob", None
+    types: set[str] = set()
+    for e in ev.find("alice", "dtls.recv"):
+        if e["t"] >= key_exchange["t"] - 0.5:  # the flight may span datagrams sent together
+            types.update(e["attrs"].get("dtls.handshake_types", "").split(","))
+    missing = [t for t in ("certificate", "client_key_exchange", "certificate_verify", "encrypted") if t not in types]
+    if missing:
+        return False, f"Bob's flight lacks {', '.join(missing)} (encrypted = his Finished)", _t(key_exchange)
+    return True, "Certificate, ClientKeyExchange, CertificateVerify, ChangeCipherSpec, Finished", _t(key_exchange)
+
+
+@check("6", "Bob's early media is not trusted before his fingerprint arrives", "RFC 5763 §7.1, §6.2", flow=FLOW_7_1)
+def _s71_m6(ev: Evidence) -> tuple[bool, str, float | None]:
+    ok = _ok_to_invite(ev, "alice", "sip.recv")
+    verified = ev.first("alice", "dtls.connected")
+    played = ev.first("alice", "srtp.first_received")
+    held = ev.first("alice", "srtp.held")
+    if played is not None and (verified is None or played["t"] < verified["t"]):
+        return False, "Alice decrypted Bob's SRTP before she verified his certificate", _t(played)
+    if held is None:
+        when = "before" if played is None or ok is None or played["t"] >= ok["t"] else "after"
+        return True, f"no SRTP from Bob arrived before his answer ({when} it: nothing to hold)", _t(played)
+    released = ev.first("alice", "srtp.released")
+    if released is None:
+        return False, "Alice held Bob's early SRTP and never released it", _t(held)
+    if ok is not None and held["t"] > ok["t"]:
+        return False, "Alice held SRTP that arrived after the answer", _t(held)
+    return (
+        True,
+        f"held {released['attrs'].get('packets', '?')} early packet(s), released when his "
+        f"certificate matched, {released['t'] - held['t']:.3f}s later",
+        _t(held),
+    )
+
+
+@check("7", "Alice's Finished: the handshake completes before the 200 OK reaches her", "RFC 5763 §7.1", flow=FLOW_7_1)
+def _s71_m7(ev: Evidence) -> tuple[bool, str, float | None]:
+    complete = ev.first("alice", "dtls.handshake_complete") or ev.first("alice", "dtls.connected")
+    bob = ev.first("bob", "dtls.connected")
+    ok = _ok_to_invite(ev, "alice", "sip.recv")
+    if complete is None or bob is None:
+        missing = [n for n, e in (("Alice", complete), ("Bob", bob)) if e is None]
+        return False, f"no completed handshake at {' and '.join(missing)}", None
+    if ok is not None and complete["t"] > ok["t"]:
+        return (
+            False,
+            f"the handshake completed {complete['t'] - ok['t']:.3f}s after the answer (§7.3's order)",
+            _t(complete),
+        )
+    connected = ev.first("alice", "dtls.connected")
+    if connected is not None and connected["attrs"].get("exporter_digest") != bob["attrs"].get("exporter_digest"):
+        return False, "the two sides exported different keying material", _t(bob)
+    if bob["attrs"].get("peer_fingerprint_verified") != "True":
+        return False, "Bob did not verify Alice's certificate against the offer", _t(bob)
+    ahead = f", {ok['t'] - complete['t']:.3f}s before the answer" if ok is not None else ""
+    return True, f"profile {bob['attrs'].get('profile')}; Bob verified Alice's certificate{ahead}", _t(complete)
+
+
+check("8", "Bob's 200 OK with a=setup:active and his fingerprint", "RFC 5763 §5, RFC 4145", flow=FLOW_7_1)(_m4)
+
+
+@check(
+    "9", "On the 200 OK Alice checks Bob's certificate against its a=fingerprint", "RFC 5763 §5, §7.1", flow=FLOW_7_1
+)
+def _s71_m9(ev: Evidence) -> tuple[bool, str, float | None]:
+    ok = _ok_to_invite(ev, "alice", "sip.recv")
+    if ok is None:
+        return False, "Alice received no 200 OK to her INVITE", None
+    ok_via = [p for p in ("proxy-b", "proxy-a") if ev.first(p, "sip.recv", **{"sip__status_code": "200"})]
+    if len(ok_via) != 2:
+        return False, f"the 200 OK came through {ok_via or 'no proxy'}, not back along the Via path", _t(ok)
+    passed, detail, when = _m9(ev)
+    if not passed:
+        return passed, detail, when
+    connected = ev.first("alice", "dtls.connected")
+    assert connected is not None  # _m9 passed
+    if connected["t"] < ok["t"]:
+        return False, "Alice trusted Bob's certificate before his answer said what it must be", _t(connected)
+    return True, f"{detail} when the answer arrived (via proxy-b, proxy-a)", _t(connected)
+
+
+@check("10", "Two-way SRTP: each side decrypts the other's", "RFC 5764 §4.2, RFC 5763 §7.1", flow=FLOW_7_1)
+def _s71_m10(ev: Evidence) -> tuple[bool, str, float | None]:
+    results = {r: _media_direction(ev, sender=s, receiver=r) for s, r in (("bob", "alice"), ("alice", "bob"))}
+    failed = [f"at {r}: {d}" for r, (ok, d, _) in results.items() if not ok]
+    if failed:
+        return False, "; ".join(failed), None
+    times = [w for _, _, w in results.values() if w is not None]
+    return True, "; ".join(f"{r}: {d}" for r, (_, d, _) in results.items()), max(times) if times else None
+
+
+check("11", "ACK for the 200 OK reaches Bob along the route set", "RFC 3261 §13.2.2.4, §12.2.1.1", flow=FLOW_7_1)(_m12)
+
+
+def judge(data: dict[str, Any], scenario: str = "", flow: str | None = None) -> Verdict:
+    """Run every check of the figure (`flow`, else the evidence's, else §7.3); the run passes only if all pass."""
+    flow = flow or data.get("flow") or DEFAULT_FLOW
+    if flow not in FLOWS:
+        raise ValueError(f"no checks for flow {flow!r}; known: {', '.join(FLOWS)}")
     ev = Evidence(data)
     checks = []
-    for message, title, rfc, fn in _CHECKS:
+    for message, title, rfc, fn in FLOWS[flow]:
         try:
             passed, detail, when = fn(ev)
         except Exception as error:  # a check must report, not crash the judge
             passed, detail, when = False, f"check could not be evaluated: {type(error).__name__}: {error}", None
         checks.append(Check(message, title, rfc, passed, detail, when))
     notes = list(_notes(ev))
-    return Verdict(scenario or data.get("scenario", ""), all(c.passed for c in checks), checks, notes)
+    return Verdict(scenario or data.get("scenario", ""), all(c.passed for c in checks), checks, notes, flow=flow)
 
 
 def _notes(ev: Evidence) -> Iterable[str]:
