@@ -90,7 +90,7 @@ def test_no_nat():
     assert str(info.value) == "x.nat: behaviour none (no translation) leaves nothing for filtering"
     (scenario,) = load(ROOT / "scenarios" / "rfc5763-7.1.yaml")
     assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (Nat(translate=False), "short", "works")
-    assert (scenario.flow, scenario.expect.verdict) == ("rfc5763-7.1", "pass")
+    assert scenario.flow == "rfc5763-7.1"
 
 
 @pytest.mark.parametrize(
@@ -156,6 +156,46 @@ def test_outcome_works_only_with_both_certificates_and_srtp_both_ways():
     assert "SRTP bob -> alice: 0 decrypted" in judge_outcome(_evidence(srtp_received="0")).reason
     failed = judge_outcome(_evidence(handshake_completed=0, dtls_failure="timeout"))
     assert not failed.works and "DTLS never completed (alice: timeout)" in failed.reason
+
+
+def test_reinvite_steps_parse_and_predict_a_new_association_by_rfc_5763_6_6(tmp_path):
+    (scenario,) = load(ROOT / "scenarios" / "rfc5763-6.6-reinvite.yaml")
+    assert [(r.by, r.setup, r.new_certificate, r.changes_association) for r in scenario.reinvites] == [
+        ("alice", "keep", False, False),
+        ("bob", "flip", True, True),
+        ("alice", "actpass", True, True),
+    ]
+    with pytest.raises(ScenarioError, match=r"s.yaml.reinvite\[0\].setup: 'swap' is not one of keep, flip, actpass"):
+        load(write(tmp_path, "name: a\nreinvite: [{setup: swap}]\nexpect: {outcome: works}\n"))
+    with pytest.raises(ScenarioError, match=r"s.yaml.reinvite\[0\].by: 'carol' is not alice or bob"):
+        load(write(tmp_path, "name: a\nreinvite: [{by: carol}]\nexpect: {outcome: works}\n"))
+
+
+def _modified(new_association: bool, srtp_received: str = "5") -> dict:
+    evidence = _evidence()
+    evidence["reinvites"] = [{"by": "bob", "setup": "flip", "new_certificate": False, "new_association_expected": True}]
+    for side, call in evidence["calls"].items():
+        call["modifications"] = [
+            {
+                "direction": "sent" if side == "bob" else "received",
+                "status_code": 200,
+                "new_association": new_association,
+            }
+        ]
+        call["media"]["associations"] = [
+            {"component": 1, "index": 1, "completed": 1.0, "srtp_received": "3"},
+            {"component": 1, "index": 2, "completed": 2.0, "srtp_received": srtp_received},
+        ]
+    return evidence
+
+
+def test_outcome_judges_each_reinvite_by_what_rfc_5763_6_6_predicts():
+    works = judge_outcome(_modified(True))
+    assert works.works and "#1 new association 2, SRTP both ways on it" in works.reason
+    kept = judge_outcome(_modified(False))
+    assert not kept.works and "kept the DTLS association; RFC 5763 §6.6 says it must not" in kept.reason
+    silent = judge_outcome(_modified(True, srtp_received="0"))
+    assert not silent.works and "decrypted no SRTP with association 2's keys" in silent.reason
 
 
 def test_fault_peers_may_name_nodes(tmp_path):

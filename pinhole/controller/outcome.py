@@ -81,6 +81,11 @@ def judge_outcome(evidence: dict[str, Any]) -> Outcome:
                 return Outcome(False, why, None)
             if _int(component.get("srtcp_received")) == 0:
                 return Outcome(False, f"{side}: no SRTCP decrypted on the RTCP component", None)
+    modified = ""
+    if evidence.get("reinvites"):
+        problem, modified = _modifications(evidence["reinvites"], alice, bob)
+        if problem:
+            return Outcome(False, problem, None)
     client = "Bob" if media["bob"].get("dtls_role") == "client" else "Alice"
     how = f"DTLS ({client} active) after {len(drops)} NAT drop(s)" if drops else f"DTLS ({client} active), no NAT drop"
     if latched:
@@ -88,4 +93,49 @@ def judge_outcome(evidence: dict[str, Any]) -> Outcome:
     sent = {side: _int(m.get("srtp_received")) for side, m in media.items()}
     separate = any(c.get("name") == "rtcp" for m in media.values() for c in m.get("components", []))
     rtcp = " and SRTCP on its own association" if separate else ""
-    return Outcome(True, f"{how}; SRTP both ways ({sent['alice']} and {sent['bob']} packets){rtcp}", media_time)
+    return Outcome(
+        True, f"{how}; SRTP both ways ({sent['alice']} and {sent['bob']} packets){rtcp}{modified}", media_time
+    )
+
+
+def _modifications(steps: list[dict[str, Any]], alice: dict[str, Any], bob: dict[str, Any]) -> tuple[str, str]:
+    """The scenario's re-INVITEs against what the user agents did (RFC 5763 §6.6): each answered 200, each
+    made a new association exactly when it changed the fingerprint or the roles, and every new association
+    carried SRTP both ways. Returns (the first problem or "", a summary)."""
+    calls = {"alice": alice, "bob": bob}
+    sent: dict[str, list[dict[str, Any]]] = {
+        side: [m for m in call.get("modifications", []) if m.get("direction") == "sent"] for side, call in calls.items()
+    }
+    associations = {
+        side: {
+            _int(a.get("index")): a
+            for a in call.get("media", {}).get("associations", [])
+            if _int(a.get("component")) == 1
+        }
+        for side, call in calls.items()
+    }
+    index, summary = 1, []
+    for number, step in enumerate(steps, 1):
+        certificate = ", new certificate" if step["new_certificate"] else ""
+        what = f"re-INVITE #{number} ({step['by']}, setup {step['setup']}{certificate})"
+        if not sent[step["by"]]:
+            return f"{what} was never sent", ""
+        modification = sent[step["by"]].pop(0)
+        if _int(modification.get("status_code")) != 200:
+            return f"{what} got {modification.get('status_code')}: {modification.get('reason', '')}", ""
+        made = bool(modification.get("new_association"))
+        if made != step["new_association_expected"]:
+            said = "made a new DTLS association" if made else "kept the DTLS association"
+            return f"{what} {said}; RFC 5763 §6.6 says {'the opposite' if made else 'it must not'}", ""
+        if not made:
+            summary.append(f"#{number} kept association {index}")
+            continue
+        index += 1
+        for side in calls:
+            association = associations[side].get(index)
+            if association is None or not association.get("completed"):
+                return f"{what}: {side}'s new association {index} never completed", ""
+            if _int(association.get("srtp_received")) == 0:
+                return f"{what}: {side} decrypted no SRTP with association {index}'s keys", ""
+        summary.append(f"#{number} new association {index}, SRTP both ways on it")
+    return "", f"; re-INVITEs: {', '.join(summary)}"

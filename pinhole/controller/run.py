@@ -10,6 +10,7 @@ out/<run-id>/.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -362,6 +363,8 @@ def drive_call(
         run_span.set_attribute("pinhole.call_id", handle.call_id)
         call_id = handle.call_id
         budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
+        if scenario.reinvites:
+            modify_session(clients, collector, scenario, call_id, timers, run_context, show)
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
         collector.wait_for(_call_over, timeout=budget)
         state = clients.stub("alice").GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
@@ -403,6 +406,67 @@ def drive_call(
     return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed)
 
 
+def _decrypting(events: list[dict[str, Any]]) -> bool:
+    """SRTP decrypted on both sides: the call is up, and the next offer modifies a working session."""
+    return all(_has(events, side, "srtp.first_received") for side in ("alice", "bob"))
+
+
+def _failed(events: list[dict[str, Any]]) -> bool:
+    return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
+
+
+REINVITE_SETUPS = {
+    "keep": useragent_pb2.REINVITE_SETUP_KEEP,
+    "flip": useragent_pb2.REINVITE_SETUP_FLIP,
+    "actpass": useragent_pb2.REINVITE_SETUP_ACTPASS,
+}
+
+
+def modify_session(
+    clients: ServiceClients,
+    collector: EventCollector,
+    scenario: Scenario,
+    call_id: str,
+    timers: Timers,
+    run_context: Any,
+    show: Progress,
+) -> None:
+    """The scenario's re-INVITEs (RFC 5763 §6.6), one at a time, once SRTP flows both ways.
+
+    After an offer that made a new association, the next waits until both sides switched their SRTP to
+    its keys (`srtp.switched`), so each step modifies a settled session. What each did is in the call
+    status (modifications, associations) that the outcome reads; a refused offer ends the steps.
+    """
+    budget = timers.handshake_budget() + 64 * timers.sip_t1 + 10
+    collector.wait_for(lambda ev: _decrypting(ev) or _failed(ev), timeout=budget)
+    if _failed(collector.snapshot()) or not _decrypting(collector.snapshot()):
+        return
+    for step in scenario.reinvites:
+        show.stage(f"re-INVITE, {step.label()}")
+        since = time.time()
+        request = useragent_pb2.ReinviteRequest(
+            call_id=call_id, new_certificate=step.new_certificate, setup=REINVITE_SETUPS[step.setup]
+        )
+        try:
+            reply = clients.stub(step.by).Reinvite(
+                request, metadata=telemetry.grpc_metadata(run_context), timeout=64 * timers.sip_t1 + 10
+            )
+        except grpc.RpcError as error:
+            show.stage(f"re-INVITE refused: {error.code().name} {error.details()}")
+            return
+        if reply.modification.status_code != 200:
+            return
+        if reply.modification.new_association:
+            collector.wait_for(
+                lambda ev, since=since: _failed(ev)
+                or all(
+                    any(e["service"] == side and e["kind"] == "srtp.switched" and e["t"] >= since for e in ev)
+                    for side in ("alice", "bob")
+                ),
+                timeout=budget,
+            )
+
+
 def judge_call(
     trace_request: Any,
     record: CallRecord,
@@ -435,6 +499,11 @@ def judge_call(
         "captures": captures or {},
         "address_map": endpoints.address_map(),
     }
+    if scenario.reinvites:  # what the outcome must find in the calls' modifications, in order
+        evidence["reinvites"] = [
+            {**dataclasses.asdict(step), "new_association_expected": step.changes_association}
+            for step in scenario.reinvites
+        ]
     evidence["measurements"] = {
         **measurements,
         **_media_times(evidence["events"], record.placed),

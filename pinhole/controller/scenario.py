@@ -91,6 +91,28 @@ class Expectation:
     failing: tuple[str, ...] = ()  # with verdict fail: the §7.3 checks that must fail (others must pass)
 
 
+REINVITE_SETUPS = ("keep", "flip", "actpass")
+
+
+@dataclass(frozen=True)
+class Reinvite:
+    """One re-INVITE of the established call (RFC 5763 §6.6): who offers, and what the offer changes."""
+
+    by: str = "alice"
+    new_certificate: bool = False
+    setup: str = "keep"  # keep: offer our current role; flip: the other one; actpass: let the answerer keep its
+
+    @property
+    def changes_association(self) -> bool:
+        """§6.6: a new DTLS association exactly when the fingerprint or the roles change (pinhole's answerer
+        keeps its role on actpass; the transport never changes here)."""
+        return self.new_certificate or self.setup == "flip"
+
+    def label(self) -> str:
+        change = [c for c in ("new certificate" if self.new_certificate else "", f"setup {self.setup}") if c]
+        return f"{self.by}: {', '.join(change)}"
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One variant of the call Alice -> Bob, with what it is expected to give.
@@ -111,6 +133,7 @@ class Scenario:
     source: str = ""
     faults: dict[str, Any] | None = None  # a fault plan for the gateway (FaultPlan.from_dict), peers may be nodes
     flow: str = figures.DEFAULT_FLOW  # the RFC 5763 figure the call is judged against, check by check
+    reinvites: tuple[Reinvite, ...] = ()  # re-offers made in turn once SRTP flows both ways (RFC 5763 §6.6)
 
 
 SCENARIOS = {
@@ -148,6 +171,7 @@ SCENARIO_KEYS = {
     "expect",
     "faults",
     "fault_seed",
+    "reinvite",
     "matrix",
     "rules",
 }
@@ -266,6 +290,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         source=source,
         faults=settings.get("faults"),
         flow=settings.get("flow", figures.DEFAULT_FLOW),
+        reinvites=settings.get("reinvite", ()),
     )
 
 
@@ -294,9 +319,34 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["media_packets"] = count
     if "expect" in data:
         out["expect"] = parse_expect(data["expect"], f"{where}.expect", out.get("flow", figures.DEFAULT_FLOW))
+    if "reinvite" in data:
+        out["reinvite"] = parse_reinvites(data["reinvite"], f"{where}.reinvite")
     if "faults" in data or "fault_seed" in data:
         out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
     return out
+
+
+def parse_reinvites(value: Any, where: str) -> tuple[Reinvite, ...]:
+    """`reinvite: [{by: alice|bob, new_certificate: bool, setup: keep|flip|actpass}, ...]`"""
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "a list of re-offers: [{by: alice|bob, new_certificate: true|false, setup: ...}]")
+    steps = []
+    for index, item in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise _fail(here, f"expected {{by, new_certificate, setup}}, not {item!r}")
+        unknown = set(item) - {"by", "new_certificate", "setup"}
+        if unknown:
+            raise _fail(here, f"unknown key(s) {sorted(unknown)} (by, new_certificate, setup)")
+        by = item.get("by", "alice")
+        if by not in ("alice", "bob"):
+            raise _fail(f"{here}.by", f"{by!r} is not alice or bob")
+        setup = item.get("setup", "keep")
+        if setup not in REINVITE_SETUPS:
+            raise _fail(f"{here}.setup", f"{setup!r} is not one of {', '.join(REINVITE_SETUPS)}")
+        new_certificate = _bool(item.get("new_certificate", False), f"{here}.new_certificate")
+        steps.append(Reinvite(by, new_certificate, setup))
+    return tuple(steps)
 
 
 PLACEHOLDER = "192.0.2.1"  # stands for a node's address while a plan is validated (TEST-NET-1)

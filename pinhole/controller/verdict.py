@@ -247,8 +247,18 @@ def _m3(ev: Evidence) -> tuple[bool, str, float | None]:
         return False, f"the first ClientHello (record seq {seq}) was not among the NAT's drops", _t(first)
     if checks and drop["t"] > checks[0]["t"]:  # the drop's time is the kernel's (NFLOG)
         return False, "the first ClientHello was dropped after Alice's STUN check", _t(drop)
-    outside = [p for p in ev.captures.get("outside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
-    inside = [p for p in ev.captures.get("inside", []) if "client_hello" in p.get("dtls.handshake_types", "")]
+    # Bob's ClientHellos only: after a re-INVITE that swaps roles Alice sends her own (RFC 5763 §6.6)
+    toward_alice = first["attrs"].get("peer")
+    outside = [
+        p
+        for p in ev.captures.get("outside", [])
+        if "client_hello" in p.get("dtls.handshake_types", "") and p.get("dst") in (toward_alice, None)
+    ]
+    inside = [
+        p
+        for p in ev.captures.get("inside", [])
+        if "client_hello" in p.get("dtls.handshake_types", "") and p.get("dst") in (ev.alice_media_local, None)
+    ]
     detail = f"record seq {seq}; {len(drops)} ClientHello drop(s) at the NAT ({drop['attrs'].get('hook')} hook)"
     if ev.captures:
         if not any(p.get("dtls.record_sequence") == seq for p in outside):
