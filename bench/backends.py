@@ -28,7 +28,7 @@ def main() -> int:
     try:
         for backend in ("netns", "docker"):
             lab, topology, timings = lab_up(f"ph-bb{backend[:3]}", backend=backend)
-            clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
+            clients = ServiceClients.local(lab.run_dir, service_kinds(topology, lab))  # a container lab: no switch
             labs[backend] = (lab, clients, [])  # registered first: torn down even if configuring fails
             up[backend] = timings
             scenario = Scenario("bench", "", alice={"media_packets": 3}, bob={"media_packets": 3})

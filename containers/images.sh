@@ -23,8 +23,9 @@ BASE_IMAGE="${BASE_IMAGE:-localhost/pinhole-base:bookworm}"
 SUITE="${SUITE:-bookworm}"
 WHEELHOUSE="$ROOT/build/wheelhouse"
 DEBS="$ROOT/build/debs"
-# Every folder under services/ with a __main__.py is a service and a Dockerfile target.
-SERVICES="${SERVICES:-$(cd "$ROOT/services" && for d in */; do [ -f "$d/__main__.py" ] && printf '%s ' "${d%/}"; done)}"
+# Every folder under services/ with a __main__.py is a service and a Dockerfile target, but the switch: it
+# impairs the namespace lab's own bridge, which container labs (engine networks) and k8s do not have.
+SERVICES="${SERVICES:-$(cd "$ROOT/services" && for d in */; do [ -f "$d/__main__.py" ] && [ "$d" != switch/ ] && printf '%s ' "${d%/}"; done)}"
 # Dockerfile targets that are not services: the controller (k8s/controller/job.yaml). Empty: services only.
 EXTRA_TARGETS="${EXTRA_TARGETS-controller}"
 

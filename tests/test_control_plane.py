@@ -19,6 +19,7 @@ SERVICES = {
     "proxy": "pinhole.rpc.v1.Proxy",
     "natgw": "pinhole.rpc.v1.NatGateway",
     "stunserver": "pinhole.rpc.v1.StunServer",
+    "switch": "pinhole.rpc.v1.Switch",
 }
 
 

@@ -18,9 +18,10 @@ import pytest
 
 from netns.lab import NetnsLab, in_netns, parse_topology, pids_in_netns
 from pinhole import dtls, stun
-from services.natgw import conntrack, nfqueue, ruleset
-from services.natgw.faults import (
+from pinhole.faults import nfqueue
+from pinhole.faults.engine import (
     DUP_MARK_MASK,
+    BridgePorts,
     Decision,
     Delay,
     Direction,
@@ -33,19 +34,22 @@ from services.natgw.faults import (
     FaultPlan,
     FaultRule,
     Injected,
-    Link,
     Match,
     Reorder,
+    RoutedLinks,
     What,
+    check_plan,
     dup_mark,
     render_dup_table,
     view_of,
 )
-from services.natgw.nfqueue import NfQueue, NfqueueError, QueuedPacket
+from pinhole.faults.nfqueue import NfQueue, NfqueueError, QueuedPacket
+from services.natgw import conntrack, ruleset
 
 ALICE = ("10.99.1.10", 40000)
 BOB = ("198.51.100.40", 5000)
 STUN_SERVER = ("198.51.100.30", 3478)
+GATEWAY = RoutedLinks("lan", 1, "wan", 2)  # the ifindexes of _queued's packets
 
 
 def _invite(branch: str = "z9hG4bK1", cseq: str = "1 INVITE") -> bytes:
@@ -89,15 +93,15 @@ RTP = bytes([0x80, 0x00, 0x00, 0x01]) + b"\x00" * 8 + b"payload"
 
 
 def out(payload: bytes, peer=BOB):  # noqa: ANN001, ANN202
-    return view_of(ALICE, peer, payload, Direction.OUTBOUND, frozenset({Link.LAN, Link.WAN}), Link.LAN)
+    return view_of(ALICE, peer, payload, [("lan", Direction.OUTBOUND), ("wan", Direction.OUTBOUND)])
 
 
 def inbound(payload: bytes, peer=BOB):  # noqa: ANN001, ANN202
-    return view_of(peer, ALICE, payload, Direction.INBOUND, frozenset({Link.LAN, Link.WAN}), Link.WAN)
+    return view_of(peer, ALICE, payload, [("wan", Direction.INBOUND), ("lan", Direction.INBOUND)])
 
 
 def engine(*rules: dict, seed: int = 0) -> FaultEngine:
-    return FaultEngine(FaultPlan.from_dict({"seed": seed, "rules": list(rules)}), lan_ifindex=1, wan_ifindex=2)
+    return FaultEngine(FaultPlan.from_dict({"seed": seed, "rules": list(rules)}), GATEWAY)
 
 
 def fired(e: FaultEngine, view) -> list[str]:  # noqa: ANN001
@@ -217,8 +221,45 @@ def test_direction_link_and_peer() -> None:
     assert fired(e, out(_stun_request(), peer=STUN_SERVER)) == ["to-port"]
     assert fired(e, out(_stun_request(b"\x02" * 12))) == ["to-bob"]
     rtcp = bytes([0x80, 201, 0, 1]) + b"\x00" * 4
-    local = view_of(ALICE, BOB, rtcp, None, frozenset({Link.WAN}))  # not forwarded from/to the LAN
+    local = view_of(ALICE, BOB, rtcp, [("wan", None)])  # not forwarded from/to the LAN
     assert fired(e, local) == [] and fired(e, out(rtcp)) == ["lan"]
+
+
+def test_bridge_ports_name_the_link_and_direction_of_a_bridged_packet() -> None:
+    """On the switch a packet leaves its sender's port (outbound) and enters its receiver's (inbound);
+    `peer` is the far end of the link the rule matched."""
+    ports = BridgePorts({7: "bob", 8: "proxy-b"})
+    plan = FaultPlan.from_dict(
+        {
+            "rules": [
+                {"name": "to-bob", "link": "bob", "direction": "inbound", "what": "sip:INVITE", "action": "drop"},
+                {"name": "from-bob", "link": "bob", "direction": "outbound", "peer": "203.0.113.20", "action": "delay",
+                 "seconds": 0.5},
+            ]
+        }
+    )
+    e = FaultEngine(plan, ports)
+    proxy_b, bob = ("203.0.113.20", 5060), ("203.0.113.40", 5060)
+    to_bob = QueuedPacket(1, 2, 3, 3, _ip_udp(proxy_b, bob, _invite()), physindev=8, physoutdev=7)
+    view = e.view(to_bob)
+    assert view is not None and view.crossings == (("proxy-b", Direction.OUTBOUND), ("bob", Direction.INBOUND))
+    decision = e.decide(view)
+    assert decision.drop and decision.fired[0].crossing == ("bob", Direction.INBOUND)
+    from_bob = e.view(QueuedPacket(2, 2, 3, 3, _ip_udp(bob, proxy_b, RTP), physindev=7, physoutdev=8))
+    assert from_bob is not None and [f.rule.name for f in e.decide(from_bob).fired] == ["from-bob"]
+    routed = e.view(QueuedPacket(3, 2, 3, 3, _ip_udp(bob, proxy_b, RTP)))  # not bridged: no port, no link
+    assert routed is not None and routed.crossings == () and e.decide(routed).untouched
+
+
+def test_a_service_refuses_links_and_actions_it_does_not_have() -> None:
+    switch = BridgePorts({7: "bob"})
+    with pytest.raises(FaultError, match=r"^rules\[0\]\.link: 'lan' is not a link here \(one of bob\)$"):
+        check_plan(FaultPlan.from_dict({"rules": [{"link": "lan", "action": "drop"}]}), switch)
+    with pytest.raises(FaultError, match=r"^rules\[0\]\.action: expire-mapping is not carried out here"):
+        FaultEngine(FaultPlan.from_dict({"rules": [{"link": "bob", "action": "expire-mapping"}]}), switch)
+    with pytest.raises(FaultError, match=r"^rules\[0\]\.link: 'bob' is not a link here \(one of lan, wan\)$"):
+        check_plan(FaultPlan.from_dict({"rules": [{"link": "bob", "action": "drop"}]}), GATEWAY)
+    check_plan(FaultPlan.from_dict({"rules": [{"link": "wan", "action": "expire-mapping"}]}), GATEWAY)
 
 
 def test_occurrence_window_and_drop_precedence() -> None:
@@ -280,8 +321,11 @@ def test_actions_combine() -> None:
         ({"rules": [{"action": "drop", "probability": 1.5}]}, "rules[0].probability: 1.5 is not a number in (0, 1]"),
         ({"rules": [{"action": "drop", "nth": 0}]}, "rules[0].nth: 0 is not an integer >= 1"),
         ({"rules": [{"action": "drop", "count": -1}]}, "rules[0].count: -1 is not an integer >= 0 (0 = no limit)"),
-        ({"rules": [{"action": "drop", "link": "dmz"}]}, "rules[0].link: 'dmz' is not lan or wan"),
-        ({"rules": [{"action": "drop", "direction": "in"}]}, "rules[0].direction: 'in' is not inbound (toward Alice)"),
+        ({"rules": [{"action": "drop", "link": "DMZ!"}]}, "rules[0].link: 'DMZ!' is not a link name (lan, wan,"),
+        (
+            {"rules": [{"action": "drop", "direction": "in"}]},
+            "rules[0].direction: 'in' is not inbound (toward the link's host",
+        ),
         ({"rules": [{"action": "drop", "what": "dtls:hello"}]}, "rules[0].what: 'dtls:hello': unknown DTLS message"),
         ({"rules": [{"action": "drop", "peer": "bob"}]}, "rules[0].peer: 'bob': 'bob' is not an IPv4 address"),
         (
@@ -420,6 +464,24 @@ def test_queue_rules_render() -> None:
         nfqueue.render_queue_rules(9, [("lan 0", "wan0")])
 
 
+
+def test_bridged_packets_carry_their_ports_and_bridged_queue_rules_render() -> None:
+    """br_netfilter queues a bridged packet with its bridge ports as NFQA_IFINDEX_PHYSINDEV/PHYSOUTDEV (7, 8)."""
+    message = _packet_message(44, b"\x45", indev=3, outdev=3)
+    ports = struct.pack("=HH", 8, 7) + struct.pack("!I", 11) + struct.pack("=HH", 8, 8) + struct.pack("!I", 12)
+    body = message[16:] + ports
+    [packet] = nfqueue.parse_messages(struct.pack("=IHHII", 16 + len(body), 3 << 8, 0, 0, 0) + body).packets
+    assert (packet.indev, packet.outdev, packet.physindev, packet.physoutdev) == (3, 3, 11, 12)
+    assert nfqueue.parse_packet(_packet_message(45, b"x")[16:]).physindev == 0  # routed: no port
+    assert nfqueue.render_queue_rules(2, [("", ""), ("p-bob", "")], bridged=True) == [
+        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-m", "physdev", "--physdev-is-bridged", "-p", "udp"]
+        + ["-j", "NFQUEUE", "--queue-num", "2", "--queue-bypass"],
+        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-m", "physdev", "--physdev-is-bridged", "--physdev-in", "p-bob"]
+        + ["-p", "udp", "-j", "NFQUEUE", "--queue-num", "2", "--queue-bypass"],
+    ]
+    with pytest.raises(nfqueue.QueueRuleError, match="'' is not an interface name"):
+        nfqueue.render_queue_rules(2, [("", "wan0")])  # only bridge ports may be left open
+
 # --------------------------------------------------------------------------- the driver, on a fake queue
 
 
@@ -478,7 +540,7 @@ def test_injector_schedules_verdicts() -> None:
             }
         )
         injector = FaultInjector(
-            queue, FaultEngine(plan, lan_ifindex=1, wan_ifindex=2), on_fault=events.append, expire=expire
+            queue, FaultEngine(plan, GATEWAY), on_fault=events.append, expire=expire
         )  # type: ignore[arg-type]
         hello, again = _client_hellos(2)
         for number, payload, outbound in [
@@ -609,7 +671,7 @@ class Path_:
         directions = {d.value for d in plan.directions()}
         ruleset.apply_faults(ruleset.FaultPath(QUEUE, directions), lan_if="lan0", wan_if="wan0", netns=self.ns)
         queue = NfQueue(QUEUE, netns=self.ns)
-        engine = FaultEngine(plan, lan_ifindex=self.ifindex("lan0"), wan_ifindex=self.ifindex("wan0"))
+        engine = FaultEngine(plan, RoutedLinks("lan", self.ifindex("lan0"), "wan", self.ifindex("wan0")))
         ns = self.ns
         self.injector = FaultInjector(
             queue,
@@ -622,7 +684,7 @@ class Path_:
 
 
 def _expire_in(internal: tuple[str, int], ns: str) -> int:
-    from services.natgw.faults import expire_mapping
+    from pinhole.faults.engine import expire_mapping
 
     return expire_mapping(internal, netns=ns)
 
@@ -927,9 +989,27 @@ def test_grpc_plans_are_validated_with_the_proto_field_names() -> None:
     assert _proto_error(two) == "rules[1].name: 'a' is already the name of rules[0]"
 
 
+def test_grpc_plans_name_any_link_by_link_name() -> None:
+    from pinhole.faults.wire import fault_plan, fault_plan_proto
+    from pinhole.rpc.v1 import faults_pb2 as pb
+
+    def rule(**match) -> pb.FaultPlan:
+        return pb.FaultPlan(rules=[pb.FaultRule(name="r", match=pb.FaultMatch(**match), drop=pb.FaultDrop())])
+
+    plan = fault_plan(rule(link_name="bob", direction=pb.FAULT_DIRECTION_INBOUND))
+    assert plan.rules[0].match.link == "bob"
+    assert fault_plan(rule(link=pb.FAULT_LINK_LAN, link_name="lan")).rules[0].match.link == "lan"
+    back = fault_plan_proto(plan).rules[0].match
+    assert (back.link_name, back.link) == ("bob", pb.FAULT_LINK_ANY)
+    with pytest.raises(FaultError, match=r"^rules\[0\]\.match\.link_name: 'bob' contradicts match\.link 'wan'"):
+        fault_plan(rule(link=pb.FAULT_LINK_WAN, link_name="bob"))
+    with pytest.raises(FaultError, match=r"rules\[0\]\.match\.link_name: 'bob' is not a link here \(one of lan, wan\)"):
+        fault_plan(rule(link_name="bob"), GATEWAY)
+
+
 def test_grpc_plans_round_trip_with_defaults_filled_in() -> None:
+    from pinhole.faults.wire import fault_plan, fault_plan_proto
     from pinhole.rpc.v1 import natgw_pb2 as pb
-    from services.natgw.fault_wire import fault_plan, fault_plan_proto
 
     request = pb.FaultPlan(
         seed=5,
@@ -986,7 +1066,7 @@ def test_expire_mapping_also_forgets_what_endpoint_independent_filtering_admits(
     ruleset.apply(script, netns=path.ns)
 
     async def expire(internal: tuple[str, int]) -> int:
-        from services.natgw.faults import expire_mapping
+        from pinhole.faults.engine import expire_mapping
 
         deleted = await asyncio.to_thread(expire_mapping, internal, netns=path.ns)
         return deleted + await settle(internal)

@@ -28,10 +28,11 @@ from pinhole import demux, telemetry
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
-from pinhole.controller.scenario import SCENARIOS, Scenario, fault_plan
+from pinhole.controller.scenario import SCENARIOS, Scenario, ScenarioError, fault_links, fault_plans
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
+    hosts_service,
     local_targets,
     start_services,
     to_dict,
@@ -177,8 +178,9 @@ def lab_down(lab: Any, *, keep_logs: Path | None = None) -> float:
     return seconds
 
 
-def service_kinds(topology: Any) -> dict[str, str]:
-    return {n.name: n.service for n in topology.nodes.values() if getattr(n, "service", None)}
+def service_kinds(topology: Any, lab: Any = None) -> dict[str, str]:
+    """node -> service of every node whose service runs (in `lab`: a container lab runs no switch)."""
+    return {n.name: n.service for n in topology.nodes.values() if hosts_service(lab, n)}
 
 
 @dataclass(frozen=True)
@@ -576,7 +578,7 @@ def run(
         receiver.start()
     receiver.clear()
     tracer_provider = capture = None
-    kinds = service_kinds(topology)
+    kinds = service_kinds(topology, lab)
     clients = ServiceClients.local(lab.run_dir, kinds)
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
@@ -588,9 +590,9 @@ def run(
     finally:
         if capture is not None:
             capture.stop()
-        if scenario.faults:  # the lab may stay up for other runs
+        for node in sorted(set(fault_links().values()) & set(kinds)) if scenario.faults else ():  # the lab may stay up
             with contextlib.suppress(grpc.RpcError):
-                clients.stub("natgw").ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
+                clients.stub(node).ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
         clients.close()
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the run's own span

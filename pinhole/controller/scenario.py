@@ -131,7 +131,7 @@ class Scenario:
     expect: Expectation | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
-    faults: dict[str, Any] | None = None  # a fault plan for the gateway (FaultPlan.from_dict), peers may be nodes
+    faults: dict[str, Any] | None = None  # a fault plan (FaultPlan.from_dict): gateway and switch; peers may be nodes
     flow: str = figures.DEFAULT_FLOW  # the RFC 5763 figure the call is judged against, check by check
     reinvites: tuple[Reinvite, ...] = ()  # re-offers made in turn once SRTP flows both ways (RFC 5763 §6.6)
 
@@ -350,22 +350,88 @@ def parse_reinvites(value: Any, where: str) -> tuple[Reinvite, ...]:
 
 
 PLACEHOLDER = "192.0.2.1"  # stands for a node's address while a plan is validated (TEST-NET-1)
+GATEWAY_LINKS = ("lan", "wan")  # the NAT gateway's links; a rule without `link` is the gateway's too
 
 
-def parse_faults(rules: Any, seed: Any, where: str) -> dict[str, Any]:
-    """A fault plan for the NAT gateway, validated by the gateway's own rules (services/natgw/faults.py).
+def fault_links(topology: Any = None) -> dict[str, str]:
+    """Every link a fault rule may name -> the node whose service impairs it: `lan` and `wan` are the
+    NAT gateway's, a public node's name (`bob`) is the link between that node and the switch."""
+    topology = topology if topology is not None else _topology()
+    out: dict[str, str] = {}
+    for node in topology.nodes.values():
+        if node.service == "natgw":
+            out.update(dict.fromkeys(GATEWAY_LINKS, node.name))
+        elif node.service == "switch":
+            for link in topology.links:
+                for (end, _), (other, _) in ((link.a, link.b), (link.b, link.a)):
+                    if end == node.name:
+                        out[other] = node.name
+    return out
+
+
+def _fault_places(topology: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(link -> node, node -> its engine.LinkMap with stand-in ifindexes: names and actions only)."""
+    from pinhole.faults.engine import BridgePorts, RoutedLinks
+
+    links = fault_links(topology)
+    kinds = {node: topology.nodes[node].service for node in set(links.values())}
+    places = {
+        node: RoutedLinks(GATEWAY_LINKS[0], 1, GATEWAY_LINKS[1], 2)
+        if kind == "natgw"
+        else BridgePorts(dict(enumerate(sorted(link for link, n in links.items() if n == node), start=1)))
+        for node, kind in kinds.items()
+    }
+    return links, places
+
+
+def _split_faults(rules: list[Any], links: dict[str, str]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """node -> its (index in the file, rule) pairs; a rule without a name gets the file's rule<N>."""
+    gateway = next((node for link, node in links.items() if link in GATEWAY_LINKS), "")
+    out: dict[str, list[tuple[int, dict[str, Any]]]] = {node: [] for node in set(links.values())}
+    for index, rule in enumerate(rules):
+        node = links.get(rule.get("link") or GATEWAY_LINKS[0], gateway)
+        out.setdefault(node, []).append((index, {**rule, "name": rule.get("name") or f"rule{index + 1}"}))
+    return out
+
+
+def parse_faults(rules: Any, seed: Any, where: str, topology: Any = None) -> dict[str, Any]:
+    """A fault plan, validated by the engine's own rules (pinhole/faults/engine.py), then split by
+    link: `lan`, `wan` or none go to the NAT gateway, a public node's name to the switch, and each
+    must be an action that service carries out.
 
     `peer` may name a node of the topology ("bob", "stun"); the run puts its address there."""
-    from services.natgw.faults import FaultError, FaultPlan
+    from pinhole.faults.engine import FaultError, FaultPlan, check_plan
 
     if not isinstance(rules, list):
-        raise _fail(f"{where}.faults", "a list of rules: {name, direction, what, peer, nth, count, action, ...}")
+        raise _fail(f"{where}.faults", "a list of rules: {name, link, direction, what, peer, nth, count, action, ...}")
     plan = {"rules": rules, "seed": seed}
     try:
         FaultPlan.from_dict({"rules": [_with_peer(r, lambda node: PLACEHOLDER) for r in rules], "seed": seed})
     except FaultError as error:
         raise _fail(f"{where}.faults", str(error)) from None
+    links, places = _fault_places(topology if topology is not None else _topology())
+    for index, rule in enumerate(rules):
+        if rule.get("link") and rule["link"] not in links:
+            public = ", ".join(sorted(set(links) - set(GATEWAY_LINKS)))
+            raise _fail(
+                f"{where}.faults",
+                f"rules[{index}].link: {rule['link']!r} is not lan, wan or a node on the public switch ({public})",
+            )
+    for node, pairs in _split_faults(rules, links).items():
+        for index, rule in pairs:
+            try:
+                check_plan(FaultPlan.from_dict({"rules": [_with_peer(rule, lambda node: PLACEHOLDER)]}), places[node])
+            except FaultError as error:
+                link = rule.get("link") or "lan"
+                why = str(error).removeprefix("rules[0].")
+                raise _fail(f"{where}.faults", f"rules[{index}].{why} (link {link!r} is the {node} node's)") from None
     return plan
+
+
+def _topology() -> Any:
+    from netns.lab import load_topology
+
+    return load_topology()
 
 
 def _with_peer(rule: Any, address_of: Any) -> Any:
@@ -378,10 +444,12 @@ def _with_peer(rule: Any, address_of: Any) -> Any:
     return {**rule, "peer": address_of(host) + (f":{port}" if port else "")}
 
 
-def fault_plan(scenario: Scenario, addresses: dict[str, str]) -> natgw_pb2.FaultPlan:
-    """The scenario's faults as the gateway's SetFaults request, node names resolved to `addresses`."""
-    from services.natgw.fault_wire import fault_plan_proto
-    from services.natgw.faults import FaultPlan
+def fault_plans(scenario: Scenario, addresses: dict[str, str], topology: Any = None) -> dict[str, natgw_pb2.FaultPlan]:
+    """The scenario's faults as each fault-injecting service's SetFaults request, node -> plan (the
+    NAT gateway's and the switch's nodes, each present: a node without rules gets an empty plan, which
+    clears what a lab that stays up kept from its last run); node names in `peer` resolved to `addresses`."""
+    from pinhole.faults.engine import FaultPlan
+    from pinhole.faults.wire import fault_plan_proto
 
     doc = scenario.faults or {"rules": [], "seed": 0}
 
@@ -391,8 +459,19 @@ def fault_plan(scenario: Scenario, addresses: dict[str, str]) -> natgw_pb2.Fault
             raise ScenarioError(f"{scenario.source}.faults: peer {node!r} is no node of the lab ({nodes})")
         return addresses[node]
 
-    rules = [_with_peer(rule, address_of) for rule in doc["rules"]]
-    return fault_plan_proto(FaultPlan.from_dict({"rules": rules, "seed": doc["seed"]}))
+    links = fault_links(topology)
+    return {
+        node: fault_plan_proto(
+            FaultPlan.from_dict({"rules": [_with_peer(rule, address_of) for _, rule in pairs], "seed": doc["seed"]})
+        )
+        for node, pairs in sorted(_split_faults(doc["rules"], links).items())
+    }
+
+
+def fault_plan(scenario: Scenario, addresses: dict[str, str]) -> natgw_pb2.FaultPlan:
+    """The NAT gateway's part of the scenario's faults (see fault_plans)."""
+    gateway = fault_links().get(GATEWAY_LINKS[0], "natgw")
+    return fault_plans(scenario, addresses).get(gateway, natgw_pb2.FaultPlan())
 
 
 @dataclass(frozen=True)

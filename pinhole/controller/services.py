@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pinhole.rpc.v1 import natgw_pb2_grpc, proxy_pb2_grpc, stunserver_pb2_grpc, useragent_pb2_grpc
+from pinhole.rpc.v1 import natgw_pb2_grpc, proxy_pb2_grpc, stunserver_pb2_grpc, switch_pb2_grpc, useragent_pb2_grpc
 
 STUBS = {
     "useragent": useragent_pb2_grpc.UserAgentStub,
     "proxy": proxy_pb2_grpc.ProxyStub,
     "natgw": natgw_pb2_grpc.NatGatewayStub,
     "stunserver": stunserver_pb2_grpc.StunServerStub,
+    "switch": switch_pb2_grpc.SwitchStub,
 }
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> l
     `run_dir`: the lab's run directory as the service sees it. `name_interfaces`: false where the
     interfaces do not carry the topology's names (containers: the NAT finds them by address).
     """
-    address = node.addresses[0].split("/")[0]
+    address = node.addresses[0].split("/")[0] if node.addresses else ""  # a switch has none
     argv = [
         sys.executable,
         "-m",
@@ -86,6 +87,8 @@ def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> l
         argv += ["--listen", f"{address}:{port}"]
         if len(node.addresses) > 1:  # a second address: an RFC 5780 server (it copes if it lacks the address)
             argv += ["--alternate", f"{node.addresses[1].split('/')[0]}:{extra.get('stun_alternate_port', port + 1)}"]
+    if node.service == "switch":
+        argv += ["--bridge", node.bridge]
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
         if name_interfaces:
@@ -97,6 +100,14 @@ def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> l
             str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network),
         ]
     return argv
+
+
+def hosts_service(lab: Any, node: Any) -> bool:
+    """Whether `lab` runs the service of topology `node`: a container lab has no switch namespace (its
+    segments are engine networks), so no switch service."""
+    if not getattr(node, "service", None):
+        return False
+    return not (getattr(lab, "runs_containers", False) and node.kind == "switch")
 
 
 def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
@@ -114,9 +125,14 @@ def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None
 
 
 def start_services(
-    lab: Any, topology: Any, *, otlp_endpoint: str, extra_env: dict[str, str] | None = None
+    lab: Any,
+    topology: Any,
+    *,
+    otlp_endpoint: str,
+    extra_env: dict[str, str] | None = None,
+    only: Iterable[str] | None = None,
 ) -> dict[str, int]:
-    """Start every service of the topology on its node; returns node -> host PID.
+    """Start every service of the topology on its node (or those of `only`); returns node -> host PID.
 
     Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings). Processes in
     namespaces inherit the controller's environment minus its OTEL_* settings (none of the caller's
@@ -132,7 +148,7 @@ def start_services(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     pids = {}
     for node in topology.nodes.values():
-        if not getattr(node, "service", None):
+        if not hosts_service(lab, node) or (only is not None and node.name not in only):
             continue
         argv = service_argv(node, lab.service_run_dir, name_interfaces=not containers)
         process = lab.spawn(node.name, argv, log_path=lab.run_dir / f"{node.name}.log", env=env)

@@ -6,7 +6,7 @@ observes: every inbound packet the ruleset drops arrives here over NFLOG and is 
 (STUN / DTLS with handshake type / RTP / other) so the lab can show *which* message died.
 
 It also injects faults when asked (SetFaults): loss, delay, duplication, reordering and expired
-mappings on the packets of Alice's path, decided packet by packet from an NFQUEUE (faults.py); each
+mappings on the packets of Alice's path, decided packet by packet from an NFQUEUE (pinhole/faults/); each
 injected fault is a `fault.injected` event in the call's trace, correlated like the drops.
 """
 
@@ -25,14 +25,16 @@ from collections import Counter
 import grpc
 
 from pinhole import demux
+from pinhole.calls import CallDirectory
 from pinhole.events import Counters, EventLog
+from pinhole.faults import engine as faults
+from pinhole.faults import nfqueue
+from pinhole.faults.engine import FaultEngine, FaultError, FaultInjector, FaultPlan, Injected, RoutedLinks
+from pinhole.faults.wire import fault_plan, fault_plan_proto
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
-from services.natgw import conntrack, faults, kernel, nfqueue, ruleset
-from services.natgw.calls import CallDirectory
-from services.natgw.fault_wire import fault_plan, fault_plan_proto
-from services.natgw.faults import FaultEngine, FaultError, FaultInjector, FaultPlan, Injected
+from services.natgw import conntrack, kernel, ruleset
 from services.natgw.nflog import LoggedPacket, NflogReader
 
 log = logging.getLogger("natgw")
@@ -268,15 +270,17 @@ class NatGateway:
 
     # -- faults ---------------------------------------------------------------------------------
 
+    def fault_links(self) -> RoutedLinks:
+        """The fault engine's links: lan (inside) and wan (outside)."""
+        return RoutedLinks("lan", socket.if_nametoindex(self.lan_if), "wan", socket.if_nametoindex(self.wan_if))
+
     async def set_faults(self, plan: FaultPlan) -> None:
         """Apply `plan` to the packets to come (no rules: clear). The queue socket is bound before
         the rules feed it, and a new plan replaces the old one's decisions and occurrence counts."""
         if not plan.rules:
             await self.clear_faults()
             return
-        engine = FaultEngine(
-            plan, lan_ifindex=socket.if_nametoindex(self.lan_if), wan_ifindex=socket.if_nametoindex(self.wan_if)
-        )
+        engine = FaultEngine(plan, self.fault_links())
         if self.injector is None:
             queue = nfqueue.NfQueue(self.fault_queue)
             self.injector = FaultInjector(
@@ -512,7 +516,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
 
     async def SetFaults(self, request, context):  # noqa: N802
         try:
-            plan = fault_plan(request)
+            plan = fault_plan(request, self.gateway.fault_links())
         except FaultError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:

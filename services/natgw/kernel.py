@@ -6,28 +6,15 @@ namespace name and enter it for the call only.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import ipaddress
 import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-
-@contextlib.contextmanager
-def in_namespace(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-        return
-    from netns.lab import (
-        in_netns,  # only callers outside the namespace (tests, controller)
-    )
-
-    with in_netns(netns):
-        yield
-
+from pinhole.faults.nfnetlink import in_namespace  # shared with the fault engine
 
 SIOCGIFADDR = 0x8915
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from services.natgw import nfnetlink
-from services.natgw.nfnetlink import NFGENMSG, NLM_F_ACK, NLM_F_REQUEST
+from pinhole.faults import nfnetlink
+from pinhole.faults.nfnetlink import NFGENMSG, NLM_F_ACK, NLM_F_REQUEST
 
 __all__ = [
     "LoggedPacket",

@@ -620,7 +620,7 @@ def _ensure_conntrack() -> None:
         )
 
 
-# --------------------------------------------------------------------------- faults (services/natgw/faults.py)
+# --------------------------------------------------------------------------- faults (pinhole/faults/engine.py)
 #
 # While a fault plan is set, the forwarded UDP of the directions its rules can select goes to an
 # NFQUEUE (the fault engine decides each packet), and a table `ip pinhole_faults` copies the packets
@@ -656,14 +656,16 @@ def _fault_paths(path: FaultPath, lan_if: str, wan_if: str) -> list[tuple[str, s
 
 def render_faults(path: FaultPath, *, lan_if: str = "lan0", wan_if: str = "wan0") -> tuple[str, list[list[str]]]:
     """(the nft script of table ip pinhole_faults, the iptables argument lists of the queue rules) (pure)."""
-    from services.natgw import faults, nfqueue
+    from pinhole.faults import engine as faults
+    from pinhole.faults import nfqueue
 
     return faults.render_dup_table(), nfqueue.render_queue_rules(path.queue, _fault_paths(path, lan_if, wan_if))
 
 
 def apply_faults(path: FaultPath, *, lan_if: str, wan_if: str, netns: str | None = None) -> None:
     """Load the dup table, then (re)load the queue rules (idempotent: a new plan replaces the old path)."""
-    from services.natgw import faults, nfqueue
+    from pinhole.faults import engine as faults
+    from pinhole.faults import nfqueue
 
     _nft(["-f", "-"], faults.render_dup_table(), netns)
     nfqueue.install_queue_rules(path.queue, _fault_paths(path, lan_if, wan_if), netns=netns)
@@ -672,7 +674,8 @@ def apply_faults(path: FaultPath, *, lan_if: str, wan_if: str, netns: str | None
 def remove_faults(*, netns: str | None = None) -> None:
     """Queue nothing and copy nothing any more (idempotent; the queue rules first, so that no packet
     is queued after the engine has gone)."""
-    from services.natgw import faults, nfqueue
+    from pinhole.faults import engine as faults
+    from pinhole.faults import nfqueue
 
     nfqueue.remove_queue_rules(netns=netns)
     _nft(["-f", "-"], f"table ip {faults.DUP_TABLE}\ndelete table ip {faults.DUP_TABLE}\n", netns)

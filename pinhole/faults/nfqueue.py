@@ -4,7 +4,7 @@ nfnetlink_queue (NETLINK_NETFILTER, subsystem 3) parks each queued packet in the
 copy to the socket bound to the queue; the packet goes on only when that socket sends a verdict for
 its id: accept (the packet continues with the next hook function, optionally with a new mark) or
 drop. Verdicts may come in any order and any time later: a packet can be held (a delay) while later
-ones are accepted (reordering), which is what the NAT gateway's fault engine (faults.py) does.
+ones are accepted (reordering), which is what the fault engine (engine.py) does.
 
 Why xtables: this kernel has no nftables `queue` statement (CONFIG_NFT_QUEUE is off, see
 FIELD-NOTES), but the xtables NFQUEUE target is built in, so the gateway feeds the queue from an
@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.natgw import nfnetlink
-from services.natgw.nfnetlink import NFGENMSG, NLM_F_ACK, NLM_F_REQUEST
+from pinhole.faults import nfnetlink
+from pinhole.faults.nfnetlink import NFGENMSG, NLM_F_ACK, NLM_F_REQUEST, in_namespace
 
 __all__ = [
     "ACCEPT",
@@ -80,6 +80,8 @@ NFQA_MARK = 3
 NFQA_TIMESTAMP = 4
 NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
+NFQA_IFINDEX_PHYSINDEV = 7  # a bridged packet (br_netfilter): the bridge port it came in by
+NFQA_IFINDEX_PHYSOUTDEV = 8  # ... and the port it leaves by
 NFQA_PAYLOAD = 10
 NFQA_CAP_LEN = 13
 # enum nfqnl_attr_config
@@ -117,7 +119,8 @@ class QueuedPacket:
     """One packet parked in the kernel until a verdict names its `packet_id`.
 
     `hook` is the netfilter hook (2 = forward), `indev`/`outdev` the ifindexes it came in on and
-    will leave by (0 if none), `mark` its skb mark, `payload` the IP packet, `timestamp` the
+    will leave by (0 if none), `physindev`/`physoutdev` the bridge ports of a bridged packet (0 if
+    it is routed, not bridged), `mark` its skb mark, `payload` the IP packet, `timestamp` the
     kernel's receive time if the packet carried one, else None; `received` is when this process
     read it (time.time()).
     """
@@ -130,6 +133,8 @@ class QueuedPacket:
     mark: int = 0
     timestamp: float | None = None
     received: float = 0.0
+    physindev: int = 0
+    physoutdev: int = 0
 
 
 def _check_queue(queue: int) -> None:
@@ -193,7 +198,7 @@ def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
     if len(body) < NFGENMSG.size:
         raise NfqueueError(f"packet message body is {len(body)} bytes, shorter than nfgenmsg")
     header: tuple[int, int, int] | None = None
-    indev = outdev = mark = 0
+    indev = outdev = physindev = physoutdev = mark = 0
     payload = b""
     timestamp = None
     for kind, value in nfnetlink.iter_attrs(body[NFGENMSG.size :], "packet message", NfqueueError):
@@ -205,6 +210,10 @@ def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
             indev = struct.unpack_from("!I", value)[0]
         elif kind == NFQA_IFINDEX_OUTDEV and len(value) >= 4:
             outdev = struct.unpack_from("!I", value)[0]
+        elif kind == NFQA_IFINDEX_PHYSINDEV and len(value) >= 4:
+            physindev = struct.unpack_from("!I", value)[0]
+        elif kind == NFQA_IFINDEX_PHYSOUTDEV and len(value) >= 4:
+            physoutdev = struct.unpack_from("!I", value)[0]
         elif kind == NFQA_MARK and len(value) >= 4:
             mark = struct.unpack_from("!I", value)[0]
         elif kind == NFQA_PAYLOAD:
@@ -224,6 +233,8 @@ def parse_packet(body: bytes, received: float = 0.0) -> QueuedPacket:
         mark=mark,
         timestamp=timestamp,
         received=received,
+        physindev=physindev,
+        physoutdev=physoutdev,
     )
 
 
@@ -386,8 +397,6 @@ def kernel_stats(queue: int, *, netns: str | None = None) -> dict[str, int] | No
     """The kernel's view of `queue` (/proc/net/netfilter/nfnetlink_queue): held (queue_total),
     queue_dropped (full queue, without fail-open), user_dropped (socket buffer full, without
     fail-open), id_sequence (the last packet id). None while no socket is bound to it."""
-    from services.natgw.kernel import in_namespace
-
     with in_namespace(netns):
         try:
             text = PROC_QUEUES.read_text()
@@ -414,29 +423,36 @@ def iptables_tool() -> str:
     raise QueueRuleError("iptables is not installed (Debian package iptables): the NFQUEUE rule needs it")
 
 
-def render_queue_rules(queue: int, paths: Sequence[tuple[str, str]], *, chain: str = CHAIN) -> list[list[str]]:
+def render_queue_rules(
+    queue: int, paths: Sequence[tuple[str, str]], *, chain: str = CHAIN, bridged: bool = False
+) -> list[list[str]]:
     """The iptables argument lists (table mangle) that send the UDP packets forwarded along each
     (in interface, out interface) of `paths` to `queue`, with --queue-bypass (no socket bound:
     accept). Pure. Only forwarded packets: what the gateway itself sends or receives (gRPC, the
-    VXLAN carrying Alice's link in a pod) is never queued."""
+    VXLAN carrying Alice's link in a pod) is never queued. `bridged`: the interfaces are bridge
+    ports ("" = any port) and only bridged packets are queued (`-m physdev`: br_netfilter hands
+    bridged IPv4 to the same FORWARD hook when bridge-nf-call-iptables is 1)."""
     _check_queue(queue)
     if not IFNAME_RE.match(chain) or len(chain) > 28:
         raise QueueRuleError(f"chain name {chain!r} is not an iptables chain name")
     rules = []
     for in_if, out_if in paths:
         for name in (in_if, out_if):
-            if not isinstance(name, str) or not IFNAME_RE.match(name):
+            if not isinstance(name, str) or not (IFNAME_RE.match(name) or (bridged and name == "")):
                 raise QueueRuleError(f"{name!r} is not an interface name (1-15 of [A-Za-z0-9_.-])")
+        if bridged:
+            where = ["-m", "physdev", "--physdev-is-bridged"]
+            where += (["--physdev-in", in_if] if in_if else []) + (["--physdev-out", out_if] if out_if else [])
+        else:
+            where = ["-i", in_if, "-o", out_if]
         rules.append(
-            ["-t", "mangle", "-A", chain, "-i", in_if, "-o", out_if, "-p", "udp"]
+            ["-t", "mangle", "-A", chain, *where, "-p", "udp"]
             + ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
         )
     return rules
 
 
 def _iptables(args: list[str], netns: str | None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    from services.natgw.kernel import in_namespace
-
     tool = iptables_tool()
     with in_namespace(netns):
         result = subprocess.run([tool, "-w", *args], capture_output=True, text=True, check=False)
@@ -446,11 +462,16 @@ def _iptables(args: list[str], netns: str | None, *, check: bool = True) -> subp
 
 
 def install_queue_rules(
-    queue: int, paths: Sequence[tuple[str, str]], *, netns: str | None = None, chain: str = CHAIN
+    queue: int,
+    paths: Sequence[tuple[str, str]],
+    *,
+    netns: str | None = None,
+    chain: str = CHAIN,
+    bridged: bool = False,
 ) -> None:
-    """(Re)load the queue rules: chain `chain` in table mangle holds exactly the rules of `paths`,
-    and FORWARD jumps to it first. Idempotent."""
-    rules = render_queue_rules(queue, paths, chain=chain)
+    """(Re)load the queue rules: chain `chain` in table mangle holds exactly the rules of `paths`
+    (see render_queue_rules), and FORWARD jumps to it first. Idempotent."""
+    rules = render_queue_rules(queue, paths, chain=chain, bridged=bridged)
     if _iptables(["-t", "mangle", "-n", "-L", chain], netns, check=False).returncode == 0:
         _iptables(["-t", "mangle", "-F", chain], netns)
     else:
@@ -477,8 +498,6 @@ def remove_queue_rules(*, netns: str | None = None, chain: str = CHAIN) -> None:
         # it, delete it, so no hook is left behind (no faults, no cost)
         listing = _iptables(["-t", "mangle", "-S"], netns).stdout.splitlines()
         if all(line.startswith("-P ") and line.endswith(" ACCEPT") for line in listing):
-            from services.natgw.kernel import in_namespace
-
             nft = shutil.which("nft")
             if nft is not None:
                 with in_namespace(netns):

@@ -1,11 +1,12 @@
-"""Which call a packet at the NAT belongs to, learned from the SIP the NAT forwards.
+"""Which call a forwarded packet belongs to, learned from the SIP the forwarder sees.
 
 Media packets carry no trace context, but the signalling announced them: the offer's c=/m=
-is Alice's public media address (the NAT mapping she learned), the answer's is Bob's. The
+is Alice's public media address (the NAT mapping she learned), the answer's is Bob's. The NAT
 gateway reads a copy of every SIP datagram it forwards (NFLOG; it never changes one, so this
-is no ALG) and keeps media address -> (Call-ID, the trace context in the message's
-traceparent). A drop or a new mapping that involves one of those addresses then lands in that
-call's trace, also when many calls run at once (each has its own media ports).
+is no ALG), the switch the SIP its fault queue sees, and each keeps media address -> (Call-ID,
+the trace context in the message's traceparent). A drop, a new mapping or an injected fault
+that involves one of those addresses then lands in that call's trace, also when many calls run
+at once (each has its own media ports).
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class CallDirectory:
             return None
         carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
         return CallFlow(call_id, telemetry.extract(carrier))
+
+    def call_of(self, payload: bytes, *addresses: Address, sip: bool = False) -> CallFlow | None:
+        """The call of one datagram: a SIP message (`sip`) names its own; media is found by the first
+        of `addresses` an SDP announced."""
+        return (self.of_message(payload) if sip else None) or self.lookup(*addresses)
 
     def lookup(self, *addresses: Address) -> CallFlow | None:
         """The call of the first address that an SDP announced."""

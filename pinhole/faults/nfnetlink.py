@@ -1,4 +1,5 @@
-"""The nfnetlink plumbing nflog.py and nfqueue.py share: attributes, the socket, config acks, message walking.
+"""The nfnetlink plumbing NFLOG (the gateway's nflog.py) and NFQUEUE (nfqueue.py) share: attributes, the
+socket, config acks, message walking, and entering a lab namespace for a call.
 
 Both clients speak the same framing (netlink header, nfgenmsg, attributes) on a NETLINK_NETFILTER
 socket and configure their subsystem the same way (a request, then wait for its NLMSG_ERROR ack);
@@ -92,13 +93,24 @@ def walk_messages(data: bytes, tally: Tally) -> Iterator[tuple[int, int, bytes]]
         tally.odd += 1
 
 
+@contextlib.contextmanager
+def in_namespace(netns: str | None) -> Iterator[None]:
+    """Run the body in network namespace `netns` (None: here). A service runs inside its namespace;
+    tests and the controller pass the namespace's name and enter it for the call only."""
+    if netns is None:
+        yield
+        return
+    from netns.lab import in_netns  # only callers outside the namespace (tests, controller)
+
+    with in_netns(netns):
+        yield
+
+
 def open_socket(rcvbuf: int, netns: str | None = None) -> socket.socket:
     """A NETLINK_NETFILTER socket with a `rcvbuf` receive buffer (forced past rmem_max when allowed),
     created in `netns` if given (entered only for this)."""
     if netns is not None:
-        from netns.lab import in_netns
-
-        with in_netns(netns):
+        with in_namespace(netns):
             return open_socket(rcvbuf)
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:

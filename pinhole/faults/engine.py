@@ -1,13 +1,19 @@
-"""Declared faults, applied by the NAT gateway to the real packets of Alice's path (NFQUEUE).
+"""Declared faults, applied to the real packets a service forwards (NFQUEUE): the one impairment engine.
 
-The gateway sits on both links of Alice's path (lan: her LAN; wan: the public side), so every
-datagram to or from her crosses it. While a fault plan is set, the UDP it forwards goes through an
-NFQUEUE (nfqueue.py) and this module decides, packet by packet, what happens to it:
+Two services run it. The NAT gateway sits on both links of Alice's path (lan: her LAN; wan: the
+public side), so every datagram to or from her crosses it; the switch bridges the public segment,
+one port per public host, so every datagram between two public hosts crosses two of its ports.
+Where a service sits is a `LinkMap`: it names the links a queued packet crosses and in which
+direction (`RoutedLinks` for the gateway, `BridgePorts` for the switch); the rest is common. While
+a fault plan is set, the UDP the service forwards goes through an NFQUEUE (nfqueue.py) and this
+module decides, packet by packet, what happens to it:
 
 * a **rule** = a match, an occurrence window, a probability and one action;
-* **match**: `link` (lan | wan: the packet crosses that link), `direction` (inbound: toward Alice,
-  outbound: from Alice), `what` (a predicate over the datagram, see `What`) and `peer` (the far
-  end, Bob or a server: "IP" or "IP:PORT"); an unset field matches everything;
+* **match**: `link` (a name: the packet crosses that link; the gateway's are lan and wan, the
+  switch's are the public nodes at its ports), `direction` (inbound: toward the link's host, i.e.
+  Alice for the gateway and the port's node for the switch; outbound: from it), `what` (a
+  predicate over the datagram, see `What`) and `peer` (the far end of that link: "IP" or
+  "IP:PORT"); an unset field matches everything;
 * **occurrence**: the rule counts the packets its match selects (1, 2, ...); it may fire on the
   `nth` and later ones, at most `count` times (0: no limit), each time with `probability` (a
   seeded RNG per rule, so a plan with loss is reproducible given the same packets);
@@ -21,10 +27,17 @@ delays add up, copies add up, and a reorder hold and an expiry apply too. Every 
 occurrences on its own, whatever the others do, so "the 2nd STUN request" means the same packet
 whichever other faults are planned.
 
-Where the packet is when decided: in the forward hook, after the NAT's prerouting and before its
+Where the packet is when decided, on the gateway: in the forward hook, after the NAT's prerouting and before its
 postrouting, so both directions carry Alice's *internal* address (10.x); `peer` is the outside
 end. A forwarded packet crosses both links, so for forwarded traffic `link` lan and wan select
 the same packets; the event reports the rule's link, or the link the packet came in on.
+
+On the switch a bridged packet crosses its sender's port outbound and its receiver's port inbound
+(br_netfilter hands bridged IPv4 to the same forward hook; the queue reports the ports as the
+physical in/out devices), so `link: bob, direction: inbound` is what reaches Bob; `peer` is the
+far end of the link the rule matched. The switch carries out drop, delay and reorder; duplicate
+and expire-mapping are the gateway's (its dup table and conntrack), and a plan asking a service
+for an action or a link it does not have is refused (FaultError) before any packet is queued.
 
 How the verdicts become faults (see nfqueue.py for the queue itself): drop is a drop verdict;
 delay and reorder hold the verdict (the kernel keeps the packet); expire-mapping runs `conntrack -D`
@@ -43,8 +56,9 @@ packet and cannot make a second one.
 
 The rules, the predicates and `FaultEngine` (the decisions) are pure; `FaultInjector` drives an
 `NfQueue` from an asyncio loop; `expire_mapping` acts on conntrack in the calling thread's
-namespace, or in `netns`. The kernel path itself (queue rules, dup table) is the ruleset's
-(ruleset.apply_faults / remove_faults), and so are the mapping's set elements (forget_mapping).
+namespace, or in `netns`. The kernel path itself is each service's: the gateway's ruleset
+(ruleset.apply_faults / remove_faults: queue rules, dup table, and the mapping's set elements:
+forget_mapping), the switch's one bridged queue rule (nfqueue.install_queue_rules(bridged=True)).
 """
 
 from __future__ import annotations
@@ -63,11 +77,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pinhole import demux, dtls
+from pinhole.faults.nfqueue import NfQueue, QueuedPacket
 from pinhole.pcap import PcapError, decode_ipv4_udp
-from services.natgw.nfqueue import NfQueue, QueuedPacket
 
 __all__ = [
     "DUP_MARK_MASK",
@@ -84,10 +98,13 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "Injected",
-    "Link",
+    "BridgePorts",
+    "Crossing",
+    "LinkMap",
     "Match",
     "PacketView",
     "Reorder",
+    "RoutedLinks",
     "What",
     "dup_mark",
     "expire_mapping",
@@ -113,14 +130,80 @@ class FaultError(ValueError):
     """A fault plan is invalid; the message names the field (rules[2].what) and why."""
 
 
-class Link(str, Enum):
-    LAN = "lan"  # Alice's LAN: the gateway's inside interface
-    WAN = "wan"  # the public side: the gateway's outside interface
-
-
 class Direction(str, Enum):
-    INBOUND = "inbound"  # toward Alice
-    OUTBOUND = "outbound"  # from Alice
+    INBOUND = "inbound"  # toward the link's host (the gateway's Alice, a switch port's node)
+    OUTBOUND = "outbound"  # from it
+
+
+LINK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a topology node's name, or lan / wan
+Crossing = tuple[str, Direction | None]  # (link, direction on it) of one packet
+
+
+class LinkMap(Protocol):
+    """Where a service's queue sits: the links it has, the actions it can carry out, and which
+    links a queued packet crosses, in which direction (the link it came in by first)."""
+
+    links: frozenset[str]
+    actions: frozenset[str]
+
+    def crossings(self, packet: QueuedPacket) -> tuple[Crossing, ...]: ...
+
+
+@dataclass(frozen=True)
+class RoutedLinks:
+    """A router between an inside and an outside interface (the gateway: lan, wan). A forwarded
+    packet crosses both; its direction is the same on each (relative to the inside host)."""
+
+    inside: str
+    inside_ifindex: int
+    outside: str
+    outside_ifindex: int
+    actions: frozenset[str] = frozenset({"drop", "delay", "duplicate", "reorder", "expire-mapping"})
+
+    @property
+    def links(self) -> frozenset[str]:
+        return frozenset({self.inside, self.outside})
+
+    def crossings(self, packet: QueuedPacket) -> tuple[Crossing, ...]:
+        by_index = {self.inside_ifindex: self.inside, self.outside_ifindex: self.outside}
+        direction = None
+        if packet.indev and packet.indev == self.inside_ifindex:
+            direction = Direction.OUTBOUND
+        elif packet.outdev and packet.outdev == self.inside_ifindex:
+            direction = Direction.INBOUND
+        ends = [by_index[i] for i in (packet.indev, packet.outdev) if i and i in by_index]
+        return tuple((link, direction) for link in dict.fromkeys(ends))
+
+
+@dataclass(frozen=True)
+class BridgePorts:
+    """A bridge's ports (the switch), ifindex -> the link (the node at the port's other end). A
+    bridged packet leaves its sender's link (outbound) and enters its receiver's (inbound)."""
+
+    ports: Mapping[int, str]
+    actions: frozenset[str] = frozenset({"drop", "delay", "reorder"})
+
+    @property
+    def links(self) -> frozenset[str]:
+        return frozenset(self.ports.values())
+
+    def crossings(self, packet: QueuedPacket) -> tuple[Crossing, ...]:
+        out: list[Crossing] = []
+        if packet.physindev in self.ports:
+            out.append((self.ports[packet.physindev], Direction.OUTBOUND))
+        if packet.physoutdev in self.ports:
+            out.append((self.ports[packet.physoutdev], Direction.INBOUND))
+        return tuple(out)
+
+
+def far_end(src: Address, dst: Address, direction: Direction | None) -> Address:
+    """The end away from the link's host: where an outbound packet goes, where an inbound one comes from."""
+    return src if direction is Direction.INBOUND else dst
+
+
+def near_end(src: Address, dst: Address, direction: Direction | None) -> Address:
+    """The link host's end (the gateway's: Alice's inside address; the queue sees it untranslated)."""
+    return dst if direction is Direction.INBOUND else src
 
 
 # --------------------------------------------------------------------------- predicates
@@ -226,10 +309,8 @@ class PacketView:
     src: Address
     dst: Address
     payload: bytes  # the UDP payload
-    direction: Direction | None
-    links: frozenset[Link]
+    crossings: tuple[Crossing, ...]  # the links it crosses, the one it came in by first
     kind: demux.PacketKind
-    ingress: Link | None = None
     stun_class: str = ""
     stun_transaction: bytes = b""
     dtls_names: tuple[str, ...] = ()  # handshake message and record type names in the datagram
@@ -241,14 +322,24 @@ class PacketView:
         return self.src, self.dst
 
     @property
+    def direction(self) -> Direction | None:
+        """Its direction on the link it came in by."""
+        return self.crossings[0][1] if self.crossings else None
+
+    @property
+    def links(self) -> frozenset[str]:
+        return frozenset(link for link, _ in self.crossings)
+
+    @property
     def peer(self) -> Address:
-        """The far end: where an outbound packet goes, where an inbound one comes from."""
-        return self.src if self.direction is Direction.INBOUND else self.dst
+        """The far end on the link it came in by (see far_end)."""
+        return far_end(self.src, self.dst, self.direction)
 
     @property
     def internal(self) -> Address:
-        """Alice's end (her inside address: the queue sees packets before SNAT, after de-NAT)."""
-        return self.dst if self.direction is Direction.INBOUND else self.src
+        """The near end on the link it came in by: the gateway's Alice (her inside address: the
+        queue sees packets before SNAT, after de-NAT)."""
+        return near_end(self.src, self.dst, self.direction)
 
     def summary(self) -> str:
         if self.sip is not None:
@@ -346,23 +437,21 @@ def _peer(value: str) -> tuple[str, int | None]:
 class Match:
     """Which packets a rule looks at; None / "" = any. `what` and `peer` may be given as text."""
 
-    link: Link | None = None
+    link: str | None = None
     direction: Direction | None = None
     what: What = field(default_factory=lambda: What.parse("any"))
     peer: tuple[str, int | None] | None = None
 
     def __post_init__(self) -> None:
-        if self.link is not None and not isinstance(self.link, Link):
-            try:
-                object.__setattr__(self, "link", Link(self.link))
-            except ValueError:
-                raise FaultError(f"link: {self.link!r} is not lan or wan") from None
+        if self.link is not None and (not isinstance(self.link, str) or not LINK_RE.match(self.link)):
+            raise FaultError(f"link: {self.link!r} is not a link name (lan, wan, or a public node like bob)")
         if self.direction is not None and not isinstance(self.direction, Direction):
             try:
                 object.__setattr__(self, "direction", Direction(self.direction))
             except ValueError:
                 raise FaultError(
-                    f"direction: {self.direction!r} is not inbound (toward Alice) or outbound (from Alice)"
+                    f"direction: {self.direction!r} is not inbound (toward the link's host: Alice, or the "
+                    "switch port's node) or outbound (from it)"
                 ) from None
         if not isinstance(self.what, What):
             try:
@@ -375,17 +464,31 @@ class Match:
             except FaultError as error:
                 raise FaultError(f"peer: {error}") from None
 
-    def selects(self, view: PacketView, retransmitted: frozenset[str]) -> bool:
-        """Whether `view` matches; `retransmitted` names what in it this flow carried before
-        ("stun", "sip", or DTLS handshake message names)."""
-        if self.link is not None and self.link not in view.links:
+    def selects(self, view: PacketView, retransmitted: frozenset[str]) -> Crossing | None:
+        """The crossing of `view` this match selects (the first: the link it came in by wins), or
+        None; `retransmitted` names what in it this flow carried before ("stun", "sip", or DTLS
+        handshake message names). A packet that crosses no link is selected only by a match
+        without link and direction (its crossing is then ("", None))."""
+        nowhere: Crossing = ("", None)
+        crossing = next((c for c in view.crossings or [nowhere] if self._crosses(c, view)), None)
+        if crossing is None or not self._what(view, retransmitted):
+            return None
+        return crossing
+
+    def _crosses(self, crossing: Crossing, view: PacketView) -> bool:
+        link, direction = crossing
+        if self.link is not None and self.link != link:
             return False
-        if self.direction is not None and self.direction is not view.direction:
+        if self.direction is not None and self.direction is not direction:
             return False
         if self.peer is not None:
             ip, port = self.peer
-            if view.peer[0] != ip or (port is not None and view.peer[1] != port):
+            peer = far_end(view.src, view.dst, direction)
+            if peer[0] != ip or (port is not None and peer[1] != port):
                 return False
+        return True
+
+    def _what(self, view: PacketView, retransmitted: frozenset[str]) -> bool:
         what = self.what
         family = what.family
         if family == "any":
@@ -537,6 +640,10 @@ class FaultPlan:
                 raise FaultError(f"rules[{index}].name: {rule.name!r} is already the name of rules[{names[rule.name]}]")
             names[rule.name] = index
 
+    def links(self) -> set[str]:
+        """The links the rules name (a rule without one may select any)."""
+        return {rule.match.link for rule in self.rules if rule.match.link}
+
     def directions(self) -> set[Direction]:
         """The directions whose packets some rule may select (only these need queueing)."""
         out: set[Direction] = set()
@@ -573,7 +680,7 @@ class FaultPlan:
             item: dict[str, Any] = {"name": rule.name, "action": rule.action.name}
             m = rule.match
             if m.link:
-                item["link"] = m.link.value
+                item["link"] = m.link
             if m.direction:
                 item["direction"] = m.direction.value
             item["what"] = str(m.what)
@@ -642,6 +749,7 @@ class Fired:
     rule: FaultRule
     index: int  # the rule's place in the plan
     occurrence: int  # the rule's count of matching packets, this one included
+    crossing: Crossing = ("", None)  # the link and direction the rule selected the packet on
 
 
 @dataclass
@@ -667,9 +775,10 @@ class FaultEngine:
     FLOWS_KEPT = 4096  # flows whose message identities are remembered (for #retransmission)
     IDENTITIES_KEPT = 256  # per flow
 
-    def __init__(self, plan: FaultPlan, *, lan_ifindex: int, wan_ifindex: int) -> None:
+    def __init__(self, plan: FaultPlan, links: LinkMap) -> None:
+        check_plan(plan, links)
         self.plan = plan
-        self.lan_ifindex, self.wan_ifindex = lan_ifindex, wan_ifindex
+        self.link_map = links
         self.matched = [0] * len(plan.rules)
         self.fired = [0] * len(plan.rules)
         self._random = [random.Random(plan.seed * 1_000_003 + index) for index in range(len(plan.rules))]
@@ -683,18 +792,7 @@ class FaultEngine:
             return None
         if udp is None:
             return None
-        links = {
-            link
-            for link, index in ((Link.LAN, self.lan_ifindex), (Link.WAN, self.wan_ifindex))
-            if index and index in (packet.indev, packet.outdev)
-        }
-        direction = None
-        if packet.indev and packet.indev == self.lan_ifindex:
-            direction = Direction.OUTBOUND
-        elif packet.outdev and packet.outdev == self.lan_ifindex:
-            direction = Direction.INBOUND
-        ingress = {self.lan_ifindex: Link.LAN, self.wan_ifindex: Link.WAN}.get(packet.indev)
-        return view_of(udp.src, udp.dst, udp.payload, direction, frozenset(links), ingress)
+        return view_of(udp.src, udp.dst, udp.payload, self.link_map.crossings(packet))
 
     def _retransmitted(self, view: PacketView) -> frozenset[str]:
         """What in `view` this flow carried before (see What), and remember what it carries now."""
@@ -729,7 +827,8 @@ class FaultEngine:
         retransmitted = self._retransmitted(view)
         wanting: list[Fired] = []
         for index, rule in enumerate(self.plan.rules):
-            if not rule.match.selects(view, retransmitted):
+            crossing = rule.match.selects(view, retransmitted)
+            if crossing is None:
                 continue
             self.matched[index] += 1
             occurrence = self.matched[index]
@@ -737,7 +836,7 @@ class FaultEngine:
                 continue
             if rule.probability < 1 and self._random[index].random() >= rule.probability:
                 continue
-            wanting.append(Fired(rule, index, occurrence))
+            wanting.append(Fired(rule, index, occurrence, crossing))
         decision = Decision()
         drops = [f for f in wanting if isinstance(f.rule.action, Drop)]
         fired = drops[:1] if drops else wanting
@@ -762,13 +861,11 @@ def view_of(
     src: Address,
     dst: Address,
     payload: bytes,
-    direction: Direction | None,
-    links: frozenset[Link] = frozenset(),
-    ingress: Link | None = None,
+    crossings: Sequence[Crossing] = (),
 ) -> PacketView:
-    """A PacketView of one UDP datagram (pure; for the engine and for tests)."""
+    """A PacketView of one UDP datagram crossing `crossings` (pure; for the engine and for tests)."""
     kind = demux.classify(payload)
-    view = PacketView(src, dst, payload, direction, links, kind, ingress)
+    view = PacketView(src, dst, payload, tuple(crossings), kind)
     if kind is demux.PacketKind.STUN:
         header = _stun_header(payload)
         if header is not None:
@@ -778,6 +875,18 @@ def view_of(
     elif kind in (demux.PacketKind.UNKNOWN, demux.PacketKind.TURN_CHANNEL):
         view.sip = _sip_view(payload)
     return view
+
+
+def check_plan(plan: FaultPlan, links: LinkMap) -> None:
+    """Refuse a plan that names a link `links` does not have, or an action it cannot carry out."""
+    for index, rule in enumerate(plan.rules):
+        if rule.match.link is not None and rule.match.link not in links.links:
+            raise FaultError(
+                f"rules[{index}].link: {rule.match.link!r} is not a link here (one of {', '.join(sorted(links.links))})"
+            )
+        if rule.action.name not in links.actions:
+            only = ", ".join(sorted(links.actions))
+            raise FaultError(f"rules[{index}].action: {rule.action.name} is not carried out here (only {only})")
 
 
 def dup_mark(copies: int) -> int:
@@ -814,7 +923,7 @@ def expire_mapping(internal: Address, *, netns: str | None = None) -> int:
     opened (original source: masqueraded) and those a remote opened through her mapping (reply
     source: DNATed by endpoint-independent or address-dependent filtering). Together they are her
     NAT mapping, toward every remote. Returns how many entries were deleted."""
-    from services.natgw.kernel import in_namespace
+    from pinhole.faults.nfnetlink import in_namespace
 
     tool = shutil.which("conntrack")
     if tool is None:
@@ -886,7 +995,8 @@ class FaultInjector:
     deletes a mapping before its packet goes on (default: `expire_mapping` in a worker thread, in
     this namespace); `settle(internal)`, if given, runs once that packet has passed, for what the
     packet itself renews on its way out (the ruleset's sets: an outbound packet refreshes them in
-    postrouting, while conntrack's entry it carries is already dead). `counts`
+    postrouting, while conntrack's entry it carries is already dead); `observe(packet, view)`, if
+    given, sees every UDP packet before it is decided (the switch learns calls from the SIP). `counts`
     holds faults_* counters: packets queued / passed untouched / not UDP, injected faults in all
     and per action and rule, reorder holds released by the next packet or by their timeout,
     expiries that failed, and the queue's own (missed, overruns, verdict errors).
@@ -901,12 +1011,14 @@ class FaultInjector:
         expire: Callable[[Address], Awaitable[int]] | None = None,
         settle: Callable[[Address], Awaitable[int]] | None = None,
         counts: Counter[str] | None = None,
+        observe: Callable[[QueuedPacket, PacketView], None] | None = None,
     ) -> None:
         self.queue = queue
         self.engine = engine
         self.on_fault = on_fault
         self.expire = expire or (lambda internal: asyncio.to_thread(expire_mapping, internal))
         self.settle = settle
+        self.observe = observe
         self._settle_after: dict[int, Address] = {}  # packet id -> inside endpoint to settle once it passed
         self.counts: Counter[str] = Counter() if counts is None else counts  # shared: it may outlive us
         self._held: dict[int, _Held] = {}  # packet id -> a packet waiting for its delay / expiry
@@ -963,6 +1075,8 @@ class FaultInjector:
             self.counts["faults_not_udp"] += 1
             self._accept(packet, None, None)
             return None
+        if self.observe is not None:
+            self.observe(packet, view)
         decision = self.engine.decide(view)
         if decision.untouched:
             self.counts["faults_untouched"] += 1
@@ -974,19 +1088,19 @@ class FaultInjector:
             self.counts["faults_injected"] += 1
             self.counts[f"faults_injected_{rule.action.name.replace('-', '_')}"] += 1
             self.counts[f"fault_rule_{rule.name}"] += 1
-            link = rule.match.link.value if rule.match.link else (view.ingress.value if view.ingress else "")
+            link, direction = fired.crossing
             self.on_fault(
                 Injected(
                     rule=rule.name,
                     action=rule.action.name,
                     link=link,
-                    direction=view.direction.value if view.direction else "",
+                    direction=direction.value if direction else "",
                     summary=view.summary(),
                     attributes=view.description(),
                     source=view.src,
                     destination=view.dst,
-                    peer=view.peer,
-                    internal=view.internal,
+                    peer=far_end(view.src, view.dst, direction),
+                    internal=near_end(view.src, view.dst, direction),
                     occurrence=fired.occurrence,
                     parameters=rule.action.parameters(),
                     at=at,

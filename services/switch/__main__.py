@@ -1,0 +1,251 @@
+"""Switch service: impairs the lab's public segment, port by port, with the shared fault engine.
+
+The public hosts (the NAT gateway's outside, the proxies, the STUN server, Bob) meet on one Linux
+bridge in the switch's namespace, one port per host (p-<node>). The kernel bridges; this process
+only acts when asked (SetFaults): while a plan is set, every bridged UDP datagram goes through an
+NFQUEUE (an `iptables -m physdev --physdev-is-bridged` rule: br_netfilter hands bridged IPv4 to the
+FORWARD hook when net.bridge.bridge-nf-call-iptables is 1, a per-namespace setting) and
+pinhole.faults decides its fate. A rule's `link` is the node at a port's other end: `link: bob,
+direction: inbound` is what the bridge sends to Bob, `outbound` what Bob sends.
+
+Every injected fault is a `fault.injected` event in the trace of the call it hit: a SIP message
+carries its Call-ID and traceparent; media is matched by the addresses the call's SDP announced,
+which the switch learns from the SIP its queue sees (every bridged datagram is queued while a plan
+is set, so it sees the whole SIP path, whatever links the rules name). The switch carries out drop,
+delay and reorder; duplicate and expire-mapping are the NAT gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from pinhole.calls import CallDirectory
+from pinhole.events import Counters, EventLog
+from pinhole.faults import nfqueue
+from pinhole.faults.engine import BridgePorts, FaultEngine, FaultError, FaultInjector, FaultPlan, Injected, PacketView
+from pinhole.faults.wire import fault_plan, fault_plan_proto
+from pinhole.rpc.v1 import faults_pb2, switch_pb2, switch_pb2_grpc
+from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
+
+log = logging.getLogger("switch")
+
+PORT_PREFIX = "p-"  # netns/lab.py names each port after the node at its other end
+BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+class SwitchError(RuntimeError):
+    """The namespace cannot impair its bridge (no such bridge, or no br_netfilter); says which."""
+
+
+def bridge_ports(bridge: str) -> dict[int, tuple[str, str]]:
+    """ifindex -> (link, interface) of each port of `bridge` in this namespace, by netlink (sysfs
+    may show another namespace's devices); the link is the port's name without p-."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            raise SwitchError(f"no interface {bridge!r} in this namespace")
+        ports = {}
+        for link in ipr.get_links():
+            if link.get_attr("IFLA_MASTER") == found[0]:
+                name = link.get_attr("IFLA_IFNAME")
+                ports[link["index"]] = (name.removeprefix(PORT_PREFIX), name)
+    return ports
+
+
+def require_bridge_netfilter() -> None:
+    """Bridged IPv4 must reach the FORWARD hook (the queue rule): bridge-nf-call-iptables = 1 here."""
+    try:
+        if BRIDGE_NF_CALL_IPTABLES.read_text().strip() != "1":
+            BRIDGE_NF_CALL_IPTABLES.write_text("1\n")
+    except FileNotFoundError:
+        raise SwitchError(
+            f"{BRIDGE_NF_CALL_IPTABLES} is missing: the kernel's br_netfilter module is not loaded "
+            "(bridged packets never reach iptables, so none can be queued)"
+        ) from None
+    except OSError as error:
+        raise SwitchError(f"cannot set {BRIDGE_NF_CALL_IPTABLES} to 1: {error}") from None
+
+
+class Switch:
+    """The bridge of this namespace and the faults it applies to what crosses its ports."""
+
+    def __init__(self, *, bridge: str, events: EventLog, counters: Counters, fault_queue: int = 1) -> None:
+        self.bridge = bridge
+        self.events, self.counters = events, counters
+        self.fault_queue = fault_queue
+        self.fault_plan = FaultPlan()
+        self.injector: FaultInjector | None = None
+        self.fault_counts: Counter[str] = Counter()  # over every plan this switch ran
+        self.calls = CallDirectory()
+
+    async def fault_links(self) -> BridgePorts:
+        """The engine's links: the bridge's ports now (read in a thread: pyroute2 runs its own loop)."""
+        ports = await asyncio.to_thread(bridge_ports, self.bridge)
+        return BridgePorts({index: link for index, (link, _) in ports.items()})
+
+    async def set_faults(self, plan: FaultPlan) -> None:
+        """Apply `plan` to the datagrams to come (no rules: clear); the queue is bound before the rule
+        feeds it, and a new plan replaces the old one's decisions and occurrence counts."""
+        if not plan.rules:
+            await self.clear_faults()
+            return
+        engine = FaultEngine(plan, await self.fault_links())
+        require_bridge_netfilter()
+        if self.injector is None:
+            self.injector = FaultInjector(
+                nfqueue.NfQueue(self.fault_queue),
+                engine,
+                on_fault=self._fault_injected,
+                observe=self._observe,
+                counts=self.fault_counts,
+            )
+            self.injector.start()
+        else:
+            self.injector.replace(engine)
+        try:
+            await asyncio.to_thread(nfqueue.install_queue_rules, self.fault_queue, [("", "")], bridged=True)
+        except BaseException:
+            await self.clear_faults()
+            raise
+        self.fault_plan = plan
+        self.counters["fault_plans_set"] += 1
+        self.events.emit(
+            "switch.faults_set",
+            rules=len(plan.rules),
+            seed=plan.seed,
+            links=",".join(sorted(plan.links())),
+            plan=json.dumps(plan.to_dict(), separators=(",", ":")),
+        )
+
+    async def clear_faults(self) -> None:
+        """Nothing is queued any more; what is held is let go at once."""
+        await asyncio.to_thread(nfqueue.remove_queue_rules)
+        self.fault_plan = FaultPlan()
+        if self.injector is None:
+            return
+        for name, value in self.injector.stats().items():  # the queue's own counts, kept past its end
+            if name.startswith("faults_queue_"):
+                self.fault_counts[name] += value
+        self.injector.stop()
+        self.injector = None
+        self.events.emit("switch.faults_cleared", injected=self.fault_counts["faults_injected"])
+
+    def fault_stats(self) -> Counter[str]:
+        out = Counter(self.fault_counts)
+        if self.injector is not None:
+            out.update({k: v for k, v in self.injector.stats().items() if k.startswith("faults_queue_")})
+        return out
+
+    def _observe(self, packet: nfqueue.QueuedPacket, view: PacketView) -> None:
+        """Learn the calls' media addresses from the SIP going by (before its fate is decided)."""
+        if view.sip is None:
+            return
+        seen = self.calls.observe(packet.payload)
+        if seen is not None and seen[1] in ("BYE", "rejected"):
+            self.calls.forget(seen[0])
+
+    def _fault_injected(self, injected: Injected) -> None:
+        """One fault, as an event in the trace of the call it hit (see the module's docstring)."""
+        is_sip = injected.attributes.get("kind") == "sip"
+        flow = self.calls.call_of(injected.payload, injected.peer, injected.internal, sip=is_sip)
+        self.events.emit(
+            "fault.injected",
+            flow.call_id if flow else "",
+            injected.event_attributes(),
+            parent=flow.context if flow else None,
+            at_ns=int(injected.at * 1e9),
+        )
+
+    def close(self) -> None:
+        if self.injector is not None:
+            self.injector.stop()
+            self.injector = None
+        try:
+            nfqueue.remove_queue_rules()
+        except Exception as error:  # best effort: the rule lets packets pass anyway (--queue-bypass)
+            log.warning("removing the fault queue rule failed: %s", error)
+
+
+class SwitchServicer(EvidenceServicer, switch_pb2_grpc.SwitchServicer):
+    def __init__(self, switch: Switch) -> None:
+        self.switch = switch
+        self.events = switch.events
+
+    async def ListPorts(self, request, context):  # noqa: N802 (gRPC method name)
+        try:
+            ports = await asyncio.to_thread(bridge_ports, self.switch.bridge)
+        except SwitchError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return switch_pb2.ListPortsReply(
+            bridge=self.switch.bridge,
+            ports=[
+                switch_pb2.SwitchPort(link=link, interface=name, ifindex=index)
+                for index, (link, name) in sorted(ports.items(), key=lambda item: item[1])
+            ],
+        )
+
+    async def collect_counters(self) -> Counters:
+        counters = Counters(self.switch.counters)
+        counters.update(self.switch.fault_stats())
+        return counters
+
+    async def SetFaults(self, request, context):  # noqa: N802
+        try:
+            plan = fault_plan(request, await self.switch.fault_links())
+            await self.switch.set_faults(plan)
+        except FaultError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except (SwitchError, nfqueue.QueueRuleError) as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"impairing {self.switch.bridge} failed: {error}")
+        except (nfqueue.NfqueueError, OSError) as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"setting up the fault engine failed: {error}")
+        return self._faults_reply()
+
+    async def ClearFaults(self, request, context):  # noqa: N802
+        try:
+            await self.switch.clear_faults()
+        except (OSError, RuntimeError) as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"removing the fault queue failed: {error}")
+        return self._faults_reply()
+
+    def _faults_reply(self) -> faults_pb2.FaultsReply:
+        return faults_pb2.FaultsReply(
+            effective=fault_plan_proto(self.switch.fault_plan), active=self.switch.injector is not None
+        )
+
+
+async def main() -> None:
+    parser = argument_parser("pinhole switch (the public segment's bridge, impaired per port)")
+    parser.add_argument("--bridge", default="br0", help="the bridge whose ports carry the public links")
+    parser.add_argument("--fault-queue", type=int, default=1, help="NFQUEUE number of the fault engine (SetFaults)")
+    args = parser.parse_args()
+    setup_observability(args.log_level, args.name)
+    events, counters = EventLog(args.name), Counters()
+    switch = Switch(bridge=args.bridge, events=events, counters=counters, fault_queue=args.fault_queue)
+    try:
+        ports = await asyncio.to_thread(bridge_ports, args.bridge)
+    except SwitchError as error:
+        raise SystemExit(f"switch: {error}") from None
+    try:  # a switch that died with faults set left its queue rule behind (it lets packets pass: bypass)
+        nfqueue.remove_queue_rules()
+    except Exception as error:
+        log.warning("removing a stale fault queue rule failed: %s", error)
+    events.emit("service.started", bridge=args.bridge, links=",".join(sorted(link for link, _ in ports.values())))
+    name = switch_pb2.DESCRIPTOR.services_by_name["Switch"].full_name
+
+    async def stop() -> None:
+        switch.close()
+
+    await serve(args.grpc, [(switch_pb2_grpc.add_SwitchServicer_to_server, SwitchServicer(switch), name)], on_stop=stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
