@@ -217,8 +217,14 @@ def cmd_nat_probe(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"pinhole nat probe: {error}", file=sys.stderr)
         return 2
+    hairpinning = {None: None, "on": True, "off": False}[args.hairpinning]
     return natprobe.probe_command(
-        args.lab, mapping=args.mapping, filtering=args.filtering, timers=timers, as_json=args.json
+        args.lab,
+        mapping=args.mapping,
+        filtering=args.filtering,
+        hairpinning=hairpinning,
+        timers=timers,
+        as_json=args.json,
     )
 
 
@@ -361,9 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     nat_sub = nat.add_subparsers(dest="nat_command", required=True)
     probe = nat_sub.add_parser(
         "probe",
-        help="classify the NAT's mapping and filtering from Alice (RFC 5780 §4.3, §4.4)",
-        description="Run the RFC 5780 filtering tests, then the mapping tests, each on a fresh port of a socket "
-        "in Alice's namespace, against the lab's STUN server (two addresses, two ports). Prints each "
+        help="classify the NAT's mapping, filtering and hairpinning from Alice (RFC 5780 §4.3, §4.4, §3.4)",
+        description="Run the RFC 5780 filtering tests, then the mapping tests, then the hairpinning test, each on "
+        "fresh ports of sockets in Alice's namespace, against the lab's STUN server (two addresses, two ports). "
+        "Prints each "
         "classification, the test that decided it and every test's evidence. Exit 0 when classified "
         "(and as configured), 1 when undecided or not as configured, 2 when the NAT gateway refuses the "
         "configuration.",
@@ -375,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first Configure the NAT gateway with this RFC 4787 mapping, then check the probe agrees",
     )
     probe.add_argument("--filtering", choices=[f.value for f in Filtering], help="likewise for the filtering")
+    probe.add_argument(
+        "--hairpinning", choices=["on", "off"], help="likewise for hairpinning (RFC 4787 REQ-9; gateway default: on)"
+    )
     probe.add_argument("--rto", type=float, default=0.5, help="STUN RTO in seconds (RFC 5389 default 0.5)")
     probe.add_argument("--rc", type=int, default=7, help="sends per STUN transaction (RFC 5389 Rc, default 7)")
     probe.add_argument("--rm", type=int, default=16, help="wait after the last send in RTOs (RFC 5389 Rm, 16)")

@@ -22,3 +22,13 @@ class Filtering(str, Enum):
     ENDPOINT_INDEPENDENT = "endpoint-independent"
     ADDRESS_DEPENDENT = "address-dependent"
     ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+class Hairpinning(str, Enum):
+    """RFC 4787 §6 hairpinning behaviour: how a packet from one internal endpoint to another's external
+    mapping comes back inside, as the RFC 5780 §3.4 test sees it. REQ-9 makes hairpinning a MUST, and
+    a) its source MUST be the sender's external mapping; an internal source "may cause problems"."""
+
+    EXTERNAL_SOURCE = "external-source"  # "External source IP address and port" (REQ-9 a)
+    INTERNAL_SOURCE = "internal-source"  # "Internal source IP address and port"
+    NONE = "none"  # not hairpinned at all (REQ-9 broken)

@@ -1,4 +1,5 @@
-"""RFC 5780 NAT behaviour discovery: classify a NAT's mapping (§4.3) and filtering (§4.4) from behind it.
+"""RFC 5780 NAT behaviour discovery: classify a NAT's mapping (§4.3), filtering (§4.4) and hairpinning
+(§3.4) from behind it.
 
 The client needs a STUN server with two IP addresses and two ports (services/stunserver with
 --alternate): its success responses carry OTHER-ADDRESS (A2:P2) and it honours CHANGE-REQUEST.
@@ -14,6 +15,14 @@ Mapping (§4.3), then, on another fresh local port:
   I    Binding to A1:P1 -> XOR-MAPPED-ADDRESS M1; M1 = the socket's own address: no NAT at all
   II   Binding to A2:P1 -> M2; M2 = M1: endpoint-independent
   III  Binding to A2:P2 -> M3; M3 = M2: address-dependent, else address-and-port-dependent
+Hairpinning (§3.4; RFC 4787 §6), last, on two more fresh local ports, when mapping test I saw a NAT:
+  I    Binding to A1:P1 from the receiver        -> its mapping M
+  II   Binding to A1:P1 from the sender          -> the sender's own mapping S (towards A1:P1)
+  III  Binding from the sender to M              -> the NAT hairpins if the receiver gets it; the
+                                                    receiver answers (XOR-MAPPED-ADDRESS: the source
+                                                    it saw), back through the NAT
+       seen from the NAT's external address: "External source IP address and port" (REQ-9 a; with
+       endpoint-independent mapping it is S), from the sender's own address: "Internal source ..."
 Port preservation: did every mapping seen keep the local port?
 
 "Fresh" local port: one no earlier probe of this process used and, when the caller can tell
@@ -38,12 +47,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pinhole import stun
-from pinhole.nat import Filtering, Mapping
+from pinhole.nat import Filtering, Hairpinning, Mapping
 
 __all__ = [
     "Decision",
     "Exchange",
     "Filtering",
+    "Hairpinning",
     "Mapping",
     "NatProbe",
     "ProbeError",
@@ -114,6 +124,7 @@ class Exchange:
     other_address: Address | None = None
     error: str | None = None  # an error response, e.g. "420 Unknown Attribute"
     stray: list[str] = field(default_factory=list)  # other datagrams received meanwhile
+    received_from: Address | None = None  # hairpinning: where the receiving socket saw the request come from
 
     @property
     def answered(self) -> bool:
@@ -134,11 +145,13 @@ class Exchange:
             return text
         if self.error is not None:
             return f"error response {self.error} from {fmt(self.source)}"
+        if self.received_from is not None:
+            return f"received from {fmt(self.received_from)}, but no response came back after {self.sends} sends"
         return f"no response (from {fmt(self.expected_source)}) after {self.sends} sends, {elapsed:.3g} s"
 
     def line(self) -> str:
         sent = f"{fmt(self.local)} -> {fmt(self.destination)}"
-        return f"[{self.started:8.3f}s] {self.test:<14} {sent:<42} {self.change:<19} {self.outcome()}"
+        return f"[{self.started:8.3f}s] {self.test:<15} {sent:<42} {self.change:<19} {self.outcome()}"
 
 
 @dataclass
@@ -157,6 +170,7 @@ class ProbeResult:
     other_address: Address | None
     filtering: Decision
     mapping: Decision
+    hairpinning: Decision
     port_preserved: bool | None
     port_evidence: str
     behind_nat: bool | None
@@ -177,7 +191,7 @@ class ProbeResult:
 
     def render(self) -> str:
         def decision(what: str, d: Decision) -> str:
-            return f"  {what:<10} {d.behaviour or 'UNDECIDED':<27} {d.decided_by}: {d.reason}"
+            return f"  {what:<11} {d.behaviour or 'UNDECIDED':<27} {d.decided_by}: {d.reason}"
 
         preserved = {True: "preserved", False: "not preserved", None: "unknown"}[self.port_preserved]
         lines = [
@@ -185,8 +199,9 @@ class ProbeResult:
             f"OTHER-ADDRESS {fmt(self.other_address)})",
             decision("mapping", self.mapping),
             decision("filtering", self.filtering),
-            f"  {'port':<10} {preserved:<27} {self.port_evidence}",
-            "evidence (filtering tests first; each group on a fresh local port):",
+            decision("hairpinning", self.hairpinning),
+            f"  {'port':<11} {preserved:<27} {self.port_evidence}",
+            "evidence (filtering tests first; each group on fresh local ports):",
             *("  " + e.line() for e in self.exchanges),
             f"timers: {self.timers.describe()}; the probe took {self.duration:.3f} s",
         ]
@@ -200,7 +215,7 @@ _USED_PORTS: set[Address] = set()
 
 
 class NatProbe:
-    """The RFC 5780 §4.3/§4.4 tests against `server` (A1:P1), from sockets `open_socket` makes.
+    """The RFC 5780 §4.3/§4.4/§3.4 tests against `server` (A1:P1), from sockets `open_socket` makes.
 
     `open_socket()` returns a new unbound UDP socket (made wherever the client lives: a namespace);
     `local_ip` is the client's address (found by routing towards the server when not given);
@@ -229,7 +244,7 @@ class NatProbe:
         self._t0 = 0.0
         self._last_start: float | None = None
 
-    # -- the two tests -----------------------------------------------------------------------------
+    # -- the tests ---------------------------------------------------------------------------------
 
     def run(self) -> ProbeResult:
         if self.exchanges:
@@ -242,6 +257,12 @@ class NatProbe:
             mapping, other_m = self._mapping()
         else:  # no UDP connectivity to the server: the mapping tests would only wait as long again
             mapping, other_m = Decision(None, "filtering test I", "not run: " + filtering.reason), None
+        behind = self._ports()[2]
+        if behind:
+            hairpinning = self._hairpinning()
+        else:
+            why = "no NAT on the path" if behind is False else "no mapping seen"
+            hairpinning = Decision(None, self.exchanges[-1].name, f"not run: {why}")
         preserved, port_evidence, behind = self._ports()
         return ProbeResult(
             server=self.server,
@@ -249,6 +270,7 @@ class NatProbe:
             other_address=other or other_m,
             filtering=filtering,
             mapping=mapping,
+            hairpinning=hairpinning,
             port_preserved=preserved,
             port_evidence=port_evidence,
             behind_nat=behind,
@@ -361,6 +383,46 @@ class NatProbe:
                 other,
             )
 
+    def _hairpinning(self) -> Decision:
+        """RFC 5780 §3.4: does a request to a mapping from inside come back inside, and from where (RFC 4787 §6)?"""
+        with self._fresh_socket() as receiver, self._fresh_socket() as sender:
+            first = self._exchange(receiver, "hairpinning I", self.server, None, self.server)
+            if first.mapped is None:
+                return self._unanswered(first)
+            second = self._exchange(sender, "hairpinning II", self.server, None, self.server)
+            if second.mapped is None:
+                return self._unanswered(second)
+            third = self._exchange(sender, "hairpinning III", first.mapped, None, first.mapped, answer_from=receiver)
+        mapped, own, seen = first.mapped, second.mapped, third.received_from
+        if seen is None:
+            return Decision(
+                Hairpinning.NONE.value,
+                "hairpinning test III",
+                f"the request from {fmt(third.local)} to {fmt(mapped)} (test I's mapping of {fmt(first.local)}) "
+                f"never came back inside in {third.sends} sends",
+            )
+        relayed = f"{fmt(mapped)} (test I's mapping) relayed the request from {fmt(third.local)} to {fmt(first.local)}"
+        if seen == third.local:
+            return Decision(
+                Hairpinning.INTERNAL_SOURCE.value,
+                "hairpinning test III",
+                f"{relayed} from the sender's internal address (RFC 4787 REQ-9 a wants its external mapping)",
+            )
+        if seen[0] != mapped[0]:
+            return Decision(
+                None,
+                "hairpinning test III",
+                f"{relayed} from {fmt(seen)}: neither the sender's internal address nor the NAT's {mapped[0]}",
+            )
+        whose = (
+            "the sender's own mapping (test II)"
+            if seen == own
+            else f"a mapping of the sender's other than test II's {fmt(own)} (its mapping towards {mapped[0]})"
+        )
+        return Decision(
+            Hairpinning.EXTERNAL_SOURCE.value, "hairpinning test III", f"{relayed} from {fmt(seen)}, {whose}"
+        )
+
     def _usable(self, first: Exchange) -> tuple[Address | None, Decision | None]:
         """OTHER-ADDRESS from a test I, or why the remaining tests cannot run."""
         if not first.answered:
@@ -422,8 +484,12 @@ class NatProbe:
         destination: Address,
         change: stun.ChangeRequest | None,
         expected_source: Address,
+        *,
+        answer_from: socket.socket | None = None,
     ) -> Exchange:
-        """Run one RFC 5389 §7.2.1 client transaction from `sock` (blocking) and record it."""
+        """Run one RFC 5389 §7.2.1 client transaction from `sock` (blocking) and record it. `answer_from`
+        (the hairpinning test): a socket of ours that answers the request, as a STUN server would, if it
+        receives it (`received_from`: the source it saw)."""
         self._wait_pace()
         request = stun.binding_request(software=self.software, change_request=change)
         transaction = stun.BindingTransaction(
@@ -453,9 +519,13 @@ class NatProbe:
                 if data is not None:
                     sock.sendto(data, destination)
                 continue
-            readable, _, _ = select.select([sock], [], [], deadline - now)
+            readable, _, _ = select.select([sock, *([answer_from] if answer_from else [])], [], [], deadline - now)
             if not readable:
                 continue
+            if answer_from in readable:
+                self._answer(answer_from, request, exchange)
+                if sock not in readable:
+                    continue
             try:
                 data, addr = sock.recvfrom(65535)
             except OSError as error:  # an ICMP error reported on the socket
@@ -490,6 +560,27 @@ class NatProbe:
         for stray in exchange.stray:
             self.warnings.append(f"{test}: unexpected datagram: {stray}")
         return exchange
+
+    def _answer(self, receiver: socket.socket, request: stun.Message, exchange: Exchange) -> None:
+        """Answer our own request where it arrived (a Binding success: XOR-MAPPED-ADDRESS = its source)."""
+        try:
+            data, addr = receiver.recvfrom(65535)
+        except OSError as error:
+            exchange.stray.append(f"socket error {error} on the receiving socket")
+            return
+        sender = (addr[0], addr[1])
+        try:
+            message = stun.decode(data)
+        except stun.StunError as error:
+            exchange.stray.append(f"{len(data)} bytes from {fmt(sender)} on the receiving socket: not STUN ({error})")
+            return
+        if message.message_class != stun.MessageClass.REQUEST or message.transaction_id != request.transaction_id:
+            kind = message.message_class.name.lower()
+            exchange.stray.append(f"{kind} {message.transaction_id.hex()} from {fmt(sender)} on the receiving socket")
+            return
+        if exchange.received_from is None:
+            exchange.received_from = sender
+        receiver.sendto(stun.encode(stun.binding_success(message, sender, self.software)), sender)
 
     def _wait_pace(self) -> None:
         if self._last_start is None:
@@ -574,12 +665,19 @@ def probe_lab(
     return NatProbe(server, open_socket=open_socket, local_ip=local_ip, timers=timers, is_fresh=is_fresh).run()
 
 
-def nat_config(mapping: str | None, filtering: str | None) -> Any:
-    """A NatGateway.Configure request for RFC 4787 names (None: §7.3's NAT for that dimension)."""
+def nat_config(mapping: str | None, filtering: str | None, hairpinning: bool | None = None) -> Any:
+    """A NatGateway.Configure request for RFC 4787 names (None: §7.3's NAT for that dimension; the gateway's
+    hairpinning default is on)."""
     from pinhole.controller.scenario import Nat
 
     default = Nat()
-    return Nat(Mapping(mapping or default.mapping).value, Filtering(filtering or default.filtering).value).proto()
+    mapping, filtering = Mapping(mapping or default.mapping).value, Filtering(filtering or default.filtering).value
+    return Nat(mapping, filtering, hairpinning=hairpinning).proto()
+
+
+def expected_hairpinning(hairpinning: bool | None) -> str:
+    """What the probe must see of a gateway configured with `hairpinning` (None: its default, on)."""
+    return (Hairpinning.NONE if hairpinning is False else Hairpinning.EXTERNAL_SOURCE).value
 
 
 def probe_command(
@@ -587,11 +685,13 @@ def probe_command(
     *,
     mapping: str | None = None,
     filtering: str | None = None,
+    hairpinning: bool | None = None,
     timers: ProbeTimers | None = None,
     as_json: bool = False,
 ) -> int:
     """`pinhole nat probe`: probe a namespace lab's NAT from Alice (bringing the lab up and down if it is
-    not running); with `mapping`/`filtering`, Configure the NAT gateway first and check the probe agrees.
+    not running); with `mapping`/`filtering`/`hairpinning`, Configure the NAT gateway first and check the
+    probe agrees (hairpinning on: an external source, RFC 4787 REQ-9 a).
 
     Exit status: 0 classified (and, when configured, as configured); 1 undecided or disagreeing;
     2 the gateway refused the configuration.
@@ -607,11 +707,13 @@ def probe_command(
 
     timers = timers or ProbeTimers()
     wanted = None
-    if mapping or filtering:
+    if mapping or filtering or hairpinning is not None:
         wanted = (
             Mapping(mapping or Mapping.ENDPOINT_INDEPENDENT).value,
             Filtering(filtering or Filtering.ADDRESS_AND_PORT_DEPENDENT).value,
+            expected_hairpinning(hairpinning),
         )
+    configured = "" if wanted is None else f"mapping {wanted[0]}, filtering {wanted[1]}, hairpinning {wanted[2]}"
     owned = lab_name not in list_labs("netns")
     if owned:
         print(f"building lab {lab_name} and starting its services", file=sys.stderr)
@@ -623,11 +725,10 @@ def probe_command(
     try:
         if wanted is not None:
             try:
-                clients.stub("natgw").Configure(nat_config(*wanted), timeout=30)
+                clients.stub("natgw").Configure(nat_config(wanted[0], wanted[1], hairpinning), timeout=30)
             except grpc.RpcError as error:
                 print(
-                    f"pinhole nat probe: the NAT gateway refused mapping {wanted[0]}, filtering {wanted[1]}: "
-                    f"{error.code().name}: {error.details()}",
+                    f"pinhole nat probe: the NAT gateway refused {configured}: {error.code().name}: {error.details()}",
                     file=sys.stderr,
                 )
                 return 2
@@ -639,18 +740,18 @@ def probe_command(
             lab_down(lab)
     agrees = None
     if wanted is not None:
-        agrees = (result.mapping.behaviour, result.filtering.behaviour) == wanted
+        agrees = (result.mapping.behaviour, result.filtering.behaviour, result.hairpinning.behaviour) == wanted
     if as_json:
         data = result.to_dict()
         if wanted is not None:
-            data["configured"] = {"mapping": wanted[0], "filtering": wanted[1]}
+            data["configured"] = {"mapping": wanted[0], "filtering": wanted[1], "hairpinning": wanted[2]}
             data["agrees"] = agrees
         print(json.dumps(data, indent=2))
     else:
         print(result.render())
         if wanted is not None:
             verdict = "the probe agrees" if agrees else "the probe DISAGREES"
-            print(f"natgw configured with mapping {wanted[0]}, filtering {wanted[1]}: {verdict}")
+            print(f"natgw configured with {configured}: {verdict}")
             if not owned:
                 print(f"(lab {lab_name} keeps that NAT; every `pinhole run` configures §7.3's NAT again)")
     if agrees is False or not result.complete:

@@ -70,12 +70,41 @@ table inet pinhole_nat {
 \t}
 \tcounter inbound_dropped_forward {
 \t}
+\tcounter hairpinned {
+\t}
+\tcounter hairpin_dropped {
+\t}
+
+\tmap inbound_mappings {
+\t\ttype inet_service : ipv4_addr . inet_service
+\t\tflags dynamic,timeout
+\t\ttimeout 300s
+\t}
+
+\t# RFC 4787 §6 hairpinning: a packet from inside to the external port of a mapping goes to its
+\t# internal endpoint, whatever the mapping's filtering (§6 asks only for an active mapping)
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname "lan0" ip saddr 10.10.1.0/24 ip daddr 203.0.113.1 udp dport @inbound_mappings dnat ip to udp dport map @inbound_mappings
+\t}
 
 \t# RFC 4787 §4.1 endpoint-independent mapping: masquerade keeps the internal port x wherever it is free,
 \t# so every flow of X:x leaves from port x
 \tchain postrouting {
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\toifname "wan0" ip saddr 10.10.1.0/24 counter name "mappings_created" masquerade
+\t\t# RFC 4787 §6 hairpinned: from the sender's mapping towards the address it sent to (REQ-9 a)
+\t\toifname "lan0" ip saddr 10.10.1.0/24 ct status dnat snat ip to 203.0.113.1
+\t}
+
+\t# every outbound packet, already translated (after srcnat), records or refreshes its mapping
+\t# (RFC 4787 REQ-6) under the external port the kernel gave it
+\tchain record_mappings {
+\t\ttype filter hook postrouting priority srcnat + 100; policy accept;
+\t\toifname "wan0" ct direction original ct original ip saddr 10.10.1.0/24 meta l4proto udp update @inbound_mappings { udp sport : ct original ip saddr . ct original proto-src }
+\t\toifname "wan0" ct direction reply ct reply ip saddr 10.10.1.0/24 meta l4proto udp update @inbound_mappings { udp sport : ct reply ip saddr . ct reply proto-src }
+\t\toifname "lan0" ct direction original ct original ip saddr 10.10.1.0/24 ct status dnat meta l4proto udp update @inbound_mappings { udp sport : ct original ip saddr . ct original proto-src }
+\t\toifname "lan0" ct direction reply ct reply ip saddr 10.10.1.0/24 ct status dnat meta l4proto udp update @inbound_mappings { udp sport : ct reply ip saddr . ct reply proto-src }
 \t}
 
 \t# RFC 4787 REQ-5: the mapping timer of this table's flows, set while a flow is new (before
@@ -91,6 +120,9 @@ table inet pinhole_nat {
 \t\tiifname "lan0" oifname "wan0" ip saddr 10.10.1.0/24 meta l4proto udp ct state new ct timeout set "mapping"
 \t\tiifname "lan0" oifname "wan0" ip saddr 10.10.1.0/24 counter name "outbound_translated" accept
 \t\tiifname "wan0" oifname "lan0" ct state established,related counter name "inbound_translated" accept
+\t\tiifname "lan0" oifname "lan0" ct status dnat meta l4proto udp ct state new ct timeout set "mapping"
+\t\tiifname "lan0" oifname "lan0" ct status dnat counter name "hairpinned" accept
+\t\tiifname "lan0" oifname "lan0" counter name "hairpin_dropped" log prefix "pinhole-nat drop hairpin" group 1 queue-threshold 1 drop
 \t\tiifname "wan0" counter name "inbound_dropped_forward" log prefix "pinhole-nat drop forward" group 1 queue-threshold 1 drop
 \t}
 
@@ -98,6 +130,7 @@ table inet pinhole_nat {
 \t\ttype filter hook input priority filter; policy accept;
 \t\tiifname "wan0" ct state established,related accept
 \t\tiifname "wan0" ip daddr 203.0.113.1 counter name "inbound_dropped_input" log prefix "pinhole-nat drop input" group 1 queue-threshold 1 drop
+\t\tiifname "lan0" ip daddr 203.0.113.1 meta l4proto udp counter name "hairpin_dropped" log prefix "pinhole-nat drop hairpin" group 1 queue-threshold 1 drop
 \t}
 }
 """
@@ -172,13 +205,55 @@ def test_render_golden_without_translation() -> None:
     assert ROUTER.describe() == "no translation (a plain router)"
 
 
+def test_render_without_hairpinning() -> None:
+    """Hairpinning off: the default NAT's script less the hairpin DNAT, SNAT, forwarding and their set; what
+    comes from inside for the outside address is still dropped, counted and logged (forward and input)."""
+    off = NatBehaviour(hairpinning=False)
+    assert (NatBehaviour().hairpinning, off.hairpinning, ROUTER.hairpinning) == (True, False, False)
+    assert off.describe() == (
+        "endpoint-independent mapping, address-and-port-dependent filtering, ports preserved, no hairpinning"
+    )
+    script = render(off, wan_address=WAN, lan_prefix=LAN)
+    assert script.splitlines()[0] == f"# pinhole NAT gateway: RFC 4787 {off.describe()}"
+    lines, default = script.splitlines(), DEFAULT_SCRIPT.splitlines()
+    assert [line for line in lines[1:] if line not in default] == []  # nothing the default NAT lacks
+    missing = [line.strip() for line in default[1:] if line not in lines]
+    assert [line for line in missing if not line.startswith("#")] == [
+        "map inbound_mappings {",
+        "type inet_service : ipv4_addr . inet_service",
+        "flags dynamic,timeout",
+        "timeout 300s",
+        "chain prerouting {",
+        "type nat hook prerouting priority dstnat; policy accept;",
+        'iifname "lan0" ip saddr 10.10.1.0/24 ip daddr 203.0.113.1 udp dport @inbound_mappings dnat ip to udp dport '
+        "map @inbound_mappings",
+        'oifname "lan0" ip saddr 10.10.1.0/24 ct status dnat snat ip to 203.0.113.1',
+        "chain record_mappings {",
+        "type filter hook postrouting priority srcnat + 100; policy accept;",
+        *(
+            f'oifname "{interface}" ct direction {direction} ct {direction} ip saddr 10.10.1.0/24{dnat} meta l4proto '
+            f"udp update @inbound_mappings {{ udp sport : ct {direction} ip saddr . ct {direction} proto-src }}"
+            for interface, dnat in (("wan0", ""), ("lan0", " ct status dnat"))
+            for direction in ("original", "reply")
+        ),
+        'iifname "lan0" oifname "lan0" ct status dnat meta l4proto udp ct state new ct timeout set "mapping"',
+        'iifname "lan0" oifname "lan0" ct status dnat counter name "hairpinned" accept',
+    ]
+    assert ruleset.dynamic_sets(off) == []
+    assert script.count('counter name "hairpin_dropped" log prefix "pinhole-nat drop hairpin" group 1') == 2
+    assert '\t\tiifname "lan0" oifname "lan0" counter name "hairpin_dropped"' in script
+    assert '\t\tiifname "lan0" ip daddr 203.0.113.1 meta l4proto udp counter name "hairpin_dropped"' in script
+    assert 'counter name "hairpinned"' not in script and "\tcounter hairpinned {\n" in script
+
+
 def test_golden_directory_holds_one_script_per_behaviour() -> None:
     assert sorted(GOLDEN_DIR.glob("*.nft")) == sorted([*(_golden(b) for b in BEHAVIOURS), ROUTER_GOLDEN])
     assert _golden(NatBehaviour()).read_text() == DEFAULT_SCRIPT
 
 
 def test_render_only_builds_what_the_behaviour_needs() -> None:
-    """The kernel's own behaviours stay plain masquerade; the sets appear only where they are used."""
+    """The kernel's own behaviours stay plain masquerade; the sets appear only where they are used
+    (hairpinning, on by default, needs `inbound_mappings` to find a mapping's internal endpoint)."""
 
     def sets(behaviour: NatBehaviour) -> list[str]:
         script = render(behaviour, wan_address=WAN, lan_prefix=LAN)
@@ -186,18 +261,20 @@ def test_render_only_builds_what_the_behaviour_needs() -> None:
 
     eif, adf = Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT
     adm, apdm = Mapping.ADDRESS_DEPENDENT, Mapping.ADDRESS_AND_PORT_DEPENDENT
-    assert sets(NatBehaviour()) == []
-    assert sets(NatBehaviour(mapping=apdm)) == []
-    assert sets(NatBehaviour(port_preservation=False)) == ["endpoint_independent_mappings"]
-    assert sets(NatBehaviour(mapping=adm)) == ["address_dependent_mappings"]
-    assert sets(NatBehaviour(mapping=adm, port_preservation=True)) == [
+    assert sets(NatBehaviour(hairpinning=False)) == []
+    assert sets(NatBehaviour(mapping=apdm, hairpinning=False)) == []
+    assert sets(NatBehaviour(port_preservation=False, hairpinning=False)) == ["endpoint_independent_mappings"]
+    assert sets(NatBehaviour(mapping=adm, hairpinning=False)) == ["address_dependent_mappings"]
+    assert sets(NatBehaviour(mapping=adm, port_preservation=True, hairpinning=False)) == [
         "address_dependent_mappings",
         "mapped_endpoints",
     ]
-    assert sets(NatBehaviour(mapping=apdm, port_preservation=True)) == ["mapped_endpoints"]
+    assert sets(NatBehaviour(mapping=apdm, port_preservation=True, hairpinning=False)) == ["mapped_endpoints"]
     assert sets(NatBehaviour(filtering=eif)) == ["inbound_mappings"]
     assert sets(NatBehaviour(filtering=adf)) == ["inbound_mappings", "contacted_addresses"]
-    assert "chain prerouting" not in render(NatBehaviour(mapping=adm), wan_address=WAN, lan_prefix=LAN)
+    assert sets(NatBehaviour()) == ["inbound_mappings"]
+    assert sets(NatBehaviour(mapping=adm)) == ["address_dependent_mappings", "inbound_mappings"]
+    assert "chain prerouting" not in render(NatBehaviour(mapping=adm, hairpinning=False), wan_address=WAN, lan_prefix=LAN)
 
 
 def test_render_keeps_wan_services_out_of_the_filtering_dnat() -> None:
@@ -268,6 +345,11 @@ def test_port_preservation_defaults_to_the_kernels() -> None:
             {"translate": False, "port_preservation": False},
             "without translation every port is kept: port_preservation cannot be false",
         ),
+        ({"hairpinning": "on"}, "hairpinning 'on' is not true, false or None"),
+        (
+            {"translate": False, "hairpinning": True},
+            "without translation there is no mapping to hairpin through: hairpinning cannot be true",
+        ),
     ],
 )
 def test_behaviour_errors(kwargs: dict[str, object], message: str) -> None:
@@ -297,6 +379,7 @@ def test_render_errors(kwargs: dict[str, object], message: str) -> None:
 def test_drop_hook() -> None:
     assert drop_hook(DROP_PREFIX_INPUT) == "input"
     assert drop_hook(DROP_PREFIX_FORWARD) == "forward"
+    assert drop_hook(ruleset.DROP_PREFIX_HAIRPIN) == "hairpin"
     assert drop_hook("something else") is None
 
 
@@ -614,6 +697,8 @@ def test_endpoint_independent_mapping_and_address_and_port_dependent_filtering(
         "inbound_remote_port_rewritten": 0,
         "inbound_dropped_input": 1,
         "inbound_dropped_forward": 0,
+        "hairpinned": 0,
+        "hairpin_dropped": 0,
     }
     conntrack.flush(netns=natgw.ns)
     assert conntrack.list_udp_mappings(WAN, netns=natgw.ns) == []
@@ -1126,3 +1211,91 @@ def test_two_inside_hosts_can_share_an_external_port(natgw: Natgw) -> None:
         assert inbound == {(43900,): ("10.10.1.10", 43900), (port,): ("10.10.1.11", 43900)}  # the first host's
     finally:
         subprocess.run(["ip", "-n", alice_ns, "addr", "del", "10.10.1.11/24", "dev", "eth0"], check=True)
+
+
+# --------------------------------------------------------------------------- RFC 4787 §6 hairpinning (root)
+#
+# Two endpoints of Alice's host behind the NAT: X2 (43601) has a mapping made towards stun:3478, X3 (43602)
+# one towards bob:5000; X1 (43600) has sent to bob:5000 only. X1 then sends to X2's and X3's external
+# endpoints: the same address (the NAT's), two ports.
+
+# RFC 4787 §4.1 applied to X1's hairpinned flows: which mapping does each leave from?
+HAIRPIN_SOURCE = {  # mapping -> (X1 -> X2' uses X1's mapping towards bob, X1 -> X3' reuses X1 -> X2's)
+    Mapping.ENDPOINT_INDEPENDENT: (True, True),  # one mapping for every destination
+    Mapping.ADDRESS_DEPENDENT: (False, True),  # a new remote address (the NAT's own), then the same one
+    Mapping.ADDRESS_AND_PORT_DEPENDENT: (False, False),  # a new one per remote endpoint
+}
+
+
+def _hairpin_endpoints(natgw: Natgw, stack: contextlib.ExitStack) -> tuple[list[socket.socket], list[int]]:
+    """X1, X2, X3 and the external ports of X1's mapping towards bob, X2's towards stun, X3's towards bob."""
+    x1, x2, x3 = (stack.enter_context(natgw.udp("alice", port)) for port in (43600, 43601, 43602))
+    bob, stun = stack.enter_context(natgw.udp("bob", 5000)), stack.enter_context(natgw.udp("stun", 3478))
+    externals = []
+    for inside, remote in ((x1, bob), (x2, stun), (x3, bob)):
+        inside.sendto(b"out", remote.getsockname())
+        data, (address, external) = remote.recvfrom(2048)
+        assert (data, address) == (b"out", WAN)
+        externals.append(external)
+    return [x1, x2, x3], externals
+
+
+def _hairpin_dropped_and_logged(natgw: Natgw, receiver: socket.socket, datagram: UdpDatagram) -> None:
+    """Dropped in the input hook (it was addressed to the NAT itself), logged as a refused hairpin."""
+    logged = natgw.nflog.wait(2.0)
+    assert [(p.prefix, p.hook, p.indev) for p in logged] == [(ruleset.DROP_PREFIX_HAIRPIN, 1, natgw.ifindex("lan0"))]
+    assert drop_hook(logged[0].prefix) == "hairpin"
+    assert decode_ipv4_udp(logged[0].payload) == datagram
+    assert _nothing_queued(receiver)
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize(("mapping", "filtering"), BEHAVIOUR_GRID, ids=[_grid_id(v) for v in BEHAVIOUR_GRID])
+def test_hairpinning_presents_the_senders_external_mapping(
+    natgw: Natgw, mapping: Mapping, filtering: Filtering
+) -> None:
+    """REQ-9: X1's packet to X2's external endpoint reaches X2 from X1's own external mapping for that
+    destination (HAIRPIN_SOURCE), whatever X2's filtering (X2 never sent to the NAT's address), and X2's
+    answer reaches X1 from X2's external endpoint. A packet to an external port no mapping holds is
+    dropped and logged as a refused hairpin."""
+    _load(natgw, NatBehaviour(mapping=mapping, filtering=filtering))
+    with contextlib.ExitStack() as stack:
+        (x1, x2, x3), (x1_bob, x2_ext, x3_ext) = _hairpin_endpoints(natgw, stack)
+        x1.sendto(b"hairpin", (WAN, x2_ext))
+        data, (address, x1_towards_x2) = x2.recvfrom(2048)
+        assert (data, address) == (b"hairpin", WAN)  # "External source IP address and port"
+        x2.sendto(b"answer", (WAN, x1_towards_x2))
+        assert x1.recvfrom(2048) == (b"answer", (WAN, x2_ext))
+        x1.sendto(b"hairpin", (WAN, x3_ext))
+        data, (address, x1_towards_x3) = x3.recvfrom(2048)
+        assert (data, address) == (b"hairpin", WAN)
+        assert (x1_towards_x2 == x1_bob, x1_towards_x3 == x1_towards_x2) == HAIRPIN_SOURCE[mapping]
+        if mapping is Mapping.ENDPOINT_INDEPENDENT:
+            assert x1_towards_x2 == 43600  # masquerade's port preservation, the default here
+        assert x1_towards_x2 not in (x2_ext, x3_ext)
+        unmapped = next(port for port in range(43690, 43700) if port not in (x1_bob, x2_ext, x3_ext, x1_towards_x3))
+        x1.sendto(b"nobody", (WAN, unmapped))
+        _hairpin_dropped_and_logged(natgw, x2, UdpDatagram(("10.10.1.10", 43600), (WAN, unmapped), b"nobody"))
+    counters = natgw.counters()
+    assert (counters["hairpinned"], counters["hairpin_dropped"]) == (3, 1)
+    assert counters["inbound_remote_port_rewritten"] == 0
+    assert counters["inbound_dropped_input"] == 0
+    assert (natgw.nflog.odd, natgw.nflog.overruns) == (0, 0)
+
+
+@needs_kernel_nat
+@pytest.mark.parametrize("mapping", list(Mapping), ids=[m.value for m in Mapping])
+def test_without_hairpinning_the_packet_is_dropped_and_counted(natgw: Natgw, mapping: Mapping) -> None:
+    """Hairpinning off (REQ-9 broken on purpose): X1's packet to X2's external endpoint never reaches X2; it
+    is dropped in the input hook, counted and NFLOG-logged like the other refused packets."""
+    behaviour = NatBehaviour(mapping=mapping, hairpinning=False)
+    _load(natgw, behaviour)
+    with contextlib.ExitStack() as stack:
+        (x1, x2, _), (_, x2_ext, _) = _hairpin_endpoints(natgw, stack)
+        for attempt in (b"hairpin", b"again"):
+            x1.sendto(attempt, (WAN, x2_ext))
+            _hairpin_dropped_and_logged(natgw, x2, UdpDatagram(("10.10.1.10", 43600), (WAN, x2_ext), attempt))
+    counters = natgw.counters()
+    assert (counters["hairpinned"], counters["hairpin_dropped"]) == (0, 2)
+    assert counters["inbound_dropped_input"] == 0
+    assert ruleset.SET_INBOUND not in ruleset.dynamic_sets(behaviour)  # nothing to look mappings up in

@@ -26,7 +26,7 @@ from netns import lab as lab_mod
 from netns.lab import NetnsLab, in_netns, load_topology, pids_in_netns
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, natgw_pb2_grpc
 from services.natgw import ruleset
-from services.natgw.__main__ import FILTERINGS, MAPPINGS, PORT_PRESERVATIONS
+from services.natgw.__main__ import FILTERINGS, HAIRPINNINGS, MAPPINGS, PORT_PRESERVATIONS
 from services.natgw.ruleset import Filtering, Mapping, NatBehaviour
 
 pytestmark = pytest.mark.skipif(
@@ -158,6 +158,7 @@ def test_configure_takes_every_behaviour(natgw: Gateway) -> None:
             filtering=FILTERING_ENUMS[filtering],
             mapping_timeout_seconds=240,
             port_preservation=preserved,
+            hairpinning=natgw_pb2.HAIRPINNING_ON,  # RFC 4787 REQ-9: on unless asked off
         )
         assert reply.ruleset == ruleset.render(
             behaviour, wan_address=WAN, lan_prefix=LAN, log_group=1, sip_log_group=2
@@ -232,6 +233,71 @@ def test_configure_rejects_translation_off_with_a_behaviour(natgw: Gateway, conf
     )
 
 
+def test_hairpinning_is_on_by_default_and_can_be_turned_off(natgw: Gateway) -> None:
+    """RFC 4787 REQ-9: UNSPECIFIED is on, and a reply says ON or OFF; OFF loads the ruleset without
+    hairpinning (and so without its set, for this behaviour), says so in `nat.configured`, and the
+    effective config is accepted back."""
+    assert set(HAIRPINNINGS) == set(natgw_pb2.NatHairpinning.values())
+    since = time.time_ns()
+    on = natgw.stub.Configure(natgw_pb2.NatConfig(), timeout=10)
+    assert on.effective.hairpinning == natgw_pb2.HAIRPINNING_ON
+    assert on.ruleset == ruleset.render(NatBehaviour(), wan_address=WAN, lan_prefix=LAN, log_group=1, sip_log_group=2)
+    assert natgw.sets() == {"inbound_mappings": 0}
+    off = natgw.stub.Configure(natgw_pb2.NatConfig(hairpinning=natgw_pb2.HAIRPINNING_OFF), timeout=10)
+    assert off.effective.hairpinning == natgw_pb2.HAIRPINNING_OFF
+    assert off.ruleset == ruleset.render(
+        NatBehaviour(hairpinning=False), wan_address=WAN, lan_prefix=LAN, log_group=1, sip_log_group=2
+    )
+    assert natgw.sets() == {}
+    assert natgw.stub.Configure(off.effective, timeout=10).effective == off.effective
+    explicit = natgw.stub.Configure(natgw_pb2.NatConfig(hairpinning=natgw_pb2.HAIRPINNING_ON), timeout=10)
+    assert explicit.effective == on.effective and explicit.ruleset == on.ruleset
+    events = natgw.stub.WatchEvents(events_pb2.WatchEventsRequest(since_unix_nano=since), timeout=10)
+    configured = [dict(e.attributes).get("hairpinning") for e in events if e.kind == "nat.configured"]
+    assert configured == [None, "off", "off", None]  # said only when off, like translation
+
+
+@pytest.mark.parametrize("hairpinning", [natgw_pb2.HAIRPINNING_ON, natgw_pb2.HAIRPINNING_OFF])
+def test_configure_rejects_hairpinning_without_translation(natgw: Gateway, hairpinning: int) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        natgw.stub.Configure(natgw_pb2.NatConfig(translation_off=True, hairpinning=hairpinning), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "translation_off: without translation there is no mapping to hairpin through "
+        f"(leave hairpinning UNSPECIFIED, not {natgw_pb2.NatHairpinning.Name(hairpinning)})"
+    )
+
+
+def test_configure_names_a_bad_hairpinning(natgw: Gateway) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        natgw.stub.Configure(natgw_pb2.NatConfig(hairpinning=7), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "hairpinning: unknown value 7"
+
+
+def test_a_refused_hairpin_is_reported_as_a_drop(natgw: Gateway) -> None:
+    """Hairpinning off: Alice's packet from one socket to the other's external endpoint is dropped, and
+    WatchDrops reports it (hook "hairpin", classified by its payload); on again (a new ruleset: its sets know
+    a mapping again once the mapping sends, REQ-6), the same packet gets through from the sender's mapping."""
+    natgw.stub.Configure(natgw_pb2.NatConfig(hairpinning=natgw_pb2.HAIRPINNING_OFF), timeout=10)
+    with contextlib.ExitStack() as stack:
+        sender, receiver = (stack.enter_context(natgw.udp("alice", port)) for port in (43810, 43811))
+        stun = stack.enter_context(natgw.udp("stun", 3478))
+        receiver.sendto(b"out", ("203.0.113.30", 3478))
+        external = stun.recvfrom(2048)[1][1]
+        sender.sendto(_stun_binding_request(), (WAN, external))
+        drops = natgw.stub.WatchDrops(natgw_pb2.WatchDropsRequest(replay=True), timeout=10)
+        drop = next(d for d in drops if d.destination.port == external and d.source.port == 43810)
+        drops.cancel()
+        assert (drop.hook, drop.classification, drop.protocol) == ("hairpin", "stun", "udp")
+        assert (drop.source.ip, drop.destination.ip) == ("10.10.1.10", WAN)
+        natgw.stub.Configure(natgw_pb2.NatConfig(), timeout=10)
+        receiver.sendto(b"refresh", ("203.0.113.30", 3478))
+        assert stun.recvfrom(2048) == (b"refresh", (WAN, external))
+        sender.sendto(b"hairpin", (WAN, external))
+        assert receiver.recvfrom(2048) == (b"hairpin", (WAN, 43810))
+
+
 def _stun_binding_request() -> bytes:
     return struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, b"pinhole-test")
 
@@ -287,4 +353,4 @@ def test_a_new_behaviour_keeps_nothing_of_the_old_sets_and_drops_are_still_repor
         assert natgw.sets() == {"endpoint_independent_mappings": 1, "inbound_mappings": 1, "contacted_addresses": 1}
 
         natgw.stub.Configure(natgw_pb2.NatConfig(mapping=natgw_pb2.MAPPING_ADDRESS_DEPENDENT), timeout=10)
-        assert natgw.sets() == {"address_dependent_mappings": 0}
+        assert natgw.sets() == {"address_dependent_mappings": 0, "inbound_mappings": 0}  # (the latter: hairpinning)

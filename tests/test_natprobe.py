@@ -18,7 +18,7 @@ import pytest
 
 from pinhole import natprobe, stun
 from pinhole.events import Counters, EventLog
-from pinhole.natprobe import Filtering, Mapping, NatProbe, ProbeTimers
+from pinhole.natprobe import Filtering, Hairpinning, Mapping, NatProbe, ProbeTimers
 from pinhole.stun import AttributeType, ChangeRequest, MessageClass
 from services.stunserver.responder import Responder
 
@@ -232,6 +232,23 @@ def test_probe_without_nat_on_loopback() -> None:
     assert "filtering test II" in text and "change IP and port" in text
 
 
+def test_hairpinning_is_not_tested_without_a_nat() -> None:
+    """RFC 5780 §3.4 needs a mapping to send to: with no NAT (or no server) the probe says why it did not run."""
+    with LoopbackServer() as server:
+        result = NatProbe(server.primary, local_ip="127.0.0.1", timers=FAST).run()
+    assert result.hairpinning == natprobe.Decision(None, "mapping test I", "not run: no NAT on the path")
+    assert "  hairpinning UNDECIDED" in result.render()
+    assert result.to_dict()["hairpinning"] == {
+        "behaviour": None,
+        "decided_by": "mapping test I",
+        "reason": "not run: no NAT on the path",
+    }
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        result = NatProbe(silent.getsockname(), local_ip="127.0.0.1", timers=FAST).run()
+    assert result.hairpinning == natprobe.Decision(None, "filtering test I", "not run: no mapping seen")
+
+
 def test_probe_finds_the_source_address_by_routing() -> None:
     with LoopbackServer() as server:
         result = NatProbe(server.primary, timers=FAST).run()
@@ -317,6 +334,19 @@ def test_nat_config_names() -> None:
     assert config.filtering == natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT
     with pytest.raises(ValueError):
         natprobe.nat_config("full-cone", None)
+
+
+def test_nat_config_carries_hairpinning() -> None:
+    from pinhole.rpc.v1 import natgw_pb2
+
+    assert natprobe.nat_config(None, None).hairpinning == natgw_pb2.HAIRPINNING_UNSPECIFIED  # the gateway's: on
+    assert natprobe.nat_config(None, None, True).hairpinning == natgw_pb2.HAIRPINNING_ON
+    assert natprobe.nat_config("address-dependent", None, False).hairpinning == natgw_pb2.HAIRPINNING_OFF
+    assert [natprobe.expected_hairpinning(h) for h in (None, True, False)] == [
+        "external-source",
+        "external-source",
+        "none",
+    ]
 
 
 # -- the service: command line, and a second address it does not have ---------------------------------
@@ -493,12 +523,24 @@ def test_lab_default_nat(lab_clients) -> None:
         "filtering III",
         "mapping I",
         "mapping II",
+        "hairpinning I",
+        "hairpinning II",
+        "hairpinning III",
     ]
     nat_outside = topology.nodes["natgw"].interfaces["wan0"][0].split("/")[0]
     assert all(e.mapped is None or e.mapped[0] == nat_outside for e in result.exchanges)
-    assert result.exchanges[0].local[1] != result.exchanges[3].local[1]
-    # the probe's pace and timers: 5 transactions, 2 of them unanswered
-    assert result.duration < 4 * LAB_TIMERS.pace + 2 * LAB_TIMERS.give_up_after + 1.0
+    assert len({e.local[1] for e in result.exchanges[::3]}) == 3  # each group on fresh ports
+    # RFC 4787 REQ-9: hairpinned, from the sender's own (endpoint-independent) mapping
+    assert (result.hairpinning.behaviour, result.hairpinning.decided_by) == (
+        Hairpinning.EXTERNAL_SOURCE,
+        "hairpinning test III",
+    )
+    receiver, sender, hairpin = result.exchanges[5:]
+    assert hairpin.received_from == sender.mapped and hairpin.mapped == sender.mapped
+    assert hairpin.destination == hairpin.source == receiver.mapped  # the answer came back through it
+    assert "the sender's own mapping (test II)" in result.hairpinning.reason
+    # the probe's pace and timers: 8 transactions, 2 of them unanswered
+    assert result.duration < 7 * LAB_TIMERS.pace + 2 * LAB_TIMERS.give_up_after + 1.0
 
     after = _counters(clients, "stun")
     assert after["change_requests"] - before.get("change_requests", 0) == 2 * LAB_TIMERS.rc
@@ -545,6 +587,53 @@ def test_lab_probe_agrees_with_the_configured_nat(lab_clients, mapping: str, fil
         assert result.filtering.decided_by == "filtering test II"
     else:
         assert result.filtering.decided_by == "filtering test III"
+    # RFC 4787 §6 (the gateway's default: on), whatever the filtering: the sender's mapping towards the
+    # NAT's own address, which is its mapping towards the server only when endpoint-independent
+    assert result.hairpinning.behaviour == Hairpinning.EXTERNAL_SOURCE, result.render()
+    receiver, sender, hairpin = result.exchanges[-3:]
+    assert [e.test for e in (receiver, sender, hairpin)] == ["hairpinning I", "hairpinning II", "hairpinning III"]
+    assert hairpin.received_from is not None and hairpin.received_from[0] == receiver.mapped[0]  # type: ignore[index]
+    assert (hairpin.received_from == sender.mapped) is (mapping == Mapping.ENDPOINT_INDEPENDENT), result.render()
+    assert hairpin.answered and hairpin.source == receiver.mapped
+
+
+HAIRPINNING_OFF = [  # at least two behaviours; the probe must still classify mapping and filtering
+    (Mapping.ENDPOINT_INDEPENDENT.value, Filtering.ADDRESS_AND_PORT_DEPENDENT.value),
+    (Mapping.ADDRESS_DEPENDENT.value, Filtering.ADDRESS_DEPENDENT.value),
+    (Mapping.ADDRESS_AND_PORT_DEPENDENT.value, Filtering.ENDPOINT_INDEPENDENT.value),
+]
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("mapping", "filtering"), HAIRPINNING_OFF)
+def test_lab_probe_sees_hairpinning_turned_off(lab_clients, mapping: str, filtering: str) -> None:
+    """Hairpinning off (REQ-9 broken on purpose): the request to the receiver's mapping never comes back
+    inside; the gateway reports each of its sends as a refused hairpin."""
+    from pinhole.rpc.v1 import natgw_pb2
+
+    running, topology, clients = lab_clients
+    natgw = clients.stub("natgw")
+    natgw.Configure(natprobe.nat_config(mapping, filtering, hairpinning=False), timeout=30)
+    try:
+        result = natprobe.probe_lab(running, topology, timers=LAB_TIMERS, natgw=natgw)
+    finally:
+        natgw.Configure(natgw_pb2.NatConfig(), timeout=30)
+    print(result.render())
+    assert (result.mapping.behaviour, result.filtering.behaviour) == (mapping, filtering), result.render()
+    assert (result.hairpinning.behaviour, result.hairpinning.decided_by) == (Hairpinning.NONE, "hairpinning test III")
+    receiver, _, hairpin = result.exchanges[-3:]
+    assert hairpin.received_from is None and not hairpin.answered and hairpin.sends == LAB_TIMERS.rc
+    assert "never came back inside" in result.hairpinning.reason
+    drops = natgw.WatchDrops(natgw_pb2.WatchDropsRequest(replay=True), timeout=20)
+    refused = 0
+    for drop in drops:
+        if (drop.source.port, drop.destination.port) == (hairpin.local[1], receiver.mapped[1]):  # type: ignore[index]
+            assert (drop.hook, drop.classification, drop.source.ip) == ("hairpin", "stun", hairpin.local[0])
+            refused += 1
+            if refused == LAB_TIMERS.rc:
+                drops.cancel()
+                break
+    assert refused == LAB_TIMERS.rc
 
 
 @pytest.mark.lab

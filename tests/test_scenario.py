@@ -93,6 +93,40 @@ def test_no_nat():
     assert scenario.flow == "rfc5763-7.1"
 
 
+def test_hairpinning_key(tmp_path):
+    """RFC 4787 §6 hairpinning: left out, the gateway's default (on, REQ-9); said, it is sent and labelled."""
+    assert Nat().proto().hairpinning == natgw_pb2.HAIRPINNING_UNSPECIFIED
+    off = parse_nat({"behaviour": "symmetric", "hairpinning": False}, "x")
+    assert off == Nat("address-and-port-dependent", "address-and-port-dependent", hairpinning=False)
+    assert off.proto() == natgw_pb2.NatConfig(
+        mapping=natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
+        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+        mapping_timeout_seconds=300,
+        hairpinning=natgw_pb2.HAIRPINNING_OFF,
+    )
+    assert off.label() == "APDM+APDF+no-hairpin"
+    on = parse_nat({"hairpinning": True}, "x")
+    assert (on.proto().hairpinning, on.label()) == (natgw_pb2.HAIRPINNING_ON, "EIM+APDF+hairpin")
+    (scenario,) = load(write(tmp_path, "name: a\nnat: {hairpinning: false}\nexpect: {outcome: works}\n"))
+    assert scenario.nat == Nat(hairpinning=False)
+    for value, message in [
+        ({"hairpinning": "on"}, "x.nat.hairpinning: expected true or false, not 'on'"),
+        ({"hairpinning": 1}, "x.nat.hairpinning: expected true or false, not 1"),
+        (
+            {"behaviour": "none", "hairpinning": True},
+            "x.nat: behaviour none (no translation) leaves nothing for hairpinning",
+        ),
+        (
+            {"hairpin": True},
+            "x.nat: unknown key(s) ['hairpin'] (behaviour, mapping, filtering, mapping_timeout, port_preservation, "
+            "hairpinning)",
+        ),
+    ]:
+        with pytest.raises(ScenarioError) as info:
+            parse_nat(value, "x.nat")
+        assert str(info.value) == message
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

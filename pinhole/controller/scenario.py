@@ -48,6 +48,7 @@ class Nat:
     mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
     port_preservation: bool | None = None  # None: the gateway's default (on for EIM, off otherwise)
     translate: bool = True  # False (`nat: none`): no NAT at all, the gateway routes (RFC 5763 §7.1)
+    hairpinning: bool | None = None  # RFC 4787 §6; None: the gateway's default (on: REQ-9 is a MUST)
 
     def proto(self) -> natgw_pb2.NatConfig:
         if not self.translate:
@@ -62,6 +63,11 @@ class Nat:
             filtering=NAT_FILTERINGS[self.filtering],
             mapping_timeout_seconds=self.mapping_timeout,
             port_preservation=preservation,
+            hairpinning={
+                None: natgw_pb2.HAIRPINNING_UNSPECIFIED,
+                True: natgw_pb2.HAIRPINNING_ON,
+                False: natgw_pb2.HAIRPINNING_OFF,
+            }[self.hairpinning],
         )
 
     def label(self) -> str:
@@ -71,6 +77,8 @@ class Nat:
         label = f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
         if self.port_preservation is not None:  # said explicitly: part of what tells two cells apart
             label += "+pp" if self.port_preservation else "+no-pp"
+        if self.hairpinning is not None:
+            label += "+hairpin" if self.hairpinning else "+no-hairpin"
         return label
 
     @property
@@ -184,7 +192,8 @@ def _fail(where: str, what: str) -> ScenarioError:
 
 
 def parse_nat(value: Any, where: str) -> Nat:
-    """A NAT as a cone alias, `none` (no translation), or {behaviour|mapping, filtering, mapping_timeout}."""
+    """A NAT as a cone alias, `none` (no translation), or {behaviour|mapping, filtering, mapping_timeout,
+    port_preservation, hairpinning}."""
     if value == NO_NAT:
         return Nat(translate=False)
     if isinstance(value, str):
@@ -195,12 +204,13 @@ def parse_nat(value: Any, where: str) -> Nat:
         return Nat(mapping, filtering)
     if not isinstance(value, dict):
         raise _fail(where, f"expected a NAT alias or a mapping with keys mapping/filtering, not {value!r}")
-    keys = ("behaviour", "mapping", "filtering", "mapping_timeout", "port_preservation")
+    keys = ("behaviour", "mapping", "filtering", "mapping_timeout", "port_preservation", "hairpinning")
     unknown = set(value) - set(keys)
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)} ({', '.join(keys)})")
     nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
-    contradicting = sorted({"mapping", "filtering", "port_preservation"} & set(value)) if not nat.translate else []
+    untranslated = {"mapping", "filtering", "port_preservation", "hairpinning"}
+    contradicting = sorted(untranslated & set(value)) if not nat.translate else []
     if contradicting:
         raise _fail(where, f"behaviour {NO_NAT} (no translation) leaves nothing for {', '.join(contradicting)}")
     for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
@@ -215,6 +225,8 @@ def parse_nat(value: Any, where: str) -> Nat:
         nat = replace(nat, mapping_timeout=seconds)
     if "port_preservation" in value:
         nat = replace(nat, port_preservation=_bool(value["port_preservation"], f"{where}.port_preservation"))
+    if "hairpinning" in value:
+        nat = replace(nat, hairpinning=_bool(value["hairpinning"], f"{where}.hairpinning"))
     return nat
 
 

@@ -56,6 +56,11 @@ PORT_PRESERVATIONS = {
     natgw_pb2.PORT_PRESERVATION_ON: True,
     natgw_pb2.PORT_PRESERVATION_OFF: False,
 }
+HAIRPINNINGS = {  # RFC 4787 REQ-9: a MUST, so UNSPECIFIED is on (and what translation_off requires)
+    natgw_pb2.HAIRPINNING_UNSPECIFIED: None,
+    natgw_pb2.HAIRPINNING_ON: True,
+    natgw_pb2.HAIRPINNING_OFF: False,
+}
 MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
 PR_SET_PDEATHSIG = 1
 
@@ -122,6 +127,7 @@ class NatGateway:
             mapping_timeout=behaviour.mapping_timeout,
             port_preservation="on" if behaviour.port_preservation else "off",
             **({} if behaviour.translate else {"translation": "off"}),
+            **({} if behaviour.hairpinning or not behaviour.translate else {"hairpinning": "off"}),
         )
         return script
 
@@ -424,6 +430,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
             filtering=filtering,
             mapping_timeout_seconds=b.mapping_timeout,
             port_preservation=preservation,
+            hairpinning=natgw_pb2.HAIRPINNING_ON if b.hairpinning else natgw_pb2.HAIRPINNING_OFF,
         )
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
@@ -435,6 +442,8 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"port_preservation: unknown value {request.port_preservation}"
             )
+        if request.hairpinning not in HAIRPINNINGS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hairpinning: unknown value {request.hairpinning}")
         if request.translation_off:
             contradictions = [
                 f"{field} {natgw_pb2.NatConfig.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name}"
@@ -455,6 +464,12 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
                     f"translation_off: no translation contradicts {', '.join(contradictions)} "
                     "(leave mapping and filtering UNSPECIFIED, port_preservation UNSPECIFIED or ON)",
                 )
+            if request.hairpinning != natgw_pb2.HAIRPINNING_UNSPECIFIED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "translation_off: without translation there is no mapping to hairpin through "
+                    f"(leave hairpinning UNSPECIFIED, not {natgw_pb2.NatHairpinning.Name(request.hairpinning)})",
+                )
         timeout = request.mapping_timeout_seconds or 300
         if timeout < MIN_MAPPING_TIMEOUT:
             await context.abort(
@@ -467,6 +482,7 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
             mapping_timeout=timeout,
             port_preservation=PORT_PRESERVATIONS[request.port_preservation],
             translate=not request.translation_off,
+            hairpinning=HAIRPINNINGS[request.hairpinning],
         )
         try:
             script = self.gateway.apply(behaviour)

@@ -28,6 +28,19 @@ external port the kernel picked, whatever way it picked it) and refreshed by eve
   the first flow's port is the kernel's (`masquerade fully-random`, or `masquerade` to preserve it).
 - port preservation for address(-and-port)-dependent mapping: the first mapping of an internal
   endpoint keeps its port (`masquerade`), later ones get random ports (`mapped_endpoints`).
+- hairpinning (RFC 4787 §6, REQ-9; on unless asked off): a UDP packet from the inside to the
+  outside address and the external port of a current mapping (`inbound_mappings`) is DNATed in
+  `prerouting` to the mapping's internal endpoint and SNATed in `postrouting` to the sender's own
+  external mapping for that destination, by the same rules as its outbound flows (REQ-9 a:
+  "External source IP address and port"), so both ends see each other's mapped addresses; the
+  flow's packets are forwarded inside -> inside (`hairpinned`), and its mappings recorded like
+  outbound ones. The receiving mapping's filtering does NOT apply: §5 filters packets "originating
+  from specific external endpoints", a hairpinned one originates inside, and §6 relays it to any
+  mapping that is active; RFC 5780 §3.4's hairpinning test (a request to a mapping that only ever
+  sent to the STUN server) would otherwise fail behind every NAT without endpoint-independent
+  filtering. Whatever else comes from the inside for the outside address (any port with hairpinning
+  off, an unmapped one with it on) is dropped, counted (`hairpin_dropped`) and NFLOG-logged with its
+  own prefix, like the inbound drops.
 
 `render` is pure (text out); `apply`, `remove`, `read_counters`, `read_elements` and
 `set_mapping_timeout` act on the network namespace of the calling thread, or on `netns` when given.
@@ -52,8 +65,10 @@ from services.natgw.kernel import in_namespace, run_tool
 __all__ = [
     "COUNTERS",
     "DROP_PREFIX_FORWARD",
+    "DROP_PREFIX_HAIRPIN",
     "DROP_PREFIX_INPUT",
     "DYNAMIC_SETS",
+    "HAIRPIN_COUNTERS",
     "TABLE",
     "Filtering",
     "KernelNatError",
@@ -96,6 +111,10 @@ COUNTERS = (
     COUNTER_DROPPED_INPUT,
     COUNTER_DROPPED_FORWARD,
 )
+# RFC 4787 §6, only where something translates (a plain router has no mapping to hairpin through)
+COUNTER_HAIRPINNED = "hairpinned"  # every packet relayed inside -> inside through a mapping, both ways
+COUNTER_HAIRPIN_DROPPED = "hairpin_dropped"  # from inside to the outside address, not hairpinned
+HAIRPIN_COUNTERS = (COUNTER_HAIRPINNED, COUNTER_HAIRPIN_DROPPED)
 
 # Dynamic sets and maps (element timeout = the mapping timer), filled by the record_mappings chain.
 SET_EIM = "endpoint_independent_mappings"  # internal ip . port : external ip . port
@@ -115,6 +134,7 @@ SET_TYPES = {  # name -> (key type, data type or None for a set)
 # NFLOG prefixes of the drop rules: they say in which hook the packet was dropped.
 DROP_PREFIX_INPUT = "pinhole-nat drop input"
 DROP_PREFIX_FORWARD = "pinhole-nat drop forward"
+DROP_PREFIX_HAIRPIN = "pinhole-nat drop hairpin"  # from inside to the outside address, not hairpinned
 SIP_PREFIX = "pinhole-nat sip"  # copies of forwarded SIP, for the gateway's passive SIP observer
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -156,6 +176,11 @@ class NatBehaviour:
     kernel gives the second one another remote port, so X:x sees the remote's port rewritten
     (`inbound_remote_port_rewritten` counts those packets); X:x's answers to it still reach the
     remote, from the mapping it sent to.
+
+    `hairpinning` (RFC 4787 §6, REQ-9: a MUST, so on by default): a packet from an inside endpoint to
+    the external address and port of a current mapping comes back inside to that mapping's internal
+    endpoint, from the sender's own external mapping (REQ-9 a). Without translation there is no mapping
+    to hairpin through: it is then off, and asking for it is an error.
     """
 
     mapping: Mapping = Mapping.ENDPOINT_INDEPENDENT
@@ -165,10 +190,17 @@ class NatBehaviour:
     # False: no NAT at all (RFC 5763 §7.1), the gateway routes lan <-> wan unchanged; mapping and filtering
     # must then be left at their defaults (they mean nothing), and every port is "preserved"
     translate: bool = True
+    hairpinning: bool | None = None  # None: on when translating (REQ-9), off for a plain router
 
     def __post_init__(self) -> None:
         if not isinstance(self.translate, bool):
             raise RulesetError(f"translate {self.translate!r} is not true or false")
+        if self.hairpinning is None:
+            self.hairpinning = self.translate
+        elif not isinstance(self.hairpinning, bool):
+            raise RulesetError(f"hairpinning {self.hairpinning!r} is not true, false or None")
+        elif self.hairpinning and not self.translate:
+            raise RulesetError("without translation there is no mapping to hairpin through: hairpinning cannot be true")
         try:
             self.mapping = Mapping(self.mapping)
         except ValueError:
@@ -202,7 +234,8 @@ class NatBehaviour:
         if not self.translate:
             return "no translation (a plain router)"
         ports = "ports preserved" if self.port_preservation else "ports not preserved"
-        return f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}"
+        hairpinning = "" if self.hairpinning else ", no hairpinning"
+        return f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}{hairpinning}"
 
 
 def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
@@ -214,10 +247,35 @@ def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
         SET_EIM: mapping is Mapping.ENDPOINT_INDEPENDENT and not preserve,
         SET_ADM: mapping is Mapping.ADDRESS_DEPENDENT,
         SET_MAPPED: mapping is not Mapping.ENDPOINT_INDEPENDENT and bool(preserve),
-        SET_INBOUND: behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT,
+        # the filtering DNAT's and hairpinning's map from an external port to its internal endpoint
+        SET_INBOUND: behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT or bool(behaviour.hairpinning),
         SET_CONTACTED: behaviour.filtering is Filtering.ADDRESS_DEPENDENT,
     }
     return [name for name in DYNAMIC_SETS if wanted[name]]
+
+
+def _mapping_rules(behaviour: NatBehaviour, match: str, *, first: str, kernel: str, remote: str) -> list[str]:
+    """The srcnat rules giving a packet that matches `match` the mapping `behaviour` asks for (RFC 4787 §4.1):
+    a mapping the dynamic sets remember, else the port `kernel` picks (`masquerade`, or `snat ip to` the
+    outside address; `fully-random` for a new random port). `first` (a counter) goes on the first rule;
+    `remote` is the expression of the remote address an address-dependent mapping is kept for."""
+    mapping, preserve = behaviour.mapping, behaviour.port_preservation
+    head = f"{match} {first}" if first else match
+    if mapping is Mapping.ENDPOINT_INDEPENDENT and preserve:
+        return [f"{head} {kernel}"]
+    if mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT and not preserve:
+        return [f"{head} {kernel} fully-random"]
+    rules = [head] if first else []
+    if mapping is Mapping.ENDPOINT_INDEPENDENT:
+        rules.append(f"{match} snat ip to ip saddr . udp sport map @{SET_EIM}")
+    elif mapping is Mapping.ADDRESS_DEPENDENT:
+        rules.append(f"{match} snat ip to ip saddr . udp sport . {remote} map @{SET_ADM}")
+    if preserve:  # address(-and-port)-dependent: only X:x's first mapping can keep x
+        rules.append(f"{match} ip saddr . udp sport @{SET_MAPPED} {kernel} fully-random")
+        rules.append(f"{match} {kernel}")
+    else:
+        rules.append(f"{match} {kernel} fully-random")
+    return rules
 
 
 def render(
@@ -297,10 +355,8 @@ def render(
     sets = dynamic_sets(behaviour)
     if mapping is Mapping.ENDPOINT_INDEPENDENT and preserve:
         why = ["masquerade keeps the internal port x wherever it is free,", "so every flow of X:x leaves from port x"]
-        translate = [f"{outbound} {created} masquerade"]
     elif mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT and not preserve:
         why = ["every flow gets a new mapping, on a random port"]
-        translate = [f"{outbound} {created} masquerade fully-random"]
     else:
         ports = "X:x's first mapping keeps port x, later ones get random ports" if preserve else "on a random port"
         if mapping is Mapping.ADDRESS_AND_PORT_DEPENDENT:
@@ -308,16 +364,15 @@ def render(
         else:
             remote = " to the same remote address" if mapping is Mapping.ADDRESS_DEPENDENT else ""
             why = [f"a new flow of X:x{remote} reuses its mapping, else gets a new one", f"({ports})"]
-        translate = [f"{outbound} {created}"]
-        if mapping is Mapping.ENDPOINT_INDEPENDENT:
-            translate.append(f"{outbound} snat ip to ip saddr . udp sport map @{SET_EIM}")
-        elif mapping is Mapping.ADDRESS_DEPENDENT:
-            translate.append(f"{outbound} snat ip to ip saddr . udp sport . ip daddr map @{SET_ADM}")
-        if preserve:  # address(-and-port)-dependent: only X:x's first mapping can keep x
-            translate.append(f"{outbound} ip saddr . udp sport @{SET_MAPPED} masquerade fully-random")
-            translate.append(f"{outbound} masquerade")
-        else:
-            translate.append(f"{outbound} masquerade fully-random")
+    translate = _mapping_rules(behaviour, outbound, first=created, kernel="masquerade", remote="ip daddr")
+    # RFC 4787 §6 hairpinning, the packets the prerouting chain turned back inside: still from inside
+    # (their source is translated here), and DNATed towards an inside address
+    hairpinned = f'oifname "{lan_if}" ip saddr {lan} ct status dnat'
+    if behaviour.hairpinning:
+        translate.append("# RFC 4787 §6 hairpinned: from the sender's mapping towards the address it sent to (REQ-9 a)")
+        translate += _mapping_rules(
+            behaviour, hairpinned, first="", kernel=f"snat ip to {wan}", remote="ct original ip daddr"
+        )
 
     declarations = ""
     for name in sets:
@@ -328,49 +383,81 @@ def render(
             f"\t\ttimeout {behaviour.mapping_timeout}s\n\t}}\n\n"
         )
 
-    prerouting = ""
+    explain: list[str] = []  # the prerouting chain's comment lines
+    dstnat: list[str] = []  # and its rules
     admit_forward = ""
     if filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
         services = f" udp dport != {{ {', '.join(udp_services)} }}" if udp_services else ""
         contacted = f" ip saddr . udp dport @{SET_CONTACTED}" if filtering is Filtering.ADDRESS_DEPENDENT else ""
         who = "if the mapping has sent to its source address" if contacted else "whoever sent it"
-        prerouting = f"""\
-\t# RFC 4787 §5 {filtering.value} filtering: an inbound packet to the external port of a mapping
-\t# goes to its internal endpoint, {who};
-\t# anything else goes on to the input hook, where it is dropped and logged
-\tchain prerouting {{
-\t\ttype nat hook prerouting priority dstnat; policy accept;
-\t\t{unsolicited}{services} udp dport @{SET_INBOUND}{contacted} counter name "{COUNTER_ADMITTED}" \
-dnat ip to udp dport map @{SET_INBOUND}
-\t}}
-
-"""
+        explain += [
+            f"RFC 4787 §5 {filtering.value} filtering: an inbound packet to the external port of a mapping",
+            f"goes to its internal endpoint, {who};",
+            "anything else goes on to the input hook, where it is dropped and logged",
+        ]
+        dstnat.append(
+            f'{unsolicited}{services} udp dport @{SET_INBOUND}{contacted} counter name "{COUNTER_ADMITTED}" '
+            f"dnat ip to udp dport map @{SET_INBOUND}"
+        )
+    if behaviour.hairpinning:
+        explain += [
+            "RFC 4787 §6 hairpinning: a packet from inside to the external port of a mapping goes to its",
+            "internal endpoint, whatever the mapping's filtering (§6 asks only for an active mapping)",
+        ]
+        dstnat.append(
+            f'iifname "{lan_if}" ip saddr {lan} ip daddr {wan} udp dport @{SET_INBOUND} '
+            f"dnat ip to udp dport map @{SET_INBOUND}"
+        )
+    prerouting = ""
+    if dstnat:
+        comments = "".join(f"\t# {line}\n" for line in explain)
+        rules = "".join(f"\t\t{rule}\n" for rule in dstnat)
+        prerouting = (
+            f"{comments}\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+            f"{rules}\t}}\n\n"
+        )
+    if filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
         admit_forward = (
             f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat meta l4proto udp ct state new '
             'ct timeout set "mapping"\n'
             f'\t\tiifname "{wan_if}" oifname "{lan_if}" ct status dnat counter name "{COUNTER_INBOUND}" accept\n'
         )
 
+    def updates(direction: str, remote: str, names: list[str]) -> str:
+        """The set updates recording the mapping of a packet of `direction` sent by inside endpoint X:x to
+        `remote` (an address); the packet is already translated (ip saddr . udp sport: X':x')."""
+        inside = f"ct {direction} ip saddr . ct {direction} proto-src"
+        update = {
+            SET_EIM: f"update @{SET_EIM} {{ {inside} : ip saddr . udp sport }}",
+            SET_ADM: f"update @{SET_ADM} {{ {inside} . {remote} : ip saddr . udp sport }}",
+            SET_MAPPED: f"update @{SET_MAPPED} {{ {inside} }}",
+            SET_INBOUND: f"update @{SET_INBOUND} {{ udp sport : {inside} }}",
+            SET_CONTACTED: f"update @{SET_CONTACTED} {{ {remote} . udp sport }}",
+        }
+        return " ".join(update[name] for name in names)
+
     record = ""
     if sets:
         rules = []
         for direction in ("original", "reply"):  # reply: X:x answering a flow it was sent (admitted by EIF/ADF)
-            inside = f"ct {direction} ip saddr . ct {direction} proto-src"
-            updates = {
-                SET_EIM: f"update @{SET_EIM} {{ {inside} : ip saddr . udp sport }}",
-                SET_ADM: f"update @{SET_ADM} {{ {inside} . ip daddr : ip saddr . udp sport }}",
-                SET_MAPPED: f"update @{SET_MAPPED} {{ {inside} }}",
-                SET_INBOUND: f"update @{SET_INBOUND} {{ udp sport : {inside} }}",
-                SET_CONTACTED: f"update @{SET_CONTACTED} {{ ip daddr . udp sport }}",
-            }
             rules.append(
                 f'\t\toifname "{wan_if}" ct direction {direction} ct {direction} ip saddr {lan} meta l4proto udp '
-                + " ".join(updates[name] for name in sets)
+                + updates(direction, "ip daddr", sets)
                 + "\n"
             )
-        if SET_INBOUND in sets:
+        if behaviour.hairpinning:
+            # both ends of a hairpinned flow are inside, each sending through its own mapping (the reply
+            # direction: X2 answering X1), to the NAT's outside address, not a contacted remote address
+            mapped = [name for name in sets if name != SET_CONTACTED]
+            for direction in ("original", "reply"):
+                rules.append(
+                    f'\t\toifname "{lan_if}" ct direction {direction} ct {direction} ip saddr {lan} ct status dnat '
+                    f"meta l4proto udp {updates(direction, f'ct {direction} ip daddr', mapped)}\n"
+                )
+        if SET_INBOUND in sets and filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
+            hairpins = f" ct original ip saddr != {lan}" if behaviour.hairpinning else ""  # not one of those
             rules.append(
-                f'\t\toifname "{lan_if}" ct direction original ct status dnat ct status snat '
+                f'\t\toifname "{lan_if}" ct direction original ct status dnat ct status snat{hairpins} '
                 f'counter name "{COUNTER_REMOTE_PORT_REWRITTEN}"\n'
             )
         record = f"""\
@@ -382,8 +469,20 @@ dnat ip to udp dport map @{SET_INBOUND}
 
 """
 
-    counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in COUNTERS)
+    counters = "\n".join(f"\tcounter {name} {{\n\t}}" for name in (*COUNTERS, *HAIRPIN_COUNTERS))
     explained = "\n\t# ".join(why)
+    # RFC 4787 §6: what came in on the inside for the outside address was hairpinned (forward) or is refused
+    inside_to_inside = f'\t\tiifname "{lan_if}" oifname "{lan_if}" '
+    hairpin = (
+        f'{inside_to_inside}ct status dnat meta l4proto udp ct state new ct timeout set "mapping"\n'
+        f'{inside_to_inside}ct status dnat counter name "{COUNTER_HAIRPINNED}" accept\n'
+        if behaviour.hairpinning
+        else ""
+    ) + f'{inside_to_inside}counter name "{COUNTER_HAIRPIN_DROPPED}" {log(DROP_PREFIX_HAIRPIN)} drop\n'
+    hairpin_input = (
+        f'\t\tiifname "{lan_if}" ip daddr {wan} meta l4proto udp counter name "{COUNTER_HAIRPIN_DROPPED}" '
+        f"{log(DROP_PREFIX_HAIRPIN)} drop\n"
+    )
     translation = "".join(f"\t\t{rule}\n" for rule in translate)
     return f"""\
 # pinhole NAT gateway: RFC 4787 {behaviour.describe()}
@@ -410,14 +509,14 @@ table {FAMILY} {TABLE} {{
 {observe}\t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} meta l4proto udp ct state new ct timeout set "mapping"
 \t\tiifname "{lan_if}" oifname "{wan_if}" ip saddr {lan} counter name "{COUNTER_OUTBOUND}" accept
 \t\t{inbound} counter name "{COUNTER_INBOUND}" accept
-{admit_forward}\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
+{admit_forward}{hairpin}\t\tiifname "{wan_if}" counter name "{COUNTER_DROPPED_FORWARD}" {log(DROP_PREFIX_FORWARD)} drop
 \t}}
 
 \tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
 \t\tiifname "{wan_if}" ct state established,related accept
 {admitted}\t\t{unsolicited} counter name "{COUNTER_DROPPED_INPUT}" {log(DROP_PREFIX_INPUT)} drop
-\t}}
+{hairpin_input}\t}}
 }}
 """
 
@@ -471,8 +570,9 @@ table {FAMILY} {TABLE} {{
 
 
 def drop_hook(prefix: str) -> str | None:
-    """ "input" or "forward" for the NFLOG prefix of one of our drop rules, else None."""
-    return {DROP_PREFIX_INPUT: "input", DROP_PREFIX_FORWARD: "forward"}.get(prefix)
+    """ "input" or "forward" for the NFLOG prefix of one of our drop rules ("hairpin": a packet from inside
+    to the outside address that was not hairpinned, dropped in either), else None."""
+    return {DROP_PREFIX_INPUT: "input", DROP_PREFIX_FORWARD: "forward", DROP_PREFIX_HAIRPIN: "hairpin"}.get(prefix)
 
 
 # --------------------------------------------------------------------------- kernel side
