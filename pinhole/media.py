@@ -20,6 +20,18 @@ session on its own socket, with its own DTLS association and SRTCP keys (RFC 576
 association per host/port quartet), its own §6.7.2 check, and RTCP sender reports. Every event
 names its component and association. A session can replace its association mid-call (`renew`,
 RFC 5763 §6.6); see `MediaSession` for what happens to the media in flight.
+
+Forking (RFC 5763 §6.3, RFC 5764 §5.1.2): an offerer whose INVITE forked keeps ONE local port and
+makes one association per answerer on it. The session that opened the socket demultiplexes every
+datagram to the session of that socket whose peer (`remote`) sent it (`fork`); a ClientHello from a
+transport address no session has yet starts a new one (`accept_forks`), whose certificate its
+answer's a=fingerprint is checked against when the answer arrives. SRTP is demultiplexed the same
+way, by source transport address, the host/port quartet DTLS itself runs on. RFC 5764 §5.1.2 keys
+the choice on the SSRC instead (a table filled by trial decryption with each association's keys),
+because an RTP receiver does not in general know the sender's transport address; here every fork's
+answerer sends symmetric RTP (RFC 4961) from the address of its association, and forked sessions do
+not latch, so the source address names the association exactly as an SSRC table would, without
+trial decryption and without SSRC collisions across forks to resolve.
 """
 
 from __future__ import annotations
@@ -260,6 +272,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self._tentative: set[int] = set()  # associations whose handshake completed before verification
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
+        # forking (RFC 5763 §6.3): every session on this socket, the one that opened it first
+        self.socket_sessions: list[MediaSession] = [self]
+        self.accept_forks = False  # on the opener: a ClientHello from a new address starts a new session
+        self.fork_tag = ""  # the dialog (the answerer's To tag) this session belongs to; named in its events
 
     # -- socket -----------------------------------------------------------------------------------
 
@@ -271,6 +287,48 @@ class MediaSession(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def fork(self) -> MediaSession:
+        """Another session on this one's socket (RFC 5763 §6.3: one association per answerer on one
+        local port), for another fork of the call. It never latches (see the module docstring)."""
+        sibling = MediaSession(
+            certificate=self.certificate,
+            events=self.events,
+            call_id=self.call_id,
+            timers=self.timers,
+            srtp_profiles=self.srtp_profiles,
+            on_change=self.on_change,
+            latching=False,
+            component=self.component,
+        )
+        sibling.transport = self.transport
+        sibling.socket_sessions = self.socket_sessions
+        self.socket_sessions.append(sibling)
+        return sibling
+
+    @property
+    def opener(self) -> MediaSession:
+        """The session that opened the socket (it receives every datagram and demultiplexes them)."""
+        return self.socket_sessions[0]
+
+    def _session_for(self, data: bytes, source: Address) -> MediaSession:
+        """The session of this socket whose peer is `source`; a ClientHello from an address that no
+        session has starts a new one when forks are accepted; anything else is the opener's."""
+        for session in self.socket_sessions:
+            if not session.closed and session.remote == source:
+                return session
+        if (
+            self.accept_forks
+            and not self.latching  # a latching session follows its peer to a new address instead
+            and self.endpoint is not None
+            and demux.classify(data) == demux.PacketKind.DTLS
+            and dtls.client_hello_random(data) is not None
+        ):
+            sibling = self.fork()
+            sibling.accept_early_client_hello = True  # its certificate waits for its answer (RFC 5763 §5)
+            sibling._emit("media.fork_accepted", peer=fmt(source), reason="a ClientHello from a new transport address")
+            return sibling
+        return self
 
     @property
     def local_address(self) -> Address:
@@ -286,10 +344,11 @@ class MediaSession(asyncio.DatagramProtocol):
     ) -> None:
         """An event of this call, naming the component and (once there is one) the association."""
         index = self.association if association is None else association
+        fork = {"fork": self.fork_tag} if self.fork_tag else {}
         self.events.emit(
             kind,
             self.call_id,
-            {**(attributes or {}), "component": self.component_name, "association": index or None},
+            {**(attributes or {}), "component": self.component_name, "association": index or None, **fork},
             **more,
         )
 
@@ -313,9 +372,14 @@ class MediaSession(asyncio.DatagramProtocol):
             self.transport.sendto(data, address)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        source = (addr[0], addr[1])
+        session = self._session_for(data, source) if len(self.socket_sessions) > 1 or self.accept_forks else self
+        session.receive(data, source)
+
+    def receive(self, data: bytes, source: Address) -> None:
+        """One datagram from `source` for this session: STUN, DTLS or SRTP by its first byte."""
         if self.closed:
             return
-        source = (addr[0], addr[1])
         kind = demux.classify(data)
         try:
             if kind == demux.PacketKind.STUN:
@@ -902,8 +966,8 @@ class MediaSession(asyncio.DatagramProtocol):
             malformed=self.stats.malformed,
             associations=self.association,
         )
-        if self.transport is not None:
-            self.transport.close()
+        if self.transport is not None and all(session.closed for session in self.socket_sessions):
+            self.transport.close()  # the last session on the socket (forks share it)
 
     def _changed(self) -> None:
         if self.on_change is not None:

@@ -44,7 +44,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
 
 def test_default_topology() -> None:
     topo = load_topology()
-    assert list(topo.nodes) == ["alice", "natgw", "public", "proxy-a", "proxy-b", "stun", "bob"]
+    assert list(topo.nodes) == ["alice", "natgw", "public", "proxy-a", "proxy-b", "stun", "bob", "bob2"]
     alice, natgw, public = topo.nodes["alice"], topo.nodes["natgw"], topo.nodes["public"]
     assert (alice.kind, alice.service) == ("host", "useragent")
     assert alice.interfaces == {"eth0": ["10.10.1.10/24"]}
@@ -58,9 +58,9 @@ def test_default_topology() -> None:
     assert natgw.sysctls == {"net.ipv4.ip_forward": "1"}
     assert natgw.extra == {"lan_if": "lan0", "wan_if": "wan0"}
     assert (public.kind, public.bridge, public.interfaces) == ("switch", "br0", {})
-    assert topo.ports("public") == ["p-natgw", "p-proxy-a", "p-proxy-b", "p-stun", "p-bob"]
+    assert topo.ports("public") == ["p-natgw", "p-proxy-a", "p-proxy-b", "p-stun", "p-bob", "p-bob2"]
     assert topo.links[0] == Link(a=("alice", "eth0"), b=("natgw", "lan0"))
-    for name in ("proxy-a", "proxy-b", "stun", "bob"):
+    for name in ("proxy-a", "proxy-b", "stun", "bob", "bob2"):
         # Alice's LAN through the gateway: used only when it routes without translating (RFC 5763 §7.1)
         assert topo.nodes[name].routes == [Route(to="10.10.1.0/24", via="203.0.113.1")]
         assert topo.nodes[name].addresses[0].startswith("203.0.113.")

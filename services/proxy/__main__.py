@@ -43,7 +43,13 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
                 next_hop = parse_hostport(route.next_hop, f"routes[{index}].next_hop")
             except ValueError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            routes.append(Route(domain=route.domain, next_hop=next_hop, user=route.user or None))
+            try:
+                fork_to = tuple(
+                    parse_hostport(hop, f"routes[{index}].fork_to[{fork}]") for fork, hop in enumerate(route.fork_to)
+                )
+            except ValueError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            routes.append(Route(domain=route.domain, next_hop=next_hop, user=route.user or None, fork_to=fork_to))
         try:
             positive_seconds(request.sip_t1_seconds, "sip_t1_seconds")
         except ValueError as error:

@@ -9,6 +9,14 @@ is what gets the 200 OK back through Alice's NAT (RFC 3581). The ACK for a 2xx i
 statelessly (§16.11); the ACK for a non-2xx is absorbed by the server transaction. CANCEL is
 answered here and re-issued downstream (§16.10).
 
+Forking (§16.6-16.7, RFC 5763 §6.3): a route with several next hops forks an INVITE that is not
+in a dialog in parallel, one client transaction and branch per target, all under one response
+context. Every 1xx but 100 and every 2xx goes upstream as it arrives (several 2xx make several
+dialogs at the caller); the best final non-2xx (§16.7 step 6) goes upstream only once every
+branch has ended without a 2xx; once a 2xx or a 6xx has arrived, the branches still pending are
+CANCELled (§16.7 steps 5 and 10; a branch with no provisional response yet gets its CANCEL when
+one comes, §9.1). Each branch is its own `sip.forward` event (`fork` = its index of `forks`).
+
 Every decision is reported through ``on_event(kind, attributes)`` and counted in ``stats``.
 """
 
@@ -49,11 +57,17 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 @dataclass(frozen=True)
 class Route:
-    """Static routing: requests for ``user@domain`` (any user when None) go to ``next_hop``."""
+    """Static routing: requests for ``user@domain`` (any user when None) go to ``next_hop``; an
+    INVITE outside a dialog is forked to ``next_hop`` and every ``fork_to`` (see the module docstring)."""
 
     domain: str
     next_hop: Address
     user: str | None = None
+    fork_to: tuple[Address, ...] = ()
+
+    @property
+    def targets(self) -> tuple[Address, ...]:
+        return (self.next_hop, *self.fork_to)
 
     def matches(self, uri: SipUri) -> bool:
         if uri.host.lower() != self.domain.lower():
@@ -72,13 +86,30 @@ class _Reject(Exception):
 
 
 @dataclass
+class _Branch:
+    """One target of a forwarded request: its client transaction (§16.6) and how it ended."""
+
+    client: ClientTransaction
+    index: int
+    cancel_requested: bool = False  # CANCEL it once it has a provisional response (§9.1)
+    cancel_sent: bool = False
+    final: int = 0  # status of its final response (408 when Timer B fired); 0 while pending
+
+    @property
+    def pending(self) -> bool:
+        return self.client.state.value in ("calling", "proceeding")
+
+
+@dataclass
 class _Forwarded:
-    """One forwarded request: the upstream server transaction and the downstream client one."""
+    """The response context (§16.7) of one forwarded request: the upstream server transaction and
+    one branch per target (a single branch unless the request was forked)."""
 
     server: ServerTransaction
-    client: ClientTransaction
+    branches: list[_Branch]
     cancel_requested: bool = False
-    cancel_sent: bool = False
+    best: Response | None = None  # the best final non-2xx so far (§16.7 step 6)
+    two_xx: bool = False  # a 2xx went upstream
 
 
 def _is_ip(host: str) -> bool:
@@ -145,15 +176,17 @@ class StatefulProxy:
             for own_host, own_port in (self.address, self.endpoint.local_address)
         )
 
-    def _branch(self, request: Request) -> str:
+    def _branch(self, request: Request, fork: int = 0) -> str:
         """§16.6 step 8 / §16.11: the same request always gets the same branch.
 
-        The first part identifies the upstream transaction (its top Via), the part after the dot
-        hashes what routing depends on; a Via of ours with that second part means a loop (§16.3).
+        The first part identifies the upstream transaction (its top Via) and, when forked, the
+        fork's index (§16.6: each target its own branch); the part after the dot hashes what
+        routing depends on; a Via of ours with that second part means a loop (§16.3).
         """
         via = request.top_via
         method = "ACK" if request.method == "ACK" else ""
-        txn = hashlib.sha256(f"{self.name}|{via.branch}|{via.host}:{via.port}|{method}".encode()).hexdigest()
+        fork_part = f"|fork{fork}" if fork else ""
+        txn = hashlib.sha256(f"{self.name}|{via.branch}|{via.host}:{via.port}|{method}{fork_part}".encode()).hexdigest()
         return f"{MAGIC_COOKIE}{txn[:16]}.{self._loop_hash(request)}"
 
     @staticmethod
@@ -222,33 +255,49 @@ class StatefulProxy:
             request.headers.remove_first("Route")
 
     def _next_hop(self, request: Request) -> Address:
-        """§16.5 / §16.6 step 7: the top Route if any, else the route table, else an address-literal target."""
+        """The first of the request's targets (see _targets)."""
+        return self._targets(request)[0]
+
+    def _targets(self, request: Request) -> tuple[Address, ...]:
+        """§16.5 / §16.6 step 7: the top Route if any, else the route table (every fork target of a
+        forking route for an INVITE outside a dialog), else an address-literal target."""
         routes = request.routes
         if routes:
             uri = routes[0].uri
             if not isinstance(uri, SipUri):
                 raise _Reject(416, f"Unsupported URI Scheme in Route {uri}")
-            return uri.hostport
+            return (uri.hostport,)
         target = request.request_uri
         assert isinstance(target, SipUri)
         for route in self.routes:
             if route.matches(target):
-                return route.next_hop
+                forks = request.method == "INVITE" and request.to.tag is None
+                return route.targets if forks else (route.next_hop,)
         if self._is_own_uri(target):
             raise _Reject(404, "Not Found: Request-URI is this proxy")
         if _is_ip(target.host):
-            return target.hostport  # not a domain of ours: the Request-URI is the target (§16.5)
+            return (target.hostport,)  # not a domain of ours: the Request-URI is the target (§16.5)
         raise _Reject(404, f"Not Found: no route for {target.user + '@' if target.user else ''}{target.host}")
 
     def _prepare(self, request: Request) -> tuple[Request, Address]:
         """Copy, route-preprocess, pick the next hop, decrement Max-Forwards, add our Via."""
-        outgoing = request.copy()
-        self._preprocess_route(outgoing)
-        next_hop = self._next_hop(outgoing)
-        max_forwards = request.max_forwards
-        outgoing.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
-        outgoing.headers.insert_first("Via", self.endpoint.make_via(self._branch(request)))
+        ((outgoing, next_hop),) = self._prepare_forks(request, single=True)
         return outgoing, next_hop
+
+    def _prepare_forks(self, request: Request, *, single: bool = False) -> list[tuple[Request, Address]]:
+        """One copy per target (§16.6 step 1: a copy for each), route-preprocessed, Max-Forwards
+        decremented, with our Via and each its own branch; `single`: the first target only."""
+        routed = request.copy()
+        self._preprocess_route(routed)
+        targets = self._targets(routed)[:1] if single else self._targets(routed)
+        max_forwards = request.max_forwards
+        routed.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        copies = []
+        for fork, next_hop in enumerate(targets):
+            outgoing = routed.copy()
+            outgoing.headers.insert_first("Via", self.endpoint.make_via(self._branch(request, fork)))
+            copies.append((outgoing, next_hop))
+        return copies
 
     def _forward(self, txn: ServerTransaction) -> None:
         request = txn.request
@@ -256,25 +305,29 @@ class StatefulProxy:
         if request.method == "OPTIONS" and self._is_own_uri(request.request_uri) and "Route" not in request.headers:
             txn.respond(make_response(request, 200))  # a ping of the proxy itself
             return
-        outgoing, next_hop = self._prepare(request)
-        if self.record_route and request.method in DIALOG_CREATING and request.to.tag is None:
-            outgoing.headers.insert_first("Record-Route", self.record_route_value)
+        copies = self._prepare_forks(request)
         if request.method == "INVITE":
             txn.respond(make_response(request, 100))  # §16.2: stop upstream retransmissions now
-        client = self.endpoint.send_request(outgoing, next_hop, add_via=False)
-        forwarded = _Forwarded(txn, client)
+        forwarded = _Forwarded(txn, [])
         self._pending[txn] = forwarded
-        self._spawn(self._relay_responses(forwarded))
-        self.stats["forwarded"] += 1
-        self._emit(
-            "sip.forward",
-            request,
-            method=request.method,
-            next_hop=f"{next_hop[0]}:{next_hop[1]}",
-            branch=client.key[0],
-            max_forwards=outgoing.headers.get("Max-Forwards"),
-            record_route=outgoing.headers.get("Record-Route") if request.method in DIALOG_CREATING else None,
-        )
+        for index, (outgoing, next_hop) in enumerate(copies):
+            if self.record_route and request.method in DIALOG_CREATING and request.to.tag is None:
+                outgoing.headers.insert_first("Record-Route", self.record_route_value)
+            client = self.endpoint.send_request(outgoing, next_hop, add_via=False)
+            branch = _Branch(client, index)
+            forwarded.branches.append(branch)
+            self._spawn(self._relay_responses(forwarded, branch))
+            self.stats["forwarded"] += 1
+            self._emit(
+                "sip.forward",
+                request,
+                method=request.method,
+                next_hop=f"{next_hop[0]}:{next_hop[1]}",
+                branch=client.key[0],
+                max_forwards=outgoing.headers.get("Max-Forwards"),
+                record_route=outgoing.headers.get("Record-Route") if request.method in DIALOG_CREATING else None,
+                **({"fork": index, "forks": len(copies)} if len(copies) > 1 else {}),
+            )
 
     def _reject(self, txn: ServerTransaction, reject: _Reject) -> None:
         response = make_response(txn.request, reject.status, reject.reason)
@@ -315,43 +368,96 @@ class StatefulProxy:
         if forwarded.server.final_sent:
             return
         forwarded.cancel_requested = True
-        if forwarded.client.provisional_received:
-            self._send_cancel(forwarded)
-        # else: §9.1, wait for a provisional response before sending CANCEL downstream
+        self._cancel_pending(forwarded)
 
-    def _send_cancel(self, forwarded: _Forwarded) -> None:
-        if forwarded.cancel_sent or forwarded.client.state.value not in ("calling", "proceeding"):
+    def _cancel_pending(self, forwarded: _Forwarded, skip: _Branch | None = None) -> None:
+        """CANCEL every pending branch (but `skip`): now if it had a provisional response, else once
+        it has one (§9.1)."""
+        for branch in forwarded.branches:
+            if branch is not skip and branch.pending:
+                branch.cancel_requested = True
+                if branch.client.provisional_received:
+                    self._send_cancel(forwarded, branch)
+
+    def _send_cancel(self, forwarded: _Forwarded, branch: _Branch) -> None:
+        if branch.cancel_sent or not branch.pending:
             return
-        forwarded.cancel_sent = True
-        cancel = make_cancel(forwarded.client.request)
-        self.endpoint.send_request(cancel, forwarded.client.destination, add_via=False)
-        self._emit("sip.forward", cancel, method="CANCEL",
-                   next_hop=f"{forwarded.client.destination[0]}:{forwarded.client.destination[1]}")  # fmt: skip
+        branch.cancel_sent = True
+        client = branch.client
+        cancel = make_cancel(client.request)
+        self.endpoint.send_request(cancel, client.destination, add_via=False)
+        self._emit("sip.forward", cancel, method="CANCEL", next_hop=f"{client.destination[0]}:{client.destination[1]}",
+                   branch=client.key[0], **self._fork_attributes(forwarded, branch))  # fmt: skip
 
     # -- responses (§16.7) ---------------------------------------------------------------------
 
-    async def _relay_responses(self, forwarded: _Forwarded) -> None:
+    async def _relay_responses(self, forwarded: _Forwarded, branch: _Branch) -> None:
         server = forwarded.server
         try:
-            async for response in forwarded.client.responses():
-                self._forward_response(forwarded, response)
+            async for response in branch.client.responses():
+                self._forward_response(forwarded, response, branch)
         except SipTimeout:
             self.stats["timeouts"] += 1
-            self._emit("sip.timeout", server.request, method=server.method)
-            if not server.final_sent and server.can_respond(408):
-                server.respond(make_response(server.request, 408))
+            self._emit("sip.timeout", server.request, method=server.method, branch=branch.client.key[0])
+            # §16.7 step 6 / §16.8: a branch that timed out counts as a 408 from it
+            self._branch_final(forwarded, branch, make_response(server.request, 408))
         except SipTransactionError:
             pass
         finally:
-            if self._pending.get(server) is forwarded:
+            if all(b.client.terminated for b in forwarded.branches) and self._pending.get(server) is forwarded:
                 del self._pending[server]
 
-    def _forward_response(self, forwarded: _Forwarded, response: Response) -> None:
+    def _forward_response(self, forwarded: _Forwarded, response: Response, branch: _Branch) -> None:
         code = response.status_code
-        if code < 200 and forwarded.cancel_requested:
-            self._send_cancel(forwarded)
+        if code < 200 and branch.cancel_requested:
+            self._send_cancel(forwarded, branch)
         if code == 100:
             return  # §16.7 step 5: a 100 Trying is never forwarded
+        if 200 <= code < 300:
+            self._fork_ended(forwarded, branch, code)
+            forwarded.two_xx = True
+            self._cancel_pending(forwarded, skip=branch)  # §16.7 step 10
+        elif code >= 300:
+            self._branch_final(forwarded, branch, response)
+            return
+        self._send_upstream(forwarded, response, branch)
+
+    def _fork_ended(self, forwarded: _Forwarded, branch: _Branch, code: int) -> None:
+        """Record a branch's first final response; a forked one says so in a `sip.fork_final` event."""
+        if branch.final:
+            return
+        branch.final = code
+        if len(forwarded.branches) > 1:
+            self._emit("sip.fork_final", forwarded.server.request, status=code, branch=branch.client.key[0],
+                       next_hop=f"{branch.client.destination[0]}:{branch.client.destination[1]}",
+                       **self._fork_attributes(forwarded, branch))  # fmt: skip
+
+    @staticmethod
+    def _fork_attributes(forwarded: _Forwarded, branch: _Branch) -> dict[str, object]:
+        """`fork` (the branch's index) and `forks` on the events of a forked request; none otherwise."""
+        return {"fork": branch.index, "forks": len(forwarded.branches)} if len(forwarded.branches) > 1 else {}
+
+    def _branch_final(self, forwarded: _Forwarded, branch: _Branch, response: Response) -> None:
+        """A branch ended with a non-2xx (§16.7 step 6): keep the best; send it upstream only when
+        every branch has ended and none with a 2xx (step 7)."""
+        code = response.status_code
+        self._fork_ended(forwarded, branch, code)
+        best = forwarded.best
+        if best is None or _better(code, best.status_code):
+            forwarded.best = response
+        if code >= 600:
+            self._cancel_pending(forwarded, skip=branch)  # §16.7 step 5
+        if forwarded.two_xx or any(b.final == 0 for b in forwarded.branches):
+            return
+        chosen = forwarded.best
+        assert chosen is not None
+        if chosen.vias and chosen.top_via.sent_by == self.address:
+            self._send_upstream(forwarded, chosen, branch)
+        elif not forwarded.server.final_sent and forwarded.server.can_respond(chosen.status_code):
+            forwarded.server.respond(chosen)  # our own 408 for a branch that timed out
+
+    def _send_upstream(self, forwarded: _Forwarded, response: Response, branch: _Branch) -> None:
+        code = response.status_code
         server = forwarded.server
         if not server.can_respond(code) or (code >= 300 and server.final_sent):
             self._emit("sip.drop", response, status=code, reason=f"server transaction {server.state.value}")
@@ -365,7 +471,7 @@ class StatefulProxy:
         self.stats["responses_forwarded"] += 1
         destination = server.response_destination()
         self._emit("sip.response", response, status=code, method=response.cseq.method,
-                   to=f"{destination[0]}:{destination[1]}")  # fmt: skip
+                   to=f"{destination[0]}:{destination[1]}", **self._fork_attributes(forwarded, branch))  # fmt: skip
 
     def handle_stray_response(self, response: Response, source: Address) -> None:
         """§16.7: a response with no transaction (a late 2xx retransmission) is forwarded statelessly."""
@@ -389,3 +495,10 @@ class StatefulProxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _better(code: int, than: int) -> bool:
+    """§16.7 step 6: a 6xx beats everything, else the lower response class wins (first one on a tie)."""
+    if (than >= 600) != (code >= 600):
+        return code >= 600
+    return code // 100 < than // 100

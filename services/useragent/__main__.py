@@ -26,6 +26,7 @@ from services.useragent.agent import (
     Call,
     CallStateError,
     ConfigError,
+    Fork,
     Modification,
     ReinviteSetup,
     UserAgent,
@@ -98,6 +99,7 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
         direction=call.direction,
         invite_time=call.invite_time,
         modifications=[modification_proto(m) for m in call.modifications],
+        forks=[fork_proto(fork) for fork in call.forks],
     )
     media = call.media
     if media is None:
@@ -146,6 +148,34 @@ def call_status(call: Call) -> useragent_pb2.CallStatus:
             srtcp_received=sum(x.stats.srtcp_received for x in call.sessions()),
         )
     )
+    return status
+
+
+def fork_proto(fork: Fork) -> useragent_pb2.Fork:
+    """One dialog of an outgoing call and its association (RFC 5763 §6.3)."""
+    status = useragent_pb2.Fork(
+        remote_tag=fork.tag,
+        state=fork.state,
+        reason=fork.reason,
+        peer_media=fmt(fork.remote_media),
+        answer_fingerprint=" ".join(
+            f"{hash_function} {dtls.format_fingerprint(value)}" for hash_function, value in fork.answer_fingerprints
+        ),
+    )
+    session = fork.media
+    if session is None:
+        return status
+    endpoint = session.endpoint
+    record = session.associations[-1] if session.associations else None
+    status.dtls_state = endpoint.state if endpoint else (record.state if record else "")
+    status.dtls_failure = (endpoint.failure_reason or "") if endpoint else ""
+    status.fingerprint_verified = bool(endpoint and endpoint.fingerprint_verified)
+    status.peer_fingerprint = record.peer_fingerprint if record else ""
+    if not status.peer_fingerprint and endpoint is not None and endpoint.peer_certificate_der:
+        status.peer_fingerprint = dtls.format_fingerprint(dtls.certificate_digest(endpoint.peer_certificate_der))
+    status.srtp_sent, status.srtp_received = session.stats.srtp_sent, session.stats.srtp_received
+    status.stun_checks_sent = session.stats.stun_checks_sent
+    status.local_socket = fmt(session.local_address) if session.transport is not None else ""
     return status
 
 

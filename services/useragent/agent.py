@@ -27,6 +27,20 @@ changes a fingerprint, the roles or the peer's transport address, every componen
 association (see MediaSession.renew for the media in flight); otherwise the associations continue
 and no handshake runs. A re-INVITE that arrives while an offer/answer is in progress gets 491
 (RFC 3261 §14.2); one that fails leaves the session as it was (§14.1).
+
+Forking (RFC 5763 §6.3). As the offerer, every 2xx with a new To tag is a dialog of its own
+(`Fork`): it is ACKed (RFC 3261 §13.2.2.4), its answer read, and its association made on the call's
+ONE media port (pinhole.media: one session per answerer on the socket, demultiplexed by the
+answerer's transport address). Each fork's association is matched to its answer by the peer
+certificate's hash against the answer's a=fingerprint: a session whose handshake already completed
+tentatively (its ClientHello came before the answer) is claimed by the answer its certificate
+matches; otherwise the session at the answer's address (a new one for a new address) checks the
+answerer's certificate against that answer. As passive side Alice sends the §6.7.2 check to each
+answer's address, and SRTP runs both ways on each fork. A fork whose association fails, or that
+Bob ends with BYE, ends alone (its dialog gets a BYE); the call fails only when no fork is left.
+HangUp sends BYE on every confirmed dialog. Forking needs rtcp-mux (an answer that declines it
+fails its fork, beyond the first) and is not offered to a re-INVITE (a forked call cannot be
+modified). A call that does not fork runs exactly as without this: its one dialog is `dialog`.
 """
 
 from __future__ import annotations
@@ -56,6 +70,7 @@ from pinhole.sip import (
     SipEndpoint,
     SipTimeout,
     SipTimers,
+    SipTransactionError,
     make_cancel,
     make_response,
     new_call_id,
@@ -131,6 +146,20 @@ class Modification:
 
 
 @dataclass
+class Fork:
+    """One dialog of our INVITE (RFC 3261 §13.2.2.4: each 2xx with a new To tag) and its media
+    (RFC 5763 §6.3: its own answer, its own association on the call's one media port)."""
+
+    tag: str  # the answerer's To tag: the dialog's remote tag, named in the fork's events
+    dialog: Dialog
+    state: str = "established"  # established, failed, terminated
+    reason: str = ""
+    media: MediaSession | None = None
+    remote_media: Address | None = None  # the answer's media address
+    answer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
 class Call:
     call_id: str
     direction: str
@@ -162,13 +191,21 @@ class Call:
     )
     offer_pending: str = ""  # "sent" or "received" while a re-INVITE offer/answer runs (RFC 3261 §14)
     modifications: list[Modification] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)  # outgoing: every dialog our INVITE made, first first
 
     def __post_init__(self) -> None:
         self.sdp_version = self.sdp_version or self.sdp_session_id
 
     def sessions(self) -> list[MediaSession]:
-        """The call's media sessions, RTP first."""
-        return [m for m in (self.media, self.rtcp) if m is not None]
+        """The call's media sessions, RTP first (every fork's on the RTP socket, RFC 5763 §6.3)."""
+        rtp = self.media.socket_sessions if self.media is not None else []
+        return [*rtp, *([self.rtcp] if self.rtcp is not None else [])]
+
+    def fork(self, tag: str | None) -> Fork | None:
+        return next((f for f in self.forks if f.tag == tag), None)
+
+    def fork_of(self, session: MediaSession) -> Fork | None:
+        return next((f for f in self.forks if f.media is session), None)
 
     def components(self) -> list[tuple[MediaSession, Address | None]]:
         """Each media session with the peer's SDP address for it."""
@@ -313,6 +350,7 @@ class UserAgent:
             for session in call.sessions():
                 # a=setup:actpass: a ClientHello may come before the answer (RFC 5763 §5), we are its server
                 session.accept_early_client_hello = True
+            media.accept_forks = True  # and a fork's answerer may send its own (RFC 5763 §6.3)
             advertised = media.local_address
             advertised_rtcp = call.rtcp.local_address if call.rtcp is not None else None
             if self.config.stun_server is not None:
@@ -397,39 +435,58 @@ class UserAgent:
                     if call.state != "terminated":  # a 487 after our CANCEL is expected
                         self._fail(call, f"INVITE rejected: {response.status_code} {response.reason}")
                     return
+                # read on until Timer M: a forked INVITE brings one 2xx per dialog (§13.2.2.4)
                 await self._answered(call, invite, response)
-                return
         except SipTimeout:
             self._fail(call, "INVITE timed out (Timer B)")
+        except SipTransactionError as error:  # the endpoint closed while we read on for more 2xx
+            if not call.forks:
+                self._fail(call, f"INVITE transaction ended: {error}")
         except Exception as error:  # keep the service up; the call fails with the reason
             log.exception("INVITE handling failed")
             self._fail(call, f"{type(error).__name__}: {error}")
+        finally:
+            if call.media is not None:
+                call.media.opener.accept_forks = False  # no 2xx can come any more
+            if call.state == "established" and call.forks and all(f.state != "established" for f in call.forks):
+                self._fail(call, "every fork of the call failed (RFC 5763 §6.3)")
 
     async def _answered(self, call: Call, invite: Request, response: Response) -> None:
         """200 OK: ACK it, read the answer, set the DTLS role; passive sends the §6.7.2 check."""
         assert self.endpoint is not None
-        if call.dialog is not None:  # a retransmitted 2xx: ACK again (§13.2.2.4)
-            ack, destination = call.dialog.create_ack(call.invite_cseq)
+        known = call.fork(response.to.tag)
+        if known is not None:  # a retransmitted 2xx: ACK again (§13.2.2.4)
+            ack, destination = known.dialog.create_ack(call.invite_cseq)
             self.endpoint.send_stateless(ack, destination)
             return
-        call.dialog = Dialog.from_uac(invite, response)
-        ack, destination = call.dialog.create_ack(call.invite_cseq)
+        dialog = Dialog.from_uac(invite, response)
+        ack, destination = dialog.create_ack(call.invite_cseq)
         self.endpoint.send_stateless(ack, destination)
+        fork = Fork(dialog.remote_tag, dialog)
+        call.forks.append(fork)
+        if call.dialog is not None:  # a 2xx with a new To tag: our INVITE forked (RFC 5763 §6.3)
+            await self._answered_fork(call, fork, response)
+            return
+        call.dialog = dialog
         if call.state == "terminated":  # a 2xx that crossed our CANCEL: acknowledge it, then end it
+            fork.state = "terminated"
             await self._bye_after_failure(call)
             return
         try:
             answer = sdp.read_answer(sdp.parse(response.body), call.offer_media)
         except sdp.SdpError as error:
+            fork.state = "failed"
             self._fail(call, f"bad SDP answer: {error}")
             await self._bye_after_failure(call)  # the dialog exists: end it at Bob too
             return
         self._set_state(call, "established")
-        media = call.media
-        assert media is not None
         self._settle_rtcp(call, answer)
         call.remote_media = (answer.address, answer.port)
         peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)]
+        # the session whose tentative certificate this answer vouches for, else ours (RFC 5763 §6.3)
+        media = call.media = self._claim_session(call, call.remote_media, peer_fingerprints, first=True)
+        fork.media, fork.remote_media, fork.answer_fingerprints = media, call.remote_media, peer_fingerprints
+        media.fork_tag = fork.tag
         # a=setup:active in the answer makes us the DTLS server (passive), and the reverse (RFC 4145)
         role = dtls.Role.SERVER if answer.setup == sdp.Setup.ACTIVE else dtls.Role.CLIENT
         for session, remote in call.components():
@@ -453,6 +510,98 @@ class UserAgent:
         if role == dtls.Role.SERVER:
             self._stun_checks(call)
         self._start_media(call)
+
+    async def _answered_fork(self, call: Call, fork: Fork, response: Response) -> None:
+        """Another 2xx, a new To tag: another dialog with its own answer and its own association on
+        our one media port (RFC 5763 §6.3). It fails alone; see the module docstring."""
+        self.counters["forks"] += 1
+        self.events.emit(
+            "call.fork", call.call_id, fork=fork.tag, forks=len(call.forks), remote_target=fork.dialog.remote_target
+        )
+        if call.state in ("terminated", "failed"):  # the call is over: acknowledge this dialog, then end it
+            await self._fork_failed(call, fork, f"the call is {call.state} already")
+            return
+        try:
+            answer = sdp.read_answer(sdp.parse(response.body), call.offer_media)
+            if not (answer.rtcp_mux and call.rtcp_mux):
+                raise sdp.SdpError("pinhole forks media only with rtcp-mux (RFC 5761): one port, one association")
+        except sdp.SdpError as error:
+            await self._fork_failed(call, fork, f"bad SDP answer: {error}")
+            return
+        remote = (answer.address, answer.port)
+        fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(answer.fingerprints)]
+        role = dtls.Role.SERVER if answer.setup == sdp.Setup.ACTIVE else dtls.Role.CLIENT
+        session = self._claim_session(call, remote, fingerprints)
+        fork.media, fork.remote_media, fork.answer_fingerprints = session, remote, fingerprints
+        session.fork_tag = fork.tag
+        session.accept_early_client_hello = False
+        self.events.emit(
+            "media.fork",
+            call.call_id,
+            fork=fork.tag,
+            peer=fmt(remote),
+            local=fmt(session.local_address),
+            role=role.value,
+            answer_fingerprint=str(sdp.select_fingerprints(answer.fingerprints)[0]) if fingerprints else "",
+            tentative=session.endpoint is not None,
+        )
+        if session.endpoint is None:
+            session.set_peer_fingerprints(fingerprints)
+            session.start_dtls(role, remote)
+        elif session.role != role:
+            await self._fork_failed(
+                call, fork, f"answer a=setup:{answer.setup.value} but a ClientHello already made us the server"
+            )
+            return
+        else:  # its ClientHello came first: the answer's fingerprint now decides (RFC 5763 §5, §6.3)
+            session.sdp_remote = remote
+            session.set_peer_fingerprints(fingerprints)
+        if role == dtls.Role.SERVER:
+            self._stun_check(call, session, remote)
+        session.start_media(self.config.media_packets)
+
+    def _claim_session(
+        self, call: Call, remote: Address, fingerprints: list[tuple[str, bytes]], *, first: bool = False
+    ) -> MediaSession:
+        """The media session on our port for an answer (RFC 5763 §6.3): one no fork has claimed whose
+        peer certificate (accepted tentatively) matches the answer's a=fingerprint; else, for the first
+        answer, the call's session unless it already runs an association with another address (that
+        of another fork); else the one at the answer's address; else a new one."""
+        assert call.media is not None
+        claimed = [f.media for f in call.forks if f.media is not None]
+        unclaimed = [s for s in call.media.socket_sessions if not s.closed and all(s is not c for c in claimed)]
+        for session in unclaimed:
+            der = session.endpoint.peer_certificate_der if session.endpoint is not None else None
+            if der is not None and _certificate_matches(der, fingerprints):
+                return session
+        media = call.media
+        if first and (media.endpoint is None or media.remote in (None, remote) or media.latching):
+            return media  # the call that does not fork: as it always was
+        for session in unclaimed:
+            if session.remote == remote:
+                return session
+        return call.media.opener.fork()
+
+    def _fork_pending(self, call: Call) -> bool:
+        """Another answerer's association runs on our port and its 2xx may still come (RFC 5763 §6.3)."""
+        if call.media is None or not call.media.opener.accept_forks:
+            return False
+        claimed = [f.media for f in call.forks if f.media is not None]
+        return any(
+            not s.closed and s.endpoint is not None and all(s is not c for c in claimed)
+            for s in call.media.socket_sessions
+        )
+
+    async def _fork_failed(self, call: Call, fork: Fork, reason: str) -> None:
+        """One fork ends on its own (RFC 5763 §6.3): its media stops, its dialog gets a BYE."""
+        if fork.state != "established":
+            return
+        fork.state, fork.reason = "failed", reason
+        self.counters["forks_failed"] += 1
+        self.events.emit("call.fork_failed", call.call_id, fork=fork.tag, reason=reason)
+        if fork.media is not None:
+            fork.media.teardown(reason)
+        await self._bye_after_failure(call, fork.dialog)
 
     def _settle_rtcp(self, call: Call, answer: sdp.DtlsSrtpMedia) -> None:
         """The answer decides rtcp-mux (RFC 5761 §5.1.1): release the fallback RTCP port, or keep RTCP
@@ -488,26 +637,33 @@ class UserAgent:
         """RFC 5763 §6.7.2: no ICE and the handshake not complete → one unauthenticated check, per
         component (each DTLS flow needs its own pinhole)."""
         for media, sdp_remote in call.components():
-            if media.handshake_complete:
-                self.events.emit(
-                    "stun.check_skipped",
-                    call.call_id,
-                    component=media.component_name,
-                    reason="handshake already complete",
-                )
-                continue
-            if not self.config.stun_check:
-                self.events.emit(
-                    "stun.check_skipped",
-                    call.call_id,
-                    component=media.component_name,
-                    reason="disabled by configuration",
-                )
-                continue
-            destination = media.remote or sdp_remote  # the SDP address, unless latched elsewhere already
-            assert destination is not None
-            future = media.stun_binding(destination, purpose="connectivity-check")
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
+            self._stun_check(call, media, sdp_remote)
+
+    def _stun_check(self, call: Call, media: MediaSession, sdp_remote: Address | None) -> None:
+        """The §6.7.2 check of one session (one component, or one fork's association)."""
+        fork = {"fork": media.fork_tag} if media.fork_tag else {}
+        if media.handshake_complete:
+            self.events.emit(
+                "stun.check_skipped",
+                call.call_id,
+                component=media.component_name,
+                reason="handshake already complete",
+                **fork,
+            )
+            return
+        if not self.config.stun_check:
+            self.events.emit(
+                "stun.check_skipped",
+                call.call_id,
+                component=media.component_name,
+                reason="disabled by configuration",
+                **fork,
+            )
+            return
+        destination = media.remote or sdp_remote  # the SDP address, unless latched elsewhere already
+        assert destination is not None
+        future = media.stun_binding(destination, purpose="connectivity-check")
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # the outcome is in the events
 
     # -- session modification (RFC 5763 §6.6) -----------------------------------------------------
 
@@ -521,6 +677,8 @@ class UserAgent:
             raise KeyError(call_id)
         if call.state != "established" or call.dialog is None or call.negotiated is None or call.media is None:
             raise CallStateError(f"call {call_id} is {call.state}: no established session to modify")
+        if len(call.forks) > 1:
+            raise CallStateError(f"call {call_id} forked into {len(call.forks)} dialogs: pinhole modifies none of them")
         if call.offer_pending:
             raise CallStateError(
                 f"call {call_id}: an offer/answer is in progress ({call.offer_pending}), RFC 3261 §14.1"
@@ -970,6 +1128,16 @@ class UserAgent:
         if call is None:
             return
         transaction.respond(make_response(transaction.request, 200, "OK"))
+        fork = next((f for f in call.forks if f.dialog.matches(transaction.request)), None)
+        if fork is not None and len(call.forks) > 1 and fork.state != "established":
+            return  # a fork that ended already (its own failure crossed this BYE)
+        if fork is not None and any(f.state == "established" and f is not fork for f in call.forks):
+            # one fork of several ends (RFC 5763 §6.3): the others go on
+            fork.state, fork.reason = "terminated", "BYE received"
+            self.events.emit("call.fork_terminated", call.call_id, fork=fork.tag, reason=fork.reason)
+            if fork.media is not None:
+                fork.media.teardown(fork.reason)
+            return
         self._end(call, "terminated", "BYE received")
 
     async def _on_cancel(self, transaction: ServerTransaction) -> None:
@@ -999,14 +1167,22 @@ class UserAgent:
                 make_cancel(call.invite_client.request), self.config.outbound_proxy, add_via=False
             )
         if call.dialog is not None and call.state == "established":
-            assert self.endpoint is not None
-            bye, destination = call.dialog.create_request("BYE")
-            transaction = self.endpoint.send_request(bye, destination)
-            try:
-                await transaction.final_response()
-            except SipTimeout:
-                self.events.emit("sip.timeout", call_id, method="BYE")
+            # every confirmed dialog (RFC 5763 §6.3: each fork of our INVITE is one); an incoming call has one
+            confirmed = [f for f in call.forks if f.state == "established"]
+            dialogs = [f.dialog for f in confirmed] if call.forks else [call.dialog]
+            await asyncio.gather(*(self._bye(call_id, dialog) for dialog in dialogs))
+            for fork in confirmed:
+                fork.state, fork.reason = "terminated", "local hang-up"
         self._end(call, "terminated", "local hang-up")
+
+    async def _bye(self, call_id: str, dialog: Dialog) -> None:
+        assert self.endpoint is not None
+        bye, destination = dialog.create_request("BYE")
+        transaction = self.endpoint.send_request(bye, destination)
+        try:
+            await transaction.final_response()
+        except SipTimeout:
+            self.events.emit("sip.timeout", call_id, method="BYE")
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -1034,13 +1210,27 @@ class UserAgent:
     def _media_changed(self, call: Call, media: MediaSession) -> None:
         if media.failed.is_set() and call.state not in ("failed", "terminated"):
             reason = media.endpoint.failure_reason if media.endpoint else "media failed"
+            fork = call.fork_of(media)
+            if fork is None and media is not call.media and media is not call.rtcp:
+                return  # an association no answer claimed (RFC 5763 §6.3): it fails alone, in its events
+            others = [f for f in call.forks if f.state == "established" and f is not fork]
+            if fork is not None and (others or self._fork_pending(call)):
+                # RFC 5763 §6.3: a fork whose association fails fails alone
+                asyncio.get_running_loop().create_task(
+                    self._fork_failed(call, fork, f"media session torn down: {reason}")
+                )
+                return
+            if fork is not None:
+                fork.state, fork.reason = "failed", f"media session torn down: {reason}"
             self._fail(call, f"media session torn down: {reason}")
-            if call.dialog is not None:
-                asyncio.get_running_loop().create_task(self._bye_after_failure(call))
+            dialog = fork.dialog if fork is not None else call.dialog
+            if dialog is not None:
+                asyncio.get_running_loop().create_task(self._bye_after_failure(call, dialog))
 
-    async def _bye_after_failure(self, call: Call) -> None:
-        assert self.endpoint is not None and call.dialog is not None
-        bye, destination = call.dialog.create_request("BYE")
+    async def _bye_after_failure(self, call: Call, dialog: Dialog | None = None) -> None:
+        dialog = dialog or call.dialog
+        assert self.endpoint is not None and dialog is not None
+        bye, destination = dialog.create_request("BYE")
         try:
             await self.endpoint.send_request(bye, destination).final_response()
         except SipTimeout:
@@ -1066,3 +1256,12 @@ class UserAgent:
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
         self.events.end_call(call.call_id, state=call.state, reason=reason)
+
+
+def _certificate_matches(der: bytes, fingerprints: list[tuple[str, bytes]]) -> bool:
+    """Whether a certificate's hash is one of an answer's a=fingerprint values (RFC 5763 §6.3)."""
+    for hash_function, digest in fingerprints:
+        with contextlib.suppress(dtls.DtlsError):
+            if dtls.certificate_digest(der, hash_function) == digest:
+                return True
+    return False
