@@ -292,6 +292,31 @@ class ContainerLab:
         container.reload()
         return Started(node, container.id, int(container.attrs["State"]["Pid"]))
 
+    def kill(self, node: str, *, crash: bool = True, timeout: float = 5.0) -> list[str]:
+        """End the node's service container as a fault: SIGKILL (a crash) or SIGTERM (graceful), keep its
+        log, remove it; spawn() starts the service again, as a new container on the same networks."""
+        with self._lock:
+            state = self._state()
+            entries = [c for c in state.get("containers", []) if c["node"] == node]
+        if not entries:
+            raise LabError(f"kill {node}: lab {self.name} runs no container there")
+        client = self.client()
+        for entry in entries:
+            with contextlib.suppress(Exception):
+                container = client.containers.get(entry["id"])
+                if crash:
+                    container.kill()
+                else:
+                    container.stop(timeout=int(timeout))
+                with open(entry["log"], "ab") as log:
+                    log.write(container.logs())
+                container.remove(force=True)
+        with self._lock:
+            state = self._state()
+            state["containers"] = [c for c in state.get("containers", []) if c["node"] != node]
+            self._save(state)
+        return [e["id"] for e in entries]
+
     def _record(self, container_id: str, node: str, log_path: Path) -> None:
         with self._lock:
             state = self._state()

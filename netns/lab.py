@@ -602,8 +602,10 @@ def _wait_pidfds(fds: dict[int, int], timeout: float) -> dict[int, int]:
     return alive
 
 
-def _terminate(entries: list[dict[str, Any]], timeout: float) -> dict[int, int | None]:
-    """SIGTERM the recorded processes that are still ours, wait, SIGKILL the rest.
+def _terminate(
+    entries: list[dict[str, Any]], timeout: float, first: signal.Signals = signal.SIGTERM
+) -> dict[int, int | None]:
+    """Send `first` (SIGTERM) to the recorded processes that are still ours, wait, SIGKILL the rest.
     Returns pid -> exit status for the ones that were our children (None otherwise)."""
     fds: dict[int, int] = {}
     for entry in entries:
@@ -613,7 +615,7 @@ def _terminate(entries: list[dict[str, Any]], timeout: float) -> dict[int, int |
     try:
         for fd in fds.values():
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGTERM)
+                signal.pidfd_send_signal(fd, first)
         alive = _wait_pidfds(fds, timeout)
         for fd in alive.values():
             with contextlib.suppress(ProcessLookupError):
@@ -1100,6 +1102,18 @@ class NetnsLab:
         with self._state() as st:
             st["processes"] = [p for p in st["processes"] if int(p["pid"]) != pid]
         return status
+
+    def kill(self, node: str, *, crash: bool = True, timeout: float = 5.0) -> list[int]:
+        """End the node's service as a fault: SIGKILL (a crash: nothing flushed) or, with crash=False,
+        SIGTERM (a graceful restart). The namespace stays; spawn() starts the service again."""
+        entries = [p for p in self.processes() if p.get("node") == node]
+        if not entries:
+            raise LabError(f"kill {node}: lab {self.name} runs no process there")
+        _terminate(entries, timeout, signal.SIGKILL if crash else signal.SIGTERM)
+        ended = {int(p["pid"]) for p in entries}
+        with self._state() as st:
+            st["processes"] = [p for p in st["processes"] if int(p["pid"]) not in ended]
+        return sorted(ended)
 
     # ---- capture
 

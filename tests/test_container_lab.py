@@ -169,3 +169,26 @@ def test_the_nat_container_injects_faults_with_net_admin_only(container_lab, tmp
     [fault] = [e for e in evidence["events"] if e["kind"] == "fault.injected"]
     assert fault["service"] == "natgw" and fault["attrs"]["rule"] == "lose-first-check"
     assert fault["attrs"]["summary"].startswith("STUN Binding request")
+
+
+def test_a_proxy_container_crashes_mid_call_and_comes_back(container_lab, tmp_path):
+    """The restart scenario on containers: proxy-b's container is killed (SIGKILL) during media and a new
+    one started on the same networks once proxy-a resent the BYE to it; the call still ends cleanly."""
+    from pinhole.controller.outcome import judge_outcome
+    from pinhole.controller.scenario import load
+
+    running, _, _ = container_lab
+    (scenario,) = load(ROOT / "scenarios" / "restart-proxy-mid-call.yaml")
+    result, out_dir = run(
+        scenario, timers_name="short", lab_name=running.name, backend="docker", out_root=tmp_path, progress=False
+    )
+    evidence = json.loads((out_dir / "evidence.json").read_text())
+    outcome = judge_outcome(evidence)
+    assert outcome.works, outcome.reason
+    [restart] = evidence["restarts"]
+    assert restart["node"] == "proxy-b" and restart["started"] > restart["killed"]
+    byes = [e for e in evidence["events"] if e["service"] == "proxy-a" and e["attrs"].get("sip.method") == "BYE"]
+    assert len([e for e in byes if e["kind"] == "sip.send"]) >= 2  # Timer E resent it to the dead proxy
+    labels = [f"io.pinhole.lab={running.name}", "io.pinhole.node=proxy-b"]
+    [proxy] = running.client().containers.list(filters={"label": labels})  # the new one, running
+    assert proxy.status == "running"

@@ -205,6 +205,38 @@ def test_reinvite_steps_parse_and_predict_a_new_association_by_rfc_5763_6_6(tmp_
         load(write(tmp_path, "name: a\nreinvite: [{by: carol}]\nexpect: {outcome: works}\n"))
 
 
+def test_restart_steps_parse_with_their_triggers(tmp_path):
+    (scenario,) = load(ROOT / "scenarios" / "restart-proxy-mid-call.yaml")
+    (step,) = scenario.restarts
+    assert (step.node, step.crash, step.kill_after.label(), step.start_after.label()) == (
+        "proxy-b",
+        True,
+        "bob srtp.first_received",
+        "proxy-a sip.send sip.method=BYE #2",
+    )
+    bye = {"service": "proxy-a", "kind": "sip.send", "t": 5.0, "attrs": {"sip.method": "BYE"}}
+    assert not step.start_after.reached([bye]) and step.start_after.reached([bye, {**bye, "t": 6.0}])
+    assert not step.start_after.reached([bye, {**bye, "t": 6.0}], since=5.5)
+    with pytest.raises(ScenarioError, match=r"s.yaml.restart\[0\].kill_after.event: 'bye' is not an event kind"):
+        load(
+            write(
+                tmp_path,
+                "name: a\nrestart: [{node: proxy-b, kill_after: {node: bob, event: bye},"
+                " start_after: {node: bob, event: sip.send}}]\nexpect: {outcome: works}\n",
+            )
+        )
+
+
+def test_outcome_requires_every_restart_to_have_happened():
+    evidence = _evidence()
+    evidence["calls"]["alice"]["state"] = "terminated"
+    evidence["restarts"] = [{"node": "proxy-b", "crash": True, "killed": 1.0, "started": 1.5}]
+    works = judge_outcome(evidence)
+    assert works.works and "proxy-b crashed and was back 0.50s later" in works.reason
+    evidence["restarts"] = [{"node": "proxy-b", "crash": True, "error": "bob srtp.first_received never happened"}]
+    assert judge_outcome(evidence).reason == "restart of proxy-b: bob srtp.first_received never happened"
+
+
 def _modified(new_association: bool, srtp_received: str = "5") -> dict:
     evidence = _evidence()
     evidence["reinvites"] = [{"by": "bob", "setup": "flip", "new_certificate": False, "new_association_expected": True}]
@@ -230,6 +262,52 @@ def test_outcome_judges_each_reinvite_by_what_rfc_5763_6_6_predicts():
     assert not kept.works and "kept the DTLS association; RFC 5763 §6.6 says it must not" in kept.reason
     silent = judge_outcome(_modified(True, srtp_received="0"))
     assert not silent.works and "decrypted no SRTP with association 2's keys" in silent.reason
+
+
+def test_fork_key_sets_a_second_bob_like_the_first(tmp_path):
+    (forked,) = load(ROOT / "scenarios" / "rfc5763-6.3-forking-bad-fingerprint.yaml")
+    assert forked.bob2 == {
+        "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
+        "media_packets": 20,
+        "tamper_answer_fingerprint": True,
+    }
+    assert forked.expect.forks == (("bob", "works"), ("bob2", "fails"))
+    (plain,) = load(write(tmp_path, "name: a\nfork: false\nexpect: {outcome: works}\n"))
+    assert plain.bob2 is None
+    with pytest.raises(ScenarioError, match=r"s.yaml.fork: true, false or \{tamper_answer_fingerprint"):
+        load(write(tmp_path, "name: a\nfork: {colour: red}\nexpect: {outcome: works}\n"))
+    with pytest.raises(ScenarioError, match=r"s.yaml.expect.forks: \{'carol': 'works'\}"):
+        load(write(tmp_path, "name: a\nfork: true\nexpect: {outcome: works, forks: {carol: works}}\n"))
+
+
+def _forked_calls(bob2_verified: bool = True) -> dict:
+    fork = {"local_socket": "10.10.1.10:4000", "srtp_received": "20"}
+    bobs = {"bob": "203.0.113.40:5000", "bob2": "203.0.113.41:5002"}
+    return {
+        "calls": {
+            "alice": {
+                "forks": [
+                    {**fork, "peer_media": bobs["bob"], "fingerprint_verified": True},
+                    {**fork, "peer_media": bobs["bob2"], "fingerprint_verified": bob2_verified},
+                ]
+            },
+            **{
+                bob: {"media": {"local_media": media, "peer_fingerprint_verified": True, "srtp_received": "20"}}
+                for bob, media in bobs.items()
+            },
+        },
+        "events": [{"service": "alice", "kind": "sip.recv", "attrs": {"sip.status_code": "200"}}],
+        "measurements": {"invite_to_srtp_bob_to_alice_s": 0.1, "invite_to_srtp_alice_to_bob_s": 0.12},
+    }
+
+
+def test_a_forked_call_is_judged_fork_by_fork():
+    both = judge_outcome(_forked_calls())
+    assert both.works and both.forks == {"bob": "works", "bob2": "works"}
+    assert both.reason.startswith("2 forks on one local port; bob: verified against his own answer")
+    liar = judge_outcome(_forked_calls(bob2_verified=False))
+    assert not liar.works and liar.forks == {"bob": "works", "bob2": "fails"}
+    assert "bob2: the certificate Alice saw" in liar.reason
 
 
 def test_fault_peers_may_name_nodes(tmp_path):

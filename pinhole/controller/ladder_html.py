@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pinhole.controller.ladder import COLUMNS, PROTOCOLS, TITLES, Arrow, arrows
+from pinhole.controller.ladder import PROTOCOLS, TITLES, Arrow, arrows, columns
 
 GUTTER = 80  # room for the time column
 COLUMN_WIDTH = 160
@@ -140,19 +140,20 @@ def _legend() -> str:
 # --- the SVG ----------------------------------------------------------------------------------
 
 
-def _x(column: str) -> float:
-    return GUTTER + COLUMNS.index(column) * COLUMN_WIDTH + COLUMN_WIDTH / 2
+def _x(column: str, shown: list[str]) -> float:
+    return GUTTER + shown.index(column) * COLUMN_WIDTH + COLUMN_WIDTH / 2
 
 
 def _svg(drawn: list[Arrow]) -> str:
-    width = GUTTER + len(COLUMNS) * COLUMN_WIDTH
+    shown = columns(drawn)
+    width = GUTTER + len(shown) * COLUMN_WIDTH
     height = HEAD + max(len(drawn), 1) * ROW + 16
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="ladder diagram">',
         '<text class="time-head" x="8" y="40">time (s)</text>',
-        *(_lifeline(column, height) for column in COLUMNS),
-        *(_message(arrow) for arrow in drawn),
+        *(_lifeline(column, height, shown) for column in shown),
+        *(_message(arrow, shown) for arrow in drawn),
     ]
     if not drawn:
         parts.append(f'<text class="empty" x="{width / 2}" y="{HEAD + ROW / 2}">(no messages)</text>')
@@ -160,8 +161,8 @@ def _svg(drawn: list[Arrow]) -> str:
     return "\n".join(parts)
 
 
-def _lifeline(column: str, height: float) -> str:
-    x = _x(column)
+def _lifeline(column: str, height: float, shown: list[str]) -> str:
+    x = _x(column, shown)
     return (
         f'<g class="lifeline" data-column="{column}">'
         f'<rect x="{x - 56}" y="8" width="112" height="28" rx="4"/>'
@@ -171,12 +172,12 @@ def _lifeline(column: str, height: float) -> str:
     )
 
 
-def _message(arrow: Arrow) -> str:
+def _message(arrow: Arrow, shown: list[str]) -> str:
     """One arrow as a focusable <g>: hit area, shaft, head (or X), label, time and tooltip."""
     e = arrow.event
     top = HEAD + arrow.index * ROW
     y = top + ROW - 9
-    x1, x2 = _x(arrow.source), _x(arrow.target)
+    x1, x2 = _x(arrow.source, shown), _x(arrow.target, shown)
     if x1 == x2:
         x2 = x1 + COLUMN_WIDTH / 3  # a service talking to itself: a short stub to the right
     lo, hi = sorted((x1, x2))
@@ -195,7 +196,7 @@ def _message(arrow: Arrow) -> str:
         f'data-kind="{_text(e["kind"])}" data-service="{_text(e["service"])}" '
         f'aria-label="{_text(arrow.label)}">'
         f"<title>{_text(tooltip)}</title>"
-        f'<rect class="hit" x="{GUTTER - 4}" y="{top}" width="{len(COLUMNS) * COLUMN_WIDTH + 4}" height="{ROW}"/>'
+        f'<rect class="hit" x="{GUTTER - 4}" y="{top}" width="{len(shown) * COLUMN_WIDTH + 4}" height="{ROW}"/>'
         f'<text class="time" x="8" y="{y + 4}">{arrow.t:.3f}</text>'
         f'<line class="shaft" x1="{x1}" y1="{y}" x2="{x2}" y2="{y}"/>'
         f"{end}"

@@ -61,6 +61,8 @@ def judge_cell(scenario: Scenario, evidence: dict[str, Any], verdict_outcome: st
         matched = matched and verdict_outcome == expect.verdict
         if expect.failing:
             matched = matched and set(failing) == set(expect.failing)
+    if expect is not None and expect.forks:  # forking: which Bob's fork works is part of the prediction
+        matched = matched and result.forks == dict(expect.forks)
     return Cell(scenario, result.name, result.reason, matched, 0.0, result.invite_to_media, verdict_outcome, failing)
 
 
@@ -137,8 +139,6 @@ def run_matrix(
     write_reports(cells, out_dir)
     link_last(out_root, matrix_id)
     return cells, out_dir
-
-
 
 
 def _flag(value: Any) -> str:

@@ -10,7 +10,7 @@ first thing the evidence shows going wrong, in the words of the protocol that fa
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -19,6 +19,7 @@ class Outcome:
     works: bool
     reason: str
     invite_to_media: float | None  # seconds from the INVITE to SRTP decrypted in the slower direction
+    forks: dict[str, str] = field(default_factory=dict)  # forking: each Bob's fork, works or fails
 
     @property
     def name(self) -> str:
@@ -52,6 +53,8 @@ def judge_outcome(evidence: dict[str, Any]) -> Outcome:
         return Outcome(False, f"the INVITE never reached Bob ({state})", None)
     if not any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "200" for e in events):
         return Outcome(False, f"no 200 OK reached Alice ({state})", None)
+    if "bob2" in calls:  # a forked call (RFC 5763 §6.3): each Bob's fork is judged on its own
+        return _forked(calls, media_time)
     media = {side: call.get("media", {}) for side, call in (("alice", alice), ("bob", bob))}
     unconnected = [side for side, m in media.items() if not m.get("handshake_completed")]
     if unconnected:
@@ -82,10 +85,19 @@ def judge_outcome(evidence: dict[str, Any]) -> Outcome:
             if _int(component.get("srtcp_received")) == 0:
                 return Outcome(False, f"{side}: no SRTCP decrypted on the RTCP component", None)
     modified = ""
+    for restart in evidence.get("restarts", []):
+        node = restart["node"]
+        if restart.get("error") or "started" not in restart:
+            return Outcome(False, f"restart of {node}: {restart.get('error', 'never started again')}", None)
+        how = "crashed" if restart.get("crash") else "stopped"
+        modified += f"; {node} {how} and was back {restart['started'] - restart['killed']:.2f}s later"
+    if evidence.get("restarts") and alice.get("state") != "terminated":
+        return Outcome(False, f"the call did not end with a BYE answered ({state})", None)
     if evidence.get("reinvites"):
-        problem, modified = _modifications(evidence["reinvites"], alice, bob)
+        problem, changes = _modifications(evidence["reinvites"], alice, bob)
         if problem:
             return Outcome(False, problem, None)
+        modified += changes
     client = "Bob" if media["bob"].get("dtls_role") == "client" else "Alice"
     how = f"DTLS ({client} active) after {len(drops)} NAT drop(s)" if drops else f"DTLS ({client} active), no NAT drop"
     if latched:
@@ -139,3 +151,36 @@ def _modifications(steps: list[dict[str, Any]], alice: dict[str, Any], bob: dict
                 return f"{what}: {side} decrypted no SRTP with association {index}'s keys", ""
         summary.append(f"#{number} new association {index}, SRTP both ways on it")
     return "", f"; re-INVITEs: {', '.join(summary)}"
+
+
+def _fork(calls: dict[str, Any], bob: str) -> tuple[bool, str]:
+    """One fork of a forked call: Alice's association with this Bob verified against *his* answer's
+    fingerprint (RFC 5763 §6.3), Bob's against her offer, and SRTP decrypted both ways under its keys."""
+    theirs = calls.get(bob, {}).get("media", {})
+    local = theirs.get("local_media", "")
+    fork = next((f for f in calls["alice"].get("forks", []) if f.get("peer_media") == local and local), None)
+    if fork is None:
+        return False, f"{bob}: no fork of Alice's call answered from {local or 'anywhere'}"
+    if not fork.get("fingerprint_verified"):
+        seen = fork.get("peer_fingerprint", "")[:17]
+        failure = fork.get("dtls_failure") or fork.get("reason") or fork.get("dtls_state", "")
+        return (
+            False,
+            f"{bob}: the certificate Alice saw ({seen}...) does not match his answer's a=fingerprint ({failure})",
+        )
+    if not theirs.get("peer_fingerprint_verified"):
+        return False, f"{bob}: he did not verify Alice's certificate ({theirs.get('dtls_failure', '')})"
+    to_alice, to_bob = _int(fork.get("srtp_received")), _int(theirs.get("srtp_received"))
+    if not to_alice or not to_bob:
+        return False, f"{bob}: SRTP decrypted {to_alice} at Alice, {to_bob} at {bob}"
+    return True, f"{bob}: verified against his own answer, SRTP both ways ({to_alice} and {to_bob})"
+
+
+def _forked(calls: dict[str, Any], media_time: float | None) -> Outcome:
+    results = {bob: _fork(calls, bob) for bob in ("bob", "bob2")}
+    sockets = {f.get("local_socket") for f in calls.get("alice", {}).get("forks", [])}
+    port = f"{len(results)} forks on one local port" if len(sockets) == 1 else f"forks on {len(sockets)} ports"
+    works = all(ok for ok, _ in results.values())
+    reason = f"{port}; " + "; ".join(text for _, text in results.values())
+    forks = {bob: "works" if ok else "fails" for bob, (ok, _) in results.items()}
+    return Outcome(works, reason, media_time if works else None, forks)

@@ -15,8 +15,11 @@ import json
 import re
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -237,38 +240,31 @@ def default_nat() -> natgw_pb2.NatConfig:
     )
 
 
-def configure(
-    clients: ServiceClients,
+def service_configs(
     endpoints: Endpoints,
     scenario: Scenario,
     timers: Timers,
     nat: natgw_pb2.NatConfig | None = None,
-) -> None:
-    """Put every service in the scenario's state (the defaults are those of §7.3).
-
-    `nat`: the gateway's RFC 4787 behaviour (default: the scenario's, else `default_nat()`; a cluster run
-    reads it from its ConfigMap).
-    """
+) -> dict[str, Any]:
+    """Node -> the message its Configure takes to be in the scenario's state (the defaults are §7.3's)."""
     sip = endpoints.sip
     if nat is None:
         nat = scenario.nat.proto() if scenario.nat is not None else default_nat()
-    clients.stub("natgw").Configure(nat)
-    clients.stub("proxy-a").Configure(
-        proxy_pb2.ProxyConfig(
-            record_route=True,
-            sip_t1_seconds=timers.sip_t1,
-            routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))],
-        )
+    configs: dict[str, Any] = {"natgw": nat}
+    configs["proxy-a"] = proxy_pb2.ProxyConfig(
+        record_route=True,
+        sip_t1_seconds=timers.sip_t1,
+        routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))],
     )
-    clients.stub("proxy-b").Configure(
-        proxy_pb2.ProxyConfig(
-            record_route=True,
-            sip_t1_seconds=timers.sip_t1,
-            routes=[
-                proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob")),
-                proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a")),
-            ],
-        )
+    # forking (RFC 5763 §6.3): the INVITE goes to bob and bob2 in parallel
+    forks = [sip("bob2")] if scenario.bob2 is not None else []
+    configs["proxy-b"] = proxy_pb2.ProxyConfig(
+        record_route=True,
+        sip_t1_seconds=timers.sip_t1,
+        routes=[
+            proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob"), fork_to=forks),
+            proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a")),
+        ],
     )
     common = {"timers": timers.proto(), "media_packets": MEDIA_PACKETS}
     alice_config = {
@@ -286,10 +282,41 @@ def configure(
         "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
         **common,
     }
-    clients.stub("alice").Configure(useragent_pb2.UserAgentConfig(**{**alice_config, **scenario.alice}))
-    clients.stub("bob").Configure(useragent_pb2.UserAgentConfig(**{**bob_config, **scenario.bob}))
-    # the scenario's faults, or none: a lab that stays up must not keep the last run's
-    clients.stub("natgw").SetFaults(fault_plan(scenario, endpoints.addresses))
+    configs["alice"] = useragent_pb2.UserAgentConfig(**{**alice_config, **scenario.alice})
+    configs["bob"] = useragent_pb2.UserAgentConfig(**{**bob_config, **scenario.bob})
+    if scenario.bob2 is not None:  # a second Bob, the same user at another address
+        configs["bob2"] = useragent_pb2.UserAgentConfig(**{**bob_config, "display_name": "Bob2", **scenario.bob2})
+    return configs
+
+
+def configure(
+    clients: ServiceClients,
+    endpoints: Endpoints,
+    scenario: Scenario,
+    timers: Timers,
+    nat: natgw_pb2.NatConfig | None = None,
+) -> None:
+    """Put every service in the scenario's state (the defaults are those of §7.3).
+
+    `nat`: the gateway's RFC 4787 behaviour (default: the scenario's, else `default_nat()`; a cluster run
+    reads it from its ConfigMap).
+    """
+    for node, config in service_configs(endpoints, scenario, timers, nat).items():
+        clients.stub(node).Configure(config)
+    # each fault service its part of the scenario's faults, or none: a lab that stays up must not keep the
+    # last run's; faults on a service this lab does not run (a container lab has no switch) are refused
+    plans = fault_plans(scenario, endpoints.addresses)
+    missing = {node: plan for node, plan in plans.items() if plan.rules and node not in clients.kinds}
+    for node, plan in missing.items():
+        links = sorted({rule.match.link_name for rule in plan.rules})
+        raise ScenarioError(
+            f"{scenario.source}.faults: rules {', '.join(r.name for r in plan.rules)} impair link(s) "
+            f"{', '.join(links)} of the {node} node, whose service this lab does not run (only the namespace "
+            "lab has a switch: containers and pods meet on engine networks); run it with --backend netns"
+        )
+    for node, plan in plans.items():
+        if node in clients.kinds:
+            clients.stub(node).SetFaults(plan)
 
 
 def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
@@ -298,6 +325,14 @@ def _has(events: list[dict[str, Any]], service: str, kind: str) -> bool:
 
 def _ended(events: list[dict[str, Any]], service: str) -> bool:
     return _has(events, service, "call.terminated") or _has(events, service, "call.failed")
+
+
+def _forks_over(events: list[dict[str, Any]]) -> bool:
+    """A forked call (RFC 5763 §6.3): every fork done at Alice (its media sent, or it failed) and at both Bobs."""
+    at_alice = {e["attrs"].get("fork") for e in events if e["service"] == "alice" and e["kind"] == "srtp.sent"}
+    at_alice |= {e["attrs"].get("fork") for e in events if e["service"] == "alice" and e["kind"] == "call.fork_failed"}
+    bobs_done = all(_has(events, bob, "srtp.sent") or _has(events, bob, "call.failed") for bob in ("bob", "bob2"))
+    return (len(at_alice - {None}) >= 2 and bobs_done) or _has(events, "alice", "call.failed")
 
 
 def _call_over(events: list[dict[str, Any]]) -> bool:
@@ -331,6 +366,75 @@ class CallRecord:
     mappings: list[dict[str, Any]]  # the NAT's mappings at the end (ListMappings)
     counters: dict[str, dict[str, int]]
     flushed: list[dict[str, Any]] = field(default_factory=list)  # events streamed before the services' flush
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # services killed and started again (when)
+
+
+class Restarter:
+    """Kills a lab's service and starts it again, configured as before: the scenario's `restart` steps.
+
+    `configs`: node -> its Configure message (service_configs); `after_start(node)` may set more (faults).
+    """
+
+    def __init__(
+        self,
+        lab: Any,
+        topology: Any,
+        clients: ServiceClients,
+        configs: dict[str, Any],
+        after_start: Callable[[str], None] | None = None,
+    ) -> None:
+        self.lab, self.topology, self.clients, self.configs = lab, topology, clients, configs
+        self.after_start = after_start
+
+    def kill(self, node: str, crash: bool) -> None:
+        if node not in self.topology.nodes or not self.topology.nodes[node].service:
+            raise ValueError(f"restart: {node!r} is no service node of the topology")
+        self.lab.kill(node, crash=crash)
+
+    def start(self, node: str) -> None:
+        pids = start_services(
+            self.lab, self.topology, otlp_endpoint=f"unix:{otlp_socket(self.lab.service_run_dir)}", only=[node]
+        )
+        self.clients.reconnect(node)
+        wait_healthy({node: self.clients.targets[node]}, timeout=30, pids=pids, logs=self.lab.logs_hint())
+        if node in self.configs:
+            self.clients.stub(node).Configure(self.configs[node], timeout=10)
+        if self.after_start is not None:
+            self.after_start(node)
+
+
+def _restart_steps(
+    collector: EventCollector,
+    scenario: Scenario,
+    restarter: Restarter,
+    tracer: Any,
+    run_context: Any,
+    budget: float,
+    done: list[dict[str, Any]],
+) -> None:
+    """Each step: wait for its kill trigger, kill; wait for its start trigger, start. A trigger that never
+    comes ends the steps (the outcome says which)."""
+    for step in scenario.restarts:
+        record: dict[str, Any] = {"node": step.node, "crash": step.crash, "kill_after": step.kill_after.label()}
+        record["start_after"] = step.start_after.label()
+        done.append(record)
+        if not collector.wait_for(step.kill_after.reached, timeout=budget):
+            record["error"] = f"{step.kill_after.label()} never happened"
+            return
+        with tracer.start_as_current_span(
+            f"pinhole.kill {step.node}", context=run_context, attributes={"crash": step.crash}
+        ):
+            record["killed"] = time.time()
+            restarter.kill(step.node, step.crash)
+        killed = record["killed"]
+        if not collector.wait_for(partial(step.start_after.reached, since=killed), timeout=budget):
+            record["error"] = f"{step.start_after.label()} never happened after the kill"
+            restarter.start(step.node)  # the lab stays whole for the next run
+            return
+        with tracer.start_as_current_span(f"pinhole.start {step.node}", context=run_context):
+            restarter.start(step.node)
+            record["started"] = time.time()
+        collector.follow(step.node)
 
 
 def drive_call(
@@ -341,8 +445,11 @@ def drive_call(
     tracer: Any,
     show: Progress,
     endpoints: Endpoints | None = None,
+    restarter: Restarter | None = None,
 ) -> CallRecord:
     """Place the call Alice -> Bob, wait until it is over, hang up, and flush every service's spans.
+
+    With `restarter`, the scenario's restart steps run alongside the call, each on its own triggers.
 
     The run's span is the root of the call's trace: PlaceCall carries its context to Alice. It also
     carries the lab's address map (`endpoints`), so the trace alone can name every ladder column.
@@ -365,10 +472,21 @@ def drive_call(
         run_span.set_attribute("pinhole.call_id", handle.call_id)
         call_id = handle.call_id
         budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
+        restarts: list[dict[str, Any]] = []
+        restarting = None
+        if scenario.restarts:
+            if restarter is None:
+                raise ValueError(f"{scenario.name}: this backend cannot restart services")
+            restarting = threading.Thread(
+                target=_restart_steps,
+                args=(collector, scenario, restarter, tracer, run_context, budget, restarts),
+                daemon=True,
+            )
+            restarting.start()
         if scenario.reinvites:
             modify_session(clients, collector, scenario, call_id, timers, run_context, show)
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
-        collector.wait_for(_call_over, timeout=budget)
+        collector.wait_for(_call_over if scenario.bob2 is None else _forks_over, timeout=budget)
         state = clients.stub("alice").GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
         if state not in ("failed", "terminated"):  # Alice's own state, not an event still in flight
             show.stage("hanging up")
@@ -376,7 +494,8 @@ def drive_call(
                 useragent_pb2.HangUpRequest(call_id=call_id), metadata=telemetry.grpc_metadata(run_context)
             )
         # both user agents end the call (BYE either way, or a failure): then the evidence is complete
-        collector.wait_for(lambda ev: _ended(ev, "alice") and _ended(ev, "bob"), timeout=64 * timers.sip_t1 + 5)
+        agents = ["alice", "bob"] + (["bob2"] if scenario.bob2 is not None else [])
+        collector.wait_for(lambda ev: all(_ended(ev, ua) for ua in agents), timeout=64 * timers.sip_t1 + 5)
         if any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "200" for e in collector.snapshot()):
             # a dialog existed, so a BYE crossed the NAT (whoever sent it): wait for the gateway's report
             collector.wait_for(
@@ -386,16 +505,15 @@ def drive_call(
                 ),
                 timeout=10,
             )
+        if restarting is not None:  # a restart still waiting for its trigger has none left to wait for
+            restarting.join(timeout=budget)
         show.stage("collecting evidence")
         # what has been streamed so far was recorded (its span ended) before the flush: it must be in the
         # trace; a late datagram recorded after the flush (a retransmission) may not be, and is no loss
         flushed = collector.snapshot()
         for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
-        calls = {
-            ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
-            for ua in ("alice", "bob")
-        }
+        calls = {ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id))) for ua in agents}
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
         counters = {
             node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
@@ -405,7 +523,7 @@ def drive_call(
         collector.stop()
         if run_span is not None:
             run_span.end()
-    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed)
+    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts)
 
 
 def _decrypting(events: list[dict[str, Any]]) -> bool:
@@ -460,10 +578,12 @@ def modify_session(
             return
         if reply.modification.new_association:
             collector.wait_for(
-                lambda ev, since=since: _failed(ev)
-                or all(
-                    any(e["service"] == side and e["kind"] == "srtp.switched" and e["t"] >= since for e in ev)
-                    for side in ("alice", "bob")
+                lambda ev, since=since: (
+                    _failed(ev)
+                    or all(
+                        any(e["service"] == side and e["kind"] == "srtp.switched" and e["t"] >= since for e in ev)
+                        for side in ("alice", "bob")
+                    )
                 ),
                 timeout=budget,
             )
@@ -501,6 +621,8 @@ def judge_call(
         "captures": captures or {},
         "address_map": endpoints.address_map(),
     }
+    if record.restarts:  # the services killed and started again, and when
+        evidence["restarts"] = record.restarts
     if scenario.reinvites:  # what the outcome must find in the calls' modifications, in order
         evidence["reinvites"] = [
             {**dataclasses.asdict(step), "new_association_expected": step.changes_association}
@@ -514,7 +636,15 @@ def judge_call(
         "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
     }
     result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
-    lost = from_trace.lost_spans(trace_request, [e for e in record.flushed if e["call_id"] == call_id])
+    crashed = {r["node"]: r["killed"] for r in record.restarts if r.get("crash") and "killed" in r}
+    lost = from_trace.lost_spans(
+        trace_request,
+        [  # what a crashed service had not exported yet died with it: that is the fault, not a lost span
+            e
+            for e in record.flushed
+            if e["call_id"] == call_id and not (e["service"] in crashed and e["t"] <= crashed[e["service"]])
+        ],
+    )
     if lost and not result.broken:  # every span the services said they made must be in the trace
         result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
     drawing = ladder.render(evidence)
@@ -586,7 +716,9 @@ def run(
         configure(clients, Endpoints.of_topology(topology), scenario, timers)
         natgw = topology.nodes["natgw"]
         capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
-        record = drive_call(clients, kinds, scenario, timers, tracer, show, Endpoints.of_topology(topology))
+        endpoints = Endpoints.of_topology(topology)
+        restarter = Restarter(lab, topology, clients, service_configs(endpoints, scenario, timers))
+        record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, restarter)
     finally:
         if capture is not None:
             capture.stop()

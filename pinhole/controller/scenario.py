@@ -97,6 +97,7 @@ class Expectation:
     why: str = ""
     verdict: str | None = None  # "pass" or "fail": the §7.3 verdict, check by check
     failing: tuple[str, ...] = ()  # with verdict fail: the §7.3 checks that must fail (others must pass)
+    forks: tuple[tuple[str, str], ...] = ()  # forking: each Bob's fork, works or fails, e.g. (("bob", "works"),)
 
 
 REINVITE_SETUPS = ("keep", "flip", "actpass")
@@ -122,6 +123,41 @@ class Reinvite:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """The moment something happens: the `count`-th event `event` of service `node` with these attributes."""
+
+    node: str
+    event: str
+    attrs: tuple[tuple[str, str], ...] = ()
+    count: int = 1
+
+    def reached(self, events: list[dict[str, Any]], since: float = 0.0) -> bool:
+        seen = sum(
+            1
+            for e in events
+            if e["service"] == self.node
+            and e["kind"] == self.event
+            and e["t"] >= since
+            and all(e["attrs"].get(k) == v for k, v in self.attrs)
+        )
+        return seen >= self.count
+
+    def label(self) -> str:
+        attrs = "".join(f" {k}={v}" for k, v in self.attrs)
+        return f"{self.node} {self.event}{attrs}" + (f" #{self.count}" if self.count > 1 else "")
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A service killed at one moment of the call and started again at another (then configured again)."""
+
+    node: str
+    kill_after: Trigger
+    start_after: Trigger
+    crash: bool = True  # SIGKILL: a crash, its unexported spans are lost; False: SIGTERM, a graceful stop
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One variant of the call Alice -> Bob, with what it is expected to give.
 
@@ -142,6 +178,8 @@ class Scenario:
     faults: dict[str, Any] | None = None  # a fault plan (FaultPlan.from_dict): gateway and switch; peers may be nodes
     flow: str = figures.DEFAULT_FLOW  # the RFC 5763 figure the call is judged against, check by check
     reinvites: tuple[Reinvite, ...] = ()  # re-offers made in turn once SRTP flows both ways (RFC 5763 §6.6)
+    restarts: tuple[Restart, ...] = ()  # services killed and started again during the call
+    bob2: dict[str, Any] | None = None  # forking (RFC 5763 §6.3): proxy-b forks to bob and bob2, set like this
 
 
 SCENARIOS = {
@@ -180,6 +218,9 @@ SCENARIO_KEYS = {
     "faults",
     "fault_seed",
     "reinvite",
+    "restart",
+    "fork",
+    "ring",
     "matrix",
     "rules",
 }
@@ -245,9 +286,12 @@ def _answerer(value: Any, where: str) -> str:
 def parse_expect(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> Expectation:
     if not isinstance(value, dict):
         raise _fail(where, f"expected a mapping with outcome (works|fails), not {value!r}")
-    unknown = set(value) - {"outcome", "why", "verdict", "failing"}
+    unknown = set(value) - {"outcome", "why", "verdict", "failing", "forks"}
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)} (outcome, why, verdict, failing)")
+        raise _fail(where, f"unknown key(s) {sorted(unknown)} (outcome, why, verdict, failing, forks)")
+    forks = value.get("forks", {})
+    if not isinstance(forks, dict) or any(k not in ("bob", "bob2") or v not in OUTCOMES for k, v in forks.items()):
+        raise _fail(f"{where}.forks", f"{forks!r}: {{bob: works|fails, bob2: works|fails}}")
     if value.get("outcome") not in OUTCOMES:
         raise _fail(f"{where}.outcome", f"{value.get('outcome')!r} is not works or fails")
     verdict = value.get("verdict")
@@ -261,7 +305,13 @@ def parse_expect(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> Ex
         raise _fail(f"{where}.failing", "names failing checks, so verdict must be fail")
     if verdict == "pass" and value["outcome"] == "fails":
         raise _fail(where, f"a call that fails cannot pass the {flow} verdict")
-    return Expectation(value["outcome"], str(value.get("why", "")), verdict, tuple(str(m) for m in failing))
+    return Expectation(
+        value["outcome"],
+        str(value.get("why", "")),
+        verdict,
+        tuple(str(m) for m in failing),
+        tuple(sorted(forks.items())),
+    )
 
 
 def build(settings: dict[str, Any], where: str, *, name: str, description: str, source: str) -> Scenario:
@@ -303,6 +353,8 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         faults=settings.get("faults"),
         flow=settings.get("flow", figures.DEFAULT_FLOW),
         reinvites=settings.get("reinvite", ()),
+        restarts=settings.get("restart", ()),
+        bob2=_fork_side(settings.get("fork"), bob),
     )
 
 
@@ -333,6 +385,10 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["expect"] = parse_expect(data["expect"], f"{where}.expect", out.get("flow", figures.DEFAULT_FLOW))
     if "reinvite" in data:
         out["reinvite"] = parse_reinvites(data["reinvite"], f"{where}.reinvite")
+    if "restart" in data:
+        out["restart"] = parse_restarts(data["restart"], f"{where}.restart")
+    if "fork" in data:
+        out["fork"] = parse_fork(data["fork"], f"{where}.fork")
     if "faults" in data or "fault_seed" in data:
         out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
     return out
@@ -358,6 +414,73 @@ def parse_reinvites(value: Any, where: str) -> tuple[Reinvite, ...]:
             raise _fail(f"{here}.setup", f"{setup!r} is not one of {', '.join(REINVITE_SETUPS)}")
         new_certificate = _bool(item.get("new_certificate", False), f"{here}.new_certificate")
         steps.append(Reinvite(by, new_certificate, setup))
+    return tuple(steps)
+
+
+def parse_fork(value: Any, where: str) -> dict[str, Any] | None:
+    """`fork: true`, or `fork: {tamper_answer_fingerprint: true}` (bob2's answer then lies about his certificate)."""
+    if value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"tamper_answer_fingerprint"}:
+        raise _fail(where, f"true, false or {{tamper_answer_fingerprint: true|false}}, not {value!r}")
+    return {k: _bool(v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _fork_side(fork: dict[str, Any] | None, bob: dict[str, Any]) -> dict[str, Any] | None:
+    """bob2 answers as bob does (role, check, latching), with the fork's own settings on top."""
+    if fork is None:
+        return None
+    return {**{k: v for k, v in bob.items() if k != "tamper_answer_fingerprint"}, **fork}
+
+
+NODE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+EVENT_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
+
+
+def parse_trigger(value: Any, where: str) -> Trigger:
+    """`{node, event, attrs: {name: value}, count}`: the `count`-th such event (default the first)."""
+    if not isinstance(value, dict) or not {"node", "event"} <= set(value):
+        raise _fail(where, "expected {node: NODE, event: KIND, attrs: {...}, count: N}")
+    unknown = set(value) - {"node", "event", "attrs", "count"}
+    if unknown:
+        raise _fail(where, f"unknown key(s) {sorted(unknown)} (node, event, attrs, count)")
+    if not isinstance(value["node"], str) or not NODE_RE.match(value["node"]):
+        raise _fail(f"{where}.node", f"{value['node']!r} is not a node name")
+    if not isinstance(value["event"], str) or not EVENT_RE.match(value["event"]):
+        raise _fail(f"{where}.event", f"{value['event']!r} is not an event kind such as sip.send")
+    attrs = value.get("attrs", {})
+    if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
+        raise _fail(f"{where}.attrs", f"{attrs!r}: a mapping of attribute names to values")
+    count = value.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+        raise _fail(f"{where}.count", f"{count!r}: a whole number, 1..100")
+    return Trigger(value["node"], value["event"], tuple(sorted((k, str(v)) for k, v in attrs.items())), count)
+
+
+def parse_restarts(value: Any, where: str) -> tuple[Restart, ...]:
+    """`restart: [{node, crash, kill_after: TRIGGER, start_after: TRIGGER}, ...]`"""
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "a list of {node, crash, kill_after: {node, event, ...}, start_after: {...}}")
+    steps = []
+    for index, item in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict) or not {"node", "kill_after", "start_after"} <= set(item):
+            raise _fail(here, "expected {node, crash, kill_after: {...}, start_after: {...}}")
+        unknown = set(item) - {"node", "crash", "kill_after", "start_after"}
+        if unknown:
+            raise _fail(here, f"unknown key(s) {sorted(unknown)} (node, crash, kill_after, start_after)")
+        if not isinstance(item["node"], str) or not NODE_RE.match(item["node"]):
+            raise _fail(f"{here}.node", f"{item['node']!r} is not a node name")
+        steps.append(
+            Restart(
+                item["node"],
+                parse_trigger(item["kill_after"], f"{here}.kill_after"),
+                parse_trigger(item["start_after"], f"{here}.start_after"),
+                _bool(item.get("crash", True), f"{here}.crash"),
+            )
+        )
     return tuple(steps)
 
 

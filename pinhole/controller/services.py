@@ -215,6 +215,12 @@ class ServiceClients:
             self.channels[node] = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
         return STUBS[self.kinds[node]](self.channels[node])
 
+    def reconnect(self, node: str) -> None:
+        """A fresh channel to a restarted service (the old one would wait out its reconnect backoff)."""
+        channel = self.channels.pop(node, None)
+        if channel is not None:
+            channel.close()
+
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
@@ -241,6 +247,12 @@ class EventCollector:
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+
+    def follow(self, node: str) -> None:
+        """Follow a node again: a service restarted during the run has a new event stream."""
+        thread = threading.Thread(target=self._follow, args=(node,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _follow(self, node: str) -> None:
         from pinhole.rpc.v1 import events_pb2
