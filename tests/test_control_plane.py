@@ -56,6 +56,9 @@ def test_useragent_names_the_bad_field(clients):
     alice = clients.stub("alice")
     error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="alice"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("aor:")
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", ring_seconds=-1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "ring_seconds: -1.0 is not between 0 and 60"
     error = _error(
         alice.Configure,
         useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", timers=useragent_pb2.Timers(dtls_initial_seconds=-1)),

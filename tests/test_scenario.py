@@ -90,7 +90,7 @@ def test_no_nat():
     assert str(info.value) == "x.nat: behaviour none (no translation) leaves nothing for filtering"
     (scenario,) = load(ROOT / "scenarios" / "rfc5763-7.1.yaml")
     assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (Nat(translate=False), "short", "works")
-    assert scenario.flow == "rfc5763-7.1"
+    assert (scenario.flow, scenario.expect.verdict, scenario.bob["ring_seconds"]) == ("rfc5763-7.1", "pass", 0.3)
 
 
 def test_hairpinning_key(tmp_path):
@@ -144,6 +144,7 @@ def test_hairpinning_key(tmp_path):
         ("name: a\nexpect: {outcome: works, failing: ['5']}\n", "names failing checks, so verdict must be fail"),
         ("name: a\nexpect: {outcome: fails, verdict: fail, failing: ['13']}\n", "a list of rfc5763-7.3 messages"),
         ("name: a\nflow: rfc5763-7.2\nexpect: {outcome: works}\n", "s.yaml.flow: 'rfc5763-7.2' is not one of"),
+        ("name: a\nring: forever\nexpect: {outcome: works}\n", "s.yaml.ring: 'forever': seconds Bob rings"),
         (
             "name: a\nflow: rfc5763-7.1\nexpect: {outcome: fails, verdict: fail, failing: ['11a']}\n",
             "s.yaml.expect.failing: ['11a']: a list of rfc5763-7.1 messages (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)",

@@ -331,6 +331,8 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         bob["latching"] = True
     if settings.get("tamper_answer_fingerprint"):
         bob["tamper_answer_fingerprint"] = True
+    if settings.get("ring"):  # Bob picks up later; his handshake and early media do not wait (§7.1)
+        bob["ring_seconds"] = settings["ring"]
     if "media_packets" in settings:
         alice["media_packets"] = bob["media_packets"] = settings["media_packets"]
     if settings.get("rtcp_mux") is False:  # both sides: RTP and RTCP each on its own association (RFC 5764 §4)
@@ -376,6 +378,11 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
     for key in ("stun_check", "latching", "rtcp_mux", "tamper_answer_fingerprint"):
         if key in data:
             out[key] = _bool(data[key], f"{where}.{key}")
+    if "ring" in data:
+        ring = data["ring"]
+        if isinstance(ring, bool) or not isinstance(ring, (int, float)) or not 0 <= ring <= 30:
+            raise _fail(f"{where}.ring", f"{ring!r}: seconds Bob rings before answering, 0..30")
+        out["ring"] = float(ring)
     if "media_packets" in data:
         count = data["media_packets"]
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:

@@ -55,6 +55,8 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         raise ConfigError(f"timers.dtls_maximum_seconds: {maximum} is below dtls_initial_seconds {initial}")
     if request.answer_setup not in SETUPS:
         raise ConfigError(f"answer_setup: unknown value {request.answer_setup}")
+    if not 0 <= request.ring_seconds <= 60:  # also refuses NaN
+        raise ConfigError(f"ring_seconds: {request.ring_seconds} is not between 0 and 60")
     try:
         outbound = parse_hostport(request.outbound_proxy, "outbound_proxy") if request.outbound_proxy else None
         stun_server = parse_hostport(request.stun_server, "stun_server") if request.stun_server else None
@@ -67,6 +69,7 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         stun_server=stun_server,
         answer_setup=SETUPS[request.answer_setup],
         auto_answer=request.auto_answer,
+        ring_seconds=request.ring_seconds,
         stun_check=request.stun_check if request.HasField("stun_check") else True,
         tamper_answer_fingerprint=request.tamper_answer_fingerprint,
         srtp_profiles=tuple(request.srtp_profiles) or AgentConfig.srtp_profiles,

@@ -101,6 +101,7 @@ class AgentConfig:
     stun_server: Address | None = None
     answer_setup: sdp.Setup = sdp.Setup.ACTIVE
     auto_answer: bool = True
+    ring_seconds: float = 0.0  # auto-answer after ringing this long; DTLS and early media start at once
     stun_check: bool = True
     tamper_answer_fingerprint: bool = False
     srtp_profiles: tuple[str, ...] = DEFAULT_PROFILES
@@ -1104,6 +1105,10 @@ class UserAgent:
         # RFC 5763 §6.2: the active answerer may send (early) media as soon as its handshake completes,
         # before its 200 OK arrives (§7.1 message 6); the media waits for the handshake (MediaSession)
         self._start_media(call)
+        if self.config.ring_seconds > 0:  # the user picks up later: §7.1, the handshake ends before the 200 OK
+            await asyncio.sleep(self.config.ring_seconds)
+            if call.state != "ringing":  # cancelled or ended while ringing
+                return
         transaction.respond(ok)
         assert self.endpoint is not None
         call.ok_retransmitter = retransmit_2xx(
