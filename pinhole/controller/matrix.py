@@ -167,9 +167,22 @@ def table(cells: list[Cell]) -> str:
 
 
 def pivot(cells: list[Cell]) -> str:
-    """The matrix cells as NAT x role rows against check x latching columns: outcome and INVITE-to-media time."""
+    """The matrix cells as NAT x role rows against check x latching columns: outcome and INVITE-to-media time.
+
+    One table per matrix file that varies the check or latching (the NAT matrix); other files' cells,
+    which would land on the same knobs (rtcp-mux off, faults), are left to the full table."""
+    tables = []
+    for source in dict.fromkeys(c.scenario.source for c in cells):
+        mine = [c for c in cells if c.scenario.source == source and "[" in c.scenario.name]
+        varied = {(c.scenario.knobs.get("stun_check"), c.scenario.knobs.get("latching")) for c in mine}
+        if len(varied) > 2:
+            tables.append(_pivot(mine))
+    return "\n\n".join(tables)
+
+
+def _pivot(cells: list[Cell]) -> str:
     knobs = ("nat", "answerer", "stun_check", "latching")
-    by_knobs = {tuple(c.scenario.knobs.get(k) for k in knobs): c for c in cells if "[" in c.scenario.name}
+    by_knobs = {tuple(c.scenario.knobs.get(k) for k in knobs): c for c in cells}
     rows = list(dict.fromkeys(k[:2] for k in by_knobs))  # in the order of the matrix's axes
     columns = [(True, False), (True, True), (False, False), (False, True)]
     lines = [
