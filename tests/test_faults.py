@@ -952,7 +952,7 @@ def test_a_full_queue_fails_open_or_closed(path: Path_, fail_open: bool) -> None
 
 
 def _proto_error(plan) -> str:  # noqa: ANN001
-    from services.natgw.__main__ import fault_plan
+    from pinhole.faults.wire import fault_plan
 
     with pytest.raises(FaultError) as raised:
         fault_plan(plan)

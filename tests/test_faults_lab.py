@@ -10,16 +10,12 @@ call: the lab is shared by the module.
 from __future__ import annotations
 
 import pytest
-from opentelemetry import trace
+from faulted_calls import assert_works as _works
+from faulted_calls import call_with_faults, injected
 
 from pinhole.controller.run import (
     TIMERS,
     Endpoints,
-    Progress,
-    Scenario,
-    configure,
-    drive_call,
-    service_kinds,
 )
 from pinhole.rpc.v1 import natgw_pb2
 
@@ -27,36 +23,12 @@ pytestmark = pytest.mark.lab
 SHORT = TIMERS["short"]
 
 
-def _call(lab, clients, name: str, plan: natgw_pb2.FaultPlan):
-    _, topology, _ = lab
-    scenario = Scenario(name, f"§7.3 with a fault: {name}")
-    configure(clients, Endpoints.of_topology(topology), scenario, SHORT)
-    natgw = clients.stub("natgw")
-    reply = natgw.SetFaults(plan, timeout=10)
-    assert reply.active
-    try:
-        record = drive_call(
-            clients, service_kinds(topology), scenario, SHORT, trace.get_tracer("test"), Progress(False)
-        )
-    finally:
-        cleared = natgw.ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
-    assert not cleared.active
-    return record, [e for e in record.events if e["call_id"] == record.call_id]
-
-
-def _works(record) -> None:
-    alice, bob = record.calls["alice"], record.calls["bob"]
-    assert alice["state"] == bob["state"] == "terminated", (alice["reason"], bob["reason"])
-    for ua in (alice, bob):
-        media = ua["media"]
-        assert media["dtls_state"] in ("connected", "closed") and media["peer_fingerprint_verified"]
-        assert int(media["srtp_received"]) >= 45 and int(media["srtp_auth_failed"]) == 0
+def _call(lab, clients, name: str, plan):
+    return call_with_faults(lab, clients, "natgw", name, plan)
 
 
 def _faults(events, rule: str) -> list[dict]:
-    return [
-        e for e in events if e["service"] == "natgw" and e["kind"] == "fault.injected" and e["attrs"]["rule"] == rule
-    ]
+    return injected(events, "natgw", rule)
 
 
 def _is_client_hello(e: dict) -> bool:

@@ -15,10 +15,11 @@ import time
 
 import grpc
 import pytest
-from opentelemetry import trace
+from faulted_calls import assert_works as _works
+from faulted_calls import call_with_faults, injected
 
 from netns.lab import in_netns
-from pinhole.controller.run import TIMERS, Endpoints, Progress, Scenario, configure, drive_call, service_kinds
+from pinhole.controller.run import TIMERS, Endpoints
 from pinhole.rpc.v1 import events_pb2, faults_pb2, switch_pb2
 
 pytestmark = pytest.mark.lab
@@ -26,36 +27,12 @@ SHORT = TIMERS["short"]
 SWITCH = "public"
 
 
-def _call(lab, clients, name: str, plan: faults_pb2.FaultPlan):
-    _, topology, _ = lab
-    scenario = Scenario(name, f"§7.3 with a fault on a public link: {name}")
-    configure(clients, Endpoints.of_topology(topology), scenario, SHORT)
-    switch = clients.stub(SWITCH)
-    reply = switch.SetFaults(plan, timeout=10)
-    assert reply.active
-    try:
-        record = drive_call(
-            clients, service_kinds(topology), scenario, SHORT, trace.get_tracer("test"), Progress(False)
-        )
-    finally:
-        cleared = switch.ClearFaults(faults_pb2.ClearFaultsRequest(), timeout=10)
-    assert not cleared.active
-    return record, [e for e in record.events if e["call_id"] == record.call_id]
-
-
-def _works(record) -> None:
-    alice, bob = record.calls["alice"], record.calls["bob"]
-    assert alice["state"] == bob["state"] == "terminated", (alice["reason"], bob["reason"])
-    for ua in (alice, bob):
-        media = ua["media"]
-        assert media["dtls_state"] in ("connected", "closed") and media["peer_fingerprint_verified"]
-        assert int(media["srtp_received"]) >= 45 and int(media["srtp_auth_failed"]) == 0
+def _call(lab, clients, name: str, plan):
+    return call_with_faults(lab, clients, SWITCH, name, plan)
 
 
 def _faults(events, rule: str) -> list[dict]:
-    return [
-        e for e in events if e["service"] == SWITCH and e["kind"] == "fault.injected" and e["attrs"]["rule"] == rule
-    ]
+    return injected(events, SWITCH, rule)
 
 
 def _rule(name: str, link: str, direction: int, what: str, **action) -> faults_pb2.FaultRule:

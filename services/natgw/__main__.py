@@ -29,8 +29,8 @@ from pinhole.calls import CallDirectory
 from pinhole.events import Counters, EventLog
 from pinhole.faults import engine as faults
 from pinhole.faults import nfqueue
-from pinhole.faults.engine import FaultEngine, FaultError, FaultInjector, FaultPlan, Injected, RoutedLinks
-from pinhole.faults.wire import fault_plan, fault_plan_proto
+from pinhole.faults.engine import FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
+from pinhole.faults.rpc import FaultsServicer
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
@@ -409,10 +409,13 @@ def _endpoint(address: tuple[str, int]) -> natgw_pb2.Endpoint:
     return natgw_pb2.Endpoint(ip=address[0], port=address[1])
 
 
-class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
+class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
     def __init__(self, gateway: NatGateway) -> None:
         self.gateway = gateway
         self.events = gateway.events
+
+    def fault_host(self) -> NatGateway:
+        return self.gateway
 
     def _effective(self) -> natgw_pb2.NatConfig:
         b = self.gateway.behaviour
@@ -529,31 +532,6 @@ class NatGatewayServicer(EvidenceServicer, natgw_pb2_grpc.NatGatewayServicer):
                 yield await queue.get()
         finally:
             self.gateway.unwatch(queue)
-
-    async def SetFaults(self, request, context):  # noqa: N802
-        try:
-            plan = fault_plan(request, self.gateway.fault_links())
-        except FaultError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        try:
-            await self.gateway.set_faults(plan)
-        except nfqueue.QueueRuleError as error:  # iptables missing or refused
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"installing the fault queue failed: {error}")
-        except (nfqueue.NfqueueError, OSError, RuntimeError) as error:
-            await context.abort(grpc.StatusCode.INTERNAL, f"setting up the fault engine failed: {error}")
-        return self._faults_reply()
-
-    async def ClearFaults(self, request, context):  # noqa: N802
-        try:
-            await self.gateway.clear_faults()
-        except (OSError, RuntimeError) as error:
-            await context.abort(grpc.StatusCode.INTERNAL, f"removing the fault path failed: {error}")
-        return self._faults_reply()
-
-    def _faults_reply(self) -> natgw_pb2.FaultsReply:
-        return natgw_pb2.FaultsReply(
-            effective=fault_plan_proto(self.gateway.fault_plan), active=self.gateway.injector is not None
-        )
 
 
 async def main() -> None:

@@ -28,9 +28,9 @@ import grpc
 from pinhole.calls import CallDirectory
 from pinhole.events import Counters, EventLog
 from pinhole.faults import nfqueue
-from pinhole.faults.engine import BridgePorts, FaultEngine, FaultError, FaultInjector, FaultPlan, Injected, PacketView
-from pinhole.faults.wire import fault_plan, fault_plan_proto
-from pinhole.rpc.v1 import faults_pb2, switch_pb2, switch_pb2_grpc
+from pinhole.faults.engine import BridgePorts, FaultEngine, FaultInjector, FaultPlan, Injected, PacketView
+from pinhole.faults.rpc import FaultsServicer
+from pinhole.rpc.v1 import switch_pb2, switch_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
 
 log = logging.getLogger("switch")
@@ -174,7 +174,9 @@ class Switch:
             log.warning("removing the fault queue rule failed: %s", error)
 
 
-class SwitchServicer(EvidenceServicer, switch_pb2_grpc.SwitchServicer):
+class SwitchServicer(FaultsServicer, EvidenceServicer, switch_pb2_grpc.SwitchServicer):
+    precondition_errors = (SwitchError,)  # no such bridge, or its ports unreadable
+
     def __init__(self, switch: Switch) -> None:
         self.switch = switch
         self.events = switch.events
@@ -192,34 +194,13 @@ class SwitchServicer(EvidenceServicer, switch_pb2_grpc.SwitchServicer):
             ],
         )
 
+    def fault_host(self) -> Switch:
+        return self.switch
+
     async def collect_counters(self) -> Counters:
         counters = Counters(self.switch.counters)
         counters.update(self.switch.fault_stats())
         return counters
-
-    async def SetFaults(self, request, context):  # noqa: N802
-        try:
-            plan = fault_plan(request, await self.switch.fault_links())
-            await self.switch.set_faults(plan)
-        except FaultError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except (SwitchError, nfqueue.QueueRuleError) as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"impairing {self.switch.bridge} failed: {error}")
-        except (nfqueue.NfqueueError, OSError) as error:
-            await context.abort(grpc.StatusCode.INTERNAL, f"setting up the fault engine failed: {error}")
-        return self._faults_reply()
-
-    async def ClearFaults(self, request, context):  # noqa: N802
-        try:
-            await self.switch.clear_faults()
-        except (OSError, RuntimeError) as error:
-            await context.abort(grpc.StatusCode.INTERNAL, f"removing the fault queue failed: {error}")
-        return self._faults_reply()
-
-    def _faults_reply(self) -> faults_pb2.FaultsReply:
-        return faults_pb2.FaultsReply(
-            effective=fault_plan_proto(self.switch.fault_plan), active=self.switch.injector is not None
-        )
 
 
 async def main() -> None:
