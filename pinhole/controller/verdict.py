@@ -171,12 +171,8 @@ def _connectivity_checks(ev: Evidence) -> list[Event]:
     return [e for e in checks if e["attrs"].get("component", "rtp") == "rtp"]
 
 
-@check("1", "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's NAT address", "RFC 5763 §5, §7.3")
-def _m1(ev: Evidence) -> tuple[bool, str, float | None]:
-    invite = _invite(ev, "alice", "sip.send")
-    if invite is None:
-        return False, "Alice sent no INVITE", None
-    a = invite["attrs"]
+def _offer_problems(a: dict[str, Any]) -> list[str]:
+    """What RFC 5763 §5 asks of every offer: actpass, a fingerprint, DTLS-SRTP, no a=connection."""
     problems = []
     if a.get("sdp.setup") != "actpass":
         problems.append(f"a=setup is {a.get('sdp.setup')!r}, not actpass")
@@ -186,6 +182,16 @@ def _m1(ev: Evidence) -> tuple[bool, str, float | None]:
         problems.append(f"proto {a.get('sdp.proto')!r} and no RFC 5939 capability negotiation")
     if a.get("sdp.a_connection"):
         problems.append(f"a=connection:{a['sdp.a_connection']} is present (forbidden by RFC 5763 §5)")
+    return problems
+
+
+@check("1", "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's NAT address", "RFC 5763 §5, §7.3")
+def _m1(ev: Evidence) -> tuple[bool, str, float | None]:
+    invite = _invite(ev, "alice", "sip.send")
+    if invite is None:
+        return False, "Alice sent no INVITE", None
+    a = invite["attrs"]
+    problems = _offer_problems(a)
     advertised = a.get("sdp.media", "")
     mapping = next((m for m in ev.mappings if m.get("internal") == ev.alice_media_local), None)
     if mapping is not None and mapping.get("external") != advertised:
@@ -494,11 +500,7 @@ def _s71_m1(ev: Evidence) -> tuple[bool, str, float | None]:
     if invite is None:
         return False, "Alice sent no INVITE", None
     a = invite["attrs"]
-    problems = []
-    if a.get("sdp.setup") != "actpass":
-        problems.append(f"a=setup is {a.get('sdp.setup')!r}, not actpass")
-    if not a.get("sdp.fingerprint"):
-        problems.append("no a=fingerprint")
+    problems = _offer_problems(a)
     advertised = a.get("sdp.media", "")
     if ev.alice_media_local and advertised != ev.alice_media_local:  # no NAT: what she offers is her socket
         problems.append(f"advertised {advertised}, not her media socket {ev.alice_media_local} (a NAT in the way?)")
