@@ -217,12 +217,20 @@ def cmd_nat_probe(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"pinhole nat probe: {error}", file=sys.stderr)
         return 2
-    hairpinning = {None: None, "on": True, "off": False}[args.hairpinning]
+    on_off = {None: None, "on": True, "off": False}
+    hairpinning, port_preservation = on_off[args.hairpinning], on_off[args.port_preservation]
+    if args.no_translation and (
+        args.mapping or args.filtering or hairpinning is not None or port_preservation is not None
+    ):
+        print("pinhole nat probe: --no-translation leaves no mapping, filtering, hairpinning or ports", file=sys.stderr)
+        return 2
     return natprobe.probe_command(
         args.lab,
         mapping=args.mapping,
         filtering=args.filtering,
         hairpinning=hairpinning,
+        port_preservation=port_preservation,
+        translate=not args.no_translation,
         timers=timers,
         as_json=args.json,
     )
@@ -382,6 +390,16 @@ def main(argv: list[str] | None = None) -> int:
         help="first Configure the NAT gateway with this RFC 4787 mapping, then check the probe agrees",
     )
     probe.add_argument("--filtering", choices=[f.value for f in Filtering], help="likewise for the filtering")
+    probe.add_argument(
+        "--port-preservation",
+        choices=["on", "off"],
+        help="likewise for port preservation (gateway default: on for endpoint-independent mapping only)",
+    )
+    probe.add_argument(
+        "--no-translation",
+        action="store_true",
+        help="first make the gateway a plain router (RFC 5763 §7.1), then check the probe finds no NAT",
+    )
     probe.add_argument(
         "--hairpinning", choices=["on", "off"], help="likewise for hairpinning (RFC 4787 REQ-9; gateway default: on)"
     )

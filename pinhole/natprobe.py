@@ -463,14 +463,20 @@ class NatProbe:
         return Decision(None, exchange.name, exchange.outcome())
 
     def _ports(self) -> tuple[bool | None, str, bool | None]:
-        """(port preserved, evidence, behind a NAT) from every mapping the tests saw."""
+        """(port preserved, evidence, behind a NAT) from every mapping the tests saw.
+
+        Port preservation (RFC 4787 §4.2.1) is judged on each local socket's first mapping: a NAT with
+        dependent mapping cannot give a second mapping of the same endpoint the same port without
+        reusing the first one, so only the first can keep it."""
         seen: dict[Address, Address] = {}
+        first: dict[Address, Address] = {}  # local socket -> its first mapping
         for exchange in self.exchanges:
             if exchange.mapped is not None:
                 seen.setdefault(exchange.mapped, exchange.local)
+                first.setdefault(exchange.local, exchange.mapped)
         if not seen:
             return None, "no mapping seen", None
-        preserved = all(mapped[1] == local[1] for mapped, local in seen.items())
+        preserved = all(mapped[1] == local[1] for local, mapped in first.items())
         behind = any(mapped != local for mapped, local in seen.items())
         evidence = ", ".join(f"{fmt(local)} -> {fmt(mapped)}" for mapped, local in seen.items())
         return preserved, evidence, behind
@@ -665,14 +671,58 @@ def probe_lab(
     return NatProbe(server, open_socket=open_socket, local_ip=local_ip, timers=timers, is_fresh=is_fresh).run()
 
 
-def nat_config(mapping: str | None, filtering: str | None, hairpinning: bool | None = None) -> Any:
+def nat_config(
+    mapping: str | None,
+    filtering: str | None,
+    hairpinning: bool | None = None,
+    port_preservation: bool | None = None,
+    translate: bool = True,
+) -> Any:
     """A NatGateway.Configure request for RFC 4787 names (None: §7.3's NAT for that dimension; the gateway's
-    hairpinning default is on)."""
+    defaults: hairpinning on, ports preserved by endpoint-independent mapping only); translate=False: no NAT."""
     from pinhole.controller.scenario import Nat
 
+    if not translate:
+        return Nat(translate=False).proto()
     default = Nat()
     mapping, filtering = Mapping(mapping or default.mapping).value, Filtering(filtering or default.filtering).value
-    return Nat(mapping, filtering, hairpinning=hairpinning).proto()
+    return Nat(mapping, filtering, port_preservation=port_preservation, hairpinning=hairpinning).proto()
+
+
+def expected(
+    mapping: str | None,
+    filtering: str | None,
+    hairpinning: bool | None,
+    port_preservation: bool | None,
+    translate: bool = True,
+) -> dict[str, Any]:
+    """What the probe must classify for a gateway configured so (its defaults filled in)."""
+    if not translate:
+        return {"behind_nat": False}
+    from pinhole.controller.scenario import Nat
+
+    nat = Nat(
+        Mapping(mapping or Mapping.ENDPOINT_INDEPENDENT).value,
+        Filtering(filtering or Filtering.ADDRESS_AND_PORT_DEPENDENT).value,
+        port_preservation=port_preservation,
+    )
+    return {
+        "mapping": nat.mapping,
+        "filtering": nat.filtering,
+        "hairpinning": expected_hairpinning(hairpinning),
+        "port_preserved": nat.preserves_ports,
+    }
+
+
+def observed(result: ProbeResult) -> dict[str, Any]:
+    """The probe's classifications, keyed as `expected` keys them."""
+    return {
+        "mapping": result.mapping.behaviour,
+        "filtering": result.filtering.behaviour,
+        "hairpinning": result.hairpinning.behaviour,
+        "port_preserved": result.port_preserved,
+        "behind_nat": result.behind_nat,
+    }
 
 
 def expected_hairpinning(hairpinning: bool | None) -> str:
@@ -686,6 +736,8 @@ def probe_command(
     mapping: str | None = None,
     filtering: str | None = None,
     hairpinning: bool | None = None,
+    port_preservation: bool | None = None,
+    translate: bool = True,
     timers: ProbeTimers | None = None,
     as_json: bool = False,
 ) -> int:
@@ -707,13 +759,9 @@ def probe_command(
 
     timers = timers or ProbeTimers()
     wanted = None
-    if mapping or filtering or hairpinning is not None:
-        wanted = (
-            Mapping(mapping or Mapping.ENDPOINT_INDEPENDENT).value,
-            Filtering(filtering or Filtering.ADDRESS_AND_PORT_DEPENDENT).value,
-            expected_hairpinning(hairpinning),
-        )
-    configured = "" if wanted is None else f"mapping {wanted[0]}, filtering {wanted[1]}, hairpinning {wanted[2]}"
+    if mapping or filtering or hairpinning is not None or port_preservation is not None or not translate:
+        wanted = expected(mapping, filtering, hairpinning, port_preservation, translate)
+    configured = "" if wanted is None else ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in wanted.items())
     owned = lab_name not in list_labs("netns")
     if owned:
         print(f"building lab {lab_name} and starting its services", file=sys.stderr)
@@ -725,7 +773,8 @@ def probe_command(
     try:
         if wanted is not None:
             try:
-                clients.stub("natgw").Configure(nat_config(wanted[0], wanted[1], hairpinning), timeout=30)
+                config = nat_config(mapping, filtering, hairpinning, port_preservation, translate)
+                clients.stub("natgw").Configure(config, timeout=30)
             except grpc.RpcError as error:
                 print(
                     f"pinhole nat probe: the NAT gateway refused {configured}: {error.code().name}: {error.details()}",
@@ -740,11 +789,12 @@ def probe_command(
             lab_down(lab)
     agrees = None
     if wanted is not None:
-        agrees = (result.mapping.behaviour, result.filtering.behaviour, result.hairpinning.behaviour) == wanted
+        seen = observed(result)
+        agrees = all(seen[key] == value for key, value in wanted.items())
     if as_json:
         data = result.to_dict()
         if wanted is not None:
-            data["configured"] = {"mapping": wanted[0], "filtering": wanted[1], "hairpinning": wanted[2]}
+            data["configured"] = wanted
             data["agrees"] = agrees
         print(json.dumps(data, indent=2))
     else:

@@ -636,6 +636,36 @@ def test_lab_probe_sees_hairpinning_turned_off(lab_clients, mapping: str, filter
     assert refused == LAB_TIMERS.rc
 
 
+PORT_PRESERVATION = [  # each mapping against its gateway default, and the plain router (no NAT)
+    (Mapping.ENDPOINT_INDEPENDENT.value, False, True),
+    (Mapping.ADDRESS_DEPENDENT.value, True, True),
+    (Mapping.ADDRESS_AND_PORT_DEPENDENT.value, True, True),
+    (None, None, False),
+]
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("mapping", "port_preservation", "translate"), PORT_PRESERVATION)
+def test_lab_probe_sees_port_preservation_and_no_nat(lab_clients, mapping, port_preservation, translate) -> None:
+    """The rest of what the gateway offers (RFC 4787 §4.2.1 port preservation against each mapping's
+    default, and no translation at all) is classified as configured too."""
+    from pinhole.rpc.v1 import natgw_pb2
+
+    running, topology, clients = lab_clients
+    natgw = clients.stub("natgw")
+    natgw.Configure(natprobe.nat_config(mapping, None, None, port_preservation, translate), timeout=30)
+    try:
+        result = natprobe.probe_lab(running, topology, timers=LAB_TIMERS, natgw=natgw)
+    finally:
+        natgw.Configure(natgw_pb2.NatConfig(), timeout=30)
+    print(result.render())
+    wanted = natprobe.expected(mapping, None, None, port_preservation, translate)
+    seen = natprobe.observed(result)
+    assert {key: seen[key] for key in wanted} == wanted, result.render()
+    if not translate:
+        assert "no NAT on the path" in result.mapping.reason and result.complete
+
+
 @pytest.mark.lab
 def test_lab_call_after_probing_still_passes(lab_clients, tmp_path) -> None:
     """The probe's socket in Alice's namespace and the server's extra sockets change nothing for §7.3."""
