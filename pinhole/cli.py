@@ -133,7 +133,13 @@ def cmd_cluster_run(args: argparse.Namespace) -> int:
             print(f"pinhole cluster-run: unknown {what} {value!r} (one of {', '.join(sorted(known))})", file=sys.stderr)
             return 2
     try:
-        nat = cluster.nat_config(args.nat_mapping, args.nat_filtering, args.nat_mapping_timeout)
+        nat = cluster.nat_config(
+            args.nat_mapping,
+            args.nat_filtering,
+            args.nat_mapping_timeout,
+            args.nat_port_preservation,
+            args.nat_hairpinning,
+        )
         result, out_dir = cluster.cluster_run(
             args.scenario,
             args.timers,
@@ -330,6 +336,18 @@ def main(argv: list[str] | None = None) -> int:
         default=env.get("PINHOLE_NAT_MAPPING_TIMEOUT") or None,
         metavar="SECONDS",
         help="at least 120 (default: $PINHOLE_NAT_MAPPING_TIMEOUT, else 300)",
+    )
+    cluster_p.add_argument(
+        "--nat-port-preservation",
+        default=env.get("PINHOLE_NAT_PORT_PRESERVATION") or None,
+        metavar="on|off",
+        help="RFC 4787 §4.2.1 (default: $PINHOLE_NAT_PORT_PRESERVATION, else on for endpoint-independent mapping)",
+    )
+    cluster_p.add_argument(
+        "--nat-hairpinning",
+        default=env.get("PINHOLE_NAT_HAIRPINNING") or None,
+        metavar="on|off",
+        help="RFC 4787 §6, REQ-9 (default: $PINHOLE_NAT_HAIRPINNING, else on)",
     )
     cluster_p.add_argument(
         "--otlp-listen",

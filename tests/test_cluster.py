@@ -199,6 +199,16 @@ def test_nat_from_the_base_configmap_is_the_default_nat():
     assert cluster.nat_config() == default_nat()
 
 
+def test_port_preservation_and_hairpinning_from_the_configmap():
+    nat = cluster.nat_config_from_env({"PINHOLE_NAT_PORT_PRESERVATION": "off", "PINHOLE_NAT_HAIRPINNING": "off"})
+    assert (nat.port_preservation, nat.hairpinning) == (natgw_pb2.PORT_PRESERVATION_OFF, natgw_pb2.HAIRPINNING_OFF)
+    nat = cluster.nat_config_from_env({"PINHOLE_NAT_PORT_PRESERVATION": "", "PINHOLE_NAT_HAIRPINNING": "on"})
+    assert (nat.port_preservation, nat.hairpinning) == (
+        natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
+        natgw_pb2.HAIRPINNING_ON,
+    )
+
+
 def test_nat_from_the_nat_behaviour_component():
     nat = cluster.nat_config_from_env(
         {
@@ -230,6 +240,8 @@ def test_every_rfc4787_name_maps_to_its_enum(name):
         ({"filtering": "port-restricted"}, "NAT filtering 'port-restricted' is not one of"),
         ({"mapping_timeout": "5m"}, "'5m' is not a whole number of seconds"),
         ({"mapping_timeout": "60"}, "60s is below the 120s of RFC 4787 REQ-5"),
+        ({"hairpinning": "yes"}, "NAT hairpinning 'yes' is not on or off"),
+        ({"port_preservation": "true"}, "NAT port preservation 'true' is not on or off"),
     ],
 )
 def test_unknown_nat_settings_are_errors(settings, message):

@@ -67,12 +67,27 @@ class ClusterError(RuntimeError):
 # --------------------------------------------------------------------------- NAT settings
 
 
+ON_OFF = {"on": True, "off": False}
+
+
 def nat_config(
-    mapping: str | None = None, filtering: str | None = None, mapping_timeout: str | int | None = None
+    mapping: str | None = None,
+    filtering: str | None = None,
+    mapping_timeout: str | int | None = None,
+    port_preservation: str | None = None,
+    hairpinning: str | None = None,
 ) -> natgw_pb2.NatConfig:
-    """The NatConfig for the ConfigMap's strings (None: §7.3's NAT, run.default_nat). A value the gateway
-    does not know is an error, never quietly the default."""
+    """The NatConfig for the ConfigMap's strings (None: §7.3's NAT, run.default_nat; port preservation and
+    hairpinning "on"/"off", else the gateway's defaults). A value the gateway does not know is an error,
+    never quietly the default."""
     default = default_nat()
+
+    def on_off(kind: str, value: str | None) -> bool | None:
+        if value is None:
+            return None
+        if value.strip() not in ON_OFF:
+            raise ClusterError(f"NAT {kind} {value!r} is not on or off")
+        return ON_OFF[value.strip()]
 
     def pick(kind: str, table: dict[str, int], value: str | None, fallback: int) -> int:
         if value is None:
@@ -90,21 +105,34 @@ def nat_config(
             raise ClusterError(f"NAT mapping timeout {mapping_timeout!r} is not a whole number of seconds") from None
         if seconds < MIN_MAPPING_TIMEOUT:
             raise ClusterError(f"NAT mapping timeout {seconds}s is below the {MIN_MAPPING_TIMEOUT}s of RFC 4787 REQ-5")
+    preserve, hairpin = on_off("port preservation", port_preservation), on_off("hairpinning", hairpinning)
     return natgw_pb2.NatConfig(
         mapping=pick("mapping", NAT_MAPPINGS, mapping, default.mapping),
         filtering=pick("filtering", NAT_FILTERINGS, filtering, default.filtering),
         mapping_timeout_seconds=seconds,
+        port_preservation={
+            None: natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
+            True: natgw_pb2.PORT_PRESERVATION_ON,
+            False: natgw_pb2.PORT_PRESERVATION_OFF,
+        }[preserve],
+        hairpinning={
+            None: natgw_pb2.HAIRPINNING_UNSPECIFIED,
+            True: natgw_pb2.HAIRPINNING_ON,
+            False: natgw_pb2.HAIRPINNING_OFF,
+        }[hairpin],
     )
 
 
 def nat_config_from_env(env: Mapping[str, str] | None = None) -> natgw_pb2.NatConfig:
-    """PINHOLE_NAT_MAPPING, PINHOLE_NAT_FILTERING, PINHOLE_NAT_MAPPING_TIMEOUT (ConfigMap pinhole-scenario);
-    unset or empty ones keep §7.3's NAT."""
+    """PINHOLE_NAT_MAPPING, PINHOLE_NAT_FILTERING, PINHOLE_NAT_MAPPING_TIMEOUT, PINHOLE_NAT_PORT_PRESERVATION,
+    PINHOLE_NAT_HAIRPINNING (ConfigMap pinhole-scenario); unset or empty ones keep §7.3's NAT."""
     env = os.environ if env is None else env
     return nat_config(
         env.get("PINHOLE_NAT_MAPPING") or None,
         env.get("PINHOLE_NAT_FILTERING") or None,
         env.get("PINHOLE_NAT_MAPPING_TIMEOUT") or None,
+        env.get("PINHOLE_NAT_PORT_PRESERVATION") or None,
+        env.get("PINHOLE_NAT_HAIRPINNING") or None,
     )
 
 
@@ -114,9 +142,21 @@ def nat_name(table: dict[str, int], value: int) -> str:
 
 
 def describe_nat(nat: natgw_pb2.NatConfig) -> str:
-    return (
-        f"mapping {nat_name(NAT_MAPPINGS, nat.mapping)}, filtering {nat_name(NAT_FILTERINGS, nat.filtering)}, "
-        f"timeout {nat.mapping_timeout_seconds}s"
+    extras = [  # UNSPECIFIED (0): the gateway's default, not said
+        f"{what} {name.rpartition('_')[2].lower()}"
+        for what, name, value in (
+            ("port preservation", natgw_pb2.NatPortPreservation.Name(nat.port_preservation), nat.port_preservation),
+            ("hairpinning", natgw_pb2.NatHairpinning.Name(nat.hairpinning), nat.hairpinning),
+        )
+        if value
+    ]
+    return ", ".join(
+        [
+            f"mapping {nat_name(NAT_MAPPINGS, nat.mapping)}",
+            f"filtering {nat_name(NAT_FILTERINGS, nat.filtering)}",
+            f"timeout {nat.mapping_timeout_seconds}s",
+            *extras,
+        ]
     )
 
 
