@@ -409,32 +409,45 @@ def _restart_steps(
     restarter: Restarter,
     tracer: Any,
     run_context: Any,
-    budget: float,
+    stop: threading.Event,
     done: list[dict[str, Any]],
 ) -> None:
-    """Each step: wait for its kill trigger, kill; wait for its start trigger, start. A trigger that never
-    comes ends the steps (the outcome says which)."""
+    """Each step: wait for its kill trigger, kill; wait for its start trigger, start. A trigger that has not
+    come when the call is over (`stop`), or a step that fails, ends the steps with an error the outcome
+    names; a service killed is always started again, so the lab stays whole for the next run."""
     for step in scenario.restarts:
         record: dict[str, Any] = {"node": step.node, "crash": step.crash, "kill_after": step.kill_after.label()}
         record["start_after"] = step.start_after.label()
         done.append(record)
-        if not collector.wait_for(step.kill_after.reached, timeout=budget):
-            record["error"] = f"{step.kill_after.label()} never happened"
+        try:
+            collector.wait_for(lambda ev, step=step: stop.is_set() or step.kill_after.reached(ev), timeout=None)
+            if not step.kill_after.reached(collector.snapshot()):
+                record["error"] = f"{step.kill_after.label()} never happened"
+                return
+            with tracer.start_as_current_span(
+                f"pinhole.kill {step.node}", context=run_context, attributes={"crash": step.crash}
+            ):
+                record["killed"] = time.time()
+                restarter.kill(step.node, step.crash)
+            after_kill = partial(step.start_after.reached, since=record["killed"])
+            collector.wait_for(lambda ev, after_kill=after_kill: stop.is_set() or after_kill(ev), timeout=None)
+            if not after_kill(collector.snapshot()):
+                record["error"] = f"{step.start_after.label()} never happened after the kill"
+                return
+            with tracer.start_as_current_span(f"pinhole.start {step.node}", context=run_context):
+                restarter.start(step.node)
+                record["started"] = time.time()
+            collector.follow(step.node)
+        except Exception as error:  # noqa: BLE001 - a failed step is evidence, not a crash of the run
+            record["error"] = f"{type(error).__name__}: {error}"
             return
-        with tracer.start_as_current_span(
-            f"pinhole.kill {step.node}", context=run_context, attributes={"crash": step.crash}
-        ):
-            record["killed"] = time.time()
-            restarter.kill(step.node, step.crash)
-        killed = record["killed"]
-        if not collector.wait_for(partial(step.start_after.reached, since=killed), timeout=budget):
-            record["error"] = f"{step.start_after.label()} never happened after the kill"
-            restarter.start(step.node)  # the lab stays whole for the next run
-            return
-        with tracer.start_as_current_span(f"pinhole.start {step.node}", context=run_context):
-            restarter.start(step.node)
-            record["started"] = time.time()
-        collector.follow(step.node)
+        finally:
+            if "killed" in record and "started" not in record:
+                try:  # the lab stays whole for the next run
+                    restarter.start(step.node)
+                    collector.follow(step.node)
+                except Exception as error:  # noqa: BLE001
+                    record["error"] = f"{record.get('error', '')}; starting {step.node} again failed: {error}"
 
 
 def drive_call(
@@ -457,6 +470,7 @@ def drive_call(
     """
     collector = EventCollector(clients, list(kinds), since=time.time())
     run_span = None
+    call_over = threading.Event()  # tells the restart steps that no trigger is coming any more
     try:
         collector.start()
         show.stage("placing the call alice -> bob")
@@ -479,7 +493,7 @@ def drive_call(
                 raise ValueError(f"{scenario.name}: this backend cannot restart services")
             restarting = threading.Thread(
                 target=_restart_steps,
-                args=(collector, scenario, restarter, tracer, run_context, budget, restarts),
+                args=(collector, scenario, restarter, tracer, run_context, call_over, restarts),
                 daemon=True,
             )
             restarting.start()
@@ -506,7 +520,9 @@ def drive_call(
                 timeout=10,
             )
         if restarting is not None:  # a restart still waiting for its trigger has none left to wait for
-            restarting.join(timeout=budget)
+            call_over.set()
+            collector.wake()
+            restarting.join()  # every service it killed is up again before the evidence is asked for
         show.stage("collecting evidence")
         # what has been streamed so far was recorded (its span ended) before the flush: it must be in the
         # trace; a late datagram recorded after the flush (a retransmission) may not be, and is no loss
@@ -520,6 +536,8 @@ def drive_call(
             for node in kinds
         }
     finally:
+        call_over.set()
+        collector.wake()
         collector.stop()
         if run_span is not None:
             run_span.end()
@@ -717,7 +735,14 @@ def run(
         natgw = topology.nodes["natgw"]
         capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
         endpoints = Endpoints.of_topology(topology)
-        restarter = Restarter(lab, topology, clients, service_configs(endpoints, scenario, timers))
+        plans = fault_plans(scenario, endpoints.addresses) if scenario.faults else {}
+
+        def refault(node: str) -> None:
+            """A restarted fault service gets its part of the scenario's faults again."""
+            if plans.get(node) is not None and plans[node].rules:
+                clients.stub(node).SetFaults(plans[node], timeout=10)
+
+        restarter = Restarter(lab, topology, clients, service_configs(endpoints, scenario, timers), refault)
         record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, restarter)
     finally:
         if capture is not None:

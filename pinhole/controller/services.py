@@ -281,7 +281,12 @@ class EventCollector:
                 with self._changed:
                     self._changed.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
+    def wake(self) -> None:
+        """Make every wait_for look at its predicate again (something else than an event changed)."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float | None) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self.events), timeout=timeout)
 
