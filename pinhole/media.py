@@ -145,6 +145,9 @@ _FROM_PEER = {
 }
 
 
+MAX_SESSIONS_PER_PORT = 8  # forks (RFC 5763 §6.3) one port takes DTLS state for; more ClientHellos are dropped
+
+
 class MediaSession(asyncio.DatagramProtocol):
     """A single DTLS-SRTP association (rtcp-mux: RTP and RTCP share it).
 
@@ -311,9 +314,10 @@ class MediaSession(asyncio.DatagramProtocol):
         """The session that opened the socket (it receives every datagram and demultiplexes them)."""
         return self.socket_sessions[0]
 
-    def _session_for(self, data: bytes, source: Address) -> MediaSession:
+    def _session_for(self, data: bytes, source: Address) -> MediaSession | None:
         """The session of this socket whose peer is `source`; a ClientHello from an address that no
-        session has starts a new one when forks are accepted; anything else is the opener's."""
+        session has starts a new one when forks are accepted (None: the port holds all it may);
+        anything else is the opener's."""
         for session in self.socket_sessions:
             if not session.closed and session.remote == source:
                 return session
@@ -324,6 +328,9 @@ class MediaSession(asyncio.DatagramProtocol):
             and demux.classify(data) == demux.PacketKind.DTLS
             and dtls.client_hello_random(data) is not None
         ):
+            if len(self.socket_sessions) >= MAX_SESSIONS_PER_PORT:  # anyone may send ClientHellos: bounded
+                self.stats.unexpected_source += 1
+                return None
             sibling = self.fork()
             sibling.accept_early_client_hello = True  # its certificate waits for its answer (RFC 5763 §5)
             sibling._emit("media.fork_accepted", peer=fmt(source), reason="a ClientHello from a new transport address")
@@ -374,7 +381,8 @@ class MediaSession(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         source = (addr[0], addr[1])
         session = self._session_for(data, source) if len(self.socket_sessions) > 1 or self.accept_forks else self
-        session.receive(data, source)
+        if session is not None:
+            session.receive(data, source)
 
     def receive(self, data: bytes, source: Address) -> None:
         """One datagram from `source` for this session: STUN, DTLS or SRTP by its first byte."""

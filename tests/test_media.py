@@ -175,3 +175,26 @@ def test_early_media_of_a_peer_the_answer_does_not_vouch_for_is_never_decrypted(
             bob.teardown("test over")
 
     asyncio.run(scenario())
+
+
+def test_a_port_takes_dtls_state_for_a_bounded_number_of_forks():
+    """RFC 5763 §6.3: an offerer's port accepts a ClientHello from each new address as a fork, but anyone
+    can send ClientHellos: past MAX_SESSIONS_PER_PORT they are dropped and counted, no state is made."""
+    from pinhole.media import MAX_SESSIONS_PER_PORT
+
+    async def scenario():
+        alice, bob = await pair()
+        try:
+            alice.start_dtls(dtls.Role.SERVER, bob.local_address)
+            alice.accept_forks = True
+            hello = dtls.DtlsEndpoint(dtls.Role.CLIENT, dtls.Certificate.generate("stranger")).start(0.0)[0]
+            strangers = [("127.0.0.1", 40000 + n) for n in range(MAX_SESSIONS_PER_PORT + 5)]
+            for address in strangers:
+                alice.datagram_received(hello, address)
+            assert len(alice.socket_sessions) == MAX_SESSIONS_PER_PORT
+            assert alice.stats.unexpected_source == len(strangers) - (MAX_SESSIONS_PER_PORT - 1)
+        finally:
+            for session in list(alice.socket_sessions) + [bob]:
+                session.teardown("test over")
+
+    asyncio.run(scenario())

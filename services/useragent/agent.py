@@ -234,6 +234,7 @@ class UserAgent:
         self.sip_reflexive: Address | None = None
         self._sip_stun = stun.BindingClient(self._send_from_sip_socket, on_send=self._sip_stun_sent)
         self._sip_stun_calls: dict[bytes, str] = {}  # transaction id -> the call it was made for
+        self._background: set[asyncio.Task[None]] = set()  # BYEs sent on the side, kept until done
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -471,14 +472,14 @@ class UserAgent:
         call.dialog = dialog
         if call.state == "terminated":  # a 2xx that crossed our CANCEL: acknowledge it, then end it
             fork.state = "terminated"
-            await self._bye_after_failure(call)
+            self._bye_aside(call)
             return
         try:
             answer = sdp.read_answer(sdp.parse(response.body), call.offer_media)
         except sdp.SdpError as error:
             fork.state = "failed"
             self._fail(call, f"bad SDP answer: {error}")
-            await self._bye_after_failure(call)  # the dialog exists: end it at Bob too
+            self._bye_aside(call)  # the dialog exists: end it at Bob too
             return
         self._set_state(call, "established")
         self._settle_rtcp(call, answer)
@@ -503,7 +504,7 @@ class UserAgent:
                     f"answer a=setup:{answer.setup.value} but a ClientHello already made us the server"
                     f" ({session.component_name})",
                 )
-                await self._bye_after_failure(call)
+                self._bye_aside(call)
                 return
         call.negotiated = Negotiated(
             str(self._fingerprint(call)), peer_fingerprints, role, call.remote_media, call.remote_rtcp
@@ -602,7 +603,7 @@ class UserAgent:
         self.events.emit("call.fork_failed", call.call_id, fork=fork.tag, reason=reason)
         if fork.media is not None:
             fork.media.teardown(reason)
-        await self._bye_after_failure(call, fork.dialog)
+        self._bye_aside(call, fork.dialog)
 
     def _settle_rtcp(self, call: Call, answer: sdp.DtlsSrtpMedia) -> None:
         """The answer decides rtcp-mux (RFC 5761 §5.1.1): release the fallback RTCP port, or keep RTCP
@@ -797,6 +798,10 @@ class UserAgent:
             call.dialog.receive_request(request)
         except DialogError as error:
             transaction.respond(make_response(request, 500, f"Server Internal Error ({error})"[:120]))
+            return
+        if len(call.forks) > 1:  # the offer would reach every fork's session on our port, not this dialog's
+            self.counters["reinvites_refused"] += 1
+            transaction.respond(make_response(request, 488, "Not Acceptable Here (a forked call: RFC 5763 §6.3)"))
             return
         if call.offer_pending or call.state != "established" or call.negotiated is None or call.media is None:
             # RFC 3261 §14.2: an offer while one of ours is outstanding (glare) gets 491
@@ -1230,7 +1235,14 @@ class UserAgent:
             self._fail(call, f"media session torn down: {reason}")
             dialog = fork.dialog if fork is not None else call.dialog
             if dialog is not None:
-                asyncio.get_running_loop().create_task(self._bye_after_failure(call, dialog))
+                self._bye_aside(call, dialog)
+
+    def _bye_aside(self, call: Call, dialog: Dialog | None = None) -> None:
+        """End a dialog without waiting for its BYE's answer: the INVITE's response loop must go on
+        ACKing other forks' 2xx meanwhile (RFC 3261 §13.2.2.4)."""
+        task = asyncio.get_running_loop().create_task(self._bye_after_failure(call, dialog))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _bye_after_failure(self, call: Call, dialog: Dialog | None = None) -> None:
         dialog = dialog or call.dialog
