@@ -184,3 +184,24 @@ def _local_fingerprint(events: list[dict[str, Any]], call_id: str, bob: str) -> 
     """The fingerprint of the certificate `bob` made its association with (its dtls.start event)."""
     [start] = _of_call(events, call_id, bob, "dtls.start")
     return start["attrs"]["local_fingerprint"]
+
+
+def test_a_fork_target_named_twice_is_refused(clients):
+    """RFC 3261 §16.5: a target is in the target set once."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as raised:
+        clients.stub("proxy-b").Configure(
+            proxy_pb2.ProxyConfig(
+                routes=[
+                    proxy_pb2.ProxyRoute(
+                        domain="b.example",
+                        next_hop="203.0.113.40:5060",
+                        fork_to=["203.0.113.41:5060", "203.0.113.40:5060"],
+                    )
+                ]
+            ),
+            timeout=10,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == ("routes[0].fork_to: names a target twice (203.0.113.41:5060, 203.0.113.40:5060)")

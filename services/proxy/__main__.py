@@ -49,6 +49,12 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
                 )
             except ValueError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            targets = (next_hop, *fork_to)
+            if len(set(targets)) != len(targets):  # RFC 3261 §16.5: no target twice in the target set
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"routes[{index}].fork_to: names a target twice ({', '.join(route.fork_to)})",
+                )
             routes.append(Route(domain=route.domain, next_hop=next_hop, user=route.user or None, fork_to=fork_to))
         try:
             positive_seconds(request.sip_t1_seconds, "sip_t1_seconds")

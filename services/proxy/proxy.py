@@ -107,7 +107,6 @@ class _Forwarded:
 
     server: ServerTransaction
     branches: list[_Branch]
-    cancel_requested: bool = False
     best: Response | None = None  # the best final non-2xx so far (§16.7 step 6)
     two_xx: bool = False  # a 2xx went upstream
 
@@ -254,10 +253,6 @@ class StatefulProxy:
         if routes and self._is_own_uri(routes[0].uri):
             request.headers.remove_first("Route")
 
-    def _next_hop(self, request: Request) -> Address:
-        """The first of the request's targets (see _targets)."""
-        return self._targets(request)[0]
-
     def _targets(self, request: Request) -> tuple[Address, ...]:
         """§16.5 / §16.6 step 7: the top Route if any, else the route table (every fork target of a
         forking route for an INVITE outside a dialog), else an address-literal target."""
@@ -367,7 +362,6 @@ class StatefulProxy:
         self._emit("sip.cancel", txn.request, pending=not forwarded.server.final_sent)
         if forwarded.server.final_sent:
             return
-        forwarded.cancel_requested = True
         self._cancel_pending(forwarded)
 
     def _cancel_pending(self, forwarded: _Forwarded, skip: _Branch | None = None) -> None:
