@@ -552,7 +552,7 @@ def _s71_m5(ev: Evidence) -> tuple[bool, str, float | None]:
         return False, "Alice received no ClientKeyExchange from Bob", None
     types: set[str] = set()
     for e in ev.find("alice", "dtls.recv"):
-        if e["t"] >= key_exchange["t"] - 0.5:  # the flight may span datagrams sent together
+        if abs(e["t"] - key_exchange["t"]) <= 0.5:  # the flight's datagrams, sent together (not a later close)
             types.update(e["attrs"].get("dtls.handshake_types", "").split(","))
     missing = [t for t in ("certificate", "client_key_exchange", "certificate_verify", "encrypted") if t not in types]
     if missing:
@@ -617,7 +617,7 @@ def _s71_m9(ev: Evidence) -> tuple[bool, str, float | None]:
     ok = _ok_to_invite(ev, "alice", "sip.recv")
     if ok is None:
         return False, "Alice received no 200 OK to her INVITE", None
-    ok_via = [p for p in ("proxy-b", "proxy-a") if ev.first(p, "sip.recv", **{"sip__status_code": "200"})]
+    ok_via = [p for p in ("proxy-b", "proxy-a") if _ok_to_invite(ev, p, "sip.recv")]
     if len(ok_via) != 2:
         return False, f"the 200 OK came through {ok_via or 'no proxy'}, not back along the Via path", _t(ok)
     passed, detail, when = _m9(ev)
