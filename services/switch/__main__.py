@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -203,12 +204,20 @@ class SwitchServicer(FaultsServicer, EvidenceServicer, switch_pb2_grpc.SwitchSer
         return counters
 
 
+def in_lab_namespace() -> bool:
+    """Whether this process runs in a network namespace the lab made (named ph-*, netns/lab.py)."""
+    here = os.stat("/proc/self/ns/net").st_ino
+    return any(os.stat(path).st_ino == here for path in Path("/run/netns").glob("ph-*"))
+
+
 async def main() -> None:
     parser = argument_parser("pinhole switch (the public segment's bridge, impaired per port)")
     parser.add_argument("--bridge", default="br0", help="the bridge whose ports carry the public links")
     parser.add_argument("--fault-queue", type=int, default=1, help="NFQUEUE number of the fault engine (SetFaults)")
     args = parser.parse_args()
     setup_observability(args.log_level, args.name)
+    if not in_lab_namespace():  # it rewrites bridge netfilter settings and FORWARD rules: only in a lab's own
+        raise SystemExit("switch: refusing to run outside a lab's network namespace (/run/netns/ph-*)")
     events, counters = EventLog(args.name), Counters()
     switch = Switch(bridge=args.bridge, events=events, counters=counters, fault_queue=args.fault_queue)
     try:
