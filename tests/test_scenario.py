@@ -312,15 +312,16 @@ def test_a_forked_call_is_judged_fork_by_fork():
 
 
 def test_fault_peers_may_name_nodes(tmp_path):
-    from pinhole.controller.scenario import fault_plan
+    from pinhole.controller.scenario import fault_plans
     from pinhole.rpc.v1 import natgw_pb2
 
     text = (
         "name: f\nfaults: [{what: stun-request, peer: 'bob:5000', count: 1, action: drop}]\nexpect: {outcome: works}\n"
     )
     (scenario,) = load(write(tmp_path, text))
-    plan = fault_plan(scenario, {"bob": "203.0.113.40"})
+    plan = fault_plans(scenario, {"bob": "203.0.113.40"})["natgw"]  # no link: the gateway's
     assert plan.rules[0].match.peer == "203.0.113.40:5000" and plan.rules[0].HasField("drop")
-    assert fault_plan(load(write(tmp_path, "name: g\nexpect: {outcome: works}\n"))[0], {}) == natgw_pb2.FaultPlan()
+    plain = fault_plans(load(write(tmp_path, "name: g\nexpect: {outcome: works}\n"))[0], {})
+    assert plain and all(p == natgw_pb2.FaultPlan() for p in plain.values())
     with pytest.raises(ScenarioError, match="peer 'carol' is no node"):
-        fault_plan(load(write(tmp_path, text.replace("bob", "carol")))[0], {"bob": "203.0.113.40"})
+        fault_plans(load(write(tmp_path, text.replace("bob", "carol")))[0], {"bob": "203.0.113.40"})

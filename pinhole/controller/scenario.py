@@ -610,12 +610,6 @@ def fault_plans(scenario: Scenario, addresses: dict[str, str], topology: Any = N
     }
 
 
-def fault_plan(scenario: Scenario, addresses: dict[str, str]) -> natgw_pb2.FaultPlan:
-    """The NAT gateway's part of the scenario's faults (see fault_plans)."""
-    gateway = fault_links().get(GATEWAY_LINKS[0], "natgw")
-    return fault_plans(scenario, addresses).get(gateway, natgw_pb2.FaultPlan())
-
-
 @dataclass(frozen=True)
 class Rule:
     when: dict[str, Any]
