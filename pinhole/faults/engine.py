@@ -1034,6 +1034,19 @@ class FaultInjector:
         """A new plan for the packets to come (those held now keep their fate)."""
         self.engine = engine
 
+    @classmethod
+    def running(
+        cls, current: FaultInjector | None, engine: FaultEngine, open_queue: Callable[[], Any], **hooks: Any
+    ) -> FaultInjector:
+        """`current` deciding with `engine` from now on, or, if none runs, a new one started on
+        `open_queue()` (a service's SetFaults: the queue is bound before its rules feed it)."""
+        if current is not None:
+            current.replace(engine)
+            return current
+        injector = cls(open_queue(), engine, **hooks)
+        injector.start()
+        return injector
+
     def stop(self) -> None:
         """Stop reading; every packet still held is accepted at once; the queue is closed."""
         if self._loop is not None:

@@ -287,19 +287,15 @@ class NatGateway:
             await self.clear_faults()
             return
         engine = FaultEngine(plan, self.fault_links())
-        if self.injector is None:
-            queue = nfqueue.NfQueue(self.fault_queue)
-            self.injector = FaultInjector(
-                queue,
-                engine,
-                on_fault=self._fault_injected,
-                expire=self._expire_mapping,
-                settle=self._forget_mapping,
-                counts=self.fault_counts,
-            )
-            self.injector.start()
-        else:
-            self.injector.replace(engine)
+        self.injector = FaultInjector.running(
+            self.injector,
+            engine,
+            lambda: nfqueue.NfQueue(self.fault_queue),
+            on_fault=self._fault_injected,
+            expire=self._expire_mapping,
+            settle=self._forget_mapping,
+            counts=self.fault_counts,
+        )
         path = ruleset.FaultPath(self.fault_queue, {d.value for d in plan.directions()})
         try:
             await asyncio.to_thread(ruleset.apply_faults, path, lan_if=self.lan_if, wan_if=self.wan_if)

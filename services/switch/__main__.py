@@ -100,17 +100,14 @@ class Switch:
             return
         engine = FaultEngine(plan, await self.fault_links())
         require_bridge_netfilter()
-        if self.injector is None:
-            self.injector = FaultInjector(
-                nfqueue.NfQueue(self.fault_queue),
-                engine,
-                on_fault=self._fault_injected,
-                observe=self._observe,
-                counts=self.fault_counts,
-            )
-            self.injector.start()
-        else:
-            self.injector.replace(engine)
+        self.injector = FaultInjector.running(
+            self.injector,
+            engine,
+            lambda: nfqueue.NfQueue(self.fault_queue),
+            on_fault=self._fault_injected,
+            observe=self._observe,
+            counts=self.fault_counts,
+        )
         try:
             await asyncio.to_thread(nfqueue.install_queue_rules, self.fault_queue, [("", "")], bridged=True)
         except BaseException:
