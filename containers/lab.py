@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netns.lab import LAB_NAME_RE, RUN_BASE, Capture, LabError, Topology, in_netns
+from netns.lab import LAB_NAME_RE, RUN_BASE, LabError, Topology
+from pinhole.capture import CapturePoint
+from pinhole.nsenter import in_netns
 
 HERE = Path(__file__).resolve().parent
 STATE_FILE = "containers.json"
@@ -381,25 +383,24 @@ class ContainerLab:
 
     # ---- capture and status
 
-    def capture(self, node: str, interfaces: list[str], pcap_dir: Path, **limits: Any) -> Capture:
-        """Capture on a node's topology interfaces (e.g. lan0, wan0), found in its container by address."""
-        container = self.client().containers.get(f"{self.name}-{node}")
-        netns = f"/proc/{container.attrs['State']['Pid']}/ns/net"
-        spec = self.topology.nodes[node]
-        names = {}
+    def capture_points(self) -> list[CapturePoint]:
+        """Every link of the lab, once (`Topology.capture_ends`), in the container of the node at that end:
+        its namespace through /proc, the interface found by the topology's address on it (the engine
+        names interfaces by network, e.g. wan0 is eth1)."""
         from pyroute2 import IPRoute
 
-        with in_netns(netns), IPRoute() as ipr:
-            by_address = {
-                entry.get_attr("IFA_ADDRESS"): entry["index"] for entry in ipr.get_addr(family=2)  # AF_INET
-            }
-            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for ifname in interfaces:
-            address = spec.interfaces[ifname][0].split("/")[0]
+        points = []
+        for node, ifname, description in self.topology.capture_ends():
+            container = self.client().containers.get(f"{self.name}-{node}")
+            netns = f"/proc/{container.attrs['State']['Pid']}/ns/net"
+            with in_netns(netns), IPRoute() as ipr:
+                by_address = {entry.get_attr("IFA_ADDRESS"): entry["index"] for entry in ipr.get_addr(family=2)}
+                links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            address = self.topology.nodes[node].interfaces[ifname][0].split("/")[0]
             if address not in by_address:
                 raise LabError(f"capture on {node}: no interface holds {address} ({ifname})")
-            names[ifname] = links[by_address[address]]
-        return Capture(netns, node, names, pcap_dir, **limits).start()
+            points.append(CapturePoint(f"{node}:{ifname}", links[by_address[address]], netns, description))
+        return points
 
     def logs_hint(self) -> str:
         return "its container's log"

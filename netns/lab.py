@@ -6,12 +6,11 @@ its own namespace for the public segment, addresses, routes and sysctls. Nothing
 host's namespace, so several labs with different names coexist.
 
 The lab also runs processes in nodes (`spawn`, `ip netns exec` underneath, PIDs recorded in
-<run_dir>/state.json so another process can clean up) and captures frames on node interfaces
-with AF_PACKET sockets into classic pcap files.
+<run_dir>/state.json so another process can clean up) and says where each link is captured
+(`capture_points`, for pinhole.capture).
 
-Entering a namespace is per thread (setns(2) on the calling thread, restored afterwards, see
-`in_netns`), so a single process can open sockets in several namespaces; a socket stays in the
-namespace where it was created.
+Entering a namespace is per thread (pinhole.nsenter.in_netns), so a single process can open
+sockets in several namespaces; a socket stays in the namespace where it was created.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ import re
 import select
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
@@ -37,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinhole.pcap import LINKTYPE_ETHERNET, PcapWriter
+from pinhole.capture import CapturePoint
+from pinhole.nsenter import CLONE_NEWNET, NETNS_DIR, in_netns
+from pinhole.nsenter import setns as _setns
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
-    "Capture",
     "LabError",
     "Link",
     "NetnsLab",
@@ -56,7 +54,6 @@ __all__ = [
 ]
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.toml")
-NETNS_DIR = Path("/run/netns")
 RUN_BASE = Path("/run/pinhole")
 STATE_FILE = "state.json"
 
@@ -67,12 +64,6 @@ SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
 NODE_KINDS = ("host", "router", "switch")
 NODE_KEYS = ("kind", "service", "interfaces", "routes", "sysctls", "bridge")
 
-CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
-SO_TIMESTAMP = 29  # SOL_SOCKET option; SCM_TIMESTAMP carries a struct timeval
-CAPTURE_BUFFER = 262144
-CAPTURE_RCVBUF = 4 * 1024 * 1024
-DRAIN_BATCH = 4096
 FIRST_IFINDEX = 100  # link N gets ifindex 100+2N and 101+2N
 CARRIER_TIMEOUT = 3.0
 BR_STATE_FORWARDING = 3
@@ -127,6 +118,22 @@ class Topology:
     links: list[Link]
     raw: dict[str, Any]
     ipv6: bool = False
+
+    def capture_ends(self) -> list[tuple[str, str, str]]:
+        """Where each link is captured, once per link: (node, ifname, the link as "end <-> end").
+
+        Not on a switch's port (the host's end sees the same frames, as the host sends and gets
+        them), and on a router's end when there is one: the NAT's interfaces show both sides of
+        its translation, its inside link with Alice included.
+        """
+        out = []
+        for link in self.links:
+            ends = [link.a, link.b]
+            kinds = [self.nodes[node].kind for node, _ in ends]
+            pick = 1 if kinds[0] == "switch" or (kinds[1] == "router" and kinds[0] != "router") else 0
+            (node, ifname), (peer, peer_if) = ends[pick], ends[1 - pick]
+            out.append((node, ifname, f"{node}:{ifname} <-> {peer}:{peer_if}"))
+        return out
 
     def ports(self, switch: str) -> list[str]:
         """The link ends on a switch node, in link order: they join its bridge."""
@@ -345,40 +352,6 @@ def _parse_node(name: str, spec: dict[str, Any], fail: Any) -> Node:
 # --------------------------------------------------------------------------- namespaces
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def in_netns(ns: str) -> Iterator[None]:
-    """Run the calling thread inside network namespace `ns`, then return to where it was.
-
-    `ns`: a name under /run/netns, or a path such as /proc/PID/ns/net (a container's).
-    Sockets created inside stay in `ns`; files under /proc/sys/net opened inside belong to
-    `ns`; child processes forked inside start in `ns`. Other threads are not affected (unlike
-    pyroute2's pushns/popns, whose saved stack is process-wide and which saves /proc/self,
-    the main thread's namespace).
-    """
-    try:
-        target = os.open(NETNS_DIR / ns, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise LabError(f"network namespace {ns!r} does not exist") from None
-    try:
-        saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(saved)
-        finally:
-            os.close(saved)
-    finally:
-        os.close(target)
 
 
 MS_REC = 0x4000
@@ -640,174 +613,6 @@ def _terminate(
                 status = child.wait(timeout=5.0)
         result[pid] = status
     return result
-
-
-# --------------------------------------------------------------------------- capture
-
-
-class Capture:
-    """Live capture on interfaces of one node into `<pcap_dir>/<node>-<ifname>.pcap`.
-
-    One AF_PACKET socket per interface, created inside the node's namespace and bound to the
-    interface before `start()` returns, so nothing sent afterwards is missed. A reader thread
-    writes frames with their kernel timestamps. Stops by itself after `max_packets` frames in
-    total or `max_seconds`; `stop()` drains what is queued, flushes and closes.
-    """
-
-    def __init__(
-        self,
-        ns: str,
-        node: str,
-        interfaces: list[str] | dict[str, str],
-        pcap_dir: Path,
-        *,
-        max_packets: int = 100000,
-        max_seconds: float = 600.0,
-    ) -> None:
-        if not interfaces:
-            raise LabError(f"capture on {node}: no interfaces given")
-        # label -> the kernel's interface name (they differ where an engine names them, e.g. wan0 -> eth1)
-        self.names = dict(interfaces) if isinstance(interfaces, dict) else {name: name for name in interfaces}
-        for ifname in [*self.names, *self.names.values()]:
-            if not IFNAME_RE.match(ifname):
-                raise LabError(f"capture on {node}: {ifname!r} is not an interface name")
-        self.ns = ns
-        self.node = node
-        self.interfaces = list(self.names)
-        self.pcap_dir = Path(pcap_dir)
-        self.max_packets = max_packets
-        self.max_seconds = max_seconds
-        self.paths = {ifname: self.pcap_dir / f"{node}-{ifname}.pcap" for ifname in interfaces}
-        self.counts = {ifname: 0 for ifname in interfaces}
-        self.stop_reason: str | None = None
-        self._socks: dict[str, socket.socket] = {}
-        self._writers: dict[str, PcapWriter] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = -1, -1
-
-    @property
-    def packets(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> Capture:
-        """Open the sockets and start the reader; idempotent."""
-        if self._thread is not None:
-            return self
-        self.pcap_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with in_netns(self.ns):
-                for ifname in self.interfaces:
-                    # Protocol 0 receives nothing until bind() sets ETH_P_ALL on this one
-                    # interface, so no frame from another interface slips in.
-                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-                    self._socks[ifname] = sock
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CAPTURE_RCVBUF)
-                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
-                    try:
-                        sock.bind((self.names[ifname], ETH_P_ALL))
-                    except OSError as e:
-                        raise LabError(f"capture on {self.node}:{ifname}: {e.strerror}") from e
-                    sock.setblocking(False)
-            for ifname in self.interfaces:
-                self._writers[ifname] = PcapWriter(self.paths[ifname], LINKTYPE_ETHERNET)
-            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        except BaseException:
-            self._close_all()
-            raise
-        self._thread = threading.Thread(
-            target=self._run, name=f"capture-{self.ns}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> dict[str, int]:
-        """Stop, write out everything queued, close; returns frames written per interface."""
-        if self._thread is not None:
-            self._stop.set()
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
-            self._thread.join()
-        self._close_all()
-        return dict(self.counts)
-
-    def __enter__(self) -> Capture:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        poller = select.poll()
-        by_fd = {sock.fileno(): ifname for ifname, sock in self._socks.items()}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        try:
-            while not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.stop_reason = "max_seconds"
-                    break
-                events = poller.poll(remaining * 1000)
-                for fd, _ev in events:
-                    if fd in by_fd:
-                        self._drain(by_fd[fd])
-                if self.packets >= self.max_packets:
-                    self.stop_reason = "max_packets"
-                    break
-                for writer in self._writers.values():
-                    writer.flush()
-            else:
-                self.stop_reason = "stopped"
-            if self.stop_reason == "stopped":
-                for ifname in self._socks:
-                    self._drain(ifname)
-        except Exception as e:  # the thread must not die silently
-            self.stop_reason = f"error: {e}"
-        finally:
-            for writer in self._writers.values():
-                with contextlib.suppress(Exception):
-                    writer.flush()
-
-    def _drain(self, ifname: str) -> None:
-        """Write what is queued on one socket, at most DRAIN_BATCH frames per call (poll()
-        comes back for the rest, and stop() does not chase a never-ending stream)."""
-        sock = self._socks[ifname]
-        writer = self._writers[ifname]
-        for _ in range(DRAIN_BATCH):
-            if self.packets >= self.max_packets:
-                return
-            try:
-                data, ancdata, _flags, _addr = sock.recvmsg(
-                    CAPTURE_BUFFER, socket.CMSG_SPACE(16)
-                )
-            except (BlockingIOError, InterruptedError):
-                return
-            ts = None
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(payload) >= 16:
-                    sec, usec = struct.unpack("qq", payload[:16])
-                    ts = sec + usec / 1e6
-            writer.write(time.time() if ts is None else ts, data)
-            self.counts[ifname] += 1
-
-    def _close_all(self) -> None:
-        for sock in self._socks.values():
-            sock.close()
-        self._socks.clear()
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
 
 
 # --------------------------------------------------------------------------- the lab
@@ -1117,26 +922,12 @@ class NetnsLab:
 
     # ---- capture
 
-    def capture(
-        self,
-        node: str,
-        interfaces: list[str],
-        pcap_dir: Path,
-        *,
-        max_packets: int = 100000,
-        max_seconds: float = 600.0,
-    ) -> Capture:
-        """Start capturing on the node's interfaces; returns the running `Capture`
-        (use it as a context manager, or call `stop()`)."""
-        cap = Capture(
-            self.ns(node),
-            node,
-            interfaces,
-            pcap_dir,
-            max_packets=max_packets,
-            max_seconds=max_seconds,
-        )
-        return cap.start()
+    def capture_points(self) -> list[CapturePoint]:
+        """Every link of the lab, once, at the end `Topology.capture_ends` picks (pinhole.capture)."""
+        return [
+            CapturePoint(f"{node}:{ifname}", ifname, self.ns(node), description)
+            for node, ifname, description in self.topology.capture_ends()
+        ]
 
     # ---- every lab on the machine
 

@@ -648,7 +648,7 @@ def probe_lab(
 
     `natgw`: a NatGateway stub; when given, a local port the NAT holds a mapping for is never used.
     """
-    from netns.lab import in_netns
+    from pinhole.nsenter import in_netns
     from pinhole.rpc.v1 import natgw_pb2
 
     node = topology.nodes[client]

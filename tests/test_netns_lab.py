@@ -30,7 +30,9 @@ from netns.lab import (
     parse_topology,
     pids_in_netns,
 )
-from pinhole.pcap import decode_udp, read_pcap
+from pinhole.capture import CaptureError, CapturePoint, LinkCapture
+from pinhole.pcap import decode_udp
+from pinhole.pcapng import DIRECTION_INBOUND, DIRECTION_OUTBOUND, read_pcapng, write_pcapng
 
 # Labs of this test process: "ph-t" + 5 digits of the PID + a letter, so a prefix never
 # matches another test process's labs.
@@ -499,59 +501,64 @@ def test_failure_in_the_middle_of_up_leaves_nothing(
 
 @needs_root
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
-def test_capture_writes_pcaps_that_tshark_decodes(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
+def test_capture_takes_every_link_once_into_a_pcapng_that_tshark_reads(
+    make_lab: Callable[..., NetnsLab], tmp_path: Path
+) -> None:
     lab = make_lab("l")
     lab.up()
     _masquerade(lab)
+    points = lab.capture_points()
+    # one point per link, at the router's end where there is one, never on a switch port
+    assert [p.name for p in points] == [
+        "natgw:lan0", "natgw:wan0", "proxy-a:eth0", "proxy-b:eth0", "stun:eth0", "bob:eth0", "bob2:eth0",
+    ]  # fmt: skip
+    assert points[0].description == "natgw:lan0 <-> alice:eth0"
     alice, bob = _udp(lab, "alice", 42000), _udp(lab, "bob", 5000)
-    pcaps = tmp_path / "pcap"
-    with alice, bob, lab.capture("natgw", ["lan0", "wan0"], pcaps) as cap:
+    with alice, bob, LinkCapture(points) as cap:
         alice.sendto(b"first", ("203.0.113.40", 5000))  # right after start(): must be captured
         assert bob.recvfrom(2048)[0] == b"first"
-    assert cap.stop_reason == "stopped" and not cap.running
-    lan = [d for _, f in read_pcap(pcaps / "natgw-lan0.pcap") if (d := decode_udp(f))]
-    wan = [d for _, f in read_pcap(pcaps / "natgw-wan0.pcap") if (d := decode_udp(f))]
-    assert [(d.src, d.dst, d.payload) for d in lan] == [(("10.10.1.10", 42000), ("203.0.113.40", 5000), b"first")]
-    assert [(d.src, d.dst, d.payload) for d in wan] == [(("203.0.113.1", 42000), ("203.0.113.40", 5000), b"first")]
+    assert cap.stop_reason == "stopped" and not cap.running and cap.problems() == []
+    write_pcapng(tmp_path / "capture.pcapng", cap.result())
+    capture = read_pcapng(tmp_path / "capture.pcapng")
+    seen = [
+        (capture.interfaces[p.interface].name, p.direction, d.src, d.dst)
+        for p in capture.packets
+        if (d := decode_udp(p.data)) and d.payload == b"first"
+    ]
+    # the datagram on each link it crossed, in time order, each with the direction its capturing end saw
+    assert seen == [
+        ("natgw:lan0", DIRECTION_INBOUND, ("10.10.1.10", 42000), ("203.0.113.40", 5000)),
+        ("natgw:wan0", DIRECTION_OUTBOUND, ("203.0.113.1", 42000), ("203.0.113.40", 5000)),
+        ("bob:eth0", DIRECTION_INBOUND, ("203.0.113.1", 42000), ("203.0.113.40", 5000)),
+    ]
+    assert [(s.received, s.dropped) for s in capture.statistics][:2] == [(cap.counts[0], 0), (cap.counts[1], 0)]
     if shutil.which("tshark"):
         out = subprocess.run(
-            [
-                "tshark",
-                "-r",
-                str(pcaps / "natgw-wan0.pcap"),
-                "-Y",
-                "udp",
-                "-T",
-                "fields",
-                "-e",
-                "ip.src",
-                "-e",
-                "udp.srcport",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        assert out.splitlines() == ["203.0.113.1\t42000"]
+            ["tshark", "-r", str(tmp_path / "capture.pcapng"), "-Y", "udp", "-T", "fields",
+             "-e", "frame.interface_name", "-e", "ip.src", "-e", "udp.srcport"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        assert out.splitlines() == ["natgw:lan0\t10.10.1.10\t42000", "natgw:wan0\t203.0.113.1\t42000",
+                                    "bob:eth0\t203.0.113.1\t42000"]  # fmt: skip
 
 
 @needs_root
-def test_capture_is_bounded(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
+def test_capture_is_bounded_and_says_so(make_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
     lab = make_lab("m")
     lab.up()
     proxy, bob = _udp(lab, "proxy-a", 5000), _udp(lab, "bob", 5000)
+    bob_link = [p for p in lab.capture_points() if p.name == "bob:eth0"]
     with proxy, bob:
-        cap = lab.capture("bob", ["eth0"], tmp_path, max_packets=3)
+        cap = LinkCapture(bob_link, max_packets=3).start()
         for n in range(6):
             proxy.sendto(b"%d" % n, ("203.0.113.40", 5000))
             bob.recvfrom(2048)
         cap._thread.join(timeout=5)  # type: ignore[union-attr]
         assert cap.stop_reason == "max_packets"
-        assert cap.stop() == {"eth0": 3}
-    assert len(list(read_pcap(tmp_path / "bob-eth0.pcap"))) == 3
-    with pytest.raises(LabError) as info:
-        lab.capture("bob", ["eth9"], tmp_path)
+        assert len(cap.stop().packets) == 3
+    assert cap.problems() == ["the capture stopped early (max_packets) with 3 frames"]
+    with pytest.raises(CaptureError) as info:
+        LinkCapture([CapturePoint("bob:eth9", "eth9", lab.ns("bob"))]).start()
     assert str(info.value) == "capture on bob:eth9: No such device"
 
 

@@ -27,7 +27,8 @@ import grpc
 from opentelemetry import trace
 
 from netns.lab import NetnsLab, load_topology
-from pinhole import demux, telemetry
+from pinhole import demux, pcapng, telemetry
+from pinhole.capture import LinkCapture
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
@@ -41,7 +42,8 @@ from pinhole.controller.services import (
     to_dict,
     wait_healthy,
 )
-from pinhole.pcap import decode_udp, read_pcap
+from pinhole.pcap import decode_udp
+from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
 
 DEFAULT_LAB = "ph-lab"
@@ -342,17 +344,20 @@ def _call_over(events: list[dict[str, Any]]) -> bool:
     return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
 
 
-def summarize_capture(path: Path) -> list[dict[str, Any]]:
-    """Each UDP datagram of a pcap, described like the services describe them."""
-    packets = []
-    for ts, frame in read_pcap(path):
-        udp = decode_udp(frame)
+def nat_sides(capture: pcapng.Capture, natgw: Any) -> dict[str, list[dict[str, Any]]]:
+    """The UDP datagrams seen on the NAT's inside and outside links, described like the services describe them."""
+    sides = {"inside": natgw.extra.get("lan_if", "lan0"), "outside": natgw.extra.get("wan_if", "wan0")}
+    index = {f"{natgw.name}:{ifname}": side for side, ifname in sides.items()}
+    out: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for packet in capture.packets:
+        side = index.get(capture.interfaces[packet.interface].name)
+        udp = decode_udp(packet.data) if side else None
         if udp is None:
             continue
-        record = {"t": ts, "src": f"{udp.src[0]}:{udp.src[1]}", "dst": f"{udp.dst[0]}:{udp.dst[1]}"}
+        record = {"t": packet.t, "src": f"{udp.src[0]}:{udp.src[1]}", "dst": f"{udp.dst[0]}:{udp.dst[1]}"}
         record.update(demux.describe(udp.payload))
-        packets.append(record)
-    return packets
+        out[side].append(record)
+    return out
 
 
 @dataclass
@@ -732,8 +737,7 @@ def run(
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
         show.stage("configuring services")
         configure(clients, Endpoints.of_topology(topology), scenario, timers)
-        natgw = topology.nodes["natgw"]
-        capture = lab.capture("natgw", [natgw.extra.get("lan_if", "lan0"), natgw.extra.get("wan_if", "wan0")], out_dir)
+        capture = LinkCapture(lab.capture_points()).start()
         endpoints = Endpoints.of_topology(topology)
         plans = fault_plans(scenario, endpoints.addresses) if scenario.faults else {}
 
@@ -747,6 +751,7 @@ def run(
     finally:
         if capture is not None:
             capture.stop()
+            write_pcapng(out_dir / "capture.pcapng", capture.result())
         for node in sorted(set(fault_links().values()) & set(kinds)) if scenario.faults else ():  # the lab may stay up
             with contextlib.suppress(grpc.RpcError):
                 clients.stub(node).ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
@@ -767,13 +772,13 @@ def run(
         scenario=scenario,
         timers_name=timers_name,
         out_dir=out_dir,
-        captures={
-            "inside": summarize_capture(capture.paths[natgw.extra.get("lan_if", "lan0")]),
-            "outside": summarize_capture(capture.paths[natgw.extra.get("wan_if", "wan0")]),
-        },
+        captures=nat_sides(capture.result(), topology.nodes["natgw"]),
         measurements=measurements,
         forward_to=forward_to,
     )
+    if capture.problems() and not result.broken:  # judged on part of the wire: not a verdict
+        result.broken = "; ".join(capture.problems())
+        (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
     link_last(out_root, run_id)
     show.done()
     return result, out_dir

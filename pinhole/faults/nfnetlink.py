@@ -100,7 +100,7 @@ def in_namespace(netns: str | None) -> Iterator[None]:
     if netns is None:
         yield
         return
-    from netns.lab import in_netns  # only callers outside the namespace (tests, controller)
+    from pinhole.nsenter import in_netns  # only callers outside the namespace (tests, controller)
 
     with in_netns(netns):
         yield
