@@ -32,7 +32,7 @@ import datetime
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Literal
@@ -590,6 +590,7 @@ class DtlsEndpoint:
         timer: RetransmitTimer = RetransmitTimer(),
         mtu: int = 1200,
         peer_fingerprints: Sequence[tuple[str, bytes]] | None = None,
+        on_key_log: Callable[[str], None] | None = None,
     ) -> None:
         self.role = Role(role)
         self.certificate = certificate
@@ -641,6 +642,8 @@ class DtlsEndpoint:
         context.check_privatekey()
         context.set_tlsext_use_srtp(":".join(self.srtp_profiles).encode())
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        if on_key_log is not None:  # NSS key log lines (CLIENT_RANDOM ...): what decrypts the handshake offline
+            context.set_keylog_callback(lambda _connection, line: on_key_log(line.decode("ascii", "replace")))
         self._connection = SSL.Connection(context, None)
         self._connection.set_ciphertext_mtu(mtu)
         if self.role is Role.CLIENT:

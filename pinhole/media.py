@@ -231,6 +231,7 @@ class MediaSession(asyncio.DatagramProtocol):
         on_change: Callable[[MediaSession], None] | None = None,
         latching: bool = False,
         component: int = RTP,
+        key_log: list[str] | None = None,
     ) -> None:
         if component not in COMPONENT_NAMES:
             raise ValueError(f"component {component}: expected 1 (RTP) or 2 (RTCP)")
@@ -245,6 +246,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._previous_rx: tuple[srtp.SrtpSession, int, float] | None = None  # keys, association, until
         self._rtcp_task: asyncio.Task[None] | None = None
         self.certificate = certificate
+        self.key_log = key_log if key_log is not None else []  # NSS key log lines of every association made here
         self.events = events
         self.call_id = call_id
         self.timers = timers
@@ -303,6 +305,7 @@ class MediaSession(asyncio.DatagramProtocol):
             on_change=self.on_change,
             latching=False,
             component=self.component,
+            key_log=self.key_log,
         )
         sibling.transport = self.transport
         sibling.socket_sessions = self.socket_sessions
@@ -487,6 +490,7 @@ class MediaSession(asyncio.DatagramProtocol):
             srtp_profiles=self.srtp_profiles,
             timer=self.timers.dtls,
             peer_fingerprints=self.peer_fingerprints,
+            on_key_log=self.key_log.append,
         )
         self.association += 1
         self.associations.append(AssociationRecord(self.association, role.value, reason, started=time.time()))

@@ -110,6 +110,19 @@ def test_section_7_3_passes(lab, tmp_path):
         e["kind"] for e in events
     }
     assert (out_dir / "ladder.html").exists() and (out_dir / "trace.json").exists()
+    # the key log: one NSS line for the one association, written beside the capture and inside it (a DSB)
+    key_log = (out_dir / "keys.log").read_text().splitlines()
+    assert len(key_log) == 1 and key_log[0].startswith("CLIENT_RANDOM ")
+    if shutil.which("tshark"):
+        # both Finished messages decrypted on each link the handshake crossed (Wireshark 4.0 needs the SDP
+        # conversations off: its DTLS-SRTP setup at the ServerHello otherwise cuts the DTLS session in two)
+        finished = subprocess.run(
+            ["tshark", "-r", str(out_dir / "capture.pcapng"), "-o", "sdp.establish_conversation:FALSE",
+             "-o", f"tls.keylog_file:{out_dir / 'keys.log'}", "-Y", "dtls.handshake.type==20",
+             "-T", "fields", "-e", "frame.interface_name"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        assert sorted(finished) == sorted(["natgw:lan0", "natgw:wan0", "bob:eth0"] * 2)
     # the verdict is a pure function of the saved evidence
     assert judge(evidence).to_dict() == json.loads((out_dir / "verdict.json").read_text())
 

@@ -372,6 +372,7 @@ class CallRecord:
     counters: dict[str, dict[str, int]]
     flushed: list[dict[str, Any]] = field(default_factory=list)  # events streamed before the services' flush
     restarts: list[dict[str, Any]] = field(default_factory=list)  # services killed and started again (when)
+    key_log: list[str] = field(default_factory=list)  # the user agents' NSS key log lines of the call
 
 
 class Restarter:
@@ -535,6 +536,11 @@ def drive_call(
         for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
         calls = {ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id))) for ua in agents}
+        key_log = [
+            line
+            for ua in agents
+            for line in clients.stub(ua).GetKeyLog(useragent_pb2.GetKeyLogRequest(call_id=call_id)).lines
+        ]
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
         counters = {
             node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
@@ -546,7 +552,7 @@ def drive_call(
         collector.stop()
         if run_span is not None:
             run_span.end()
-    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts)
+    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts, key_log)
 
 
 def _decrypting(events: list[dict[str, Any]]) -> bool:
@@ -751,7 +757,6 @@ def run(
     finally:
         if capture is not None:
             capture.stop()
-            write_pcapng(out_dir / "capture.pcapng", capture.result())
         for node in sorted(set(fault_links().values()) & set(kinds)) if scenario.faults else ():  # the lab may stay up
             with contextlib.suppress(grpc.RpcError):
                 clients.stub(node).ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
@@ -765,6 +770,9 @@ def run(
             show.stage("tearing the lab down")
             measurements["lab_down_s"] = lab_down(lab, keep_logs=out_dir)
 
+    key_log = "".join(f"{line}\n" for line in dict.fromkeys(record.key_log))  # each association once
+    (out_dir / "keys.log").write_text(key_log)
+    write_pcapng(out_dir / "capture.pcapng", capture.result(key_log=key_log))
     result = judge_call(
         trace_request,
         record,

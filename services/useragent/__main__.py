@@ -333,6 +333,12 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
     async def ListCalls(self, request, context):  # noqa: N802
         return useragent_pb2.ListCallsReply(calls=[call_status(c) for c in self.agent.calls.values()])
 
+    async def GetKeyLog(self, request, context):  # noqa: N802
+        if request.call_id and request.call_id not in self.agent.calls:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"call_id: no call {request.call_id!r}")
+        calls = [self.agent.calls[request.call_id]] if request.call_id else list(self.agent.calls.values())
+        return useragent_pb2.KeyLog(lines=[line for call in calls for line in call.key_log])
+
     async def collect_counters(self) -> Counters:
         counters = Counters(self.agent.counters)
         if self.agent.endpoint is not None:

@@ -193,6 +193,7 @@ class Call:
     offer_pending: str = ""  # "sent" or "received" while a re-INVITE offer/answer runs (RFC 3261 §14)
     modifications: list[Modification] = field(default_factory=list)
     forks: list[Fork] = field(default_factory=list)  # outgoing: every dialog our INVITE made, first first
+    key_log: list[str] = field(default_factory=list)  # NSS key log lines of every DTLS association of the call
 
     def __post_init__(self) -> None:
         self.sdp_version = self.sdp_version or self.sdp_session_id
@@ -1210,6 +1211,7 @@ class UserAgent:
             on_change=lambda media: self._media_changed(call, media),
             latching=self.config.latching,
             component=component,
+            key_log=call.key_log,
         )
         if component == RTP:
             call.media = session
