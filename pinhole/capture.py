@@ -213,4 +213,3 @@ class LinkCapture:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-

@@ -185,30 +185,42 @@ def _ipv4(text: str) -> str:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
+    """Judge a saved run again from its capture (and, unless --from-capture, its trace): 0 pass, 1 fail, 2 broken."""
+    from pinhole.controller.saved import SavedRunError, judge_run
+
     path = Path(args.run)
-    evidence = json.loads((path / "evidence.json" if path.is_dir() else path).read_text())
-    result = verdict.judge(evidence)
+    try:
+        result = judge_run(path, from_capture=args.from_capture, call_id=args.call_id)
+    except SavedRunError as error:
+        print(f"pinhole verdict: broken: {error}", file=sys.stderr)
+        return 2
     if args.ladder:
-        print(ladder.render(evidence))
+        evidence_path = (path if path.is_dir() else path.parent) / "evidence.json"
+        if evidence_path.exists():
+            print(ladder.render(json.loads(evidence_path.read_text())))
     print(result.render())
-    return 0 if result.passed else 1
+    return {"pass": 0, "fail": 1}.get(result.outcome, 2)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from pinhole.controller import from_trace
     from pinhole.controller.ladder_html import write_html
+    from pinhole.controller.saved import SavedRunError, judge_run
 
     path = Path(args.source)
-    request = from_trace.load(path)
-    evidence = from_trace.evidence_from_trace(request, args.call_id)
+    try:
+        result = judge_run(path, call_id=args.call_id)
+    except SavedRunError as error:
+        print(f"pinhole trace: broken: {error}", file=sys.stderr)
+        return 2
     if args.action == "ladder":
+        request = from_trace.load(path)
+        evidence = from_trace.evidence_from_trace(request, args.call_id)
         print(ladder.render(evidence))
         html = Path(args.html) if args.html else (path if path.is_dir() else path.parent) / "trace-ladder.html"
-        result = from_trace.judge_trace(request, args.call_id)
         write_html({**evidence, "verdict": result.to_dict()}, html, title=f"pinhole trace {evidence['trace_id']}")
         print(f"HTML ladder: {html}")
         return 0
-    result = from_trace.judge_trace(request, args.call_id)
     print(result.render())
     return {"pass": 0, "fail": 1}.get(result.outcome, 2)
 
@@ -375,14 +387,23 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--out", default="out", help="artifact root; the matrix writes out/<id>-matrix/")
     matrix.set_defaults(func=cmd_matrix)
 
-    judge = sub.add_parser("verdict", help="recompute a run's verdict from its saved evidence")
-    judge.add_argument("run", nargs="?", default="out/last")
-    judge.add_argument("--ladder", action="store_true")
+    judge = sub.add_parser(
+        "verdict",
+        help="judge a saved run again from its capture (and its trace, for what no packet shows)",
+        description="Read OUT/capture.pcapng and OUT/keys.log (and OUT/trace.json for the services' own word on what "
+        "no packet can show) and print the verdict. Exit 0 on PASS, 1 on FAIL, 2 when broken.",
+    )
+    judge.add_argument("run", nargs="?", default="out/last", help="a run directory (default out/last)")
+    judge.add_argument(
+        "--from-capture", action="store_true", help="capture.pcapng and keys.log alone: no trace, no self-reports"
+    )
+    judge.add_argument("--call-id", help="which call, when the capture holds several (default: the run's)")
+    judge.add_argument("--ladder", action="store_true", help="print the ladder first")
     judge.set_defaults(func=cmd_verdict)
 
-    tracing = sub.add_parser("trace", help="the call's ladder or verdict from a trace file (OTLP JSON) alone")
+    tracing = sub.add_parser("trace", help="the call's ladder or verdict from a trace file and the capture beside it")
     tracing.add_argument("action", choices=["ladder", "verdict"])
-    tracing.add_argument("source", nargs="?", default="out/last", help="a run directory or a trace.json")
+    tracing.add_argument("source", nargs="?", default="out/last", help="a run directory or a trace.json in one")
     tracing.add_argument("--call-id", help="which call, when the file holds several (default: the largest)")
     tracing.add_argument("--html", help="where to write the HTML ladder (default: next to the trace)")
     tracing.set_defaults(func=cmd_trace)

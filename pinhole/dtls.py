@@ -38,6 +38,7 @@ from enum import Enum, IntEnum
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -290,26 +291,154 @@ def _use_srtp_from_extensions(reader: _Reader) -> list[int] | None:
 
 def use_srtp_profiles(client_hello_body: bytes) -> list[int]:
     """SRTPProtectionProfile values a ClientHello offers in use_srtp (RFC 5764 §4.1.1); [] if none."""
-    reader = _Reader(client_hello_body, "ClientHello")
-    reader.take(2, "client_version")
-    reader.take(32, "random")
-    reader.vector(1, "session_id")
-    reader.vector(1, "cookie")
-    reader.vector(2, "cipher_suites")
-    reader.vector(1, "compression_methods")
-    return _use_srtp_from_extensions(reader) or []
+    return list(parse_client_hello(client_hello_body).srtp_profiles)
 
 
 def selected_srtp_profile(server_hello_body: bytes) -> int | None:
     """The single SRTPProtectionProfile a ServerHello selects (RFC 5764 §4.1.1), or None."""
-    reader = _Reader(server_hello_body, "ServerHello")
-    reader.take(2, "server_version")
-    reader.take(32, "random")
-    reader.vector(1, "session_id")
-    reader.take(2, "cipher_suite")
-    reader.take(1, "compression_method")
-    profiles = _use_srtp_from_extensions(reader)
+    profiles = parse_server_hello(server_hello_body).srtp_profiles
     return profiles[0] if profiles else None
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    """What a ClientHello body says (RFC 6347 §4.2.1, RFC 5764 §4.1.1)."""
+
+    random: bytes
+    cookie: bytes
+    cipher_suites: tuple[int, ...]
+    srtp_profiles: tuple[int, ...]  # use_srtp, in the client's order of preference
+
+
+@dataclass(frozen=True)
+class ServerHello:
+    """What a ServerHello body says: its random, the chosen cipher suite and SRTP profile."""
+
+    random: bytes
+    cipher_suite: int
+    srtp_profiles: tuple[int, ...]  # RFC 5764 §4.1.1: exactly one, one the client offered
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    reader = _Reader(body, "ClientHello")
+    reader.take(2, "client_version")
+    random = reader.take(32, "random")
+    reader.vector(1, "session_id")
+    cookie = reader.vector(1, "cookie")
+    suites = reader.vector(2, "cipher_suites")
+    reader.vector(1, "compression_methods")
+    profiles = _use_srtp_from_extensions(reader) or []
+    return ClientHello(random, cookie, tuple(s for (s,) in struct.iter_unpack("!H", suites[: len(suites) // 2 * 2])),
+                       tuple(profiles))  # fmt: skip
+
+
+def parse_server_hello(body: bytes) -> ServerHello:
+    reader = _Reader(body, "ServerHello")
+    reader.take(2, "server_version")
+    random = reader.take(32, "random")
+    reader.vector(1, "session_id")
+    (suite,) = struct.unpack("!H", reader.take(2, "cipher_suite"))
+    reader.take(1, "compression_method")
+    return ServerHello(random, suite, tuple(_use_srtp_from_extensions(reader) or []))
+
+
+# --------------------------------------------------------------------------------------------------
+# Record protection (RFC 5246 §6.3, RFC 5288 AES-GCM) and the exporter (RFC 5705), pure
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CipherSuite:
+    """An AEAD suite pinhole offers and can protect or read records of offline (RFC 5288, RFC 5289)."""
+
+    code: int
+    name: str  # OpenSSL's name
+    key_length: int
+    prf_hash: str
+
+
+CIPHER_SUITES: dict[int, CipherSuite] = {
+    s.code: s
+    for s in (
+        CipherSuite(0xC02B, "ECDHE-ECDSA-AES128-GCM-SHA256", 16, "sha256"),
+        CipherSuite(0xC02C, "ECDHE-ECDSA-AES256-GCM-SHA384", 32, "sha384"),
+        CipherSuite(0xC02F, "ECDHE-RSA-AES128-GCM-SHA256", 16, "sha256"),
+        CipherSuite(0xC030, "ECDHE-RSA-AES256-GCM-SHA384", 32, "sha384"),
+    )
+}
+_GCM_FIXED_IV_LENGTH = 4  # RFC 5288 §3: salt from the key block; 8-byte explicit nonce per record.
+_GCM_TAG_LENGTH = 16
+
+
+def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
+    """The TLS 1.2 PRF: P_hash of RFC 5246 §5."""
+    out, a = b"", label + seed
+    while len(out) < length:
+        a = hmac.new(secret, a, hash_name).digest()
+        out += hmac.new(secret, a + label + seed, hash_name).digest()
+    return out[:length]
+
+
+@dataclass(frozen=True)
+class WriteKeys:
+    """One side's epoch-1 record protection: its AES-GCM write key and implicit IV salt."""
+
+    key: bytes
+    salt: bytes
+
+    def __repr__(self) -> str:  # never put keys into logs
+        return "WriteKeys(<hidden>)"
+
+
+def write_keys(
+    suite: CipherSuite, master_secret: bytes, client_random: bytes, server_random: bytes
+) -> tuple[WriteKeys, WriteKeys]:
+    """(client's, server's) write keys from the key block (RFC 5246 §6.3; no MAC keys for AEAD)."""
+    n = suite.key_length
+    block = prf(suite.prf_hash, master_secret, b"key expansion", server_random + client_random,
+                2 * n + 2 * _GCM_FIXED_IV_LENGTH)  # fmt: skip
+    salts = block[2 * n :]
+    return (
+        WriteKeys(block[:n], salts[:_GCM_FIXED_IV_LENGTH]),
+        WriteKeys(block[n : 2 * n], salts[_GCM_FIXED_IV_LENGTH:]),
+    )
+
+
+def _additional_data(epoch: int, sequence: int, content_type: int, length: int) -> bytes:
+    return struct.pack("!H", epoch) + sequence.to_bytes(6, "big") + struct.pack("!BHH", content_type, DTLS_1_2, length)
+
+
+def protect_record(keys: WriteKeys, content_type: int, epoch: int, sequence: int, plaintext: bytes) -> DtlsRecord:
+    """An AES-GCM record (RFC 5288 §3: the explicit nonce is the epoch and sequence number)."""
+    explicit = struct.pack("!H", epoch) + sequence.to_bytes(6, "big")
+    ciphertext = AESGCM(keys.key).encrypt(keys.salt + explicit, plaintext,
+                                          _additional_data(epoch, sequence, content_type, len(plaintext)))  # fmt: skip
+    return DtlsRecord(content_type, DTLS_1_2, epoch, sequence, explicit + ciphertext)
+
+
+def unprotect_record(keys: WriteKeys, record: DtlsRecord) -> bytes:
+    """The plaintext of an AES-GCM record; DtlsError if it does not authenticate with `keys`."""
+    fragment = record.fragment
+    if len(fragment) < 8 + _GCM_TAG_LENGTH:
+        raise DtlsError(f"encrypted record of {len(fragment)} bytes is too short for AES-GCM")
+    length = len(fragment) - 8 - _GCM_TAG_LENGTH
+    try:
+        return AESGCM(keys.key).decrypt(
+            keys.salt + fragment[:8],
+            fragment[8:],
+            _additional_data(record.epoch, record.sequence_number, record.content_type, length),
+        )
+    except InvalidTag:
+        raise DtlsError(
+            f"epoch {record.epoch} record {record.sequence_number} does not authenticate with these keys"
+        ) from None
+
+
+def export_keying_material(
+    suite: CipherSuite, master_secret: bytes, client_random: bytes, server_random: bytes, label: bytes, length: int
+) -> bytes:
+    """RFC 5705 §4 without a context (what DTLS-SRTP asks for, RFC 5764 §4.2)."""
+    return prf(suite.prf_hash, master_secret, label, client_random + server_random, length)
 
 
 def _camel(name: str) -> str:
@@ -526,26 +655,6 @@ class RetransmitTimer:
 
 State = Literal["new", "handshaking", "connected", "failed", "closed"]
 
-#: AEAD suites only: the endpoint can then build an epoch-1 alert itself (see `_epoch1_record`).
-#: (OpenSSL cipher name -> key length, PRF hash). RFC 5288 / RFC 5289.
-_CIPHER_SUITES: dict[str, tuple[int, str]] = {
-    "ECDHE-ECDSA-AES128-GCM-SHA256": (16, "sha256"),
-    "ECDHE-ECDSA-AES256-GCM-SHA384": (32, "sha384"),
-    "ECDHE-RSA-AES128-GCM-SHA256": (16, "sha256"),
-    "ECDHE-RSA-AES256-GCM-SHA384": (32, "sha384"),
-}
-_GCM_FIXED_IV_LENGTH = 4  # RFC 5288 §3: salt from the key block; 8-byte explicit nonce per record.
-
-
-def _tls12_prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
-    """P_hash of RFC 5246 §5."""
-    out, a = b"", label + seed
-    while len(out) < length:
-        a = hmac.new(secret, a, hash_name).digest()
-        out += hmac.new(secret, a + label + seed, hash_name).digest()
-    return out[:length]
-
-
 def _ssl_error_text(exc: SSL.Error) -> str:
     parts: list[str] = []
     for arg in exc.args:
@@ -636,7 +745,7 @@ class DtlsEndpoint:
         context = SSL.Context(SSL.DTLS_METHOD)
         context.set_min_proto_version(DTLS_1_2)  # OpenSSL's DTLS1_2_VERSION
         context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
-        context.set_cipher_list(":".join(_CIPHER_SUITES).encode())
+        context.set_cipher_list(":".join(s.name for s in CIPHER_SUITES.values()).encode())
         context.use_certificate(certificate.certificate)
         context.use_privatekey(certificate.private_key)
         context.check_privatekey()
@@ -1014,26 +1123,12 @@ class DtlsEndpoint:
         pyOpenSSL has no call to send an alert, so after the handshake a fatal alert is built here
         from the session's master secret. Used only once the association is abandoned, so the
         sequence number cannot collide with a later OpenSSL record."""
-        suite = _CIPHER_SUITES.get(self._connection.get_cipher_name() or "")
+        suite = next((s for s in CIPHER_SUITES.values() if s.name == self._connection.get_cipher_name()), None)
         master_secret = self._connection.master_key()
         client_random = self._connection.client_random()
         server_random = self._connection.server_random()
         if suite is None or not master_secret or client_random is None or server_random is None:
             return None
-        key_length, prf_hash = suite
-        key_block = _tls12_prf(
-            prf_hash,
-            master_secret,
-            b"key expansion",
-            server_random + client_random,
-            2 * key_length + 2 * _GCM_FIXED_IV_LENGTH,
-        )
-        client_key, server_key = key_block[:key_length], key_block[key_length : 2 * key_length]
-        ivs = key_block[2 * key_length :]
-        client_iv, server_iv = ivs[:_GCM_FIXED_IV_LENGTH], ivs[_GCM_FIXED_IV_LENGTH:]
-        key, iv = (client_key, client_iv) if self.role is Role.CLIENT else (server_key, server_iv)
-        sequence = self._next_epoch1_sequence
-        epoch_and_sequence = struct.pack("!H", 1) + sequence.to_bytes(6, "big")
-        additional_data = epoch_and_sequence + struct.pack("!BHH", content_type, DTLS_1_2, len(plaintext))
-        ciphertext = AESGCM(key).encrypt(iv + epoch_and_sequence, plaintext, additional_data)
-        return DtlsRecord(content_type, DTLS_1_2, 1, sequence, epoch_and_sequence + ciphertext)
+        client, server = write_keys(suite, master_secret, client_random, server_random)
+        keys = client if self.role is Role.CLIENT else server
+        return protect_record(keys, content_type, 1, self._next_epoch1_sequence, plaintext)

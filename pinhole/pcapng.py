@@ -156,8 +156,15 @@ def _timestamp(t: float) -> tuple[int, int]:
     return units >> 32, units & 0xFFFFFFFF
 
 
-def enhanced_packet(interface: int, t: float, data: bytes, *, direction: int = 0, original_length: int | None = None,
-                    snaplen: int = DEFAULT_SNAPLEN) -> bytes:  # fmt: skip
+def enhanced_packet(
+    interface: int,
+    t: float,
+    data: bytes,
+    *,
+    direction: int = 0,
+    original_length: int | None = None,
+    snaplen: int = DEFAULT_SNAPLEN,
+) -> bytes:
     """One EPB; `t` in seconds since the epoch (written in nanoseconds), `direction` into epb_flags."""
     high, low = _timestamp(t)
     captured = data[:snaplen]
@@ -200,13 +207,15 @@ class PcapngWriter:
     def secrets(self, data: bytes, secrets_type: int = SECRETS_TLS_KEY_LOG) -> None:
         self._write(decryption_secrets(data, secrets_type))
 
-    def packet(self, interface: int, t: float, data: bytes, *, direction: int = 0,
-               original_length: int | None = None) -> None:  # fmt: skip
+    def packet(
+        self, interface: int, t: float, data: bytes, *, direction: int = 0, original_length: int | None = None
+    ) -> None:
         if not 0 <= interface < len(self.interfaces):
             raise PcapngError(f"interface {interface} was not described (there are {len(self.interfaces)})")
         snaplen = self.interfaces[interface].snaplen
-        self._write(enhanced_packet(interface, t, data, direction=direction, original_length=original_length,
-                                    snaplen=snaplen))  # fmt: skip
+        self._write(
+            enhanced_packet(interface, t, data, direction=direction, original_length=original_length, snaplen=snaplen)
+        )
 
     def statistics(self, interface: int, t: float, *, received: int, dropped: int) -> None:
         self._write(interface_statistics(interface, t, received=received, dropped=dropped))

@@ -22,6 +22,7 @@ from enum import Enum
 __all__ = [
     "DTLS_SRTP_PROTOS",
     "DtlsSrtpMedia",
+    "Facts",
     "Fingerprint",
     "MediaDescription",
     "SdpError",
@@ -31,6 +32,7 @@ __all__ = [
     "build_answer",
     "build_offer",
     "certificate_fingerprint",
+    "facts",
     "line_numbers",
     "parse",
     "read_answer",
@@ -788,6 +790,91 @@ def read_answer(sd: SessionDescription, offer: DtlsSrtpMedia | None = None) -> D
     RFC 4145 §4.1 role pairing and RFC 5761 §5.1.1 (no rtcp-mux unless offered)."""
     media, _ = _read(sd, answer=True, offer=offer)
     return media
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an SDP says about its first audio stream, read tolerantly: for judging an offer or answer
+    seen on the wire, where a wrong value is evidence to report, not an error to raise.
+
+    Every DTLS-SRTP attribute is looked up as RFC 4566 §5.13 has it: at media level, else at session
+    level (``a=setup``, ``a=fingerprint``, ``a=connection``, ``a=rtcp-mux``); ``where`` says which.
+    ``error`` is set when the SDP does not parse (then the rest is empty).
+    """
+
+    error: str = ""
+    address: str = ""
+    port: int = 0
+    proto: str = ""
+    capneg: bool = False  # UDP/TLS/RTP/SAVP(F) offered through RFC 5939 a=tcap/a=pcfg (or a=acfg)
+    setup: str = ""  # "" when absent
+    setup_where: str = ""  # "media" or "session"
+    fingerprints: tuple[str, ...] = ()  # each as written: "sha-256 AB:CD..."
+    fingerprint_where: str = ""
+    connection: tuple[str, ...] = ()  # a=connection values (forbidden by RFC 5763 §5), at either level
+    rtcp_mux: bool = False
+    rtcp: str = ""  # a=rtcp (RFC 3605)
+
+    @property
+    def media(self) -> str:
+        return f"{self.address}:{self.port}" if self.address else ""
+
+    def parsed_fingerprints(self) -> list[Fingerprint]:
+        """The fingerprints that parse (RFC 8122 §5), any hash function."""
+        out = []
+        for text in self.fingerprints:
+            try:
+                out.append(Fingerprint.parse(text))
+            except SdpError:
+                continue
+        return out
+
+
+def facts(body: bytes | str) -> Facts:
+    """Read an SDP's first audio stream tolerantly (see :class:`Facts`)."""
+    try:
+        sd = parse(body)
+        mi = _first_audio(sd)
+    except SdpError as error:
+        return Facts(error=str(error))
+    m = sd.media[mi]
+
+    def lookup(name: str) -> tuple[list[str | None], str]:
+        found = m.attributes_named(name)
+        if found:
+            return found, "media"
+        found = sd.attributes_named(name)
+        return found, "session" if found else ""
+
+    setups, setup_where = lookup("setup")
+    fingerprints, fingerprint_where = lookup("fingerprint")
+    mux, _ = lookup("rtcp-mux")
+    rtcp, _ = lookup("rtcp")
+    connection = [f"{v or ''} (media level)" for v in m.attributes_named("connection")]
+    connection += [f"{v or ''} (session level)" for v in sd.attributes_named("connection")]
+    address_line = m.connection or sd.connection or ""
+    parts = address_line.split(" ")
+    capneg = False
+    if m.proto not in DTLS_SRTP_PROTOS:
+        try:
+            capneg = _dtls_proto_via_capneg(sd, mi, line_numbers(sd)) is not None
+        except SdpError:
+            capneg = False
+    elif m.has_attribute("acfg"):
+        capneg = True
+    return Facts(
+        address=parts[2].split("/")[0] if len(parts) == 3 else "",
+        port=m.port,
+        proto=m.proto,
+        capneg=capneg,
+        setup=(setups[0] or "") if setups else "",
+        setup_where=setup_where,
+        fingerprints=tuple(v or "" for v in fingerprints),
+        fingerprint_where=fingerprint_where,
+        connection=tuple(connection),
+        rtcp_mux=bool(mux),
+        rtcp=(rtcp[0] or "") if rtcp else "",
+    )
 
 
 # -- building offers and answers ----------------------------------------------------------------------

@@ -14,15 +14,17 @@ import ipaddress
 import logging
 import math
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pinhole import telemetry
+from pinhole import capture as link_capture
+from pinhole import pcapng, telemetry
 from pinhole.events import Counters, EventLog
-from pinhole.rpc.v1 import events_pb2
+from pinhole.rpc.v1 import capture_pb2, capture_pb2_grpc, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ def setup_observability(level: str, name: str) -> None:
     """Logging to stderr and this instance's OpenTelemetry tracer provider (standard OTEL_* settings)."""
     logging.basicConfig(level=level, format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
     telemetry.setup(name)
+    CaptureServicer.node = name
 
 
 async def serve(
@@ -53,11 +56,15 @@ async def serve(
     health service reports SERVING for each of them only once the server is listening,
     so readiness can be awaited with a health Watch instead of a sleep.
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-    for add, servicer, name in servicers:
+    capture = CaptureServicer()
+    for add, servicer, name in [
+        *servicers,
+        (capture_pb2_grpc.add_LinkCaptureServicer_to_server, capture, "pinhole.rpc.v1.LinkCapture"),
+    ]:
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
@@ -75,6 +82,7 @@ async def serve(
     log.info("stopping")
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    capture.stop()
     if on_stop is not None:
         await on_stop()
     await server.stop(grace=1.0)
@@ -123,3 +131,58 @@ class EvidenceServicer:
 
     async def FlushTelemetry(self, request, context):  # noqa: N802
         return events_pb2.FlushReply(flushed=await asyncio.to_thread(telemetry.flush))
+
+
+MAX_CAPTURE_MESSAGE = 64 * 1024 * 1024  # a StopCapture reply carries every frame of a call
+
+
+class CaptureServicer(capture_pb2_grpc.LinkCaptureServicer):
+    """A service capturing its own links (pinhole.capture), where the controller cannot reach them."""
+
+    node = "service"  # this instance's name: its links are named <node>:<device>
+
+    def __init__(self) -> None:
+        self.running: link_capture.LinkCapture | None = None
+        self.links: list[capture_pb2.CapturedLink] = []
+
+    async def StartCapture(self, request, context):  # noqa: N802
+        self.stop()
+        links = list(request.links) or [
+            capture_pb2.CapturedLink(device=name, name=f"{self.node}:{name}")
+            for _, name in socket.if_nameindex()
+            if name != "lo"
+        ]
+        points = [
+            link_capture.CapturePoint(link.name or link.device, link.device, None, link.description) for link in links
+        ]
+        try:
+            self.running = link_capture.LinkCapture(points, max_packets=request.max_packets or 200_000).start()
+        except (link_capture.CaptureError, PermissionError, OSError) as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot capture here: {error}")
+        self.links = links
+        return capture_pb2.StartCaptureReply(links=links)
+
+    async def StopCapture(self, request, context):  # noqa: N802
+        if self.running is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no capture is running (StartCapture first)")
+        running, self.running = self.running, None
+        result = await asyncio.to_thread(running.stop)
+        return capture_pb2.CapturedFrames(
+            links=self.links,
+            frames=[
+                capture_pb2.CapturedFrame(
+                    link=p.interface, time=p.t, data=p.data, inbound=p.direction != pcapng.DIRECTION_OUTBOUND
+                )
+                for p in result.packets
+            ],
+            statistics=[
+                capture_pb2.LinkStatistics(link=s.interface, received=s.received or 0, dropped=s.dropped or 0)
+                for s in result.statistics
+            ],
+            problems=running.problems(),
+        )
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+            self.running = None

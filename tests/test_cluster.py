@@ -365,7 +365,7 @@ def test_cli_exit_codes_follow_the_outcome(monkeypatch, tmp_path):
 @pytest.mark.lab
 def test_cluster_run_against_a_namespace_lab(lab, tmp_path):
     """The cluster code path over a namespace lab: explicit gRPC targets and addresses, the lab's own
-    OTLP receiver, no captures. §7.3 must still pass on the trace and the NAT's reports alone."""
+    OTLP receiver, the wire captured by the services themselves (LinkCapture; here every one can)."""
     from pinhole.controller.run import _RECEIVERS, service_kinds
     from pinhole.controller.services import local_targets
 
@@ -384,12 +384,14 @@ def test_cluster_run_against_a_namespace_lab(lab, tmp_path):
     )
     assert result.outcome == "pass", result.render()
     evidence = json.loads((out_dir / "evidence.json").read_text())
-    assert evidence["captures"] == {}
     assert evidence["measurements"]["backend"] == "cluster"
-    assert {"trace.json", "ladder.txt", "ladder.html", "verdict.json"} <= {p.name for p in out_dir.iterdir()}
+    assert set(evidence["measurements"]["captured_by"].split(",")) == set(cluster.NODES)
+    assert {"trace.json", "ladder.txt", "ladder.html", "verdict.json", "capture.pcapng", "keys.log"} <= {
+        p.name for p in out_dir.iterdir()
+    }
     assert (tmp_path / "last").resolve() == out_dir.resolve()
     check3 = next(c for c in result.checks if c.message == "3")
-    assert "capture:" not in check3.detail  # the capture cross-check was skipped, not faked
+    assert "natgw:wan0" in check3.detail  # the NAT's own capture of its outside link
 
 
 def test_unreachable_services_leave_an_error_and_free_the_port(tmp_path):

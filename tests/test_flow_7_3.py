@@ -14,7 +14,7 @@ import pytest
 
 from pinhole.controller import from_trace
 from pinhole.controller.run import run
-from pinhole.controller.verdict import judge
+from pinhole.controller.saved import judge_run
 
 pytestmark = pytest.mark.lab
 
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.lab
 def _run(lab, tmp_path, scenario):
     running, _, _ = lab
     result, out_dir = run(scenario, timers_name="short", lab_name=running.name, out_root=tmp_path, progress=False)
-    # the trace alone gives the same verdict, message by message
-    assert not result.broken, result.broken  # every span the services made reached the trace
-    from_the_trace = from_trace.judge_trace(from_trace.load(out_dir))
-    assert from_the_trace.outcome == result.outcome
-    assert [(c.message, c.passed) for c in from_the_trace.checks] == [(c.message, c.passed) for c in result.checks]
+    assert not result.broken, result.broken  # every span the services made reached the trace, the capture is whole
+    # judged again from the saved run, and from the capture and key log alone: the same, message by message
+    for again in (judge_run(out_dir), judge_run(out_dir / "trace.json"), judge_run(out_dir, from_capture=True)):
+        assert again.outcome == result.outcome
+        assert [(c.message, c.passed) for c in again.checks] == [(c.message, c.passed) for c in result.checks]
     return result, out_dir, json.loads((out_dir / "evidence.json").read_text())
 
 
@@ -57,10 +57,10 @@ def test_section_7_3_passes(lab, tmp_path):
     result, out_dir, evidence = _run(lab, tmp_path, "rfc5763-7.3")
     assert result.passed, result.render()
     assert [c.message for c in result.checks] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12"]
-    # the pcap taken on both sides of the NAT: the first ClientHello outside only, later ones inside
-    outside = [p for p in evidence["captures"]["outside"] if "client_hello" in p.get("dtls.handshake_types", "")]
-    inside = [p for p in evidence["captures"]["inside"] if "client_hello" in p.get("dtls.handshake_types", "")]
-    assert len(outside) >= 2 and len(inside) >= 1 and len(outside) > len(inside)
+    # the wire: the first ClientHello crossed Bob's link and the NAT's outside only, a later one every link
+    hellos = [d for d in evidence["wire"] if "ClientHello" in d.get("summary", "")]
+    assert [link.split()[0] for link in hellos[0]["links"]] == ["bob:eth0", "natgw:wan0"]
+    assert any([link.split()[0] for link in d["links"]] == ["bob:eth0", "natgw:wan0", "natgw:lan0"] for d in hellos)
     for name in ("evidence.json", "verdict.json", "ladder.txt", "events.jsonl", "capture.pcapng"):
         assert (out_dir / name).exists(), name
     assert (tmp_path / "last").resolve() == out_dir.resolve()
@@ -123,8 +123,8 @@ def test_section_7_3_passes(lab, tmp_path):
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout.split()  # fmt: skip
         assert sorted(finished) == sorted(["natgw:lan0", "natgw:wan0", "bob:eth0"] * 2)
-    # the verdict is a pure function of the saved evidence
-    assert judge(evidence).to_dict() == json.loads((out_dir / "verdict.json").read_text())
+    # the verdict is a pure function of the saved run
+    assert judge_run(out_dir).to_dict() == json.loads((out_dir / "verdict.json").read_text())
 
 
 def test_without_stun_check_fails_naming_message_5(lab, tmp_path):
@@ -132,7 +132,7 @@ def test_without_stun_check_fails_naming_message_5(lab, tmp_path):
     assert not result.passed
     assert not _check(result, "5").passed
     assert "no STUN check" in _check(result, "5").detail
-    assert not _check(result, "7").passed and "dropped at the NAT" in _check(result, "7").detail
+    assert not _check(result, "7").passed and "none past natgw:wan0" in _check(result, "7").detail
     assert not _check(result, "10").passed and not _check(result, "11b").passed
     drops = [
         e
@@ -142,12 +142,12 @@ def test_without_stun_check_fails_naming_message_5(lab, tmp_path):
     assert len(drops) >= 3, "Bob's ClientHello retransmissions keep dying at the NAT"
 
 
-def test_tampered_answer_fingerprint_fails_naming_message_9(lab, tmp_path):
+def test_tampered_answer_fingerprint_fails_message_4_and_alice_tears_down(lab, tmp_path):
     result, _, evidence = _run(lab, tmp_path, "bad-fingerprint")
     assert not result.passed
-    check9 = _check(result, "9")
-    assert not check9.passed and "tore the media session down" in check9.detail
-    assert "RFC 5763 §5" in check9.rfc
+    check4, check9 = _check(result, "4"), _check(result, "9")
+    assert not check4.passed and "matches no a=fingerprint of the answer" in check4.detail
+    assert check9.passed and "tore the session down" in check9.detail, "Alice did what RFC 5763 §5 asks"
     alice = evidence["calls"]["alice"]["media"]
     assert int(alice.get("srtp_received", 0)) == 0, "no media accepted after the mismatch"
     assert evidence["calls"]["alice"]["state"] == "failed"

@@ -381,8 +381,10 @@ def test_security_contexts(renders: dict[str, list[dict[str, Any]]]):
             assert not sc.get("privileged"), where
             if (name, container["name"]) in NET_ADMIN:
                 # NET_ADMIN in the pod's own network namespace, nothing else (as UID 0: Kubernetes
-                # gives a non-root user no ambient capabilities, see k8s/base/natgw.yaml)
-                assert sc["capabilities"]["add"] == ["NET_ADMIN"], where
+                # gives a non-root user no ambient capabilities, see k8s/base/natgw.yaml); the NAT also
+                # captures its two links for the verdict (NET_RAW)
+                wanted = ["NET_ADMIN", "NET_RAW"] if container["name"] == "natgw" else ["NET_ADMIN"]
+                assert sc["capabilities"]["add"] == wanted, where
             else:
                 assert "add" not in sc["capabilities"], f"{where} adds capabilities"
                 assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, where

@@ -30,7 +30,7 @@ from containers import kube_play  # noqa: E402
 from containers.kube_play import CONTROLLER_NAME, NODES, KubePlay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CAPABILITIES = {"NET_ADMIN": 1 << 12}  # bits of /proc/PID/status CapEff (linux/capability.h)
+CAPABILITIES = {"NET_ADMIN": 1 << 12, "NET_RAW": 1 << 13}  # bits of /proc/PID/status CapEff (linux/capability.h)
 SUBNET = "10.89.7.0/24"
 
 
@@ -243,7 +243,7 @@ def _millicores(text: str) -> int:
 @pytest.mark.containers
 def test_every_pod_runs_as_its_manifest_asks(played: KubePlay):
     """Image (the one just built), user, capabilities, seccomp, read-only root and limits, as the rendered
-    Deployment says, seen on the running processes; natgw alone has a capability: NET_ADMIN."""
+    Deployment says, seen on the running processes; natgw alone has capabilities: NET_ADMIN and NET_RAW."""
     assert played.plan is not None
     manifests = {d["metadata"]["name"]: d for d in played.rendered["lab"] if d["kind"] == "Deployment"}
     privileged = set()

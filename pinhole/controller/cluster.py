@@ -5,8 +5,10 @@ app.kubernetes.io/name=<node>, gRPC on port 50051 of its pod IP), so the control
 through the API (`discover`), derives the lab addresses from them (`endpoints_for`: Alice sits behind
 the NAT on the VXLAN link, everyone else on the pod network) and then drives and judges the call
 exactly like a local run (run.configure, run.drive_call, run.judge_call). Spans come to the
-controller's own OTLP/gRPC receiver (Service pinhole-controller, port 4317). There are no packet
-captures: the verdict's capture cross-checks are skipped, the trace and the NAT's own reports remain.
+controller's own OTLP/gRPC receiver (Service pinhole-controller, port 4317). The wire is captured by
+the pods that can (the LinkCapture service every pinhole service offers; in k8s/base only the NAT's
+pod has CAP_NET_RAW): its two links show every datagram of Alice's; what only crossed links no pod
+captured is judged on the services' own word, and the verdict says so.
 
 Where there is no API (podman kube play, a laptop), `--service NODE=IP` names each pod instead.
 """
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pinhole import telemetry
+import grpc
+
+from pinhole import pcapng, telemetry
 from pinhole.controller import verdict
 from pinhole.controller.otlp import OtlpReceiver, write_otlp_json
 from pinhole.controller.run import (
@@ -39,7 +43,7 @@ from pinhole.controller.run import (
 )
 from pinhole.controller.scenario import MIN_MAPPING_TIMEOUT, NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
-from pinhole.rpc.v1 import natgw_pb2
+from pinhole.rpc.v1 import capture_pb2, natgw_pb2
 
 LABEL = "app.kubernetes.io/name"
 GRPC_PORT = 50051
@@ -53,9 +57,11 @@ KINDS = {
     "stun": "stunserver",
 }
 NODES = tuple(KINDS)
-# Alice's and the NAT's addresses on their VXLAN link (k8s/base/alice.yaml, natgw.yaml)
+# Alice's and the NAT's addresses on their VXLAN link, and the NAT's interfaces (k8s/base/alice.yaml, natgw.yaml)
 ALICE_ADDRESS = "10.10.1.10"
 NAT_INSIDE = "10.10.1.1"
+NAT_LAN_IF, NAT_WAN_IF = "vxlan0", "eth0"
+SEGMENT = "cluster"  # what a pod's own interface leads to: the pod network
 
 # RFC 4787 behaviours as the ConfigMap pinhole-scenario spells them (k8s/base/config.yaml) -> NatConfig enums
 
@@ -272,7 +278,12 @@ def endpoints_for(
         raise ClusterError(f"no address for {', '.join(missing)}")
     addresses = {node: pod_ips[node] for node in NODES if node != "alice"}
     addresses["alice"] = alice_address
-    return Endpoints(addresses=addresses, nat_inside=nat_inside, nat_outside=pod_ips["natgw"])
+    return Endpoints(
+        addresses=addresses,
+        nat_inside=nat_inside,
+        nat_outside=pod_ips["natgw"],
+        nat_links=(f"natgw:{NAT_LAN_IF}", f"natgw:{NAT_WAN_IF}"),
+    )
 
 
 def grpc_target(ip: str, port: int = GRPC_PORT) -> str:
@@ -296,6 +307,54 @@ def plan(
         pod_ips.update(discover(namespace, api, timeout, nodes=missing))
     targets = {node: grpc_target(pod_ips[node]) for node in NODES}
     return endpoints_for(pod_ips, alice_address=alice_address, nat_inside=nat_inside), targets
+
+
+# --------------------------------------------------------------------------- captures
+
+
+def start_captures(clients: ServiceClients, endpoints: Endpoints) -> list[str]:
+    """Ask every service to capture its own links; those that cannot (no CAP_NET_RAW: every pod but the
+    NAT's in k8s/base) say so and are left out. The NAT names its two links, inside and outside."""
+    inside, outside = endpoints.nat_links
+    capturing = []
+    for node in clients.kinds:
+        links = []
+        if node == "natgw":
+            links = [
+                capture_pb2.CapturedLink(
+                    device=inside.partition(":")[2], name=inside, description=f"{inside} <-> alice"
+                ),
+                capture_pb2.CapturedLink(
+                    device=outside.partition(":")[2], name=outside, description=f"{outside} <-> {SEGMENT}"
+                ),
+            ]
+        try:
+            clients.capture(node).StartCapture(capture_pb2.StartCaptureRequest(links=links), timeout=10)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                raise
+            continue
+        capturing.append(node)
+    return capturing
+
+
+def stop_captures(clients: ServiceClients, capturing: list[str]) -> pcapng.Capture:
+    """Every capture's frames in one pcapng model: one interface per link, frames in time order (a link a
+    service named without saying where it leads stays unknown at its far end)."""
+    merged = pcapng.Capture()
+    for node in capturing:
+        reply = clients.capture(node).StopCapture(capture_pb2.StopCaptureRequest(), timeout=60)
+        base = len(merged.interfaces)
+        for link in reply.links:
+            description = link.description or f"{link.name} <-> "  # where it leads: unknown
+            merged.interfaces.append(pcapng.Interface(link.name, description))
+        for frame in reply.frames:
+            direction = pcapng.DIRECTION_INBOUND if frame.inbound else pcapng.DIRECTION_OUTBOUND
+            merged.packets.append(pcapng.Packet(base + frame.link, frame.time, frame.data, len(frame.data), direction))
+        for stat in reply.statistics:
+            merged.statistics.append(pcapng.InterfaceStatistics(base + stat.link, stat.received, stat.dropped))
+    merged.packets.sort(key=lambda p: p.t)
+    return merged
 
 
 # --------------------------------------------------------------------------- the run
@@ -386,7 +445,12 @@ def cluster_run(
         tracer_provider, tracer = telemetry.run_tracer(local_endpoint(receiver.endpoint or ""))
         show.stage(f"configuring services (NAT: {measurements['nat']})")
         configure(clients, endpoints, scenario, timers, nat=nat)
-        record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints)
+        capturing = start_captures(clients, endpoints)
+        measurements["captured_by"] = ",".join(capturing) or "none"
+        try:
+            record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints)
+        finally:
+            capture = stop_captures(clients, capturing)
         tracer_provider.shutdown()  # exports the run's own span
         tracer_provider = None
         _wait_for_spans(receiver, record.events, record.call_id, span_wait)
@@ -398,7 +462,7 @@ def cluster_run(
             scenario=scenario,
             timers_name=timers_name,
             out_dir=out_dir,
-            captures=None,  # no packet capture in a cluster: the trace and the NAT's reports are the evidence
+            capture=capture,  # the links of the pods that can capture: the NAT's, at least
             measurements=measurements,
             forward_to=forward_to,
         )

@@ -1,8 +1,8 @@
-"""The §7.3 verdict and ladder from a trace file alone (OTLP JSON, as a run writes trace.json).
+"""What pinhole's services said about a call, read back from a trace file (OTLP JSON, as a run writes trace.json).
 
 Every event a service records is also a span (pinhole/events.py), so the call's trace holds the
-same evidence the controller collects over gRPC. A service with no span at all in the file means
-the lab, not the implementation, failed: that is the "broken" outcome.
+services' own word: what the verdict may use only where the wire cannot show a thing, what the
+ladder marks (faults injected, services restarted), and what the outcome of a matrix cell reads.
 """
 
 from __future__ import annotations
@@ -15,18 +15,7 @@ from typing import Any
 
 from pinhole.controller.otlp import read_otlp_json, service_name, spans_to_events, trace_of_call
 
-__all__ = [
-    "EXPECTED_SERVICES",
-    "evidence_from_trace",
-    "judge_evidence",
-    "judge_trace",
-    "load",
-    "service_name",
-    "services_seen",
-]
-from pinhole.controller.verdict import Verdict, judge
-
-EXPECTED_SERVICES = ("alice", "proxy-a", "proxy-b", "natgw", "bob")
+__all__ = ["evidence_from_trace", "load", "lost_spans", "service_name"]
 
 
 def load(path: Path) -> Any:
@@ -112,22 +101,3 @@ def lost_spans(request: Any, events: list[dict[str, Any]]) -> list[str]:
     """ "service kind" of each event (collected over gRPC, with its span id) whose span is not in the trace."""
     present = {e["span_id"] for e in spans_to_events(request)}
     return [f"{e['service']} {e['kind']}" for e in events if e.get("span_id") and e["span_id"] not in present]
-
-
-def services_seen(request: Any) -> set[str]:
-    return {service_name(rs) for rs in request.resource_spans if any(ss.spans for ss in rs.scope_spans)}
-
-
-def judge_evidence(evidence: dict[str, Any], seen: set[str], scenario: str = "") -> Verdict:
-    """The §7.3 checks over trace-derived evidence; broken when a service left no span at all."""
-    result = judge(evidence, scenario or evidence.get("scenario", "") or "trace")
-    missing = [s for s in EXPECTED_SERVICES if s not in seen]
-    if missing:
-        result.broken = f"no spans at all from {', '.join(missing)}: the lab did not run the scenario"
-    elif not evidence["events"]:
-        result.broken = "no call in the trace"
-    return result
-
-
-def judge_trace(request: Any, call_id: str | None = None, scenario: str = "") -> Verdict:
-    return judge_evidence(evidence_from_trace(request, call_id), services_seen(request), scenario)

@@ -27,7 +27,7 @@ import grpc
 from opentelemetry import trace
 
 from netns.lab import NetnsLab, load_topology
-from pinhole import demux, pcapng, telemetry
+from pinhole import pcapng, telemetry, wire
 from pinhole.capture import LinkCapture
 from pinhole.controller import from_trace, ladder, verdict
 from pinhole.controller.ladder_html import write_html
@@ -42,9 +42,9 @@ from pinhole.controller.services import (
     to_dict,
     wait_healthy,
 )
-from pinhole.pcap import decode_udp
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
+from pinhole.wire import RunInfo
 
 DEFAULT_LAB = "ph-lab"
 
@@ -204,6 +204,8 @@ class Endpoints:
     stun_port: int = 3478
     proxies: dict[str, str] = field(default_factory=lambda: {"alice": "proxy-a", "bob": "proxy-b"})
     stun_server: str = "stun"
+    nat_links: tuple[str, str] = ("natgw:lan0", "natgw:wan0")  # the captured links inside and outside the NAT
+    more_addresses: dict[str, str] = field(default_factory=dict)  # IP -> node of every further address
 
     @classmethod
     def of_topology(cls, topology: Any) -> Endpoints:
@@ -220,6 +222,8 @@ class Endpoints:
             stun_port=nodes[alice.extra["stun_server"]].extra.get("stun_port", 3478),
             proxies={"alice": alice.extra["proxy"], "bob": nodes["bob"].extra["proxy"]},
             stun_server=alice.extra["stun_server"],
+            nat_links=(f"natgw:{natgw.extra.get('lan_if', 'lan0')}", f"natgw:{natgw.extra.get('wan_if', 'wan0')}"),
+            more_addresses={a.split("/")[0]: n.name for n in nodes.values() for a in n.addresses[1:]},
         )
 
     def sip(self, node: str) -> str:
@@ -228,6 +232,7 @@ class Endpoints:
     def address_map(self) -> dict[str, str]:
         """IP -> ladder column. The NAT's outside address stands for Alice when seen from the public side."""
         mapping = {ip: node for node, ip in self.addresses.items() if node != "natgw"}
+        mapping.update({ip: node for ip, node in self.more_addresses.items() if node != "natgw"})
         mapping[self.nat_inside] = "natgw"
         mapping[self.nat_outside] = "alice"
         return mapping
@@ -342,22 +347,6 @@ def _call_over(events: list[dict[str, Any]]) -> bool:
     if _has(events, "alice", "srtp.sent") and _has(events, "bob", "srtp.sent"):
         return True
     return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
-
-
-def nat_sides(capture: pcapng.Capture, natgw: Any) -> dict[str, list[dict[str, Any]]]:
-    """The UDP datagrams seen on the NAT's inside and outside links, described like the services describe them."""
-    sides = {"inside": natgw.extra.get("lan_if", "lan0"), "outside": natgw.extra.get("wan_if", "wan0")}
-    index = {f"{natgw.name}:{ifname}": side for side, ifname in sides.items()}
-    out: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-    for packet in capture.packets:
-        side = index.get(capture.interfaces[packet.interface].name)
-        udp = decode_udp(packet.data) if side else None
-        if udp is None:
-            continue
-        record = {"t": packet.t, "src": f"{udp.src[0]}:{udp.src[1]}", "dst": f"{udp.dst[0]}:{udp.dst[1]}"}
-        record.update(demux.describe(udp.payload))
-        out[side].append(record)
-    return out
 
 
 @dataclass
@@ -618,6 +607,36 @@ def modify_session(
             )
 
 
+SRTP_KEYS_ABOUT = (
+    "SRTP master key and salt per SSRC, exported by the DTLS handshake (RFC 5764 §4.2) and derived from keys.log; "
+    "key_salt is libsrtp's key||salt in base64 (rtp_decoder -k). Lab keys: they protect nothing."
+)
+
+
+def run_info(endpoints: Endpoints, scenario: Scenario, timers: Timers, timers_name: str, call_id: str) -> RunInfo:
+    """What the capture says about its run (wire.RunInfo), so the verdict can be had from the file alone."""
+    addresses = {ip: node for ip, node in endpoints.address_map().items()}
+    addresses[endpoints.nat_outside] = addresses[endpoints.nat_inside] = "natgw"
+    return RunInfo(
+        {
+            "version": 1,
+            "scenario": scenario.name,
+            "flow": scenario.flow,
+            "call_id": call_id,
+            "roles": {"caller": "alice", "callee": "bob"},
+            "addresses": addresses,
+            "nat": {
+                "node": "natgw",
+                "inside": endpoints.nat_links[0],
+                "outside": endpoints.nat_links[1],
+                "translate": scenario.nat is None or scenario.nat.translate,
+            },
+            "proxies": list(dict.fromkeys([endpoints.proxies["alice"], endpoints.proxies["bob"]])),
+            "timers": {"name": timers_name, "dtls_initial": timers.dtls_initial, "dtls_maximum": timers.dtls_maximum},
+        }
+    )
+
+
 def judge_call(
     trace_request: Any,
     record: CallRecord,
@@ -626,29 +645,44 @@ def judge_call(
     scenario: Scenario,
     timers_name: str,
     out_dir: Path,
-    captures: dict[str, list[dict[str, Any]]] | None,
+    capture: pcapng.Capture,
     measurements: dict[str, float],
     forward_to: str | None = None,
 ) -> verdict.Verdict:
-    """Judge the call from its trace and write the run's artifacts (trace.json, ladder, verdict, evidence).
+    """Judge the call from the wire and write the run's artifacts (capture.pcapng, keys.log, trace.json,
+    ladder, verdict, evidence).
 
-    `captures`: the NAT's inside and outside captures, summarised, when the backend can capture.
-    """
+    `capture`: every link the backend could capture, without its key log and run description yet."""
     write_otlp_json(trace_request, out_dir / "trace.json")
     if forward_to:
         export(trace_request, forward_to)
     call_id = record.call_id
+    key_log = "".join(f"{line}\n" for line in dict.fromkeys(record.key_log))  # each association once
+    (out_dir / "keys.log").write_text(key_log)
+    info = run_info(endpoints, scenario, TIMERS[timers_name], timers_name, call_id)
+    capture.comments = [info.comment()]
+    capture.secrets = [(pcapng.SECRETS_TLS_KEY_LOG, key_log.encode())] if key_log else []
+    write_pcapng(out_dir / "capture.pcapng", capture)
+    started = time.perf_counter()
+    on_the_wire = wire.decode(pcapng.read_pcapng(out_dir / "capture.pcapng"))  # what `pinhole verdict` reads too
+    call = on_the_wire.call(call_id)
+    if call is not None:  # every SSRC's SRTP master key and salt, for offline decryption
+        keys_file = {"about": SRTP_KEYS_ABOUT, "streams": wire.srtp_key_entries(on_the_wire, call)}
+        (out_dir / "srtp-keys.json").write_text(json.dumps(keys_file, indent=1))
+    traced = from_trace.evidence_from_trace(trace_request, call_id)  # the services' own reports
+    result = verdict.judge(on_the_wire, call_id=call_id, reports=traced["events"], scenario=scenario.name)
+    verdict_s = time.perf_counter() - started
     evidence = {
         "scenario": scenario.name,
         "flow": scenario.flow,  # the figure the checks follow
         "timers": timers_name,
         "placed_at": record.placed,
-        **from_trace.evidence_from_trace(trace_request, call_id),  # events, trace_id, NAT mappings
+        **traced,  # events, trace_id, NAT mappings
         "calls": record.calls,  # the user agents' own statistics, asked for over gRPC
         "nat_mappings_listed": [_flatten_mapping(m) for m in record.mappings],
         "counters": record.counters,
-        "captures": captures or {},
         "address_map": endpoints.address_map(),
+        "wire": wire_summary(on_the_wire, call_id),
     }
     if record.restarts:  # the services killed and started again, and when
         evidence["restarts"] = record.restarts
@@ -663,8 +697,9 @@ def judge_call(
         "trace_spans": sum(len(ss.spans) for rs in trace_request.resource_spans for ss in rs.scope_spans),
         "call_trace_spans": len(evidence["events"]),
         "trace_json_bytes": (out_dir / "trace.json").stat().st_size,
+        "capture_pcapng_bytes": (out_dir / "capture.pcapng").stat().st_size,
+        "verdict_from_capture_s": round(verdict_s, 4),
     }
-    result = from_trace.judge_evidence(evidence, from_trace.services_seen(trace_request))
     crashed = {r["node"]: r["killed"] for r in record.restarts if r.get("crash") and "killed" in r}
     lost = from_trace.lost_spans(
         trace_request,
@@ -683,6 +718,26 @@ def judge_call(
     (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
     (out_dir / "ladder.txt").write_text(drawing + "\n")
     return result
+
+
+def wire_summary(on_the_wire: wire.Wire, call_id: str) -> list[dict[str, Any]]:
+    """Each datagram of the call, as the wire showed it: what, from where to where, on which links."""
+    call = on_the_wire.call(call_id)
+    if call is None:
+        return []
+    out = []
+    for d in sorted(call.sip + call.media, key=lambda d: d.t):
+        out.append(
+            {
+                "t": d.t,
+                "src": wire.fmt(d.own_src),
+                "dst": wire.fmt(d.own_dst),
+                "links": [f"{s.link.name} {'in' if s.inbound else 'out'} {wire.fmt(s.src)} > {wire.fmt(s.dst)}"
+                          for s in d.sightings],  # fmt: skip
+                **d.describe(),
+            }
+        )
+    return out
 
 
 def new_run_dir(out_root: Path, scenario: Scenario) -> tuple[str, Path]:
@@ -770,9 +825,6 @@ def run(
             show.stage("tearing the lab down")
             measurements["lab_down_s"] = lab_down(lab, keep_logs=out_dir)
 
-    key_log = "".join(f"{line}\n" for line in dict.fromkeys(record.key_log))  # each association once
-    (out_dir / "keys.log").write_text(key_log)
-    write_pcapng(out_dir / "capture.pcapng", capture.result(key_log=key_log))
     result = judge_call(
         trace_request,
         record,
@@ -780,13 +832,10 @@ def run(
         scenario=scenario,
         timers_name=timers_name,
         out_dir=out_dir,
-        captures=nat_sides(capture.result(), topology.nodes["natgw"]),
+        capture=capture.result(),
         measurements=measurements,
         forward_to=forward_to,
     )
-    if capture.problems() and not result.broken:  # judged on part of the wire: not a verdict
-        result.broken = "; ".join(capture.problems())
-        (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
     link_last(out_root, run_id)
     show.done()
     return result, out_dir

@@ -21,7 +21,14 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pinhole.rpc.v1 import natgw_pb2_grpc, proxy_pb2_grpc, stunserver_pb2_grpc, switch_pb2_grpc, useragent_pb2_grpc
+from pinhole.rpc.v1 import (
+    capture_pb2_grpc,
+    natgw_pb2_grpc,
+    proxy_pb2_grpc,
+    stunserver_pb2_grpc,
+    switch_pb2_grpc,
+    useragent_pb2_grpc,
+)
 
 STUBS = {
     "useragent": useragent_pb2_grpc.UserAgentStub,
@@ -40,6 +47,7 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # a capture's frames (LinkCapture.StopCapture)
 ]
 
 
@@ -214,6 +222,11 @@ class ServiceClients:
         if node not in self.channels:
             self.channels[node] = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
         return STUBS[self.kinds[node]](self.channels[node])
+
+    def capture(self, node: str) -> Any:
+        """The LinkCapture stub of a node's service (every pinhole service has one)."""
+        self.stub(node)
+        return capture_pb2_grpc.LinkCaptureStub(self.channels[node])
 
     def reconnect(self, node: str) -> None:
         """A fresh channel to a restarted service (the old one would wait out its reconnect backoff)."""

@@ -73,25 +73,16 @@ def message_event(
 
 def _sdp_attributes(body: bytes) -> dict[str, str]:
     attrs = {"sdp.sha256": hashlib.sha256(body).hexdigest()}
-    try:
-        session = sdp.parse(body)
-    except sdp.SdpError as error:
-        attrs["sdp.error"] = str(error)
+    f = sdp.facts(body)  # media level, else session level (RFC 4566 §5.13)
+    if f.error:
+        attrs["sdp.error"] = f.error
         return attrs
-    if not session.media:
-        return attrs
-    media = session.media[0]
-    connection = media.connection or session.connection or ""
-    address = connection.split()[-1] if connection else ""
-    attrs["sdp.media"] = f"{address}:{media.port}"
-    attrs["sdp.proto"] = media.proto
-    attrs["sdp.setup"] = media.attribute("setup") or ""
-    attrs["sdp.a_connection"] = media.attribute("connection") or ""  # forbidden by RFC 5763 §5
-    attrs["sdp.capneg"] = str(bool(media.attributes_named("tcap")))  # RFC 5939 potential configuration
-    fingerprints = media.attributes_named("fingerprint") or [v for k, v in session.attributes if k == "fingerprint"]
-    attrs["sdp.fingerprint"] = ",".join(str(f) for f in fingerprints if f)
-    attrs["sdp.rtcp_mux"] = str(
-        media.attribute("rtcp-mux") is not None or any(k == "rtcp-mux" for k, _ in media.attributes)
-    )
-    attrs["sdp.rtcp"] = media.attribute("rtcp") or ""  # RFC 3605: RTCP's port when not port + 1
+    attrs["sdp.media"] = f.media
+    attrs["sdp.proto"] = f.proto
+    attrs["sdp.setup"] = f.setup
+    attrs["sdp.a_connection"] = ",".join(f.connection)  # forbidden by RFC 5763 §5
+    attrs["sdp.capneg"] = str(f.capneg)  # RFC 5939 potential configuration
+    attrs["sdp.fingerprint"] = ",".join(f.fingerprints)
+    attrs["sdp.rtcp_mux"] = str(f.rtcp_mux)
+    attrs["sdp.rtcp"] = f.rtcp  # RFC 3605: RTCP's port when not port + 1
     return attrs
