@@ -205,7 +205,8 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from pinhole.controller import from_trace
     from pinhole.controller.ladder_html import write_html
-    from pinhole.controller.saved import SavedRunError, judge_run
+    from pinhole.controller.saved import SavedRunError, judge_run, load_wire, run_dir_of
+    from pinhole.wire import describe_call
 
     path = Path(args.source)
     try:
@@ -216,6 +217,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.action == "ladder":
         request = from_trace.load(path)
         evidence = from_trace.evidence_from_trace(request, args.call_id)
+        on_the_wire = load_wire(run_dir_of(path))  # judge_run read it already: the ladder draws the wire too
+        call = on_the_wire.call(args.call_id or on_the_wire.info.get("call_id"))
+        evidence["wire"] = describe_call(on_the_wire, call) if call is not None else []
         print(ladder.render(evidence))
         html = Path(args.html) if args.html else (path if path.is_dir() else path.parent) / "trace-ladder.html"
         write_html({**evidence, "verdict": result.to_dict()}, html, title=f"pinhole trace {evidence['trace_id']}")

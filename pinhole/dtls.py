@@ -700,8 +700,10 @@ class DtlsEndpoint:
         mtu: int = 1200,
         peer_fingerprints: Sequence[tuple[str, bytes]] | None = None,
         on_key_log: Callable[[str], None] | None = None,
+        deviations: frozenset[str] = frozenset(),
     ) -> None:
         self.role = Role(role)
+        self.deviations = deviations  # pinhole.deviations this endpoint carries out: see below
         self.certificate = certificate
         if not srtp_profiles:
             raise DtlsError("srtp_profiles is empty")
@@ -736,6 +738,7 @@ class DtlsEndpoint:
         self._sent_finished = False
         self._received: dict[int, tuple[int, list[tuple[int, int]]]] = {}
         self._flight: list[DtlsRecord] = []
+        self._flight_datagrams: list[bytes] = []  # the flight as first sent (byte-identical-hello-resend)
         self._flight_is_final = False
         self._flight_resent_for_path = False  # resend_for_new_path() used for the current flight
         self._timer_sends = 0
@@ -750,7 +753,10 @@ class DtlsEndpoint:
         context.use_privatekey(certificate.private_key)
         context.check_privatekey()
         context.set_tlsext_use_srtp(":".join(self.srtp_profiles).encode())
-        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        if self.role is Role.SERVER and "no-certificate-request" in deviations:
+            context.set_verify(SSL.VERIFY_NONE, lambda *_: True)  # no CertificateRequest, no client certificate
+        else:
+            context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         if on_key_log is not None:  # NSS key log lines (CLIENT_RANDOM ...): what decrypts the handshake offline
             context.set_keylog_callback(lambda _connection, line: on_key_log(line.decode("ascii", "replace")))
         self._connection = SSL.Connection(context, None)
@@ -838,7 +844,9 @@ class DtlsEndpoint:
         self._peer_fingerprints = self._check_fingerprints(fingerprints)
         if self.peer_certificate_der is None or self.state in ("failed", "closed"):
             return []
-        reason = self._fingerprint_mismatch(self.peer_certificate_der)
+        reason = None if "skip-fingerprint-check" in self.deviations else self._fingerprint_mismatch(
+            self.peer_certificate_der
+        )
         if reason is None:
             self.fingerprint_verified = True
             return []
@@ -928,7 +936,7 @@ class DtlsEndpoint:
         self.peer_certificate_der = der
         if self._peer_fingerprints is None:
             return True  # tentative, checked by set_peer_fingerprints()
-        reason = self._fingerprint_mismatch(der)
+        reason = None if "skip-fingerprint-check" in self.deviations else self._fingerprint_mismatch(der)
         if reason is None:
             self.fingerprint_verified = True
             return True
@@ -980,7 +988,9 @@ class DtlsEndpoint:
             self._interval = self.timer.initial
             self._deadline = None if self._flight_is_final else now + self._interval
             self.transmissions += 1
-            return self._send(records)
+            sent = self._send(records)
+            self._flight_datagrams = sent
+            return sent
         if self.state == "connected" and not self._flight_is_final:
             self._deadline = None
         if peer_retransmitted and self._flight and (self.state == "handshaking" or self._flight_is_final):
@@ -1001,6 +1011,8 @@ class DtlsEndpoint:
             return self._alert_records(AlertLevel.fatal, AlertDescription.handshake_failure)
         self.selected_profile = profile
         self._keying_material = self._connection.export_keying_material(EXPORTER_LABEL, keying_material_length(profile))
+        if self.peer_certificate_der is None and "no-certificate-request" in self.deviations:
+            self.fingerprint_verified = True  # the deviation: it goes on with a client it never authenticated
         self.state = "connected"
         self.handshake_completed_at = now
         return None
@@ -1045,7 +1057,16 @@ class DtlsEndpoint:
     def _resend_flight(self) -> list[bytes]:
         self.transmissions += 1
         self.retransmissions += 1
+        if "byte-identical-hello-resend" in self.deviations and self._flight_datagrams:
+            return list(self._flight_datagrams)  # the deviation: the records' first sequence numbers again
         return self._send(self._flight)
+
+    def resend_flight_now(self, now: float) -> list[bytes]:
+        """Resend the flight in progress at once, the timer left as it is: not RFC behaviour, what the
+        resend-hello-on-check deviation does when a STUN check arrives. [] when no flight is pending."""
+        if self.state != "handshaking" or not self._flight:
+            return []
+        return self._resend_flight()
 
     def _send(self, records: Sequence[DtlsRecord]) -> list[bytes]:
         """Renumber epoch-0 records from our counter and pack whole records into datagrams <= mtu."""

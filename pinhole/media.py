@@ -232,6 +232,7 @@ class MediaSession(asyncio.DatagramProtocol):
         latching: bool = False,
         component: int = RTP,
         key_log: list[str] | None = None,
+        deviations: frozenset[str] = frozenset(),
     ) -> None:
         if component not in COMPONENT_NAMES:
             raise ValueError(f"component {component}: expected 1 (RTP) or 2 (RTCP)")
@@ -247,6 +248,8 @@ class MediaSession(asyncio.DatagramProtocol):
         self._rtcp_task: asyncio.Task[None] | None = None
         self.certificate = certificate
         self.key_log = key_log if key_log is not None else []  # NSS key log lines of every association made here
+        self.deviations = deviations  # pinhole.deviations this session carries out (misbehaviour on purpose)
+        self._hello_waits = False  # hello-after-check: our first ClientHello waits for the peer's check
         self.events = events
         self.call_id = call_id
         self.timers = timers
@@ -306,6 +309,7 @@ class MediaSession(asyncio.DatagramProtocol):
             latching=False,
             component=self.component,
             key_log=self.key_log,
+            deviations=self.deviations,
         )
         sibling.transport = self.transport
         sibling.socket_sessions = self.socket_sessions
@@ -428,6 +432,9 @@ class MediaSession(asyncio.DatagramProtocol):
                 local=fmt(self.local_address),
                 authenticated=message.has_message_integrity,
             )
+            self._deviate_on_check()
+            if "no-stun-answer" in self.deviations:
+                return  # the deviation: no answer, no latch
             response = stun.encode(stun.binding_success(message, source, software="pinhole"))
             self.stats.stun_requests_answered += 1
             self._emit(
@@ -449,10 +456,25 @@ class MediaSession(asyncio.DatagramProtocol):
         )
         self._stun_client.receive(message)
 
+    def _deviate_on_check(self) -> None:
+        """What the deviations that react to the peer's STUN check do (pinhole.deviations)."""
+        if self.endpoint is None or self.role is not dtls.Role.CLIENT:
+            return
+        if self._hello_waits:  # hello-after-check: only now the first ClientHello
+            self._hello_waits = False
+            self._dtls_output(self.endpoint.start(self._now()), cause="start")
+        elif "resend-hello-on-check" in self.deviations:
+            self._dtls_output(self.endpoint.resend_flight_now(self._now()), cause="check")
+
     def stun_binding(self, destination: Address, *, purpose: str) -> asyncio.Future[Address]:
         """Run one Binding transaction from this socket; resolves to XOR-MAPPED-ADDRESS."""
-        if purpose == "connectivity-check":
-            self.stats.stun_checks_sent += 1
+        if purpose != "connectivity-check":
+            return self._stun_client.request(destination, label=purpose)
+        self.stats.stun_checks_sent += 1
+        if "authenticated-stun-check" in self.deviations:  # the deviation: credentials no ICE gave anyone
+            return self._stun_client.request(
+                destination, label=purpose, username="pinhole:peer", integrity_key=b"pinhole"
+            )
         return self._stun_client.request(destination, label=purpose)
 
     def _stun_sent(self, tid: bytes, destination: Address, attempt: int, purpose: str) -> None:
@@ -491,6 +513,7 @@ class MediaSession(asyncio.DatagramProtocol):
             timer=self.timers.dtls,
             peer_fingerprints=self.peer_fingerprints,
             on_key_log=self.key_log.append,
+            deviations=self.deviations,
         )
         self.association += 1
         self.associations.append(AssociationRecord(self.association, role.value, reason, started=time.time()))
@@ -501,6 +524,9 @@ class MediaSession(asyncio.DatagramProtocol):
             local_fingerprint=self.certificate.fingerprint("sha-256"),
             reason=reason,
         )
+        if role is dtls.Role.CLIENT and "hello-after-check" in self.deviations and reason == "offer/answer":
+            self._hello_waits = True  # the deviation: the ClientHello waits for the peer's check
+            return
         self._dtls_output(self.endpoint.start(self._now()), cause="start")
 
     def renew(
@@ -687,7 +713,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 peer=fmt(self.remote),
                 local=fmt(self.local_address),
                 cause=cause,
-                retransmission=cause in ("timer", "latched"),
+                retransmission=cause in ("timer", "latched", "check"),
             )
             self._send(datagram, self.remote)
         if self._dtls_timer is not None:
@@ -717,6 +743,10 @@ class MediaSession(asyncio.DatagramProtocol):
                 peer_fingerprint=_sha256(endpoint.peer_certificate_der),
                 reason="the peer's certificate is accepted tentatively until its a=fingerprint arrives (RFC 5763 §5)",
             )
+            if "early-srtp-before-verify" in self.deviations and self.srtp_session is None:
+                # the deviation: media with a peer no a=fingerprint has vouched for yet, both ways
+                self.srtp_session, self._srtp_association = self._srtp_session(endpoint), record.index
+                self.connected.set()
         if endpoint.state == "connected" and endpoint.fingerprint_verified and record.state == "handshaking":
             record.state, record.completed = "connected", time.time()
             record.exporter_digest = endpoint.exporter_digest()
@@ -724,7 +754,7 @@ class MediaSession(asyncio.DatagramProtocol):
             previous, previous_association = self.srtp_session, self._srtp_association
             if previous is not None:  # the old keys decrypt what is still in flight, for a while
                 self._previous_rx = (previous, previous_association, self._now() + RETIRED_KEYS_GRACE)
-            self.srtp_session, self._srtp_association = srtp.SrtpSession(endpoint.srtp_keys()), record.index
+            self.srtp_session, self._srtp_association = self._srtp_session(endpoint), record.index
             self.connected.set()
             self._emit(
                 "dtls.connected",
@@ -766,6 +796,11 @@ class MediaSession(asyncio.DatagramProtocol):
             self._changed()
 
     # -- SRTP (RFC 3711 via libsrtp, keys from RFC 5764 §4.2) -------------------------------------
+
+    def _srtp_session(self, endpoint: dtls.DtlsEndpoint) -> srtp.SrtpSession:
+        """The association's SRTP keys (with swap-srtp-keys, on purpose, the peer's for ours and the reverse)."""
+        keys = endpoint.srtp_keys()
+        return srtp.SrtpSession(keys.mirrored() if "swap-srtp-keys" in self.deviations else keys)
 
     def _srtp_received(self, data: bytes, source: Address, kind: demux.PacketKind) -> None:
         elsewhere = self.remote is not None and source != self.remote
@@ -876,8 +911,10 @@ class MediaSession(asyncio.DatagramProtocol):
             raise
 
     def start_media(self, packets: int, ptime: float = 0.02) -> None:
-        """Send `packets` SRTP packets of PCMU silence, `ptime` apart, under the current keys."""
-        self._media_task = self._loop.create_task(self._send_media(packets, ptime))
+        """Send `packets` SRTP packets of PCMU silence, `ptime` apart, under the current keys (unless a stream
+        is being sent already: an agent that started media early does not start a second one)."""
+        if self._media_task is None or self._media_task.done():
+            self._media_task = self._loop.create_task(self._send_media(packets, ptime))
 
     async def _send_media(self, packets: int, ptime: float) -> None:
         await self.connected.wait()

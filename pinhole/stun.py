@@ -790,10 +790,17 @@ class BindingClient:
         self.on_timeout = on_timeout
         self._pending: dict[bytes, _Pending] = {}
 
-    def request(self, destination: Address, *, label: str = "") -> asyncio.Future[Address]:
+    def request(
+        self, destination: Address, *, label: str = "", username: str | None = None, integrity_key: bytes | None = None
+    ) -> asyncio.Future[Address]:
+        """One Binding transaction; `username` and `integrity_key` add USERNAME and MESSAGE-INTEGRITY
+        (RFC 5389 §15.3, §15.4), which the RFC 5763 §6.7.2 check does not carry."""
         loop = asyncio.get_running_loop()
         message = binding_request(software="pinhole")
-        pending = _Pending(BindingTransaction(encode(message), rto=self.rto), destination, loop.create_future(), label)
+        if username is not None:
+            message.attributes.insert(0, (AttributeType.USERNAME, username.encode("utf-8")))
+        data = encode(message, integrity_key=integrity_key)
+        pending = _Pending(BindingTransaction(data, rto=self.rto), destination, loop.create_future(), label)
         self._pending[message.transaction_id] = pending
         self._transmit(message.transaction_id, pending.transaction.start(loop.time()))
         return pending.future

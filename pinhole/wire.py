@@ -39,7 +39,18 @@ from pinhole import demux, dtls, keylog, pcapng, sdp, srtp, stun
 from pinhole.pcap import PcapError, decode_udp
 from pinhole.sip.message import Request, Response, SipParseError, parse_message
 
-__all__ = ["Association", "Call", "Datagram", "Link", "RunInfo", "Sighting", "Wire", "decode", "srtp_key_entries"]
+__all__ = [
+    "Association",
+    "Call",
+    "Datagram",
+    "Link",
+    "RunInfo",
+    "Sighting",
+    "Wire",
+    "decode",
+    "describe_call",
+    "srtp_key_entries",
+]
 
 Address = tuple[str, int]
 RUN_COMMENT = "pinhole-run "  # the section comment that carries RunInfo as JSON
@@ -630,6 +641,55 @@ def srtp_key_entries(wire: Wire, call: Call) -> list[dict[str, Any]]:
                     "key_salt": base64.b64encode(side.key + side.salt).decode(),
                 }
             )
+    return out
+
+
+def describe_call(wire: Wire, call: Call) -> list[dict[str, Any]]:
+    """The call's datagrams as a ladder draws them and a person reads them, in time order.
+
+    Each entry: when (t, the first sighting), what (kind, summary), who sent it to whom (`from`, `to`:
+    nodes), how far it got (`reached`: the node its last sighting took it to; `dropped` when it never
+    got to a captured link of `to`), whether it repeats one sent before (`retransmission`), and every
+    link it crossed with the addresses seen there (`links`). SRTP and SRTCP are one entry per run of
+    packets from one side (`packets`: how many)."""
+    out: list[dict[str, Any]] = []
+    seen_payloads: set[tuple[Address, bytes]] = set()
+    seen_requests: set[bytes] = set()
+    handshake_seen: dict[tuple[Address, bytes], set[int]] = defaultdict(set)  # message_seqs per side and association
+    association_of = {d.index: a.client_random for a in call.associations for d in a.datagrams}
+    media_runs: dict[tuple[Address, str], dict[str, Any]] = {}
+    for d in sorted(call.sip + call.media, key=lambda d: d.t):
+        to, sender = wire.node(d.own_dst), wire.node(d.own_src)
+        entry: dict[str, Any] = {
+            "t": d.t,
+            "kind": d.kind,
+            "from": sender or fmt(d.own_src),
+            "to": to or fmt(d.own_dst),
+            "reached": d.last.receiver,
+            "dropped": bool(to) and wire.covers(to) and d.delivered_to(to) is None,
+            "retransmission": False,
+            "links": [f"{s.link.name} {'in' if s.inbound else 'out'} {fmt(s.src)} > {fmt(s.dst)}" for s in d.sightings],
+            **d.describe(),
+        }
+        if d.kind in ("rtp", "rtcp"):
+            key = (d.own_src, d.kind)
+            if key in media_runs:
+                media_runs[key]["packets"] += 1
+                continue
+            entry["packets"] = 1
+            media_runs[key] = entry
+        elif d.kind == "stun" and d.stun is not None and d.stun.message_class == stun.MessageClass.REQUEST:
+            entry["retransmission"] = d.stun.transaction_id in seen_requests
+            seen_requests.add(d.stun.transaction_id)
+        elif d.kind == "dtls":
+            seqs = {m.message_seq for m in d.handshake}
+            sent = handshake_seen[(d.own_src, association_of.get(d.index, b""))]
+            entry["retransmission"] = bool(seqs) and seqs <= sent
+            sent |= seqs
+        else:
+            entry["retransmission"] = (d.own_src, d.payload) in seen_payloads
+        seen_payloads.add((d.own_src, d.payload))
+        out.append(entry)
     return out
 
 

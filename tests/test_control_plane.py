@@ -75,6 +75,13 @@ def test_useragent_names_the_bad_field(clients):
     assert error.details() == "timers.stun_rto_seconds: must be a finite number of seconds >= 0, got nan"
     error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", stun_server="stun:3478"))
     assert error.details() == "stun_server: 'stun' is not an IPv4 address (the lab has no DNS)"
+    error = _error(alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", deviations=["fly"]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("deviations: unknown deviation 'fly' (a useragent knows: no-stun-answer, ")
+    error = _error(
+        alice.Configure, useragent_pb2.UserAgentConfig(aor="sip:alice@a.example", deviations=["proxy-rewrite-sdp"])
+    )
+    assert error.details() == "deviations: 'proxy-rewrite-sdp' is a proxy's deviation, not a useragent's"
     error = _error(alice.GetCall, useragent_pb2.GetCallRequest(call_id="nope"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     error = _error(alice.PlaceCall, useragent_pb2.PlaceCallRequest(target="bob"))
@@ -88,6 +95,12 @@ def test_proxy_names_the_bad_route(clients):
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "routes[0].next_hop: expected IPv4:port, got 'nope'"
+    error = _error(clients.stub("proxy-a").Configure, proxy_pb2.ProxyConfig(deviations=["no-stun-check"]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "deviations: 'no-stun-check' is a useragent's deviation, not a proxy's"
+    reply = clients.stub("proxy-a").Configure(proxy_pb2.ProxyConfig(deviations=["proxy-keep-max-forwards"]))
+    assert list(reply.effective.deviations) == ["proxy-keep-max-forwards"]
+    assert not clients.stub("proxy-a").Configure(proxy_pb2.ProxyConfig()).effective.deviations  # the next test's
 
 
 def test_natgw_lists_mappings(clients, lab):

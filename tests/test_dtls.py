@@ -681,3 +681,43 @@ def test_describe_golden() -> None:
 def test_describe_never_raises(datagram: bytes) -> None:
     info = describe(datagram)
     assert info["kind"] == "dtls" and info["summary"] == "DTLS (malformed)" and info["error"]
+
+
+# -- deviations on purpose (pinhole.deviations) -----------------------------------------------------
+
+
+def test_byte_identical_hello_resend_repeats_the_first_record_numbers(bob_cert: Certificate, alice_cert: Certificate):
+    client, server = pair(bob_cert, alice_cert, client_deviations=frozenset({"byte-identical-hello-resend"}))
+    link = Link(client, server, drop_first("client", "client_hello")).run()
+    hellos = [s for s in link.sent("client") if "client_hello" in s.info.get("dtls.handshake_types", "")]
+    assert hellos[0].datagram == hellos[1].datagram, "the retransmission is the first one, byte for byte"
+    assert client.state == server.state == "connected"  # the server never saw record 0: it accepts it
+
+
+def test_resend_flight_now_sends_the_pending_flight_again(bob_cert: Certificate, alice_cert: Certificate):
+    client, _ = pair(bob_cert, alice_cert)
+    first = client.start(0.0)
+    again = client.resend_flight_now(0.01)
+    assert describe(again[0])["dtls.handshake_types"] == "client_hello"
+    assert describe(again[0])["dtls.record_sequence"] != describe(first[0])["dtls.record_sequence"]
+    assert client.next_deadline == 1.0, "the timer is left as it was"
+
+
+def test_skip_fingerprint_check_goes_on_with_any_certificate(
+    bob_cert: Certificate, alice_cert: Certificate, mallory_cert: Certificate
+):
+    client, server = pair(
+        bob_cert, alice_cert, server_peer_fingerprints=fp(mallory_cert),
+        server_deviations=frozenset({"skip-fingerprint-check"}),
+    )  # fmt: skip
+    Link(client, server).run()
+    assert server.state == "connected" and server.fingerprint_verified  # what the deviation says of itself
+
+
+def test_no_certificate_request_sends_none_and_goes_on_unverified(bob_cert: Certificate, alice_cert: Certificate):
+    client, server = pair(bob_cert, alice_cert, server_deviations=frozenset({"no-certificate-request"}))
+    link = Link(client, server).run()
+    server_types = ",".join(s.info.get("dtls.handshake_types", "") for s in link.sent("server"))
+    assert "certificate_request" not in server_types and "server_hello" in server_types
+    assert server.state == client.state == "connected" and server.peer_certificate_der is None
+    assert server.fingerprint_verified and client.fingerprint_verified

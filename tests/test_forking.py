@@ -109,7 +109,7 @@ def test_a_fork_whose_certificate_matches_no_answer_fails_alone(tampered: str) -
     """One Bob's answer (the fork route's first hop or its fork_to) carries a fingerprint not its own."""
 
     async def scenario() -> None:
-        tamper = {"tamper_answer_fingerprint": True}
+        tamper = {"deviations": frozenset({"tamper-answer-fingerprint"})}
         async with forked(bob_config=tamper if tampered == "bob" else None,
                           bob2_config=tamper if tampered == "bob2" else None) as (alice, bob, bob2):  # fmt: skip
             bad, good = (bob2, bob) if tampered == "bob2" else (bob, bob2)

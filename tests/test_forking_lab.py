@@ -30,7 +30,6 @@ def configure_forking(clients: ServiceClients, endpoints: Endpoints, timers: Tim
     """After `configure`: proxy-b forks bob@b.example to bob and bob2; bob2 answers like bob."""
     reply = clients.stub("proxy-b").Configure(
         proxy_pb2.ProxyConfig(
-            record_route=True,
             sip_t1_seconds=timers.sip_t1,
             routes=[
                 proxy_pb2.ProxyRoute(
@@ -145,7 +144,7 @@ def test_two_forks_two_dialogs_two_associations_on_one_port(lab, clients, forkin
 
 
 def test_a_fork_with_a_wrong_fingerprint_fails_alone(lab, clients, forking):
-    call_id, calls, events = _forked_call(lab, clients, bob2={"tamper_answer_fingerprint": True})
+    call_id, calls, events = _forked_call(lab, clients, bob2={"deviations": ["tamper-answer-fingerprint"]})
     alice = calls["alice"]
     forks = {f["remote_tag"]: f for f in alice["forks"]}
     bad, good = _fork_of(forks, calls["bob2"]), _fork_of(forks, calls["bob"])

@@ -154,7 +154,7 @@ def test_header_shows_title_verdict_and_legend() -> None:
     assert 'class="verdict fail"' in page and '<span class="badge">FAIL</span>' in verdict
     assert "2 checks, 1 failed" in verdict and "ClientHello &lt;dropped&gt;" in verdict
     legend = page[page.index('class="legend"') :]
-    for word in ("SIP", "STUN", "DTLS", "SRTP", "retransmission", "dropped by the NAT"):
+    for word in ("SIP", "STUN", "DTLS", "SRTP", "retransmission", "dropped on the way"):
         assert word in legend
     assert 'id="details"' in page and page.count("<aside") == 1
 

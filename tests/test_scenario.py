@@ -46,12 +46,30 @@ def test_the_shipped_matrix_predicts_what_the_spec_digest_says():
 
 def test_knobs_become_settings_of_the_right_side(tmp_path):
     (active,) = load(write(tmp_path, "name: a\nstun_check: false\nexpect: {outcome: fails}\n"))
-    assert active.alice == {"stun_check": False}
+    assert active.deviations == {"alice": ("no-stun-check",)}  # the passive side's deviation
     assert active.bob["answer_setup"] == useragent_pb2.DTLS_SETUP_ACTIVE
-    (passive,) = load(write(tmp_path, "name: p\nanswerer: passive\nlatching: true\nexpect: {outcome: works}\n"))
+    text = "name: p\nanswerer: passive\nlatching: true\nstun_check: false\nexpect: {outcome: works}\n"
+    (passive,) = load(write(tmp_path, text))
     # §6.7.2: the check belongs to the DTLS-passive side, Bob here
-    assert passive.bob == {"answer_setup": useragent_pb2.DTLS_SETUP_PASSIVE, "stun_check": True, "latching": True}
-    assert passive.alice == {}
+    assert passive.bob == {"answer_setup": useragent_pb2.DTLS_SETUP_PASSIVE, "latching": True}
+    assert passive.alice == {} and passive.deviations == {"bob": ("no-stun-check",)}
+
+
+def test_deviations_are_checked_against_the_node_that_runs_them(tmp_path):
+    text = "name: d\ndeviations: {bob: [no-stun-answer], proxy-b: [proxy-rewrite-sdp]}\nexpect: {outcome: works}\n"
+    (scenario,) = load(write(tmp_path, text))
+    assert scenario.deviations == {"bob": ("no-stun-answer",), "proxy-b": ("proxy-rewrite-sdp",)}
+    assert scenario.deviations_text() == "bob:no-stun-answer, proxy-b:proxy-rewrite-sdp"
+    for deviations, message in (
+        ("{bob: [proxy-rewrite-sdp]}", "s.yaml.deviations.bob: 'proxy-rewrite-sdp' is a proxy's deviation"),
+        ("{proxy-a: [no-stun-check]}", "s.yaml.deviations.proxy-a: 'no-stun-check' is a useragent's deviation"),
+        ("{bob: [fly]}", "s.yaml.deviations.bob: unknown deviation 'fly'"),
+        ("{natgw: [fly]}", "s.yaml.deviations.natgw: not a user agent or proxy of the lab"),
+        ("[fly]", "s.yaml.deviations: a mapping NODE: [DEVIATION, ...]"),
+    ):
+        with pytest.raises(ScenarioError) as info:
+            load(write(tmp_path, f"name: d\ndeviations: {deviations}\nexpect: {{outcome: works}}\n"))
+        assert message in str(info.value), str(info.value)
 
 
 def test_nat_in_rfc_4787_words_and_cone_aliases():
@@ -267,15 +285,12 @@ def test_outcome_judges_each_reinvite_by_what_rfc_5763_6_6_predicts():
 
 def test_fork_key_sets_a_second_bob_like_the_first(tmp_path):
     (forked,) = load(ROOT / "scenarios" / "rfc5763-6.3-forking-bad-fingerprint.yaml")
-    assert forked.bob2 == {
-        "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
-        "media_packets": 20,
-        "tamper_answer_fingerprint": True,
-    }
+    assert forked.bob2 == {"answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE, "media_packets": 20}
+    assert forked.deviations == {"bob2": ("tamper-answer-fingerprint",)}
     assert forked.expect.forks == (("bob", "works"), ("bob2", "fails"))
     (plain,) = load(write(tmp_path, "name: a\nfork: false\nexpect: {outcome: works}\n"))
     assert plain.bob2 is None
-    with pytest.raises(ScenarioError, match=r"s.yaml.fork: true, false or \{tamper_answer_fingerprint"):
+    with pytest.raises(ScenarioError, match=r"s.yaml.fork: true, false or \{deviations"):
         load(write(tmp_path, "name: a\nfork: {colour: red}\nexpect: {outcome: works}\n"))
     with pytest.raises(ScenarioError, match=r"s.yaml.expect.forks: \{'carol': 'works'\}"):
         load(write(tmp_path, "name: a\nfork: true\nexpect: {outcome: works, forks: {carol: works}}\n"))

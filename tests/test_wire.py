@@ -120,3 +120,20 @@ def test_the_exporter_from_the_key_log_is_what_openssl_exported():
         keys.remote_key,
         keys.remote_salt,
     )
+
+
+def test_the_ladder_from_the_wire_shows_each_link_crossed_and_the_drop(decoded):
+    from pinhole.controller import ladder
+
+    entries = wire.describe_call(decoded, decoded.call())
+    drawing = ladder.render({"wire": entries, "events": []}).splitlines()
+    assert drawing[0].split() == ["time(s)", "Alice", "NAT", "STUN", "srv", "Proxy", "A", "Proxy", "B", "Bob"]
+    invite = next(line for line in drawing if "INVITE + SDP" in line)
+    assert "+" in invite, "Alice's INVITE was captured crossing the NAT"
+    dropped = next(line for line in drawing if "ClientHello" in line)
+    assert "|X---" in dropped and "(re)" not in dropped, "the first ClientHello died at the NAT"
+    resent = next(line for line in drawing if "ClientHello (re)" in line)
+    assert resent.index("<") < resent.index("+"), "the retransmission reached Alice, through the NAT"
+    assert sum("SRTP x50" in line for line in drawing) == 2
+    hello = next(e for e in entries if "ClientHello" in e["summary"])
+    assert hello["dropped"] and hello["reached"] == "natgw" and len(hello["links"]) == 2

@@ -1,10 +1,12 @@
 """A terminal ladder diagram of one call, drawn from the evidence.
 
-Columns are the lab's actors; every message a service sent is an arrow from its column to the
-column of the address it went to (Alice's packets to the public side cross the NAT column), and
-every packet the NAT dropped is an arrow that ends in an X at the NAT (one an injected fault dropped
-on another link ends in an X at the node it was going to). Retransmissions are marked with (re); a
-service the controller killed or started again during the call is a mark on its own column.
+A run's ladder is drawn from the wire (`evidence["wire"]`, pinhole.wire.describe_call): every datagram
+is an arrow from its sender's column to its receiver's, with a `+` on each column it was captured
+crossing on the way (the NAT, for everything of Alice's); one that died on the way ends in an X where
+it was last seen (at the NAT, or at the node it was going to when a fault on that node's link took it).
+SRTP is one arrow per side, with its packet count. Without a capture (a trace alone) the services'
+own events are drawn instead: each message a service sent, and each the NAT dropped. Retransmissions
+are marked with (re); a service the controller killed or started again is a mark on its own column.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ WIDTH = 16
 def _label(event: dict[str, Any]) -> str:
     a = event.get("attrs", {})
     kind = event["kind"]
+    if kind.startswith("wire."):
+        text = a.get("summary", kind[5:])
+        if kind in ("wire.rtp", "wire.rtcp"):
+            text = f"S{kind[5:].upper()} x{a.get('packets', '1')}"
+        elif kind == "wire.dtls":
+            text = text.replace("DTLS ", "")
+        elif kind == "wire.stun":
+            text = text.split(" ")[0] + " " + " ".join(text.split(" ")[1:3])
+        if a.get("retransmission") == "True":
+            text += " (re)"
+        if a.get("fault"):
+            text += f" [fault {a['fault']}]"
+        return text
     if kind.startswith("sip."):
         return a.get("summary", "SIP")
     if kind.startswith("stun."):
@@ -72,10 +87,65 @@ class Arrow:
     retransmission: bool
     dropped: bool
     event: dict[str, Any]
+    via: tuple[str, ...] = ()  # columns it was captured crossing between source and target
 
 
 def arrows(evidence: dict[str, Any]) -> list[Arrow]:
     """The arrows of the call in time order: what both ladders (terminal and HTML) draw."""
+    if evidence.get("wire"):
+        return _wire_arrows(evidence)
+    return _event_arrows(evidence)
+
+
+def _wire_arrows(evidence: dict[str, Any]) -> list[Arrow]:
+    """From the capture: each datagram of the call, and the controller's marks (kills, starts)."""
+    faults = [e for e in evidence.get("events", []) if e["kind"] == "fault.injected"]
+    picked: list[tuple[dict[str, Any], str, str, bool, tuple[str, ...]]] = []
+    for entry in evidence["wire"]:
+        source, to = entry["from"], entry["to"]
+        dropped = bool(entry.get("dropped"))
+        target = (entry.get("reached") if entry.get("reached") in TITLES else to) if dropped else to
+        seen = [link.partition(":")[0] for link in entry.get("links", [])]
+        via = tuple(dict.fromkeys(n for n in seen if n not in (source, target)))
+        event = {"t": entry["t"], "service": source, "kind": f"wire.{entry['kind']}", "attrs": _wire_attrs(entry)}
+        if dropped:
+            fault = _fault_of(entry, faults)
+            if fault is not None:
+                event["attrs"]["fault"] = fault["attrs"].get("rule", "")
+        picked.append((event, source, target, dropped, via))
+    for e in evidence.get("events", []):
+        if e["kind"].startswith(("pinhole.kill ", "pinhole.start ")):
+            node = e["kind"].partition(" ")[2]
+            picked.append((e, node, node, False, ()))
+    picked.sort(key=lambda p: p[0]["t"])
+    t0 = picked[0][0]["t"] if picked else 0.0
+    return [
+        Arrow(i, e["t"] - t0, src, dst, _label(e), _protocol(e), _is_retransmission(e), dropped, e, via)
+        for i, (e, src, dst, dropped, via) in enumerate(picked)
+    ]
+
+
+def _wire_attrs(entry: dict[str, Any]) -> dict[str, str]:
+    """What the HTML ladder's panel lists for a datagram: every link it crossed, with its addresses there."""
+    attrs = {k: str(v) for k, v in entry.items() if k not in ("links", "t")}
+    for number, link in enumerate(entry.get("links", []), 1):
+        attrs[f"link {number}"] = link
+    return attrs
+
+
+def _fault_of(entry: dict[str, Any], faults: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The injected drop that took this datagram: the same addresses on one of its links, at that moment."""
+    addresses = {tuple(link.split(" ", 2)[2].split(" > ")) for link in entry.get("links", [])}
+    for fault in faults:
+        a = fault.get("attrs", {})
+        if a.get("action") == "drop" and (a.get("source"), a.get("destination")) in addresses:
+            if abs(fault["t"] - entry["t"]) < 1.0:
+                return fault
+    return None
+
+
+def _event_arrows(evidence: dict[str, Any]) -> list[Arrow]:
+    """From the services' events alone (a trace without its capture)."""
     where: dict[str, str] = evidence.get("address_map", {})
     events = sorted(evidence.get("events", []), key=lambda e: e["t"])
     # each drop stands for the latest send of the same packet before it (a retransmission of the same
@@ -134,6 +204,9 @@ def _drop_key(attrs: dict[str, Any], address: str) -> tuple[Any, Any, Any]:
 
 
 def _protocol(event: dict[str, Any]) -> str:
+    if event["kind"].startswith("wire."):
+        kind = event["kind"][5:]
+        return "srtp" if kind in ("rtp", "rtcp") else kind if kind in PROTOCOLS else "other"
     if _is_drop(event):
         prefix = event.get("attrs", {}).get("classification") or event.get("attrs", {}).get("kind", "")
     else:
@@ -147,9 +220,14 @@ def _is_retransmission(event: dict[str, Any]) -> bool:
 
 
 def columns(drawn: list[Arrow]) -> list[str]:
-    """The ladder's columns: the lab's usual actors, and an extra one only when an arrow touches it."""
-    used = {a.source for a in drawn} | {a.target for a in drawn}
-    return COLUMNS + [c for c in EXTRA_COLUMNS if c in used]
+    """The ladder's columns: the lab's usual actors, and an extra one only when an arrow touches it
+    (bob2, or a node the lab does not know by name)."""
+    used = list(dict.fromkeys([n for a in drawn for n in (a.source, a.target, *a.via)]))
+    return COLUMNS + [c for c in EXTRA_COLUMNS if c in used] + [c for c in used if c not in TITLES]
+
+
+def title(column: str) -> str:
+    return TITLES.get(column, column)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -158,14 +236,15 @@ def render(data: dict[str, Any]) -> str:
     if not drawn:
         return "(no messages)"
     shown = columns(drawn)
-    header = "  time(s) " + "".join(TITLES[c].center(WIDTH) for c in shown)
+    header = "  time(s) " + "".join(title(c).center(WIDTH) for c in shown)
     lines = [header]
     for arrow in drawn:
-        lines.append(f"{arrow.t:9.3f} " + _arrow(arrow.source, arrow.target, arrow.label, arrow.dropped, shown))
+        line = _arrow(arrow.source, arrow.target, arrow.label, arrow.dropped, shown, arrow.via)
+        lines.append(f"{arrow.t:9.3f} " + line)
     return "\n".join(lines)
 
 
-def _arrow(source: str, target: str, label: str, dropped: bool, shown: list[str]) -> str:
+def _arrow(source: str, target: str, label: str, dropped: bool, shown: list[str], via: tuple[str, ...] = ()) -> str:
     cells = [" " * (WIDTH // 2) + "|" + " " * (WIDTH // 2 - 1) for _ in shown]
     line = "".join(cells)
     i, j = shown.index(source), shown.index(target)
@@ -180,9 +259,20 @@ def _arrow(source: str, target: str, label: str, dropped: bool, shown: list[str]
         chars[x_to - 1] = "X" if dropped else ">"
     elif x_to < x_from:
         chars[x_to + 1] = "X" if dropped else "<"
+    for node in via:  # captured crossing this column on the way
+        x = shown.index(node) * WIDTH + WIDTH // 2 if node in shown else None
+        if x is not None and lo < x < hi:
+            chars[x] = "+"
     text = f" {label} "
+    crossings = [shown.index(n) * WIDTH + WIDTH // 2 for n in via if n in shown]
     start = lo + 1 + max(0, (hi - lo - 1 - len(text)) // 2)
-    if hi - lo - 1 >= len(text):
+    fits = hi - lo - 1 >= len(text) and not any(start <= x < start + len(text) for x in crossings)
+    if not fits:  # between the last crossing and the end, if it fits there
+        segments = sorted([lo, *[x for x in crossings if lo < x < hi], hi])
+        wide = max(zip(segments, segments[1:]), key=lambda p: p[1] - p[0])
+        if wide[1] - wide[0] - 1 >= len(text):
+            start, fits = wide[0] + 1 + (wide[1] - wide[0] - 1 - len(text)) // 2, True
+    if fits:
         chars[start : start + len(text)] = text
         return "".join(chars).rstrip()
     return "".join(chars).rstrip() + "  " + label

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pinhole.controller.ladder import PROTOCOLS, TITLES, Arrow, arrows, columns
+from pinhole.controller.ladder import PROTOCOLS, Arrow, arrows, columns, title
 
 GUTTER = 80  # room for the time column
 COLUMN_WIDTH = 160
@@ -132,7 +132,7 @@ def _legend() -> str:
         '<ul class="legend">'
         f"{protocols}"
         '<li><span class="swatch dashed"></span>retransmission (re)</li>'
-        '<li><span class="x">✕</span>dropped by the NAT</li>'
+        '<li><span class="x">✕</span>dropped on the way (at the NAT, or by a fault)</li>'
         "</ul>"
     )
 
@@ -166,7 +166,7 @@ def _lifeline(column: str, height: float, shown: list[str]) -> str:
     return (
         f'<g class="lifeline" data-column="{column}">'
         f'<rect x="{x - 56}" y="8" width="112" height="28" rx="4"/>'
-        f'<text x="{x}" y="27">{_text(TITLES[column])}</text>'
+        f'<text x="{x}" y="27">{_text(title(column))}</text>'
         f'<line x1="{x}" y1="36" x2="{x}" y2="{height - 8}"/>'
         "</g>"
     )
@@ -187,8 +187,8 @@ def _message(arrow: Arrow, shown: list[str]) -> str:
         + (["drop"] if arrow.dropped else [])
     )
     tooltip = (
-        f"{arrow.t:.3f} s  {TITLES[arrow.source]} → {TITLES[arrow.target]}: {arrow.label}"
-        f"{'  (dropped by the NAT)' if arrow.dropped else ''}\n{e['kind']} from {e['service']}"
+        f"{arrow.t:.3f} s  {title(arrow.source)} → {title(arrow.target)}: {arrow.label}"
+        f"{'  (dropped on the way)' if arrow.dropped else ''}\n{e['kind']} from {e['service']}"
     )
     end = _cross(x2, y) if arrow.dropped else _head(x1, x2, y)
     return (
@@ -199,7 +199,10 @@ def _message(arrow: Arrow, shown: list[str]) -> str:
         f'<rect class="hit" x="{GUTTER - 4}" y="{top}" width="{len(shown) * COLUMN_WIDTH + 4}" height="{ROW}"/>'
         f'<text class="time" x="8" y="{y + 4}">{arrow.t:.3f}</text>'
         f'<line class="shaft" x1="{x1}" y1="{y}" x2="{x2}" y2="{y}"/>'
-        f"{end}"
+        + "".join(  # captured crossing these columns on the way
+            f'<circle class="via" cx="{_x(c, shown)}" cy="{y}" r="3"/>' for c in arrow.via if c in shown
+        )
+        + f"{end}"
         f'<text class="label" x="{(lo + hi) / 2}" y="{y - 5}">{_text(_fit(arrow.label, hi - lo))}</text>'
         "</g>"
     )
@@ -244,8 +247,8 @@ def _data(drawn: list[Arrow]) -> list[dict[str, Any]]:
         {
             "index": a.index,
             "label": a.label,
-            "from": TITLES[a.source],
-            "to": TITLES[a.target],
+            "from": title(a.source),
+            "to": title(a.target),
             "dropped": a.dropped,
             "retransmission": a.retransmission,
             "relative": round(a.t, 6),
@@ -306,6 +309,7 @@ svg text { font: 12px system-ui, sans-serif; fill: #1f2328; }
 .message.selected .hit { stroke: #d4a72c; }
 .message .shaft { stroke: var(--c); stroke-width: 2; }
 .message .head { fill: var(--c); }
+.message .via { fill: var(--c); }
 .message .label { fill: var(--c); text-anchor: middle; }
 .message.retransmission .shaft { stroke-dasharray: 6 4; }
 .message.retransmission .label { font-style: italic; }
@@ -345,7 +349,7 @@ SCRIPT = """
     h.textContent = "#" + item.index + " " + item.label;
     panel.appendChild(h);
     var p = document.createElement("p");
-    p.textContent = item.from + " \\u2192 " + item.to + (item.dropped ? " (dropped by the NAT)" : "") +
+    p.textContent = item.from + " \\u2192 " + item.to + (item.dropped ? " (dropped on the way)" : "") +
       (item.retransmission ? " (retransmission)" : "");
     panel.appendChild(p);
     var table = document.createElement("table");

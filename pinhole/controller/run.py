@@ -259,14 +259,14 @@ def service_configs(
         nat = scenario.nat.proto() if scenario.nat is not None else default_nat()
     configs: dict[str, Any] = {"natgw": nat}
     configs["proxy-a"] = proxy_pb2.ProxyConfig(
-        record_route=True,
         sip_t1_seconds=timers.sip_t1,
         routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))],
+        deviations=scenario.deviations.get("proxy-a", ()),
     )
     # forking (RFC 5763 §6.3): the INVITE goes to bob and bob2 in parallel
     forks = [sip("bob2")] if scenario.bob2 is not None else []
     configs["proxy-b"] = proxy_pb2.ProxyConfig(
-        record_route=True,
+        deviations=scenario.deviations.get("proxy-b", ()),
         sip_t1_seconds=timers.sip_t1,
         routes=[
             proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob"), fork_to=forks),
@@ -289,10 +289,17 @@ def service_configs(
         "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE,
         **common,
     }
-    configs["alice"] = useragent_pb2.UserAgentConfig(**{**alice_config, **scenario.alice})
-    configs["bob"] = useragent_pb2.UserAgentConfig(**{**bob_config, **scenario.bob})
+    deviations = scenario.deviations
+    configs["alice"] = useragent_pb2.UserAgentConfig(
+        **{**alice_config, **scenario.alice}, deviations=deviations.get("alice", ())
+    )
+    configs["bob"] = useragent_pb2.UserAgentConfig(
+        **{**bob_config, **scenario.bob}, deviations=deviations.get("bob", ())
+    )
     if scenario.bob2 is not None:  # a second Bob, the same user at another address
-        configs["bob2"] = useragent_pb2.UserAgentConfig(**{**bob_config, "display_name": "Bob2", **scenario.bob2})
+        configs["bob2"] = useragent_pb2.UserAgentConfig(
+            **{**bob_config, "display_name": "Bob2", **scenario.bob2}, deviations=deviations.get("bob2", ())
+        )
     return configs
 
 
@@ -471,6 +478,8 @@ def drive_call(
         show.stage("placing the call alice -> bob")
         placed = time.time()
         attributes = {"pinhole.scenario": scenario.name, "pinhole.flow": scenario.flow}
+        if scenario.deviations:  # misbehaviour on purpose: nobody must take the run for a real failure
+            attributes["pinhole.deviations"] = scenario.deviations_text()
         if endpoints is not None:
             attributes["pinhole.address_map"] = json.dumps(endpoints.address_map(), sort_keys=True)
         run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes=attributes)
@@ -633,6 +642,7 @@ def run_info(endpoints: Endpoints, scenario: Scenario, timers: Timers, timers_na
             },
             "proxies": list(dict.fromkeys([endpoints.proxies["alice"], endpoints.proxies["bob"]])),
             "timers": {"name": timers_name, "dtls_initial": timers.dtls_initial, "dtls_maximum": timers.dtls_maximum},
+            "deviations": {node: list(names) for node, names in scenario.deviations.items()},
         }
     )
 
@@ -682,7 +692,7 @@ def judge_call(
         "nat_mappings_listed": [_flatten_mapping(m) for m in record.mappings],
         "counters": record.counters,
         "address_map": endpoints.address_map(),
-        "wire": wire_summary(on_the_wire, call_id),
+        "wire": wire.describe_call(on_the_wire, call) if call is not None else [],
     }
     if record.restarts:  # the services killed and started again, and when
         evidence["restarts"] = record.restarts
@@ -718,26 +728,6 @@ def judge_call(
     (out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2))
     (out_dir / "ladder.txt").write_text(drawing + "\n")
     return result
-
-
-def wire_summary(on_the_wire: wire.Wire, call_id: str) -> list[dict[str, Any]]:
-    """Each datagram of the call, as the wire showed it: what, from where to where, on which links."""
-    call = on_the_wire.call(call_id)
-    if call is None:
-        return []
-    out = []
-    for d in sorted(call.sip + call.media, key=lambda d: d.t):
-        out.append(
-            {
-                "t": d.t,
-                "src": wire.fmt(d.own_src),
-                "dst": wire.fmt(d.own_dst),
-                "links": [f"{s.link.name} {'in' if s.inbound else 'out'} {wire.fmt(s.src)} > {wire.fmt(s.dst)}"
-                          for s in d.sightings],  # fmt: skip
-                **d.describe(),
-            }
-        )
-    return out
 
 
 def new_run_dir(out_root: Path, scenario: Scenario) -> tuple[str, Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pinhole.controller import verdict as figures
+from pinhole.deviations import PROXY, USER_AGENT, DeviationError, checked
 from pinhole.nat import Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
@@ -180,6 +181,11 @@ class Scenario:
     reinvites: tuple[Reinvite, ...] = ()  # re-offers made in turn once SRTP flows both ways (RFC 5763 §6.6)
     restarts: tuple[Restart, ...] = ()  # services killed and started again during the call
     bob2: dict[str, Any] | None = None  # forking (RFC 5763 §6.3): proxy-b forks to bob and bob2, set like this
+    deviations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> pinhole.deviations it runs
+
+    def deviations_text(self) -> str:
+        """"bob:tamper-answer-fingerprint, proxy-b:proxy-rewrite-sdp": the run span's pinhole.deviations."""
+        return ", ".join(f"{node}:{name}" for node, names in sorted(self.deviations.items()) for name in names)
 
 
 SCENARIOS = {
@@ -190,13 +196,13 @@ SCENARIOS = {
             "no-stun-check",
             "negative control: Alice sends no STUN check, Bob's ClientHellos die at the NAT",
             expect_pass=False,
-            alice={"stun_check": False},
+            deviations={"alice": ("no-stun-check",)},
         ),
         Scenario(
             "bad-fingerprint",
             "negative control: Bob's answer carries a fingerprint that is not his certificate's",
             expect_pass=False,
-            bob={"tamper_answer_fingerprint": True},
+            deviations={"bob": ("tamper-answer-fingerprint",)},
         ),
     ]
 }
@@ -213,7 +219,7 @@ SCENARIO_KEYS = {
     "latching",
     "media_packets",
     "rtcp_mux",
-    "tamper_answer_fingerprint",
+    "deviations",
     "expect",
     "faults",
     "fault_seed",
@@ -323,14 +329,18 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
     bob: dict[str, Any] = {
         "answer_setup": useragent_pb2.DTLS_SETUP_ACTIVE if answerer == "active" else useragent_pb2.DTLS_SETUP_PASSIVE
     }
-    # RFC 5763 §6.7.2: the check is the DTLS-passive side's (Alice when Bob answers active, else Bob)
-    (alice if answerer == "active" else bob)["stun_check"] = stun_check
+    deviations = {node: list(names) for node, names in settings.get("deviations", {}).items()}
+    fork = settings.get("fork")
+    if not stun_check:  # RFC 5763 §6.7.2: the check is the DTLS-passive side's (Alice when Bob answers active)
+        passive = ["alice"] if answerer == "active" else ["bob"] + (["bob2"] if fork is not None else [])
+        for node in passive:
+            deviations.setdefault(node, []).append("no-stun-check")
+    if fork:
+        deviations.setdefault("bob2", []).extend(fork.get("deviations", ()))
     if latching:
         if "latching" not in useragent_pb2.UserAgentConfig.DESCRIPTOR.fields_by_name:
             raise _fail(f"{where}.latching", "this build's user agent cannot latch (no UserAgentConfig.latching)")
         bob["latching"] = True
-    if settings.get("tamper_answer_fingerprint"):
-        bob["tamper_answer_fingerprint"] = True
     if settings.get("ring"):  # Bob picks up later; his handshake and early media do not wait (§7.1)
         bob["ring_seconds"] = settings["ring"]
     if "media_packets" in settings:
@@ -341,6 +351,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
     knobs = {"nat": nat.label(), "answerer": answerer, "stun_check": stun_check, "latching": latching}
     if "rtcp_mux" in settings:
         knobs["rtcp_mux"] = settings["rtcp_mux"]
+    deviated = {node: tuple(dict.fromkeys(names)) for node, names in sorted(deviations.items()) if names}
     return Scenario(
         name=name,
         description=description,
@@ -356,7 +367,8 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         flow=settings.get("flow", figures.DEFAULT_FLOW),
         reinvites=settings.get("reinvite", ()),
         restarts=settings.get("restart", ()),
-        bob2=_fork_side(settings.get("fork"), bob),
+        bob2=_fork_side(fork, bob),
+        deviations=deviated,
     )
 
 
@@ -375,7 +387,7 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["nat"] = parse_nat(data["nat"], f"{where}.nat")
     if "answerer" in data:
         out["answerer"] = _answerer(data["answerer"], f"{where}.answerer")
-    for key in ("stun_check", "latching", "rtcp_mux", "tamper_answer_fingerprint"):
+    for key in ("stun_check", "latching", "rtcp_mux"):
         if key in data:
             out[key] = _bool(data[key], f"{where}.{key}")
     if "ring" in data:
@@ -396,6 +408,8 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["restart"] = parse_restarts(data["restart"], f"{where}.restart")
     if "fork" in data:
         out["fork"] = parse_fork(data["fork"], f"{where}.fork")
+    if "deviations" in data:
+        out["deviations"] = parse_deviations(data["deviations"], f"{where}.deviations")
     if "faults" in data or "fault_seed" in data:
         out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
     return out
@@ -425,21 +439,38 @@ def parse_reinvites(value: Any, where: str) -> tuple[Reinvite, ...]:
 
 
 def parse_fork(value: Any, where: str) -> dict[str, Any] | None:
-    """`fork: true`, or `fork: {tamper_answer_fingerprint: true}` (bob2's answer then lies about his certificate)."""
+    """`fork: true`, or `fork: {deviations: [...]}` (bob2's own, e.g. tamper-answer-fingerprint: his answer lies)."""
     if value is False:
         return None
     if value is True:
         return {}
-    if not isinstance(value, dict) or set(value) - {"tamper_answer_fingerprint"}:
-        raise _fail(where, f"true, false or {{tamper_answer_fingerprint: true|false}}, not {value!r}")
-    return {k: _bool(v, f"{where}.{k}") for k, v in value.items()}
+    if not isinstance(value, dict) or set(value) - {"deviations"}:
+        raise _fail(where, f"true, false or {{deviations: [NAME, ...]}}, not {value!r}")
+    return {"deviations": parse_deviations({"bob2": value.get("deviations", [])}, where)["bob2"]}
+
+
+def parse_deviations(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+    """`deviations: {NODE: [NAME, ...]}`: pinhole's own services misbehaving on purpose (pinhole.deviations)."""
+    kinds = {n.name: n.service for n in _topology().nodes.values() if n.service in (USER_AGENT, PROXY)}
+    if not isinstance(value, dict):
+        raise _fail(where, f"a mapping NODE: [DEVIATION, ...] (nodes: {', '.join(kinds)}), not {value!r}")
+    out = {}
+    for node, names in value.items():
+        if node not in kinds:
+            raise _fail(f"{where}.{node}", f"not a user agent or proxy of the lab ({', '.join(kinds)})")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _fail(f"{where}.{node}", f"a list of deviation names, not {names!r}")
+        try:
+            checked(names, kinds[node], f"{where}.{node}")
+        except DeviationError as error:
+            raise ScenarioError(str(error)) from None
+        out[node] = tuple(names)
+    return out
 
 
 def _fork_side(fork: dict[str, Any] | None, bob: dict[str, Any]) -> dict[str, Any] | None:
-    """bob2 answers as bob does (role, check, latching), with the fork's own settings on top."""
-    if fork is None:
-        return None
-    return {**{k: v for k, v in bob.items() if k != "tamper_answer_fingerprint"}, **fork}
+    """bob2 answers as bob does (role, latching); his deviations are the scenario's `deviations` of bob2."""
+    return None if fork is None else dict(bob)
 
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -706,9 +737,9 @@ def _cell_label(axis: str, value: Any) -> str:
 
 
 def load_all(target: Path) -> list[Scenario]:
-    """Every scenario of a file, or of every *.yaml in a directory (sorted by name)."""
+    """Every scenario of a file, or of every *.yaml in a directory and its subdirectories (sorted by path)."""
     if target.is_dir():
-        files = sorted(target.glob("*.yaml"))
+        files = sorted(target.rglob("*.yaml"))
         if not files:
             raise _fail(str(target), "no *.yaml scenario files here")
     else:

@@ -784,6 +784,14 @@ def _m3(ev: Evidence) -> tuple[str, float | None]:
     outside = next((s for s in first.sightings if s.link.name == nat.get("outside")), None)
     delivered = ev.reached(first, ev.caller)
     check = next(iter(ev.checks(ev.caller_media, ev.callee_media)), None)
+    at_callee = ev.reached(check, ev.callee) if check is not None else None
+    sent = ev.left(first, ev.callee)
+    if at_callee is not None and sent is not None and at_callee.t < sent.t:
+        raise Failure(
+            f"{ev.callee}'s first ClientHello left {sent.t - at_callee.t:.3f}s after {ev.caller}'s check "
+            "reached him: he waited for it (RFC 5763 §6.7.2: the active side MUST go on with the handshake)",
+            sent.t,
+        )
     if delivered is not None:
         raise Failure(
             f"the first ClientHello (record seq {seq}) reached {ev.caller}: nothing dropped it (not the §7.3 flow)",
@@ -797,14 +805,6 @@ def _m3(ev: Evidence) -> tuple[str, float | None]:
             FIGURE,
         )
     if check is not None:
-        at_callee = ev.reached(check, ev.callee)
-        sent = ev.left(first, ev.callee)
-        if at_callee is not None and sent is not None and at_callee.t < sent.t:
-            raise Failure(
-                f"{ev.callee}'s first ClientHello left {sent.t - at_callee.t:.3f}s after {ev.caller}'s check "
-                "reached him: he waited for it (RFC 5763 §6.7.2: the active side MUST go on)",
-                sent.t,
-            )
         check_out = next((s for s in check.sightings if s.link.name == nat.get("outside")), None)
         if check_out is not None and check_out.t < outside.t:
             raise Failure(
@@ -1023,6 +1023,22 @@ def _m12(ev: Evidence) -> tuple[str, float | None]:
 
 # --------------------------------------------------------------------------- RFC 5763 §7.1
 
+
+def _callee_client(ev: Evidence) -> Association:
+    """The association in which Bob is the DTLS client, as the §7.1 figure draws him."""
+    a = ev.association
+    if a is None:
+        raise Failure(f"no DTLS handshake between {ev.caller}'s and {ev.callee}'s media sockets")
+    if a.client != ev.callee_media:
+        raise Failure(
+            f"{ev.callee} is not the DTLS client (his answer says a=setup:{ev.answer.setup}; the figure "
+            "has him active)",
+            None,
+            FIGURE,
+        )
+    return a
+
+
 FLOW_7_1 = "rfc5763-7.1"
 
 
@@ -1033,7 +1049,16 @@ FLOW_7_1 = "rfc5763-7.1"
     flow=FLOW_7_1,
 )
 def _s71_m1(ev: Evidence) -> tuple[str, float | None]:
-    return _m1(ev)
+    detail, when = _m1(ev)
+    advertised = (ev.offer.address, ev.offer.port)
+    if ev.caller_media is not None and ev.caller_media != advertised:
+        raise Failure(
+            f"the offer advertises {fmt(advertised)}, a NAT's mapping of {ev.caller}'s "
+            f"{fmt(ev.caller_media)}: a NAT in her path is §7.3's setting, not §7.1's",
+            when,
+            FIGURE,
+        )
+    return detail, when
 
 
 check("2", "INVITE reaches Bob through both proxies, body unchanged", "RFC 3261 §16.6, RFC 5763 §7.1", flow=FLOW_7_1)(
@@ -1043,9 +1068,7 @@ check("2", "INVITE reaches Bob through both proxies, body unchanged", "RFC 3261 
 
 @check("3", "Bob's first ClientHello reaches Alice: nothing drops it", "RFC 5763 §7.1", flow=FLOW_7_1)
 def _s71_m3(ev: Evidence) -> tuple[str, float | None]:
-    a = ev.association
-    if a is None or a.client != ev.callee_media:
-        raise Failure(f"no ClientHello from {ev.callee} to {ev.caller}'s media address")
+    a = _callee_client(ev)
     first = a.client_hellos[0]
     delivered = ev.reached(first, ev.caller)
     seq = first.records[0].sequence_number if first.records else "?"
@@ -1074,9 +1097,7 @@ check(
     flow=FLOW_7_1,
 )
 def _s71_m5(ev: Evidence) -> tuple[str, float | None]:
-    a = ev.association
-    if a is None:
-        raise Failure("no DTLS handshake between the two media sockets")
+    a = _callee_client(ev)
     names = [_name(m.msg_type) for m in a.messages(a.client)]
     missing = [t for t in ("certificate", "client_key_exchange", "certificate_verify") if t not in names]
     finished = a.finished(a.client)
@@ -1105,23 +1126,24 @@ def _s71_m6(ev: Evidence) -> tuple[str, float | None]:
         raise Failure("no association or no answer: nothing to judge early media by")
     early_in = [d for d in a.srtp_from(ev.callee_media) if (ev.reached(d, ev.caller) or d.last).t < answered]  # type: ignore[arg-type]
     early_out = [d for d in a.srtp_from(ev.caller_media) if (ev.left(d, ev.caller) or d.first).t < answered]  # type: ignore[arg-type]
-    if early_out:
-        raise Failure(
-            f"{ev.caller} sent {len(early_out)} SRTP packet(s) to {ev.callee} before his answer reached her: "
-            "she trusted a certificate no a=fingerprint had vouched for yet (RFC 5763 §5: only tentatively "
-            "accepted; the §7.1 figure's media (10) follows the answer (9))",
-            early_out[0].t,
-            FIGURE,
-        )
     played = ev.reported(ev.caller, "srtp.first_received")
     held = ev.reported(ev.caller, "srtp.held")
     released = ev.reported(ev.caller, "srtp.released")
+    problems = []
     if played and played[0]["t"] < answered and not held:
-        raise Failure(
+        problems.append(
             f"self-reported: {ev.caller} decrypted {ev.callee}'s SRTP before his answer verified him "
-            "(RFC 5763 §7.1 message 6: she cannot trust it yet)",
-            played[0]["t"],
+            "(RFC 5763 §7.1 message 6: she cannot trust it yet)"
         )
+    if early_out:
+        problems.append(
+            f"{ev.caller} sent {len(early_out)} SRTP packet(s) to {ev.callee} before his answer reached her: she "
+            "trusted a certificate no a=fingerprint had vouched for yet (RFC 5763 §5: only tentatively accepted; "
+            "the §7.1 figure's media (10) follows the answer (9))"
+        )
+    if problems:  # what she decrypted breaks the RFC's message 6; what she sent, the figure's order
+        first = min([*(d.t for d in early_out), *(e["t"] for e in played if e["t"] < answered)])
+        raise Failure("; ".join(problems), first, RFC if problems[0].startswith("self-reported") else FIGURE)
     wire = f"{len(early_in)} SRTP packet(s) from {ev.callee} reached {ev.caller} before his answer; none from her"
     if held and released:
         return (
@@ -1194,6 +1216,12 @@ def _s71_m9(ev: Evidence) -> tuple[str, float | None]:
     after = [d for d in a.srtp_from(ev.caller_media) if (ev.left(d, ev.caller) or d.first).t > answered]
     alerts = [(d, t) for d, t in a.alerts(ev.caller_media) if t.startswith("fatal") and d.t >= answered]
     if der is None:
+        if after:
+            raise Failure(
+                f"{ev.caller} went on ({len(after)} SRTP packet(s) after the answer) although {ev.callee} "
+                "presented no certificate (RFC 5763 §5: mutual certificate authentication)",
+                after[0].t,
+            )
         raise Failure(f"{ev.callee}'s certificate never crossed the wire")
     if mismatch:
         failed = ev.reported(ev.caller, "dtls.failed")

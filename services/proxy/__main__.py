@@ -12,6 +12,7 @@ import logging
 
 import grpc
 
+from pinhole.deviations import PROXY, DeviationError, checked
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
 from pinhole.service import (
@@ -32,7 +33,7 @@ log = logging.getLogger("proxy")
 class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
     def __init__(self, proxy: StatefulProxy, endpoint: SipEndpoint, events: EventLog, counters: Counters) -> None:
         self.proxy, self.endpoint, self.events, self.counters = proxy, endpoint, events, counters
-        self.config = proxy_pb2.ProxyConfig(record_route=True, sip_t1_seconds=endpoint.timers.t1)
+        self.config = proxy_pb2.ProxyConfig(sip_t1_seconds=endpoint.timers.t1)
 
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
         routes = []
@@ -60,14 +61,18 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
             positive_seconds(request.sip_t1_seconds, "sip_t1_seconds")
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            deviations = checked(request.deviations, PROXY)
+        except DeviationError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if request.sip_t1_seconds:
             self.endpoint.timers = SipTimers.scaled(request.sip_t1_seconds)
         self.proxy.routes = routes
-        self.proxy.record_route = request.record_route
+        self.proxy.deviations = deviations
         self.config = proxy_pb2.ProxyConfig(
-            routes=request.routes, record_route=request.record_route, sip_t1_seconds=self.endpoint.timers.t1
+            routes=request.routes, sip_t1_seconds=self.endpoint.timers.t1, deviations=sorted(deviations)
         )
-        self.events.emit("proxy.configured", routes=len(routes), record_route=request.record_route)
+        self.events.emit("proxy.configured", routes=len(routes), deviations=",".join(sorted(deviations)))
         return proxy_pb2.ProxyConfigReply(effective=self.config)
 
     async def GetConfig(self, request, context):  # noqa: N802

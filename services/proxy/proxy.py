@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,7 @@ class StatefulProxy:
         self.endpoint = endpoint
         self.name = name
         self.record_route = record_route
+        self.deviations: frozenset[str] = frozenset()  # pinhole.deviations: misbehaviour on purpose, by name
         self.routes = list(routes)
         self.on_event = on_event
         self.stats: dict[str, int] = dict.fromkeys(
@@ -286,7 +288,9 @@ class StatefulProxy:
         self._preprocess_route(routed)
         targets = self._targets(routed)[:1] if single else self._targets(routed)
         max_forwards = request.max_forwards
-        routed.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        if "proxy-keep-max-forwards" not in self.deviations:  # the deviation leaves it as it came
+            routed.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        self._deviate_body(routed)
         copies = []
         for fork, next_hop in enumerate(targets):
             outgoing = routed.copy()
@@ -306,7 +310,8 @@ class StatefulProxy:
         forwarded = _Forwarded(txn, [])
         self._pending[txn] = forwarded
         for index, (outgoing, next_hop) in enumerate(copies):
-            if self.record_route and request.method in DIALOG_CREATING and request.to.tag is None:
+            record_route = self.record_route and "proxy-no-record-route" not in self.deviations
+            if record_route and request.method in DIALOG_CREATING and request.to.tag is None:
                 outgoing.headers.insert_first("Record-Route", self.record_route_value)
             client = self.endpoint.send_request(outgoing, next_hop, add_via=False)
             branch = _Branch(client, index)
@@ -461,6 +466,7 @@ class StatefulProxy:
         upstream.headers.remove_first("Via")  # §16.7 step 3: our own Via
         if not upstream.headers.get_all("Via"):
             return  # it was for us (cannot happen for a forwarded request)
+        self._deviate_body(upstream)
         server.respond(upstream)
         self.stats["responses_forwarded"] += 1
         destination = server.response_destination()
@@ -482,6 +488,20 @@ class StatefulProxy:
         self.stats["responses_forwarded"] += 1
         self._emit("sip.response", response, status=response.status_code, method=response.cseq.method,
                    to=f"{destination[0]}:{destination[1]}", stateless=True)  # fmt: skip
+
+    def _deviate_body(self, message: Request | Response) -> None:
+        """proxy-rewrite-sdp: every a=fingerprint of the body replaced with one of no certificate at all, the
+        signalling half of RFC 5763 §8's man in the middle (RFC 3261 §16.6 step 1 forbids touching the body)."""
+        if "proxy-rewrite-sdp" not in self.deviations or b"a=fingerprint:" not in message.body:
+            return
+        lines = message.body.split(b"\r\n")
+        for index, line in enumerate(lines):
+            if line.startswith(b"a=fingerprint:"):
+                hash_function = line[len(b"a=fingerprint:") :].split(b" ")[0]
+                digest = hashlib.new(hash_function.decode().replace("-", ""), os.urandom(16)).digest()
+                lines[index] = b"a=fingerprint:" + hash_function + b" " + b":".join(b"%02X" % b for b in digest)
+        message.body = b"\r\n".join(lines)
+        self._emit("sip.body_rewritten", message, reason="deviation proxy-rewrite-sdp: a=fingerprint replaced")
 
     async def close(self) -> None:
         """Stop relaying (the endpoint is closed by its owner)."""

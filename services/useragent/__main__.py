@@ -9,6 +9,7 @@ import time
 import grpc
 
 from pinhole import dtls, sdp, telemetry
+from pinhole.deviations import USER_AGENT, DeviationError, checked
 from pinhole.events import Counters, EventLog
 from pinhole.media import Address, AssociationRecord, MediaSession, MediaTimers, fmt
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
@@ -58,6 +59,10 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
     if not 0 <= request.ring_seconds <= 60:  # also refuses NaN
         raise ConfigError(f"ring_seconds: {request.ring_seconds} is not between 0 and 60")
     try:
+        deviations = checked(request.deviations, USER_AGENT)
+    except DeviationError as error:
+        raise ConfigError(str(error)) from None
+    try:
         outbound = parse_hostport(request.outbound_proxy, "outbound_proxy") if request.outbound_proxy else None
         stun_server = parse_hostport(request.stun_server, "stun_server") if request.stun_server else None
     except ValueError as error:
@@ -70,8 +75,7 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         answer_setup=SETUPS[request.answer_setup],
         auto_answer=request.auto_answer,
         ring_seconds=request.ring_seconds,
-        stun_check=request.stun_check if request.HasField("stun_check") else True,
-        tamper_answer_fingerprint=request.tamper_answer_fingerprint,
+        deviations=deviations,
         srtp_profiles=tuple(request.srtp_profiles) or AgentConfig.srtp_profiles,
         sip_timers=SipTimers.scaled(t.sip_t1_seconds) if t.sip_t1_seconds else SipTimers(),
         media_timers=MediaTimers(

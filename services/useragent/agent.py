@@ -102,8 +102,7 @@ class AgentConfig:
     answer_setup: sdp.Setup = sdp.Setup.ACTIVE
     auto_answer: bool = True
     ring_seconds: float = 0.0  # auto-answer after ringing this long; DTLS and early media start at once
-    stun_check: bool = True
-    tamper_answer_fingerprint: bool = False
+    deviations: frozenset[str] = frozenset()  # pinhole.deviations: misbehaviour on purpose, by name
     srtp_profiles: tuple[str, ...] = DEFAULT_PROFILES
     sip_timers: SipTimers = field(default_factory=SipTimers)
     media_timers: MediaTimers = field(default_factory=MediaTimers)
@@ -177,7 +176,7 @@ class Call:
     offer: sdp.SessionDescription | None = None
     to_tag: str = ""
     invite_client: ClientTransaction | None = None  # our pending INVITE, for CANCEL
-    tampered_fingerprint: bool = False  # our SDP carried a fingerprint that is not ours (negative control)
+    tampered_fingerprint: bool = False  # our SDP carried a fingerprint that is not ours (a deviation)
     peer_fingerprints: list[tuple[str, bytes]] = field(default_factory=list)
     certificate: dtls.Certificate | None = None  # ours for this call (a re-INVITE may change it)
     rtcp: MediaSession | None = None  # component 2 without rtcp-mux (or the fallback reserved by an offer)
@@ -276,9 +275,8 @@ class UserAgent:
         self.events.emit(
             "ua.configured",
             aor=config.aor,
-            stun_check=config.stun_check,
+            deviations=",".join(sorted(config.deviations)),
             answer_setup=config.answer_setup.value,
-            tamper=config.tamper_answer_fingerprint,
             latching=config.latching,
             rtcp_mux=config.rtcp_mux,
             rtcp_mux_fallback=config.rtcp_mux_fallback,
@@ -345,7 +343,7 @@ class UserAgent:
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
         call.certificate = self.certificate
         self.calls[call.call_id] = call
-        self.events.start_call(call.call_id, parent, direction="outgoing", target=target)
+        self.events.start_call(call.call_id, parent, direction="outgoing", target=target, **self._deviations())
         try:
             media = await self._open_media(call, RTP)
             if not self.config.rtcp_mux or self.config.rtcp_mux_fallback:
@@ -371,16 +369,24 @@ class UserAgent:
             raise
         call.advertised, call.advertised_rtcp = advertised, advertised_rtcp
         self._media_opened(call)
+        if "early-srtp-before-verify" in self.config.deviations:
+            call.media.start_media(self.config.media_packets)  # the deviation: media once keys exist, verified or not
+        active = "offer-setup-active" in self.config.deviations  # the deviation: not actpass
         offer = sdp.build_offer(
             address=advertised[0],
             port=advertised[1],
-            fingerprints=[self._fingerprint(call)],
+            fingerprints=[self._sent_fingerprint(call, "tamper-offer-fingerprint")],
             session_id=call.sdp_session_id,
             session_version=call.sdp_version,
             username=self._user(),
+            setup=sdp.Setup.ACTIVE if active else sdp.Setup.ACTPASS,
             rtcp_mux=self.config.rtcp_mux,
             rtcp=advertised_rtcp,
         )
+        if active:
+            for session in call.sessions():
+                session.accept_early_client_hello = False  # we are the DTLS client: no ClientHello comes
+        self._deviate_sdp(call, offer)
         call.offer_media = sdp.read_offer(offer)
         invite = self._new_request("INVITE", target, call.call_id, body=sdp.serialize(offer).encode())
         call.invite_time = time.time()
@@ -459,11 +465,11 @@ class UserAgent:
         assert self.endpoint is not None
         known = call.fork(response.to.tag)
         if known is not None:  # a retransmitted 2xx: ACK again (§13.2.2.4)
-            ack, destination = known.dialog.create_ack(call.invite_cseq)
+            ack, destination = self._ack(known.dialog, call.invite_cseq)
             self.endpoint.send_stateless(ack, destination)
             return
         dialog = Dialog.from_uac(invite, response)
-        ack, destination = dialog.create_ack(call.invite_cseq)
+        ack, destination = self._ack(dialog, call.invite_cseq)
         self.endpoint.send_stateless(ack, destination)
         fork = Fork(dialog.remote_tag, dialog)
         call.forks.append(fork)
@@ -654,12 +660,12 @@ class UserAgent:
                 **fork,
             )
             return
-        if not self.config.stun_check:
+        if "no-stun-check" in self.config.deviations:
             self.events.emit(
                 "stun.check_skipped",
                 call.call_id,
                 component=media.component_name,
-                reason="disabled by configuration",
+                reason="deviation no-stun-check",
                 **fork,
             )
             return
@@ -1029,7 +1035,7 @@ class UserAgent:
         call.remote_media = (offer.address, offer.port)
         call.peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)]
         self.calls[call_id] = call
-        self.events.start_call(call_id, direction="incoming")  # under the INVITE's receive span
+        self.events.start_call(call_id, direction="incoming", **self._deviations())  # under the INVITE's receive span
         self.events.emit(
             "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
         )
@@ -1062,16 +1068,7 @@ class UserAgent:
             call.advertised_rtcp = rtcp.local_address
             call.remote_rtcp = offered.rtcp_target(False)
         call.advertised = media.local_address
-        fingerprint = self._fingerprint(call)
-        if self.config.tamper_answer_fingerprint:
-            fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
-            call.tampered_fingerprint = True
-            self.events.emit(
-                "sdp.tampered",
-                call_id,
-                reason="negative control: answer fingerprint is not ours",
-                fingerprint=str(fingerprint),
-            )
+        fingerprint = self._sent_fingerprint(call, "tamper-answer-fingerprint")
         try:  # the answer is built before any DTLS leaves: an offer we cannot answer costs nothing
             answer = sdp.build_answer(
                 call.offer,
@@ -1089,6 +1086,7 @@ class UserAgent:
             transaction.respond(make_response(request, 488, "Not Acceptable Here"))
             self._fail(call, f"cannot answer the offer: {error}")
             raise
+        self._deviate_sdp(call, answer)
         self._media_opened(call)
         role = dtls.Role.CLIENT if setup == sdp.Setup.ACTIVE else dtls.Role.SERVER
         for session, remote in call.components():
@@ -1198,7 +1196,43 @@ class UserAgent:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _fingerprint(self, call: Call) -> sdp.Fingerprint:
-        return sdp.certificate_fingerprint((call.certificate or self.certificate).der, "sha-256")
+        hash_function = "sha-1" if "sha1-fingerprint" in self.config.deviations else "sha-256"
+        return sdp.certificate_fingerprint((call.certificate or self.certificate).der, hash_function)
+
+    def _sent_fingerprint(self, call: Call, tamper: str) -> sdp.Fingerprint:
+        """The a=fingerprint our offer or answer carries: ours, unless the `tamper` deviation lies about it."""
+        if tamper not in self.config.deviations:
+            return self._fingerprint(call)
+        call.tampered_fingerprint = True
+        fingerprint = sdp.Fingerprint("sha-256", hashlib.sha256(os.urandom(32)).digest())
+        self.events.emit(
+            "sdp.tampered",
+            call.call_id,
+            reason=f"deviation {tamper}: a fingerprint that is not ours",
+            fingerprint=str(fingerprint),
+        )
+        return fingerprint
+
+    def _deviate_sdp(self, call: Call, description: sdp.SessionDescription) -> None:
+        """a-connection-new: the attribute RFC 5763 §5 forbids, in the SDP we send."""
+        if "a-connection-new" in self.config.deviations:
+            description.media[0].attributes.insert(1, ("connection", "new"))
+
+    def _deviations(self) -> dict[str, str]:
+        """The call span's pinhole.deviations, when this agent deviates on purpose."""
+        names = ",".join(sorted(self.config.deviations))
+        return {"pinhole.deviations": names} if names else {}
+
+    def _ack(self, dialog: Dialog, cseq: int) -> tuple[Request, Address]:
+        """The ACK for a 2xx along the route set (RFC 3261 §13.2.2.4); ack-bypass-route-set sends it straight
+        to the remote target instead."""
+        ack, destination = dialog.create_ack(cseq)
+        if "ack-bypass-route-set" in self.config.deviations:
+            ack.headers.remove_all("Route")
+            target = parse_uri(dialog.remote_target)
+            ack.uri = dialog.remote_target
+            destination = target.hostport  # type: ignore[union-attr]
+        return ack, destination
 
     async def _open_media(self, call: Call, component: int) -> MediaSession:
         session = await MediaSession.open(
@@ -1212,6 +1246,7 @@ class UserAgent:
             latching=self.config.latching,
             component=component,
             key_log=call.key_log,
+            deviations=self.config.deviations,
         )
         if component == RTP:
             call.media = session
