@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from pinhole.controller.matrix import run_matrix, table
+from pinhole.controller.saved import judge_run
 from pinhole.controller.scenario import load_all
+from pinhole.controller.verdict import messages
 
 pytestmark = pytest.mark.lab
 
@@ -37,3 +39,20 @@ def test_every_scenario_is_as_the_rfcs_predict(lab, tmp_path):
     assert all(r["invite_to_media_s"] for r in rows if r["observed"] == "works")
     html = (out_dir / "index.html").read_text()
     assert html.count("ladder.html") == len(scenarios)
+    # every cell judged again from its capture and key log alone, and from its trace: the same outcome
+    for row in rows:
+        run_dir = Path(row["run"])
+        saved = json.loads((run_dir / "verdict.json").read_text())["verdict"]
+        alone = judge_run(run_dir, from_capture=True)
+        traced = judge_run(run_dir / "trace.json")
+        assert alone.outcome == traced.outcome == saved, (row["cell"], alone.outcome, traced.outcome, saved)
+        assert [c.passed for c in alone.checks] == [c.passed for c in traced.checks], row["cell"]
+
+
+def test_every_check_of_both_figures_has_a_scenario_that_fails_it():
+    """A check no input can fail would be a defect: the scenarios (scenarios/deviations/ above all) name one
+    cell at least that must fail each message of the §7.3 and the §7.1 figure."""
+    scenarios = load_all(ROOT / "scenarios")
+    for flow in ("rfc5763-7.3", "rfc5763-7.1"):
+        failed = {m for s in scenarios if s.flow == flow and s.expect for m in s.expect.failing}
+        assert failed == set(messages(flow)), (flow, sorted(set(messages(flow)) - failed))
