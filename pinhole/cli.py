@@ -86,6 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         forward_to=args.otlp_forward,
     )
     _report(result, out_dir)
+    if result.broken:  # the lab did not run the scenario (or saw only part of the wire): no verdict
+        print(f"pinhole run: broken: {result.broken}", file=sys.stderr)
+        return 2
     if scenario.expect is None:
         return 0 if result.passed else 1
     from pinhole.controller.matrix import judge_cell
@@ -93,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     evidence = json.loads((out_dir / "evidence.json").read_text())
     cell = judge_cell(scenario, evidence, result.outcome, tuple(c.message for c in result.checks if not c.passed))
     print(f"call: {cell.observed} ({cell.reason}); expected {scenario.expect.outcome}: {scenario.expect.why}")
-    return 0 if cell.matched and not result.broken else 1
+    return 0 if cell.matched else 1
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -338,12 +338,14 @@ def start_captures(clients: ServiceClients, endpoints: Endpoints) -> list[str]:
     return capturing
 
 
-def stop_captures(clients: ServiceClients, capturing: list[str]) -> pcapng.Capture:
+def stop_captures(clients: ServiceClients, capturing: list[str]) -> tuple[pcapng.Capture, list[str]]:
     """Every capture's frames in one pcapng model: one interface per link, frames in time order (a link a
-    service named without saying where it leads stays unknown at its far end)."""
-    merged = pcapng.Capture()
+    service named without saying where it leads stays unknown at its far end); and what the services
+    said their capture missed."""
+    merged, problems = pcapng.Capture(), []
     for node in capturing:
         reply = clients.capture(node).StopCapture(capture_pb2.StopCaptureRequest(), timeout=60)
+        problems += [f"{node}: {problem}" for problem in reply.problems]
         base = len(merged.interfaces)
         for link in reply.links:
             description = link.description or f"{link.name} <-> "  # where it leads: unknown
@@ -354,7 +356,7 @@ def stop_captures(clients: ServiceClients, capturing: list[str]) -> pcapng.Captu
         for stat in reply.statistics:
             merged.statistics.append(pcapng.InterfaceStatistics(base + stat.link, stat.received, stat.dropped))
     merged.packets.sort(key=lambda p: p.t)
-    return merged
+    return merged, problems
 
 
 # --------------------------------------------------------------------------- the run
@@ -450,7 +452,7 @@ def cluster_run(
         try:
             record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints)
         finally:
-            capture = stop_captures(clients, capturing)
+            capture, capture_problems = stop_captures(clients, capturing)
         tracer_provider.shutdown()  # exports the run's own span
         tracer_provider = None
         _wait_for_spans(receiver, record.events, record.call_id, span_wait)
@@ -463,6 +465,7 @@ def cluster_run(
             timers_name=timers_name,
             out_dir=out_dir,
             capture=capture,  # the links of the pods that can capture: the NAT's, at least
+            capture_problems=capture_problems,
             measurements=measurements,
             forward_to=forward_to,
         )

@@ -658,11 +658,13 @@ def judge_call(
     capture: pcapng.Capture,
     measurements: dict[str, float],
     forward_to: str | None = None,
+    capture_problems: list[str] | None = None,
 ) -> verdict.Verdict:
     """Judge the call from the wire and write the run's artifacts (capture.pcapng, keys.log, trace.json,
     ladder, verdict, evidence).
 
-    `capture`: every link the backend could capture, without its key log and run description yet."""
+    `capture`: every link the backend could capture, without its key log and run description yet;
+    `capture_problems`: why it is not the whole wire beyond what its statistics say (a limit reached)."""
     write_otlp_json(trace_request, out_dir / "trace.json")
     if forward_to:
         export(trace_request, forward_to)
@@ -721,6 +723,8 @@ def judge_call(
     )
     if lost and not result.broken:  # every span the services said they made must be in the trace
         result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
+    if capture_problems and not result.broken:  # judged on part of the wire is no verdict
+        result.broken = "; ".join(capture_problems)
     drawing = ladder.render(evidence)
     write_html({**evidence, "verdict": result.to_dict()}, out_dir / "ladder.html")
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1))
@@ -825,6 +829,7 @@ def run(
         capture=capture.result(),
         measurements=measurements,
         forward_to=forward_to,
+        capture_problems=capture.problems(),
     )
     link_last(out_root, run_id)
     show.done()
