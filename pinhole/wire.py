@@ -30,7 +30,7 @@ import base64
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -369,25 +369,20 @@ class Association:
     def message(self, side: Address, msg_type: dtls.HandshakeType) -> Message | None:
         return next((m for m in self.messages(side) if m.msg_type == msg_type), None)
 
-    @cached_property
-    def server_hello(self) -> dtls.ServerHello | None:
-        m = self.message(self.server, dtls.HandshakeType.server_hello)
-        if m is None:
-            return None
+    def _parsed(self, side: Address, msg_type: dtls.HandshakeType, parse: Callable[[bytes], Any]) -> Any:
+        m = self.message(side, msg_type)
         try:
-            return dtls.parse_server_hello(m.body)
+            return None if m is None else parse(m.body)
         except dtls.DtlsError:
             return None
 
     @cached_property
+    def server_hello(self) -> dtls.ServerHello | None:
+        return self._parsed(self.server, dtls.HandshakeType.server_hello, dtls.parse_server_hello)
+
+    @cached_property
     def client_hello(self) -> dtls.ClientHello | None:
-        m = self.message(self.client, dtls.HandshakeType.client_hello)
-        if m is None:
-            return None
-        try:
-            return dtls.parse_client_hello(m.body)
-        except dtls.DtlsError:
-            return None
+        return self._parsed(self.client, dtls.HandshakeType.client_hello, dtls.parse_client_hello)
 
     def certificate(self, side: Address) -> bytes | None:
         """The end-entity certificate (DER) `side` presented, from its Certificate message (RFC 5246 §7.4.2)."""

@@ -727,6 +727,21 @@ def _strangers(ev: Evidence) -> Iterable[str]:
 # --------------------------------------------------------------------------- RFC 5763 §7.3
 
 
+def _callee_client(ev: Evidence) -> Association:
+    """The association in which Bob is the DTLS client, as both figures draw him."""
+    a = ev.association
+    if a is None:
+        raise Failure(f"no DTLS handshake between {ev.caller}'s and {ev.callee}'s media sockets")
+    if a.client != ev.callee_media:
+        raise Failure(
+            f"{ev.callee} is not the DTLS client (his answer says a=setup:{ev.answer.setup}; the figure "
+            "has him active)",
+            None,
+            FIGURE,
+        )
+    return a
+
+
 @check("1", "INVITE with the offer: a=setup:actpass, a=fingerprint, Alice's NAT address", "RFC 5763 §5, §7.3")
 def _m1(ev: Evidence) -> tuple[str, float | None]:
     invite = ev.invite_sent
@@ -768,16 +783,7 @@ def _m2(ev: Evidence) -> tuple[str, float | None]:
 
 @check("3", "Bob's first ClientHello is dropped by Alice's NAT", "RFC 5763 §7.3, §6.7.2")
 def _m3(ev: Evidence) -> tuple[str, float | None]:
-    a = ev.association
-    if a is None:
-        raise Failure(f"{ev.callee} sent no ClientHello to {ev.caller}'s media address")
-    if a.client != ev.callee_media:
-        raise Failure(
-            f"{ev.callee} is not the DTLS client (his answer says a=setup:{ev.answer.setup}): no ClientHello "
-            "of his to drop (§7.3 has Bob active)",
-            None,
-            FIGURE,
-        )
+    a = _callee_client(ev)
     first = a.client_hellos[0]
     seq = first.records[0].sequence_number if first.records else "?"
     nat = ev.info.get("nat", {})
@@ -916,9 +922,7 @@ def _m6(ev: Evidence) -> tuple[str, float | None]:
 
 @check("7", "Bob's timer-driven ClientHello retransmission passes the NAT", "RFC 6347 §4.2.4, RFC 5763 §7.3")
 def _m7(ev: Evidence) -> tuple[str, float | None]:
-    a = ev.association
-    if a is None or a.client != ev.callee_media:
-        raise Failure(f"no ClientHello from {ev.callee}", None, FIGURE if a is not None else RFC)
+    a = _callee_client(ev)
     hellos = a.client_hellos
     arrived = next((d for d in hellos if ev.reached(d, ev.caller)), None)
     if arrived is None:
@@ -1022,21 +1026,6 @@ def _m12(ev: Evidence) -> tuple[str, float | None]:
 
 
 # --------------------------------------------------------------------------- RFC 5763 §7.1
-
-
-def _callee_client(ev: Evidence) -> Association:
-    """The association in which Bob is the DTLS client, as the §7.1 figure draws him."""
-    a = ev.association
-    if a is None:
-        raise Failure(f"no DTLS handshake between {ev.caller}'s and {ev.callee}'s media sockets")
-    if a.client != ev.callee_media:
-        raise Failure(
-            f"{ev.callee} is not the DTLS client (his answer says a=setup:{ev.answer.setup}; the figure "
-            "has him active)",
-            None,
-            FIGURE,
-        )
-    return a
 
 
 FLOW_7_1 = "rfc5763-7.1"
