@@ -632,7 +632,7 @@ def _accepted(a: Association, side: Address) -> tuple[bool, str]:
     alerts = [text for _, text in a.alerts(side) if text.startswith("fatal")]
     shown = []
     if finished is not None:
-        shown.append(f"its Finished ({finished[1]})")
+        shown.append("its Finished (decrypted)" if finished[1] == "finished" else f"its Finished ({finished[1]})")
     if media:
         shown.append(f"{len(media)} SRTP packet(s)")
     refused = f"fatal alert {', '.join(alerts)}" if alerts else "no alert"
