@@ -13,7 +13,7 @@
 # The base image must be Debian bookworm with python3 3.11 and python3-venv.
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
-# ---- build: a virtual environment with pinhole, services and netns, gRPC stubs generated here ----
+# ---- build: a virtual environment with pinhole and services, gRPC stubs generated here ----
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse
 COPY build/wheelhouse/ /wheelhouse/
@@ -24,7 +24,6 @@ RUN python3 -m venv /opt/pinhole \
 COPY proto/ /src/proto/
 COPY pinhole/ /src/pinhole/
 COPY services/ /src/services/
-COPY netns/ /src/netns/
 WORKDIR /src
 # The stubs are gitignored (make proto on a host): generate them from the .proto files of the context.
 RUN rm -rf pinhole/rpc/v1 && mkdir -p pinhole/rpc/v1 \
@@ -32,7 +31,7 @@ RUN rm -rf pinhole/rpc/v1 && mkdir -p pinhole/rpc/v1 \
         proto/pinhole/rpc/v1/*.proto \
     && touch pinhole/rpc/v1/__init__.py \
     && /opt/pinhole/bin/pip install --quiet --no-deps . \
-    && /opt/pinhole/bin/python -c 'import pinhole.rpc.v1.natgw_pb2_grpc, services, netns'
+    && /opt/pinhole/bin/python -c 'import pinhole.rpc.v1.natgw_pb2_grpc, pinhole.lab, services'
 
 # ---- runtime-base: the unprivileged user every image runs as (the environment comes next) ----
 FROM ${BASE_IMAGE} AS runtime-base

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 
-from netns.lab import NetnsLab, Topology, load_topology
+from netns.lab import NetnsLab
+from pinhole.lab import Topology, load_topology
 
 ROUNDS = 10
 

@@ -1,4 +1,4 @@
-"""The lab as containers: the topology of netns/topology.toml run by a container engine (docker SDK).
+"""The lab as containers: the topology of pinhole.lab run by a container engine (docker SDK).
 
 Same nodes, addresses and services as the namespace lab, so a run gets the same verdict:
 - every L2 segment of the topology (a switch and its links, or a point-to-point link) is an
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netns.lab import LAB_NAME_RE, RUN_BASE, LabError, Topology
 from pinhole.capture import CapturePoint
+from pinhole.lab import LAB_NAME_RE, RUN_BASE, LabError, Node, Topology
 from pinhole.nsenter import in_netns
 
 HERE = Path(__file__).resolve().parent
@@ -105,11 +105,11 @@ class Started:
 
 
 class ContainerLab:
-    """A topology run as containers of the service images; same interface as netns.lab.NetnsLab."""
+    """A topology run as containers of the service images (a pinhole.lab.Lab)."""
 
-    runs_containers = True
     socket_mode = 0o666  # the lab's OTLP socket: the services run as an unprivileged user
     service_run_dir = CONTAINER_RUN_DIR
+    names_interfaces = False  # the engine names them: the NAT finds its sides by address
 
     def __init__(self, topology: Topology, name: str = "ph-lab", *, image_prefix: str = IMAGE_PREFIX) -> None:
         if not LAB_NAME_RE.match(name):
@@ -391,8 +391,7 @@ class ContainerLab:
 
         points = []
         for node, ifname, description in self.topology.capture_ends():
-            container = self.client().containers.get(f"{self.name}-{node}")
-            netns = f"/proc/{container.attrs['State']['Pid']}/ns/net"
+            netns = self.ns(node)
             with in_netns(netns), IPRoute() as ipr:
                 by_address = {entry.get_attr("IFA_ADDRESS"): entry["index"] for entry in ipr.get_addr(family=2)}
                 links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
@@ -402,8 +401,21 @@ class ContainerLab:
             points.append(CapturePoint(f"{node}:{ifname}", links[by_address[address]], netns, description))
         return points
 
+    def ns(self, node: str) -> str:
+        """The network namespace of `node`'s container, as pinhole.nsenter.in_netns enters it."""
+        container = self.client().containers.get(f"{self.name}-{node}")
+        return f"/proc/{container.attrs['State']['Pid']}/ns/net"
+
     def logs_hint(self) -> str:
         return "its container's log"
+
+    def hosts_service(self, node: Node) -> bool:
+        """A switch is an engine network here, not a container: no switch service."""
+        return bool(node.service) and node.kind != "switch"
+
+    def service_env(self, settings: dict[str, str]) -> dict[str, str]:
+        """The controller's settings alone: the image holds the rest."""
+        return dict(settings)
 
     def status(self) -> dict[str, Any]:
         state = self._state()

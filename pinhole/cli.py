@@ -11,17 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pinhole.controller import ladder, verdict
-from pinhole.controller.run import (
-    BACKENDS,
-    DEFAULT_LAB,
-    SCENARIOS,
-    TIMERS,
-    lab_down,
-    lab_up,
-    list_labs,
-    open_lab,
-    run,
-)
+from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_down, lab_up, run
+from pinhole.lab import DEFAULT_BACKEND, LabError, backends, list_labs, load_topology, open_lab
 
 
 def _require_root() -> None:
@@ -30,8 +21,6 @@ def _require_root() -> None:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from netns.lab import load_topology
-
     if args.action == "up":
         _require_root()
         if args.name in list_labs(args.backend):
@@ -268,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     backend_help = "netns: network namespaces (default); docker: containers through the docker API (podman)"
     lab = sub.add_parser("lab", help="bring a lab up or down")
     lab.add_argument("action", choices=["up", "down", "status"])
-    lab.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
+    lab.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     lab.add_argument("--name", default=DEFAULT_LAB, help="lab name, also the namespace prefix (ph-...)")
     lab.add_argument("--all", action="store_true", help="with down: every pinhole lab on this machine")
     lab.set_defaults(func=cmd_lab)
@@ -281,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "--timers", choices=sorted(TIMERS), help="rfc defaults or short test timers (default: the file's, else rfc)"
     )
     run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
-    run_p.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
+    run_p.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
     run_p.add_argument(
         "--otlp-forward",
@@ -390,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("target", nargs="?", default="scenarios", help="a scenario file or a directory of them")
     matrix.add_argument("--timers", default="short", choices=sorted(TIMERS), help="unless a scenario says")
     matrix.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
-    matrix.add_argument("--backend", default="netns", choices=BACKENDS, help=backend_help)
+    matrix.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     matrix.add_argument("--out", default="out", help="artifact root; the matrix writes out/<id>-matrix/")
     matrix.set_defaults(func=cmd_matrix)
 
@@ -456,7 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     probe.set_defaults(func=cmd_nat_probe)
 
     args = parser.parse_args(argv)
-    from netns.lab import LabError
     from pinhole.controller.scenario import ScenarioError
 
     try:

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pinhole import stun
+from pinhole.lab import Lab, Topology
 from pinhole.nat import Filtering, Hairpinning, Mapping
 
 __all__ = [
@@ -637,8 +638,8 @@ class NatProbe:
 
 
 def probe_lab(
-    lab: Any,
-    topology: Any,
+    lab: Lab,
+    topology: Topology,
     *,
     client: str = "alice",
     timers: ProbeTimers | None = None,
@@ -753,9 +754,9 @@ def probe_command(
 
     import grpc
 
-    from netns.lab import load_topology
-    from pinhole.controller.run import lab_down, lab_up, list_labs, open_lab, service_kinds
+    from pinhole.controller.run import lab_down, lab_up, service_kinds
     from pinhole.controller.services import ServiceClients
+    from pinhole.lab import list_labs, load_topology, open_lab
 
     timers = timers or ProbeTimers()
     wanted = None

@@ -16,7 +16,6 @@ import pytest
 
 from pinhole.controller.run import lab_down, lab_up, run
 from pinhole.controller.saved import judge_run
-from pinhole.controller.services import hosts_service
 
 pytestmark = pytest.mark.containers
 
@@ -101,7 +100,7 @@ def test_only_the_nat_gateway_gets_a_capability(container_lab):
             assert status["Uid"].split()[:2] == ["10001", "10001"], node
         assert container.attrs["HostConfig"]["ReadonlyRootfs"], node
         seen.add(node)
-    assert seen == {n for n, spec in topology.nodes.items() if hosts_service(running, spec)}  # no switch
+    assert seen == {n for n, spec in topology.nodes.items() if running.hosts_service(spec)}  # no switch
 
 
 def test_alice_routes_through_the_nat_container_only(container_lab):
@@ -109,7 +108,7 @@ def test_alice_routes_through_the_nat_container_only(container_lab):
     running, topology, _ = container_lab
     from pyroute2 import IPRoute
 
-    from netns.lab import in_netns
+    from pinhole.nsenter import in_netns
 
     alice = running.client().containers.get(f"{running.name}-alice")
     with in_netns(f"/proc/{alice.attrs['State']['Pid']}/ns/net"), IPRoute() as ipr:
@@ -123,7 +122,7 @@ def test_every_topology_address_is_on_its_container(container_lab):
     running, topology, _ = container_lab
     from pyroute2 import IPRoute
 
-    from netns.lab import in_netns
+    from pinhole.nsenter import in_netns
 
     for container in running.client().containers.list(filters={"label": f"io.pinhole.lab={running.name}"}):
         node = container.labels["io.pinhole.node"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from netns.lab import NetnsLab, in_netns, parse_topology, pids_in_netns
+from netns.lab import NetnsLab, pids_in_netns
 from pinhole import dtls, stun
 from pinhole.faults import nfqueue
 from pinhole.faults.engine import (
@@ -44,6 +44,8 @@ from pinhole.faults.engine import (
     view_of,
 )
 from pinhole.faults.nfqueue import NfQueue, NfqueueError, QueuedPacket
+from pinhole.lab import parse_topology
+from pinhole.nsenter import in_netns
 from services.natgw import conntrack, ruleset
 
 ALICE = ("10.99.1.10", 40000)

@@ -31,7 +31,7 @@ OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomizatio
 NAMESPACE = "pinhole"
 OLDEST_KUBERNETES = "1.25"
 
-# the lab: node of netns/topology.toml -> image target (Dockerfile) and UDP ports of its Service
+# the lab: node of pinhole/lab/topology.toml -> image target (Dockerfile) and UDP ports of its Service
 LAB = {
     "alice": ("useragent", {5060}),
     "bob": ("useragent", {5060}),

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from netns import lab as lab_mod
-from netns.lab import NetnsLab, in_netns, load_topology, pids_in_netns
+from netns.lab import NetnsLab, pids_in_netns
+from pinhole.lab import load_topology
+from pinhole.nsenter import in_netns
 from pinhole.pcap import UdpDatagram, decode_ipv4_udp
 from services.natgw import conntrack, ruleset
 from services.natgw.conntrack import ConntrackError, NatMapping, parse_udp_mappings

@@ -23,7 +23,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from netns import lab as lab_mod
-from netns.lab import NetnsLab, in_netns, load_topology, pids_in_netns
+from netns.lab import NetnsLab, pids_in_netns
+from pinhole.lab import load_topology
+from pinhole.nsenter import in_netns
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, natgw_pb2_grpc
 from services.natgw import ruleset
 from services.natgw.__main__ import FILTERINGS, HAIRPINNINGS, MAPPINGS, PORT_PRESERVATIONS

@@ -355,8 +355,8 @@ def test_nat_config_carries_hairpinning() -> None:
 def test_service_argv_passes_the_alternate_only_with_a_second_address() -> None:
     import tomllib
 
-    from netns.lab import DEFAULT_TOPOLOGY, load_topology, parse_topology
     from pinhole.controller.services import service_argv
+    from pinhole.lab import DEFAULT_TOPOLOGY, load_topology, parse_topology
 
     argv = service_argv(load_topology().nodes["stun"], Path("/run/x"))
     assert argv[argv.index("--listen") + 1] == "203.0.113.30:3478"
@@ -368,10 +368,10 @@ def test_service_argv_passes_the_alternate_only_with_a_second_address() -> None:
 
 
 def _start_server(tmp_path: Path, listen: str, alternate: str | None, *more: str) -> subprocess.Popen[bytes]:
-    from pinhole.controller.services import REPO_ROOT, local_targets, wait_healthy
+    from pinhole.controller.services import local_targets, wait_healthy
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), OTEL_SDK_DISABLED="true")
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), OTEL_SDK_DISABLED="true")
     argv = [sys.executable, "-m", "services.stunserver", "--name", "stun", "--grpc", f"unix:{tmp_path}/stun.sock"]
     argv += ["--listen", listen] + (["--alternate", alternate] if alternate else []) + list(more)
     log = (tmp_path / "stun.log").open("wb")

@@ -1,4 +1,4 @@
-"""netns/lab.py: the topology file, and real labs built from it (root, namespaces "ph-t*")."""
+"""netns/lab.py and pinhole.lab: the topology file, and real labs built from it (root, namespaces "ph-t*")."""
 
 from __future__ import annotations
 
@@ -17,20 +17,10 @@ from typing import Any
 import pytest
 
 from netns import lab as lab_mod
-from netns.lab import (
-    DEFAULT_TOPOLOGY,
-    LabError,
-    Link,
-    NetnsLab,
-    Route,
-    Topology,
-    TopologyError,
-    in_netns,
-    load_topology,
-    parse_topology,
-    pids_in_netns,
-)
+from netns.lab import NetnsLab, pids_in_netns
 from pinhole.capture import CaptureError, CapturePoint, LinkCapture
+from pinhole.lab import DEFAULT_TOPOLOGY, LabError, Link, Route, Topology, TopologyError, load_topology, parse_topology
+from pinhole.nsenter import in_netns
 from pinhole.pcap import decode_udp
 from pinhole.pcapng import DIRECTION_INBOUND, DIRECTION_OUTBOUND, read_pcapng, write_pcapng
 

@@ -13,10 +13,10 @@ import socket
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from netns.lab import in_netns
 from pinhole import stun
 from pinhole.controller.run import run, service_kinds
 from pinhole.controller.services import ServiceClients, channel
+from pinhole.nsenter import in_netns
 from pinhole.rpc.v1 import events_pb2, natgw_pb2
 
 pytestmark = pytest.mark.lab

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from netns.lab import load_topology
+from containers.lab import ContainerLab
 from pinhole.controller.run import TIMERS, Endpoints, configure, service_kinds
 from pinhole.controller.scenario import ScenarioError, fault_links, fault_plans, load
-from pinhole.controller.services import hosts_service, service_argv
+from pinhole.controller.services import service_argv
+from pinhole.lab import load_topology
 from pinhole.rpc.v1 import faults_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +116,11 @@ class _Clients:
         return _Recorder(node, self.calls)
 
 
-class _ContainerLab:
-    runs_containers = True
-
-
 def test_a_container_lab_runs_no_switch_and_refuses_switch_faults_before_the_call(tmp_path):
-    kinds = service_kinds(TOPOLOGY, _ContainerLab())
+    lab = ContainerLab(TOPOLOGY, name="ph-unbuilt")  # never brought up: only asked what it hosts
+    kinds = service_kinds(TOPOLOGY, lab)
     assert "public" not in kinds and kinds["natgw"] == "natgw"
-    assert not hosts_service(_ContainerLab(), TOPOLOGY.nodes["public"])
+    assert not lab.hosts_service(TOPOLOGY.nodes["public"])
     endpoints = Endpoints.of_topology(TOPOLOGY)
     clients = _Clients(kinds)
     s = scenario(tmp_path, "[{name: lose-bobs-200, link: bob, what: 'sip:200/INVITE', action: drop}]")

@@ -18,8 +18,8 @@ import pytest
 from faulted_calls import assert_works as _works
 from faulted_calls import call_with_faults, injected
 
-from netns.lab import in_netns
 from pinhole.controller.run import TIMERS, Endpoints
+from pinhole.nsenter import in_netns
 from pinhole.rpc.v1 import events_pb2, faults_pb2, switch_pb2
 
 pytestmark = pytest.mark.lab

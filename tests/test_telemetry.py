@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from pinhole import stun
 from pinhole.controller.otlp import OtlpReceiver
-from pinhole.controller.services import REPO_ROOT, channel, local_targets, wait_healthy
+from pinhole.controller.services import channel, local_targets, wait_healthy
 from pinhole.rpc.v1 import events_pb2, stunserver_pb2_grpc
 
 
@@ -23,7 +24,7 @@ def test_sigterm_loses_no_span(tmp_path):
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
-        PYTHONPATH=str(REPO_ROOT),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
         OTEL_EXPORTER_OTLP_ENDPOINT=f"unix:{tmp_path}/otlp.sock",
         OTEL_EXPORTER_OTLP_INSECURE="true",
         OTEL_BSP_SCHEDULE_DELAY="600000",  # nothing leaves before the stop: only the flush can deliver

@@ -47,7 +47,7 @@ from pinhole.rpc.v1 import capture_pb2, natgw_pb2
 
 LABEL = "app.kubernetes.io/name"
 GRPC_PORT = 50051
-# node -> kind of service (services.STUBS): the lab of netns/topology.toml and k8s/base
+# node -> kind of service (services.STUBS): the lab of pinhole/lab/topology.toml and k8s/base
 KINDS = {
     "alice": "useragent",
     "bob": "useragent",

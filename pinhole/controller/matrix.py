@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pinhole.controller import outcome as outcomes
-from pinhole.controller.run import DEFAULT_LAB, lab_down, lab_up, link_last, list_labs, run
+from pinhole.controller.run import DEFAULT_LAB, lab_down, lab_up, link_last, run
 from pinhole.controller.scenario import Scenario
+from pinhole.lab import list_labs
 
 
 @dataclass

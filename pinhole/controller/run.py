@@ -26,7 +26,6 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from netns.lab import NetnsLab, load_topology
 from pinhole import pcapng, telemetry, wire
 from pinhole.capture import LinkCapture
 from pinhole.controller import from_trace, ladder, verdict
@@ -36,12 +35,12 @@ from pinhole.controller.scenario import SCENARIOS, Scenario, ScenarioError, faul
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
-    hosts_service,
     local_targets,
     start_services,
     to_dict,
     wait_healthy,
 )
+from pinhole.lab import DEFAULT_BACKEND, Lab, Topology, list_labs, load_topology, open_lab
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
 from pinhole.wire import RunInfo
@@ -119,36 +118,14 @@ def otlp_socket(run_dir: Path) -> Path:
 _RECEIVERS: dict[str, OtlpReceiver] = {}
 
 
-BACKENDS = ("netns", "docker")
-
-
-def open_lab(name: str, backend: str, topology: Any) -> Any:
-    """The lab object of a backend: network namespaces (the default) or containers through the docker SDK."""
-    if backend == "netns":
-        return NetnsLab(topology, name=name)
-    if backend == "docker":
-        from containers.lab import ContainerLab
-
-        return ContainerLab(topology, name=name)
-    raise ValueError(f"unknown lab backend {backend!r} (one of {', '.join(BACKENDS)})")
-
-
-def list_labs(backend: str) -> list[str]:
-    if backend == "docker":
-        from containers.lab import ContainerLab
-
-        return ContainerLab.list_labs()
-    return NetnsLab.list_labs()
-
-
-def receiver_for(lab: Any) -> OtlpReceiver:
+def receiver_for(lab: Lab) -> OtlpReceiver:
     """The lab's OTLP receiver on its unix socket (open to the containers' unprivileged users)."""
-    return OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}", socket_mode=getattr(lab, "socket_mode", None))
+    return OtlpReceiver(f"unix:{otlp_socket(lab.run_dir)}", socket_mode=lab.socket_mode)
 
 
 def lab_up(
-    name: str = DEFAULT_LAB, *, backend: str = "netns", extra_env: dict[str, str] | None = None
-) -> tuple[Any, Any, dict[str, float]]:
+    name: str = DEFAULT_LAB, *, backend: str = DEFAULT_BACKEND, extra_env: dict[str, str] | None = None
+) -> tuple[Lab, Topology, dict[str, float]]:
     """Build the lab's networks, start its OTLP receiver and every service, wait until all are SERVING."""
     topology = load_topology()
     lab = open_lab(name, backend, topology)
@@ -172,7 +149,7 @@ def lab_up(
     return lab, topology, timings
 
 
-def lab_down(lab: Any, *, keep_logs: Path | None = None) -> float:
+def lab_down(lab: Lab, *, keep_logs: Path | None = None) -> float:
     """Stop the services (they flush their spans on SIGTERM), then the lab's receiver, then the rest.
 
     `keep_logs`: a directory that gets every service's log."""
@@ -183,9 +160,9 @@ def lab_down(lab: Any, *, keep_logs: Path | None = None) -> float:
     return seconds
 
 
-def service_kinds(topology: Any, lab: Any = None) -> dict[str, str]:
-    """node -> service of every node whose service runs (in `lab`: a container lab runs no switch)."""
-    return {n.name: n.service for n in topology.nodes.values() if hosts_service(lab, n)}
+def service_kinds(topology: Topology, lab: Lab | None = None) -> dict[str, str]:
+    """node -> service of every node whose service runs (in `lab` when given: a container lab runs no switch)."""
+    return {n.name: n.service for n in topology.nodes.values() if n.service and (lab is None or lab.hosts_service(n))}
 
 
 @dataclass(frozen=True)
@@ -208,7 +185,7 @@ class Endpoints:
     more_addresses: dict[str, str] = field(default_factory=dict)  # IP -> node of every further address
 
     @classmethod
-    def of_topology(cls, topology: Any) -> Endpoints:
+    def of_topology(cls, topology: Topology) -> Endpoints:
         nodes = topology.nodes
         natgw = nodes["natgw"]
         inside = natgw.interfaces[natgw.extra.get("lan_if", "lan0")][0].split("/")[0]
@@ -379,8 +356,8 @@ class Restarter:
 
     def __init__(
         self,
-        lab: Any,
-        topology: Any,
+        lab: Lab,
+        topology: Topology,
         clients: ServiceClients,
         configs: dict[str, Any],
         after_start: Callable[[str], None] | None = None,

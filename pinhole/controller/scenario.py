@@ -16,6 +16,7 @@ from typing import Any
 
 from pinhole.controller import verdict as figures
 from pinhole.deviations import PROXY, USER_AGENT, DeviationError, checked
+from pinhole.lab import Topology, load_topology
 from pinhole.nat import Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
@@ -451,7 +452,7 @@ def parse_fork(value: Any, where: str) -> dict[str, Any] | None:
 
 def parse_deviations(value: Any, where: str) -> dict[str, tuple[str, ...]]:
     """`deviations: {NODE: [NAME, ...]}`: pinhole's own services misbehaving on purpose (pinhole.deviations)."""
-    kinds = {n.name: n.service for n in _topology().nodes.values() if n.service in (USER_AGENT, PROXY)}
+    kinds = {n.name: n.service for n in load_topology().nodes.values() if n.service in (USER_AGENT, PROXY)}
     if not isinstance(value, dict):
         raise _fail(where, f"a mapping NODE: [DEVIATION, ...] (nodes: {', '.join(kinds)}), not {value!r}")
     out = {}
@@ -526,10 +527,10 @@ PLACEHOLDER = "192.0.2.1"  # stands for a node's address while a plan is validat
 GATEWAY_LINKS = ("lan", "wan")  # the NAT gateway's links; a rule without `link` is the gateway's too
 
 
-def fault_links(topology: Any = None) -> dict[str, str]:
+def fault_links(topology: Topology | None = None) -> dict[str, str]:
     """Every link a fault rule may name -> the node whose service impairs it: `lan` and `wan` are the
     NAT gateway's, a public node's name (`bob`) is the link between that node and the switch."""
-    topology = topology if topology is not None else _topology()
+    topology = topology if topology is not None else load_topology()
     out: dict[str, str] = {}
     for node in topology.nodes.values():
         if node.service == "natgw":
@@ -542,7 +543,7 @@ def fault_links(topology: Any = None) -> dict[str, str]:
     return out
 
 
-def _fault_places(topology: Any) -> tuple[dict[str, str], dict[str, Any]]:
+def _fault_places(topology: Topology) -> tuple[dict[str, str], dict[str, Any]]:
     """(link -> node, node -> its engine.LinkMap with stand-in ifindexes: names and actions only)."""
     from pinhole.faults.engine import BridgePorts, RoutedLinks
 
@@ -567,7 +568,7 @@ def _split_faults(rules: list[Any], links: dict[str, str]) -> dict[str, list[tup
     return out
 
 
-def parse_faults(rules: Any, seed: Any, where: str, topology: Any = None) -> dict[str, Any]:
+def parse_faults(rules: Any, seed: Any, where: str, topology: Topology | None = None) -> dict[str, Any]:
     """A fault plan, validated by the engine's own rules (pinhole/faults/engine.py), then split by
     link: `lan`, `wan` or none go to the NAT gateway, a public node's name to the switch, and each
     must be an action that service carries out.
@@ -582,7 +583,7 @@ def parse_faults(rules: Any, seed: Any, where: str, topology: Any = None) -> dic
         FaultPlan.from_dict({"rules": [_with_peer(r, lambda node: PLACEHOLDER) for r in rules], "seed": seed})
     except FaultError as error:
         raise _fail(f"{where}.faults", str(error)) from None
-    links, places = _fault_places(topology if topology is not None else _topology())
+    links, places = _fault_places(topology if topology is not None else load_topology())
     for index, rule in enumerate(rules):
         if rule.get("link") and rule["link"] not in links:
             public = ", ".join(sorted(set(links) - set(GATEWAY_LINKS)))
@@ -601,12 +602,6 @@ def parse_faults(rules: Any, seed: Any, where: str, topology: Any = None) -> dic
     return plan
 
 
-def _topology() -> Any:
-    from netns.lab import load_topology
-
-    return load_topology()
-
-
 def _with_peer(rule: Any, address_of: Any) -> Any:
     """The rule with a node name in `peer` replaced by that node's address (other values unchanged)."""
     if not isinstance(rule, dict) or not isinstance(rule.get("peer"), str):
@@ -617,7 +612,9 @@ def _with_peer(rule: Any, address_of: Any) -> Any:
     return {**rule, "peer": address_of(host) + (f":{port}" if port else "")}
 
 
-def fault_plans(scenario: Scenario, addresses: dict[str, str], topology: Any = None) -> dict[str, natgw_pb2.FaultPlan]:
+def fault_plans(
+    scenario: Scenario, addresses: dict[str, str], topology: Topology | None = None
+) -> dict[str, natgw_pb2.FaultPlan]:
     """The scenario's faults as each fault-injecting service's SetFaults request, node -> plan (the
     NAT gateway's and the switch's nodes, each present: a node without rules gets an empty plan, which
     clears what a lab that stays up kept from its last run); node names in `peer` resolved to `addresses`."""

@@ -8,7 +8,6 @@ waits for readiness with the standard health Watch (an event, not a sleep).
 from __future__ import annotations
 
 import ipaddress
-import os
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pinhole.lab import Lab, Node, Topology
 from pinhole.rpc.v1 import (
     capture_pb2_grpc,
     natgw_pb2_grpc,
@@ -37,9 +37,6 @@ STUBS = {
     "stunserver": stunserver_pb2_grpc.StunServerStub,
     "switch": switch_pb2_grpc.SwitchStub,
 }
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 # A service's socket appears only once it has started; without these gRPC backs off
 # exponentially (up to minutes) between connection attempts to a socket that is not there yet.
@@ -69,8 +66,8 @@ def local_targets(run_dir: Path, nodes: Any) -> dict[str, str]:
     return {node: local_target(run_dir, node) for node in nodes}
 
 
-def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> list[str]:
-    """The command line of the service a topology node runs (see netns/topology.toml).
+def service_argv(node: Node, run_dir: Path, *, name_interfaces: bool = True) -> list[str]:
+    """The command line of the service a topology node runs (see pinhole/lab/topology.toml).
 
     `run_dir`: the lab's run directory as the service sees it. `name_interfaces`: false where the
     interfaces do not carry the topology's names (containers: the NAT finds them by address).
@@ -110,14 +107,6 @@ def service_argv(node: Any, run_dir: Path, *, name_interfaces: bool = True) -> l
     return argv
 
 
-def hosts_service(lab: Any, node: Any) -> bool:
-    """Whether `lab` runs the service of topology `node`: a container lab has no switch namespace (its
-    segments are engine networks), so no switch service."""
-    if not getattr(node, "service", None):
-        return False
-    return not (getattr(lab, "runs_containers", False) and node.kind == "switch")
-
-
 def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every service gets from the controller, whatever runs it."""
     env = {
@@ -133,8 +122,8 @@ def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None
 
 
 def start_services(
-    lab: Any,
-    topology: Any,
+    lab: Lab,
+    topology: Topology,
     *,
     otlp_endpoint: str,
     extra_env: dict[str, str] | None = None,
@@ -142,23 +131,15 @@ def start_services(
 ) -> dict[str, int]:
     """Start every service of the topology on its node (or those of `only`); returns node -> host PID.
 
-    Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings). Processes in
-    namespaces inherit the controller's environment minus its OTEL_* settings (none of the caller's
-    sampler, limits or SDK switch may change the evidence); containers get the settings alone.
+    Every service exports its spans to `otlp_endpoint` (standard OTEL_* settings); the lab decides what
+    else a service's environment holds (Lab.service_env).
     """
-    settings = service_settings(otlp_endpoint, extra_env)
-    containers = getattr(lab, "runs_containers", False)
-    if containers:
-        env = settings
-    else:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env.update(settings)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env = lab.service_env(service_settings(otlp_endpoint, extra_env))
     pids = {}
     for node in topology.nodes.values():
-        if not hosts_service(lab, node) or (only is not None and node.name not in only):
+        if not lab.hosts_service(node) or (only is not None and node.name not in only):
             continue
-        argv = service_argv(node, lab.service_run_dir, name_interfaces=not containers)
+        argv = service_argv(node, lab.service_run_dir, name_interfaces=lab.names_interfaces)
         process = lab.spawn(node.name, argv, log_path=lab.run_dir / f"{node.name}.log", env=env)
         pids[node.name] = process.pid
     return pids
