@@ -289,6 +289,23 @@ def test_no_route_gets_404_with_a_reason() -> None:
     run(main())
 
 
+def test_a_user_at_the_proxys_own_address_is_looked_up_not_looped() -> None:
+    """RFC 3261 §16.5: `INVITE sip:carol@<p1>` (what a stock SIPp UAC sends) is carol in the domain p1 routes her
+    for, and a user p1 does not know gets 404; neither is forwarded to p1 itself (482 before)."""
+
+    async def main() -> None:
+        async with lab() as t:
+            host, port = t.p1.endpoint.local_address
+            final = await t.uac.send_request(t.invite(f"sip:carol@{host}:{port}"), (host, port)).final_response()
+            assert t.p1.stats["forwarded"] == 1 and t.p1.stats["rejected"] == 0  # to p2, as sip:carol@c.example
+            assert final.status_code == 404 and final.reason == "Not Found: no route for carol@c.example"  # p2's
+            final = await t.uac.send_request(t.invite(f"sip:dave@{host}:{port}"), (host, port)).final_response()
+            assert (final.status_code, final.reason) == (404, "Not Found: no user dave at this proxy")
+            assert t.p1.stats["forwarded"] == 1
+
+    run(main())
+
+
 def test_loop_is_detected_with_482() -> None:
     async def main() -> None:
         async with lab() as t:

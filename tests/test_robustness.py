@@ -128,3 +128,24 @@ def test_garbage_at_every_service_is_counted_and_survived(lab, tmp_path):
 
     result, _ = run("rfc5763-7.3", timers_name="short", lab_name=running.name, out_root=tmp_path, progress=False)
     assert result.passed, result.render()
+
+
+def test_a_run_on_a_lab_with_a_service_stopped_names_it_and_exits_2(lab, tmp_path, capsys):
+    """A lab left up with one service gone: `pinhole run` says which node, one line, exit 2 (no traceback,
+    no call tried); the lab is whole again afterwards (the service started as the lab starts it)."""
+    from pinhole.cli import main
+    from pinhole.controller.run import otlp_socket
+    from pinhole.controller.services import start_services, wait_healthy
+
+    running, topology, _ = lab
+    running.kill("bob", crash=False)
+    try:
+        code = main(["run", "rfc5763-7.3", "--timers", "short", "--lab", running.name, "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert err[-1].startswith(f"pinhole: lab {running.name} is up but not whole (bob: UNAVAILABLE"), err
+        assert not any("Traceback" in line for line in err)
+    finally:
+        otlp = f"unix:{otlp_socket(running.service_run_dir)}"
+        pids = start_services(running, topology, otlp_endpoint=otlp, only=["bob"])
+        wait_healthy({"bob": f"unix:{running.run_dir}/bob.sock"}, pids=pids)

@@ -40,7 +40,7 @@ from pinhole.controller.services import (
     to_dict,
     wait_healthy,
 )
-from pinhole.lab import DEFAULT_BACKEND, Lab, Topology, list_labs, load_topology, open_lab
+from pinhole.lab import DEFAULT_BACKEND, Lab, LabError, Topology, list_labs, load_topology, open_lab
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
 from pinhole.wire import RunInfo
@@ -765,6 +765,14 @@ def run(
     tracer_provider = capture = None
     kinds = service_kinds(topology, lab)
     clients = ServiceClients.local(lab.run_dir, kinds)
+    stopped = [] if owned else clients.not_serving()
+    if stopped:
+        if temporary:
+            receiver.stop()
+        raise LabError(
+            f"lab {lab_name} is up but not whole ({'; '.join(stopped)}): see {lab.logs_hint()}, "
+            f"then pinhole lab down --name {lab_name} and up again"
+        )
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
         show.stage("configuring services")

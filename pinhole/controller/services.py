@@ -204,6 +204,21 @@ class ServiceClients:
             self.channels[node] = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
         return STUBS[self.kinds[node]](self.channels[node])
 
+    def not_serving(self, timeout: float = 5.0) -> list[str]:
+        """Each service that does not say SERVING within `timeout` (health Check), with why: a lab left up
+        with a service stopped is named node by node before any call is tried on it."""
+        problems = []
+        for node, target in self.targets.items():
+            with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                except grpc.RpcError as error:
+                    problems.append(f"{node}: {error.code().name} at {target}")
+                    continue
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    problems.append(f"{node}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        return problems
+
     def capture(self, node: str) -> Any:
         """The LinkCapture stub of a node's service (every pinhole service has one)."""
         self.stub(node)

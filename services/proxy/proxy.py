@@ -168,9 +168,11 @@ class StatefulProxy:
         return f"<sip:{host}:{port};lr>"
 
     def _is_own_uri(self, uri: object) -> bool:
-        """Whether a URI names this proxy (its advertised or bound address, port 5060 by default)."""
-        if not isinstance(uri, SipUri) or uri.user is not None:
-            return False
+        """Whether a URI names this proxy itself (no user part)."""
+        return isinstance(uri, SipUri) and uri.user is None and self._is_own_host(uri)
+
+    def _is_own_host(self, uri: SipUri) -> bool:
+        """Whether a URI's host and port are this proxy's (its advertised or bound address, port 5060 by default)."""
         host, port = uri.hostport
         return any(
             _same_host(host, own_host) and port == own_port
@@ -254,6 +256,18 @@ class StatefulProxy:
         routes = request.routes
         if routes and self._is_own_uri(routes[0].uri):
             request.headers.remove_first("Route")
+        self._retarget(request)
+
+    def _retarget(self, request: Request) -> None:
+        """§16.5: a proxy is responsible for its own address, so `user@<this proxy>` is looked up among the users
+        it routes, and the Request-URI becomes that user's in its domain (a user it does not know: 404, never a
+        loop through itself)."""
+        target = request.request_uri
+        if request.routes or not isinstance(target, SipUri) or target.user is None or not self._is_own_host(target):
+            return
+        route = next((r for r in self.routes if r.user == target.user), None)
+        if route is not None:
+            request.uri = f"sip:{target.user}@{route.domain}"
 
     def _targets(self, request: Request) -> tuple[Address, ...]:
         """§16.5 / §16.6 step 7: the top Route if any, else the route table (every fork target of a
@@ -272,6 +286,8 @@ class StatefulProxy:
                 return route.targets if forks else (route.next_hop,)
         if self._is_own_uri(target):
             raise _Reject(404, "Not Found: Request-URI is this proxy")
+        if self._is_own_host(target):  # a user it does not know at its own address: never forwarded to itself
+            raise _Reject(404, f"Not Found: no user {target.user} at this proxy")
         if _is_ip(target.host):
             return (target.hostport,)  # not a domain of ours: the Request-URI is the target (§16.5)
         raise _Reject(404, f"Not Found: no route for {target.user + '@' if target.user else ''}{target.host}")
