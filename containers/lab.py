@@ -38,6 +38,7 @@ from typing import Any
 
 from pinhole.capture import CapturePoint
 from pinhole.lab import LAB_NAME_RE, RUN_BASE, LabError, Node, Topology
+from pinhole.lab.external import Rendered
 from pinhole.nsenter import in_netns
 
 HERE = Path(__file__).resolve().parent
@@ -93,6 +94,24 @@ def segments(topology: Topology) -> list[Segment]:
         gateway = next(h for h in reversed(list(subnet.hosts())) if h not in used)
         out.append(Segment(label, subnet, str(gateway), tuple(ends)))
     return out
+
+
+class ExternalContainer:
+    """A third party's container as the controller follows it: its main process, whether it has exited, no
+    standard input to write to (dial with a command)."""
+
+    stdin = None
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.pid = int(container.attrs["State"]["Pid"])
+
+    def poll(self) -> int | None:
+        with contextlib.suppress(Exception):
+            self.container.reload()
+            state = self.container.attrs["State"]
+            return None if state.get("Running") else int(state.get("ExitCode", 0))
+        return 0
 
 
 @dataclass
@@ -249,25 +268,14 @@ class ContainerLab:
         `log_path` is where down() keeps the container's log."""
         spec = self.topology.nodes[node]
         privileged = spec.service == "natgw"  # the NAT alone: nftables, conntrack and NFLOG need NET_ADMIN
-        ends = [(seg, ifname) for seg in segments(self.topology) for n, ifname in seg.ends if n == node]
-        if not ends:
-            raise LabError(f"node {node} is on no network")
         sysctls = {"net.ipv4.ip_forward": "0", **spec.sysctls}
         if privileged:  # per-mapping packet counts: /proc/sys is read-only once the container runs
             sysctls["net.netfilter.nf_conntrack_acct"] = "1"
-        if not self.topology.ipv6:
-            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
-        from docker.types import EndpointConfig
-
-        client = self.client()
-        first, first_if = ends[0]
-        address = lambda ifname: spec.interfaces[ifname][0].split("/")[0]  # noqa: E731
-        container = client.containers.create(
-            f"{self.image_prefix}{spec.service}",
+        container = self._start(
+            node,
+            log_path,
+            image=f"{self.image_prefix}{spec.service}",
             command=["python", *argv[1:]],
-            name=f"{self.name}-{node}",
-            hostname=node,
-            labels={LABEL: self.name, "io.pinhole.node": node},
             environment=env,
             user="0:0" if privileged else SERVICE_USER,
             cap_drop=["ALL"],
@@ -279,10 +287,34 @@ class ContainerLab:
             sysctls=sysctls,
             mem_limit="256m",
             pids_limit=256,
+        )
+        return Started(node, container.id, int(container.attrs["State"]["Pid"]))
+
+    def _start(self, node: str, log_path: Path, *, sysctls: dict[str, str] | None = None, **create: Any) -> Any:
+        """Create a container for `node` on every network of its segments with its addresses, start it, add
+        its further addresses and routes; `create`: the rest of docker's containers.create arguments."""
+        spec = self.topology.nodes[node]
+        ends = [(seg, ifname) for seg in segments(self.topology) for n, ifname in seg.ends if n == node]
+        if not ends:
+            raise LabError(f"node {node} is on no network")
+        sysctls = dict(sysctls or {"net.ipv4.ip_forward": "0", **spec.sysctls})
+        if not self.topology.ipv6:
+            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
+        from docker.types import EndpointConfig
+
+        client = self.client()
+        first, first_if = ends[0]
+        address = lambda ifname: spec.interfaces[ifname][0].split("/")[0]  # noqa: E731
+        container = client.containers.create(
+            name=f"{self.name}-{node}",
+            hostname=node,
+            labels={LABEL: self.name, "io.pinhole.node": node},
+            sysctls=sysctls,
             network=f"{self.name}-{first.name}",
             networking_config={
                 f"{self.name}-{first.name}": EndpointConfig(client.api._version, ipv4_address=address(first_if))
             },
+            **create,
         )
         self._record(container.id, node, log_path)
         for segment, ifname in ends[1:]:
@@ -292,7 +324,47 @@ class ContainerLab:
         if spec.routes or extra:
             self._set_network(container, node, extra, [{"to": r.to, "via": r.via} for r in spec.routes])
         container.reload()
-        return Started(node, container.id, int(container.attrs["State"]["Pid"]))
+        return container
+
+    # ---- third parties' images
+
+    def start_external(self, node: str, program: Rendered, *, log_path: Path) -> ExternalContainer:
+        """Run a third party's image in `node` (pinhole's service container there stopped first): its rendered
+        files at the same path inside, its DNS pointed at nothing (no name leaves the lab)."""
+        if not program.external.image:
+            raise LabError(f"{node}: external node {program.external.label!r} has no image for containers")
+        import docker.errors
+
+        try:
+            container = self._start(
+                node,
+                log_path,
+                image=program.external.image,
+                command=list(program.args) or None,
+                environment=program.env,
+                volumes={str(program.config_dir): {"bind": str(program.config_dir), "mode": "rw"}},
+                dns=["127.0.0.1"],
+                mem_limit="512m",
+                pids_limit=512,
+            )
+        except docker.errors.APIError as error:  # no such image (the lab pulls nothing), a bad argument
+            raise LabError(f"{node}: cannot run image {program.external.image}: {error.explanation or error}") from None
+        return ExternalContainer(container)
+
+    def stop_external(self, node: str, process: ExternalContainer, timeout: float = 5.0) -> list[int]:
+        """Stop its container (SIGTERM, then SIGKILL: every process in it ends with it), keep its log, remove it."""
+        self.kill(node, crash=False, timeout=timeout)
+        return []
+
+    def exec_in(self, node: str, argv: list[str], *, timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
+        """Run a short command in `node`'s container (a dial action) and wait for it."""
+        try:
+            container = self.client().containers.get(f"{self.name}-{node}")
+            code, output = container.exec_run(argv, demux=True)
+        except Exception as error:  # noqa: BLE001 - the engine's refusal, whatever it is
+            raise LabError(f"{node}: {' '.join(argv)}: {error}") from None
+        stdout, stderr = output if isinstance(output, tuple) else (output, b"")
+        return subprocess.CompletedProcess(argv, code, stdout or b"", stderr or b"")
 
     def kill(self, node: str, *, crash: bool = True, timeout: float = 5.0) -> list[str]:
         """End the node's service container as a fault: SIGKILL (a crash) or SIGTERM (graceful), keep its

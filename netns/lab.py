@@ -33,10 +33,12 @@ from typing import Any
 
 from pinhole.capture import CapturePoint
 from pinhole.lab import LAB_NAME_RE, RUN_BASE, LabError, Node, Topology, TopologyError, load_topology
+from pinhole.lab.external import Rendered
 from pinhole.nsenter import CLONE_NEWNET, NETNS_DIR, in_netns
 from pinhole.nsenter import setns as _setns
 
 STATE_FILE = "state.json"
+ETC_NETNS = Path("/etc/netns")  # per-namespace /etc files that `ip netns exec` mounts
 CHECKOUT = Path(__file__).resolve().parents[1]  # holds netns/ and services/
 
 FIRST_IFINDEX = 100  # link N gets ifindex 100+2N and 101+2N
@@ -114,7 +116,9 @@ def _netns_names() -> list[str]:
 
 
 def _netns_remove(ns: str) -> bool:
-    """Unmount and unlink /run/netns/NAME; the kernel frees the namespace once nothing uses it."""
+    """Unmount and unlink /run/netns/NAME (and its /etc/netns/NAME files); the kernel frees the namespace
+    once nothing uses it."""
+    shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
     path = NETNS_DIR / ns
     _libc.umount2(bytes(path), MNT_DETACH)
     try:
@@ -246,7 +250,7 @@ def _open_if_ours(entry: dict[str, Any]) -> int | None:
     argv = list(entry["argv"])
     forms = [argv] + [[ip, "netns", "exec", entry["netns"], *argv] for ip in ("ip", entry["ip"])]
     ours = stat is not None and stat[1] == entry["starttime"] and stat[0] not in ("Z", "X")
-    if not ours or cmdline not in forms:
+    if not ours or (cmdline not in forms and not entry.get("group")):  # a third party may retitle itself
         os.close(fd)
         return None
     return fd
@@ -280,14 +284,21 @@ def _terminate(
         fd = _open_if_ours(entry)
         if fd is not None:
             fds[int(entry["pid"])] = fd
+    groups = [int(e["pid"]) for e in entries if e.get("group") and int(e["pid"]) in fds]  # leaders of their session
     try:
         for fd in fds.values():
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, first)
+        for pgid in groups:  # and every process the program made, still in its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, first)
         alive = _wait_pidfds(fds, timeout)
         for fd in alive.values():
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
         _wait_pidfds(alive, 5.0)
     finally:
         for fd in fds.values():
@@ -566,9 +577,13 @@ class NetnsLab:
         log_path: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        group: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Run `argv` inside the node's namespace (`ip netns exec`, which execs, so the PID is
-        the program's); stdout and stderr go to `log_path`. The PID is recorded in state.json."""
+        the program's); stdout and stderr go to `log_path`. The PID is recorded in state.json.
+
+        `group`: a program of a third party, in a session of its own with its stdin a pipe: ending it ends
+        every process it made (its process group), whatever it calls itself by then."""
         ns = self.ns(node)
         if not argv or not all(isinstance(a, str) for a in argv):
             raise LabError(f"spawn on {node}: argv must be a non-empty list of strings")
@@ -582,12 +597,13 @@ class NetnsLab:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [ip, "netns", "exec", ns, *argv],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if group else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=cwd,
                 close_fds=True,
+                start_new_session=group,
             )
         stat = _proc_stat(proc.pid)
         with _CHILDREN_LOCK:
@@ -602,9 +618,58 @@ class NetnsLab:
                     "ip": ip,
                     "argv": list(argv),
                     "log": str(log_path),
+                    **({"group": True} if group else {}),
                 }
             )
         return proc
+
+    # ---- third parties' programs
+
+    def start_external(self, node: str, program: Rendered, *, log_path: Path) -> subprocess.Popen[bytes]:
+        """Run a third party's program in `node` (pinhole's service there must be stopped first): its own
+        session, its stdin a pipe for dial actions, names resolved inside the lab only."""
+        if not program.argv:
+            raise LabError(f"{node}: external node {program.external.label!r} has no program for namespaces")
+        if shutil.which(program.argv[0]) is None and not Path(program.argv[0]).is_file():
+            raise LabError(f"{node}: {program.argv[0]} is not installed (see the scenario's recipe for its package)")
+        self._contain_names(node)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(program.config_dir), **program.env}
+        return self.spawn(node, list(program.argv), log_path=log_path, env=env, cwd=program.config_dir, group=True)
+
+    def stop_external(self, node: str, process: subprocess.Popen[bytes], timeout: float = 5.0) -> list[int]:
+        """End the program and every process it made (its group, SIGTERM then SIGKILL); then any process
+        still in the node that the lab did not record (one that left its group) is killed too. Returns the
+        PIDs of those stragglers."""
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        with contextlib.suppress(LabError):  # already gone from the records: the group may still be there
+            self.stop(process.pid, timeout)
+        recorded = {int(p["pid"]) for p in self.processes()}
+        stragglers = [pid for pid in pids_in_netns(self.ns(node)) if pid not in recorded and pid != os.getpid()]
+        for pid in stragglers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return stragglers
+
+    def exec_in(self, node: str, argv: list[str], *, timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
+        """Run a short command in `node` and wait for it (a dial action): output captured, never a shell."""
+        self._contain_names(node)
+        try:
+            return subprocess.run(
+                ["ip", "netns", "exec", self.ns(node), *argv], capture_output=True, timeout=timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise LabError(f"{node}: {' '.join(argv)}: {error}") from None
+
+    def _contain_names(self, node: str) -> None:
+        """`ip netns exec` mounts /etc/netns/<ns>/ over /etc: a resolver that asks nobody (no DNS query can
+        leave the lab) and a hosts file with the lab's node names."""
+        folder = ETC_NETNS / self.ns(node)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "resolv.conf").write_text("# pinhole lab: no DNS outside the lab\nnameserver 127.0.0.1\n")
+        hosts = [f"{n.addresses[0].split('/')[0]}\t{name}" for name, n in self.topology.nodes.items() if n.addresses]
+        (folder / "hosts").write_text("127.0.0.1\tlocalhost\n" + "\n".join(hosts) + "\n")
 
     def stop(self, pid: int, timeout: float = 5.0) -> int | None:
         """SIGTERM a process this lab spawned, SIGKILL after `timeout`; returns its exit
@@ -680,6 +745,8 @@ class NetnsLab:
         for ns in _netns_names():
             if ns.startswith(prefix):
                 _netns_remove(ns)
+        for folder in ETC_NETNS.glob(f"{prefix}*") if ETC_NETNS.is_dir() else ():  # a namespace gone before
+            shutil.rmtree(folder, ignore_errors=True)
         return sorted(before - set(_netns_names()))
 
 

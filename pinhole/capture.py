@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pinhole import pcapng
@@ -80,6 +81,7 @@ class LinkCapture:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
+        self._arrived = threading.Condition()  # notified as frames come in: wait_for() watches the wire
 
     @property
     def running(self) -> bool:
@@ -134,6 +136,22 @@ class LinkCapture:
         packets = sorted(self.packets, key=lambda p: p.t)
         return pcapng.Capture(list(comments or []), interfaces, packets, statistics, secrets)
 
+    def wait_for(self, match: Callable[[pcapng.Packet], bool], timeout: float) -> pcapng.Packet | None:
+        """The first frame captured so far or later that `match`es, waiting up to `timeout` seconds for it
+        (None then): the controller's way to follow a call that no pinhole service takes part in."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._arrived:
+            while True:
+                for packet in self.packets[seen:]:
+                    if match(packet):
+                        return packet
+                seen = len(self.packets)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or self.stop_reason is not None:  # no more to come
+                    return None
+                self._arrived.wait(remaining)
+
     def problems(self) -> list[str]:
         """Why the capture is not the whole wire: kernel drops per link, a limit reached."""
         out = [
@@ -169,6 +187,8 @@ class LinkCapture:
                 for fd, _ in poller.poll(remaining * 1000):
                     if fd in by_fd:
                         self._drain(by_fd[fd])
+                with self._arrived:  # once per wake-up, not per frame
+                    self._arrived.notify_all()
                 if len(self.packets) >= self.max_packets:
                     self.stop_reason = "max_packets"
                     return
@@ -177,6 +197,9 @@ class LinkCapture:
                 self._drain(index)
         except Exception as e:  # the thread must not die silently: the capture is then incomplete
             self.stop_reason = f"error: {e}"
+        finally:
+            with self._arrived:  # a waiter learns that nothing more is coming
+                self._arrived.notify_all()
 
     def _drain(self, index: int) -> None:
         """Take what is queued on one socket, at most DRAIN_BATCH frames per call (poll() comes back

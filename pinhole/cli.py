@@ -109,7 +109,7 @@ def _report(result: verdict.Verdict, out_dir: Path) -> None:
     print(result.render())
     evidence = json.loads((out_dir / "evidence.json").read_text())
     measured = evidence["measurements"]
-    call_id = evidence.get("calls", {}).get("alice", {}).get("call_id", "?")
+    call_id = evidence.get("call_id") or "?"
     print(f"trace: {evidence.get('trace_id') or '(none)'} (call {call_id})")
     print("measured: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items()))
     print(f"artifacts: {out_dir} (trace.json, ladder.html: pinhole trace ladder|verdict {out_dir})")

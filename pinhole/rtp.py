@@ -192,6 +192,18 @@ class RtpStream:
         return packet
 
 
+def is_plain_rtcp(data: bytes) -> bool:
+    """Whether `data` is an RTCP compound packet in the clear (RFC 3550 §6.1): version-2 packets whose length
+    fields add up to exactly the datagram. SRTCP (RFC 3711 §3.4) appends its E flag, index and tag, so a
+    protected packet never does."""
+    offset = 0
+    while offset + 4 <= len(data):
+        if data[offset] >> 6 != 2:
+            return False
+        offset += 4 * (int.from_bytes(data[offset + 2 : offset + 4], "big") + 1)
+    return offset == len(data) and len(data) > 0
+
+
 def ntp_timestamp(unix_seconds: float) -> int:
     """64-bit NTP timestamp (RFC 3550 §4: seconds since 1900 in 32.32 fixed point)."""
     value = round((unix_seconds + NTP_UNIX_OFFSET) * (1 << 32))

@@ -710,6 +710,18 @@ def _associations(media: list[Datagram], keys: keylog.KeyLog) -> list[Associatio
     return ordered
 
 
+def sip_in(packet: pcapng.Packet) -> tuple[Address, Request | Response] | None:
+    """The SIP message one captured frame carries, with its sender; None for anything else. For following a
+    call live (pinhole.capture.LinkCapture.wait_for) when no pinhole service takes part in it."""
+    try:
+        udp = decode_udp(packet.data)
+        if udp is None or not udp.payload[:1].isalpha():  # SIP is text; the rest starts with a binary byte
+            return None
+        return udp.src, parse_message(udp.payload)
+    except (PcapError, SipParseError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def decode(capture: pcapng.Capture, key_log_text: str = "") -> Wire:
     """Decode a whole capture (see the module docstring); `key_log_text` adds to the key log it embeds."""
     links = [_link(i, interface) for i, interface in enumerate(capture.interfaces)]

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pinhole.wire import Wire, fmt
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -40,6 +42,10 @@ def _drops(events: list[dict[str, Any]]) -> str:
 
 
 def judge_outcome(evidence: dict[str, Any]) -> Outcome:
+    """The call's outcome: from the wire when a party of it is not pinhole's (evidence["outcome"], written by
+    the run from the capture), else from what pinhole's user agents report of it."""
+    if "outcome" in evidence:
+        return Outcome(**evidence["outcome"])
     calls = evidence.get("calls", {})
     events = evidence.get("events", [])
     measured = evidence.get("measurements", {})
@@ -184,3 +190,53 @@ def _forked(calls: dict[str, Any], media_time: float | None) -> Outcome:
     reason = f"{port}; " + "; ".join(text for _, text in results.values())
     forks = {bob: "works" if ok else "fails" for bob, (ok, _) in results.items()}
     return Outcome(works, reason, media_time if works else None, forks)
+
+
+def outcome_on_wire(wire: Wire, call_id: str) -> Outcome:
+    """Whether the call worked, from the capture alone (RFC 5763 §5, RFC 5764 §4): the INVITE reached the callee,
+    his 200 OK the caller, a DTLS association between the two media addresses completed (both Finished sent),
+    each certificate on the wire matches the other side's a=fingerprint, and SRTP reached each side, authenticated
+    with the keys that handshake exported (when no key log covers it, delivered is all the wire can say)."""
+    from pinhole.controller.verdict import Evidence
+
+    ev = Evidence(wire, call_id)
+    if ev.call is None:
+        return Outcome(False, "no SIP message of the call on the wire", None)
+    if ev.invite_at_callee is None:
+        return Outcome(False, f"the INVITE never reached {ev.callee}", None)
+    if ev.ok_at_caller is None:
+        return Outcome(False, f"no 200 OK reached {ev.caller}", None)
+    a = ev.association
+    if a is None:
+        return Outcome(False, "DTLS never started between the two media addresses the SDP gave", None)
+    certificates = (
+        (a.certificate(ev.callee_media), ev.answer, ev.callee, "answer"),  # type: ignore[arg-type]
+        (a.certificate(ev.caller_media), ev.offer, ev.caller, "offer"),  # type: ignore[arg-type]
+    )
+    for der, facts, whose, sdp_name in certificates:
+        if der is not None and not any(f.matches(der) for f in facts.parsed_fingerprints() if f.supported):
+            why = f"{whose}'s certificate on the wire matches no a=fingerprint of the {sdp_name} (RFC 5763 §5)"
+            return Outcome(False, why, None)
+    unfinished = [wire.node(side) or fmt(side) for side in (a.client, a.server) if a.finished(side) is None]
+    if unfinished:
+        return Outcome(False, f"DTLS never completed: no Finished from {' and '.join(unfinished)}", None)
+    for der, _, whose, _ in certificates:
+        if der is None:
+            return Outcome(False, f"{whose} presented no certificate (RFC 5763 §5: mutual authentication)", None)
+    invite_t = ev.invite_sent.t if ev.invite_sent is not None else ev.call.sip[0].t
+    slowest, counts = 0.0, []
+    for sender, receiver, media in ((ev.callee, ev.caller, ev.callee_media), (ev.caller, ev.callee, ev.caller_media)):
+        ok, delivered, failed, _, why = ev.srtp_check(media)
+        arrived = [d for d in a.srtp_from(media) if ev.reached(d, receiver) is not None]  # type: ignore[arg-type]
+        if why and arrived:  # no keys for this association: the wire shows delivery, not authenticity
+            counts.append(f"{len(arrived)} {sender} -> {receiver} (not authenticated: {why})")
+        elif not delivered:
+            return Outcome(False, f"SRTP {sender} -> {receiver}: {delivered} authenticated, {failed} failed", None)
+        else:  # media flows; a packet that fails is the verdict's to judge (messages 10, 11b), not the call's end
+            failing = f" ({failed} failing authentication)" if failed else ""
+            counts.append(f"{delivered} {sender} -> {receiver}{failing}")
+        if not arrived:
+            return Outcome(False, f"no SRTP from {sender} reached {receiver}", None)
+        slowest = max(slowest, arrived[0].t - invite_t)
+    client = wire.node(a.client) or fmt(a.client)
+    return Outcome(True, f"DTLS ({client} active); SRTP both ways on the wire ({', '.join(counts)})", round(slowest, 4))

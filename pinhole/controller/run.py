@@ -28,9 +28,11 @@ from opentelemetry import trace
 
 from pinhole import pcapng, telemetry, wire
 from pinhole.capture import LinkCapture
-from pinhole.controller import from_trace, ladder, verdict
+from pinhole.controller import from_trace, ladder, synthesized, verdict
+from pinhole.controller.externals import Externals
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
+from pinhole.controller.outcome import outcome_on_wire
 from pinhole.controller.scenario import SCENARIOS, Scenario, ScenarioError, fault_links, fault_plans
 from pinhole.controller.services import (
     EventCollector,
@@ -43,6 +45,7 @@ from pinhole.controller.services import (
 from pinhole.lab import DEFAULT_BACKEND, Lab, LabError, Topology, list_labs, load_topology, open_lab
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
+from pinhole.sip.message import Request, Response
 from pinhole.wire import RunInfo
 
 DEFAULT_LAB = "ph-lab"
@@ -83,6 +86,7 @@ TIMERS = {
 
 
 MEDIA_PACKETS = 50
+AORS = {"alice": "sip:alice@a.example", "bob": "sip:bob@b.example", "bob2": "sip:bob@b.example"}  # bob2: a fork
 
 
 class Progress:
@@ -215,6 +219,48 @@ class Endpoints:
         return mapping
 
 
+def _user(party: str) -> str:
+    return AORS[party].split(":", 1)[1].split("@")[0]
+
+
+def _domain(party: str) -> str:
+    return AORS[party].split("@")[1]
+
+
+def external_variables(topology: Topology, endpoints: Endpoints, node: str) -> dict[str, str]:
+    """The template variables of an external node's files and command line (README: Testing your own
+    implementation): the lab's addresses, and the call as pinhole's own services would be configured."""
+    spec = topology.nodes[node]
+    out = {
+        "node": node,
+        "address": endpoints.addresses[node],
+        "sip_port": str(spec.extra.get("sip_port", endpoints.sip_port)),
+        "stun": f"{endpoints.addresses[endpoints.stun_server]}:{endpoints.stun_port}",
+        "stun_address": endpoints.addresses[endpoints.stun_server],
+        "stun_port": str(endpoints.stun_port),
+        "caller_aor": AORS["alice"],
+        "callee_aor": AORS["bob"],
+        "caller_domain": _domain("alice"),
+        "callee_domain": _domain("bob"),
+        "callee_user": _user("bob"),
+        "callee": endpoints.sip("bob"),
+    }
+    for name, other in topology.nodes.items():
+        if other.addresses:
+            out[f"{name}.address"] = other.addresses[0].split("/")[0]
+            out[f"{name}.sip_port"] = str(other.extra.get("sip_port", endpoints.sip_port))
+    if node in AORS:  # a party of the call
+        peer = "alice" if node != "alice" else "bob"
+        proxy = spec.extra.get("proxy", "")
+        out.update(aor=AORS[node], user=_user(node), domain=_domain(node), peer_aor=AORS[peer])
+        if proxy:
+            out.update(proxy=endpoints.sip(proxy), proxy_address=endpoints.addresses[proxy])
+    if spec.service == "proxy":  # where each proxy sends what it does not answer itself (service_configs)
+        next_hop = "proxy-b" if node == "proxy-a" else "bob"
+        out.update(next_hop=endpoints.sip(next_hop), back_hop=endpoints.sip("proxy-a"))
+    return out
+
+
 def default_nat() -> natgw_pb2.NatConfig:
     """The NAT of §7.3: endpoint-independent mapping, address-and-port-dependent filtering (RFC 4787)."""
     return natgw_pb2.NatConfig(
@@ -237,7 +283,7 @@ def service_configs(
     configs: dict[str, Any] = {"natgw": nat}
     configs["proxy-a"] = proxy_pb2.ProxyConfig(
         sip_t1_seconds=timers.sip_t1,
-        routes=[proxy_pb2.ProxyRoute(domain="b.example", next_hop=sip("proxy-b"))],
+        routes=[proxy_pb2.ProxyRoute(domain=_domain("bob"), next_hop=sip("proxy-b"))],
         deviations=scenario.deviations.get("proxy-a", ()),
     )
     # forking (RFC 5763 §6.3): the INVITE goes to bob and bob2 in parallel
@@ -246,20 +292,20 @@ def service_configs(
         deviations=scenario.deviations.get("proxy-b", ()),
         sip_t1_seconds=timers.sip_t1,
         routes=[
-            proxy_pb2.ProxyRoute(domain="b.example", user="bob", next_hop=sip("bob"), fork_to=forks),
-            proxy_pb2.ProxyRoute(domain="a.example", next_hop=sip("proxy-a")),
+            proxy_pb2.ProxyRoute(domain=_domain("bob"), user=_user("bob"), next_hop=sip("bob"), fork_to=forks),
+            proxy_pb2.ProxyRoute(domain=_domain("alice"), next_hop=sip("proxy-a")),
         ],
     )
     common = {"timers": timers.proto(), "media_packets": MEDIA_PACKETS}
     alice_config = {
-        "aor": "sip:alice@a.example",
+        "aor": AORS["alice"],
         "display_name": "Alice",
         "outbound_proxy": sip(endpoints.proxies["alice"]),
         "stun_server": f"{endpoints.addresses[endpoints.stun_server]}:{endpoints.stun_port}",
         **common,
     }
     bob_config = {
-        "aor": "sip:bob@b.example",
+        "aor": AORS["bob"],
         "display_name": "Bob",
         "outbound_proxy": sip(endpoints.proxies["bob"]),
         "auto_answer": True,
@@ -293,7 +339,8 @@ def configure(
     reads it from its ConfigMap).
     """
     for node, config in service_configs(endpoints, scenario, timers, nat).items():
-        clients.stub(node).Configure(config)
+        if node in clients.kinds:  # an external node is configured by its own files
+            clients.stub(node).Configure(config)
     # each fault service its part of the scenario's faults, or none: a lab that stays up must not keep the
     # last run's; faults on a service this lab does not run (a container lab has no switch) are refused
     plans = fault_plans(scenario, endpoints.addresses)
@@ -326,11 +373,37 @@ def _forks_over(events: list[dict[str, Any]]) -> bool:
     return (len(at_alice - {None}) >= 2 and bobs_done) or _has(events, "alice", "call.failed")
 
 
-def _call_over(events: list[dict[str, Any]]) -> bool:
-    """Media done both ways, or the call failed somewhere: then there is nothing left to wait for."""
-    if _has(events, "alice", "srtp.sent") and _has(events, "bob", "srtp.sent"):
+def _call_over(events: list[dict[str, Any]], agents: list[str]) -> bool:
+    """Media done both ways at pinhole's user agents among the parties, or the call failed at one of them."""
+    if all(_has(events, ua, "srtp.sent") for ua in agents):
         return True
-    return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
+    return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in agents for e in events)
+
+
+def _invite_from(address: str) -> Callable[[Any], bool]:
+    """A captured frame carrying an initial INVITE sent from `address` (the external caller's)."""
+
+    def match(packet: Any) -> bool:
+        seen = wire.sip_in(packet)
+        if seen is None or seen[0][0] != address:
+            return False
+        return isinstance(seen[1], Request) and seen[1].method == "INVITE"
+
+    return match
+
+
+def _bye_answered(call_id: str) -> Callable[[Any], bool]:
+    """A captured frame carrying the 2xx to the call's BYE: the call is over on the wire."""
+
+    def match(packet: Any) -> bool:
+        seen = wire.sip_in(packet)
+        if seen is None or not isinstance(seen[1], Response) or not 200 <= seen[1].status_code < 300:
+            return False
+        with contextlib.suppress(Exception):
+            return seen[1].call_id == call_id and seen[1].cseq.method == "BYE"
+        return False
+
+    return match
 
 
 @dataclass
@@ -438,18 +511,27 @@ def drive_call(
     show: Progress,
     endpoints: Endpoints | None = None,
     restarter: Restarter | None = None,
+    externals: Externals | None = None,
+    capture: LinkCapture | None = None,
 ) -> CallRecord:
     """Place the call Alice -> Bob, wait until it is over, hang up, and flush every service's spans.
 
-    With `restarter`, the scenario's restart steps run alongside the call, each on its own triggers.
+    With `restarter`, the scenario's restart steps run alongside the call, each on its own triggers. Where a
+    party is `externals`', it is made to dial and hang up by its own actions, and where no pinhole user agent
+    takes part at all the call is followed on the wire (`capture`).
 
     The run's span is the root of the call's trace: PlaceCall carries its context to Alice. It also
     carries the lab's address map (`endpoints`), so the trace alone can name every ladder column.
     Services must already be configured (and captures running).
     """
+    parties = ["alice", "bob"] + (["bob2"] if scenario.bob2 is not None else [])
+    agents = [ua for ua in parties if kinds.get(ua) == "useragent"]  # pinhole's own among the call's parties
+    if len(agents) < len(parties) and (externals is None or capture is None):
+        raise ValueError(f"{scenario.name}: external parties need the run's externals and capture")
     collector = EventCollector(clients, list(kinds), since=time.time())
     run_span = None
     call_over = threading.Event()  # tells the restart steps that no trigger is coming any more
+    budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
     try:
         collector.start()
         show.stage("placing the call alice -> bob")
@@ -457,16 +539,20 @@ def drive_call(
         attributes = {"pinhole.scenario": scenario.name, "pinhole.flow": scenario.flow}
         if scenario.deviations:  # misbehaviour on purpose: nobody must take the run for a real failure
             attributes["pinhole.deviations"] = scenario.deviations_text()
+        if scenario.external:  # a third party in the lab: judged by its packets only
+            attributes["pinhole.external"] = ", ".join(f"{n}:{x.label}" for n, x in sorted(scenario.external.items()))
         if endpoints is not None:
             attributes["pinhole.address_map"] = json.dumps(endpoints.address_map(), sort_keys=True)
         run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes=attributes)
         run_context = trace.set_span_in_context(run_span)
-        handle = clients.stub("alice").PlaceCall(
-            useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), metadata=telemetry.grpc_metadata(run_context)
-        )
-        run_span.set_attribute("pinhole.call_id", handle.call_id)
-        call_id = handle.call_id
-        budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
+        if "alice" in agents:
+            handle = clients.stub("alice").PlaceCall(
+                useragent_pb2.PlaceCallRequest(target=AORS["bob"]), metadata=telemetry.grpc_metadata(run_context)
+            )
+            call_id = handle.call_id
+        else:
+            call_id = _dial(externals, collector, capture, endpoints, agents, budget)  # type: ignore[arg-type]
+        run_span.set_attribute("pinhole.call_id", call_id)
         restarts: list[dict[str, Any]] = []
         restarting = None
         if scenario.restarts:
@@ -481,17 +567,20 @@ def drive_call(
         if scenario.reinvites:
             modify_session(clients, collector, scenario, call_id, timers, run_context, show)
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
-        collector.wait_for(_call_over if scenario.bob2 is None else _forks_over, timeout=budget)
-        state = clients.stub("alice").GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
-        if state not in ("failed", "terminated"):  # Alice's own state, not an event still in flight
-            show.stage("hanging up")
-            clients.stub("alice").HangUp(
-                useragent_pb2.HangUpRequest(call_id=call_id), metadata=telemetry.grpc_metadata(run_context)
-            )
-        # both user agents end the call (BYE either way, or a failure): then the evidence is complete
-        agents = ["alice", "bob"] + (["bob2"] if scenario.bob2 is not None else [])
+        if not agents:  # nobody of ours to ask: the call is over when its BYE is answered on the wire
+            capture.wait_for(_bye_answered(call_id), timeout=budget)  # type: ignore[union-attr]
+        elif scenario.bob2 is not None:
+            collector.wait_for(_forks_over, timeout=budget)
+        else:
+            collector.wait_for(lambda ev: _call_over(ev, agents), timeout=budget)
+        _hang_up(clients, agents, externals, call_id, run_context, show)
+        # every party ends the call (BYE either way, or a failure): then the evidence is complete
         collector.wait_for(lambda ev: all(_ended(ev, ua) for ua in agents), timeout=64 * timers.sip_t1 + 5)
-        if any(e["service"] == "alice" and e["attrs"].get("sip.status_code") == "200" for e in collector.snapshot()):
+        if len(agents) < len(parties):
+            capture.wait_for(_bye_answered(call_id), timeout=64 * timers.sip_t1 + 5)  # type: ignore[union-attr]
+        events = collector.snapshot()
+        answered = any(e["service"] in agents and e["attrs"].get("sip.status_code") == "200" for e in events)
+        if answered or not agents:
             # a dialog existed, so a BYE crossed the NAT (whoever sent it): wait for the gateway's report
             collector.wait_for(
                 lambda ev: any(
@@ -516,6 +605,7 @@ def drive_call(
             for ua in agents
             for line in clients.stub(ua).GetKeyLog(useragent_pb2.GetKeyLogRequest(call_id=call_id)).lines
         ]
+        key_log += externals.key_log() if externals else []
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
         counters = {
             node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
@@ -528,6 +618,41 @@ def drive_call(
         if run_span is not None:
             run_span.end()
     return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts, key_log)
+
+
+def _dial(
+    externals: Externals, collector: EventCollector, capture: LinkCapture, endpoints: Endpoints, agents: list[str],
+    budget: float,
+) -> str:
+    """Make the external caller dial; its Call-ID, from pinhole's Bob when he takes part, else from the wire
+    ("" when no INVITE comes: the caller never called)."""
+    externals.dial("alice")
+    if "bob" in agents:
+        collector.wait_for(lambda ev: any(e["service"] == "bob" and e["call_id"] for e in ev), timeout=budget)
+        return next((e["call_id"] for e in collector.snapshot() if e["service"] == "bob" and e["call_id"]), "")
+    invite = capture.wait_for(_invite_from(endpoints.addresses["alice"]), timeout=budget)
+    seen = wire.sip_in(invite) if invite is not None else None
+    return seen[1].call_id if seen is not None else ""
+
+
+def _hang_up(
+    clients: ServiceClients, agents: list[str], externals: Externals | None, call_id: str, context: Any, show: Progress
+) -> None:
+    """The caller hangs up, as in RFC 5763's figures: pinhole's Alice over gRPC, an external one by her hang-up
+    action; failing that, the callee. A side that has ended the call by itself (failed, or said BYE) is left
+    alone."""
+    for ua in ("alice", "bob"):
+        if ua in agents:
+            state = clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
+            if state not in ("failed", "terminated"):  # its own state, not an event still in flight
+                show.stage(f"hanging up ({ua})")
+                clients.stub(ua).HangUp(
+                    useragent_pb2.HangUpRequest(call_id=call_id), metadata=telemetry.grpc_metadata(context)
+                )
+            return
+        if externals is not None and externals.hang_up(ua):
+            show.stage(f"hanging up ({ua}, external)")
+            return
 
 
 def _decrypting(events: list[dict[str, Any]]) -> bool:
@@ -620,6 +745,7 @@ def run_info(endpoints: Endpoints, scenario: Scenario, timers: Timers, timers_na
             "proxies": list(dict.fromkeys([endpoints.proxies["alice"], endpoints.proxies["bob"]])),
             "timers": {"name": timers_name, "dtls_initial": timers.dtls_initial, "dtls_maximum": timers.dtls_maximum},
             "deviations": {node: list(names) for node, names in scenario.deviations.items()},
+            "external": {node: x.label for node, x in scenario.external.items()},
         }
     )
 
@@ -642,9 +768,6 @@ def judge_call(
 
     `capture`: every link the backend could capture, without its key log and run description yet;
     `capture_problems`: why it is not the whole wire beyond what its statistics say (a limit reached)."""
-    write_otlp_json(trace_request, out_dir / "trace.json")
-    if forward_to:
-        export(trace_request, forward_to)
     call_id = record.call_id
     key_log = "".join(f"{line}\n" for line in dict.fromkeys(record.key_log))  # each association once
     (out_dir / "keys.log").write_text(key_log)
@@ -659,6 +782,15 @@ def judge_call(
         keys_file = {"about": SRTP_KEYS_ABOUT, "streams": wire.srtp_key_entries(on_the_wire, call)}
         (out_dir / "srtp-keys.json").write_text(json.dumps(keys_file, indent=1))
     traced = from_trace.evidence_from_trace(trace_request, call_id)  # the services' own reports
+    if scenario.external:  # one trace for the whole call: a third party's part synthesised from the wire
+        synthesized.stitch(trace_request, call_id)
+        if call is not None:
+            synthesized.synthesize(
+                trace_request, on_the_wire, call, call_id, {n: x.label for n, x in scenario.external.items()}
+            )
+    write_otlp_json(trace_request, out_dir / "trace.json")
+    if forward_to:
+        export(trace_request, forward_to)
     result = verdict.judge(on_the_wire, call_id=call_id, reports=traced["events"], scenario=scenario.name)
     verdict_s = time.perf_counter() - started
     evidence = {
@@ -673,6 +805,9 @@ def judge_call(
         "address_map": endpoints.address_map(),
         "wire": wire.describe_call(on_the_wire, call) if call is not None else [],
     }
+    if scenario.external:  # a party we did not write sends no report: whether the call worked, from the wire
+        evidence["external"] = {node: x.label for node, x in scenario.external.items()}
+        evidence["outcome"] = dataclasses.asdict(outcome_on_wire(on_the_wire, call_id))
     if record.restarts:  # the services killed and started again, and when
         evidence["restarts"] = record.restarts
     if scenario.reinvites:  # what the outcome must find in the calls' modifications, in order
@@ -763,7 +898,7 @@ def run(
         receiver.start()
     receiver.clear()
     tracer_provider = capture = None
-    kinds = service_kinds(topology, lab)
+    kinds = {node: kind for node, kind in service_kinds(topology, lab).items() if node not in scenario.external}
     clients = ServiceClients.local(lab.run_dir, kinds)
     stopped = [] if owned else clients.not_serving()
     if stopped:
@@ -773,12 +908,22 @@ def run(
             f"lab {lab_name} is up but not whole ({'; '.join(stopped)}): see {lab.logs_hint()}, "
             f"then pinhole lab down --name {lab_name} and up again"
         )
+    endpoints = Endpoints.of_topology(topology)
+    externals = Externals(
+        lab,
+        scenario.external,
+        out_dir,
+        partial(external_variables, topology, endpoints),
+        None if owned else partial(_service_back, lab, clients),
+    )
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
+        capture = LinkCapture(lab.capture_points()).start()  # a third party's start-up is on the wire too
+        if externals:
+            show.stage(f"starting {', '.join(f'{n} ({x.label})' for n, x in scenario.external.items())}")
+            externals.start()
         show.stage("configuring services")
-        configure(clients, Endpoints.of_topology(topology), scenario, timers)
-        capture = LinkCapture(lab.capture_points()).start()
-        endpoints = Endpoints.of_topology(topology)
+        configure(clients, endpoints, scenario, timers)
         plans = fault_plans(scenario, endpoints.addresses) if scenario.faults else {}
 
         def refault(node: str) -> None:
@@ -787,10 +932,11 @@ def run(
                 clients.stub(node).SetFaults(plans[node], timeout=10)
 
         restarter = Restarter(lab, topology, clients, service_configs(endpoints, scenario, timers), refault)
-        record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, restarter)
+        record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, restarter, externals, capture)
     finally:
         if capture is not None:
             capture.stop()
+        externals.stop()
         for node in sorted(set(fault_links().values()) & set(kinds)) if scenario.faults else ():  # the lab may stay up
             with contextlib.suppress(grpc.RpcError):
                 clients.stub(node).ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
@@ -819,6 +965,12 @@ def run(
     link_last(out_root, run_id)
     show.done()
     return result, out_dir
+
+
+def _service_back(lab: Lab, clients: ServiceClients, node: str) -> None:
+    """Pinhole's service on `node` again after an external program ran there: the lab stays whole."""
+    pids = start_services(lab, lab.topology, otlp_endpoint=f"unix:{otlp_socket(lab.service_run_dir)}", only=[node])
+    wait_healthy(local_targets(lab.run_dir, pids), timeout=30, pids=pids, logs=lab.logs_hint())
 
 
 def _flatten_mapping(m: dict[str, Any]) -> dict[str, Any]:

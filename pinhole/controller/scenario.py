@@ -17,6 +17,8 @@ from typing import Any
 from pinhole.controller import verdict as figures
 from pinhole.deviations import PROXY, USER_AGENT, DeviationError, checked
 from pinhole.lab import Topology, load_topology
+from pinhole.lab import external as external_spec
+from pinhole.lab.external import External
 from pinhole.nat import Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
@@ -183,6 +185,7 @@ class Scenario:
     restarts: tuple[Restart, ...] = ()  # services killed and started again during the call
     bob2: dict[str, Any] | None = None  # forking (RFC 5763 §6.3): proxy-b forks to bob and bob2, set like this
     deviations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> pinhole.deviations it runs
+    external: dict[str, External] = field(default_factory=dict)  # node -> the third party's program run there
 
     def deviations_text(self) -> str:
         """"bob:tamper-answer-fingerprint, proxy-b:proxy-rewrite-sdp": the run span's pinhole.deviations."""
@@ -221,6 +224,7 @@ SCENARIO_KEYS = {
     "media_packets",
     "rtcp_mux",
     "deviations",
+    "external",
     "expect",
     "faults",
     "fault_seed",
@@ -370,6 +374,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         restarts=settings.get("restart", ()),
         bob2=_fork_side(fork, bob),
         deviations=deviated,
+        external=settings.get("external", {}),
     )
 
 
@@ -413,6 +418,37 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["deviations"] = parse_deviations(data["deviations"], f"{where}.deviations")
     if "faults" in data or "fault_seed" in data:
         out["faults"] = parse_faults(data.get("faults", []), data.get("fault_seed", 0), where)
+    if "external" in data:
+        out["external"] = parse_external(data["external"], f"{where}.external", Path(where).parent)
+        clash = sorted(set(out["external"]) & set(out.get("deviations", {})))
+        if clash:
+            raise _fail(f"{where}.deviations.{clash[0]}", "an external node runs no pinhole service to deviate")
+    return out
+
+
+PARTIES = ("alice", "bob", "bob2")  # the user agents of the call; the other nodes are the lab's
+
+
+def parse_external(value: Any, where: str, base: Path) -> dict[str, External]:
+    """`external: {NODE: {role, program|image, files, ready, dial, ...}}` (pinhole.lab.external): a third party's
+    program in place of pinhole's service on a host node; a user agent only where a party of the call is."""
+    if not isinstance(value, dict) or not value:
+        raise _fail(where, "a mapping NODE: {role, program, ...}")
+    nodes = load_topology().nodes
+    out = {}
+    for node, spec in value.items():
+        here = f"{where}.{node}"
+        if node not in nodes or nodes[node].kind != "host":
+            hosts = ", ".join(n for n, s in nodes.items() if s.kind == "host")
+            raise _fail(here, f"not a host node of the lab (one of {hosts}): the NAT and the switch stay pinhole's")
+        try:
+            external = external_spec.parse(node, spec, here, base)
+        except external_spec.ExternalError as error:
+            raise ScenarioError(str(error)) from None
+        kind = nodes[node].service
+        if external.role == "ua" and node not in PARTIES or external.role == "proxy" and kind != PROXY:
+            raise _fail(f"{here}.role", f"{external.role} does not fit node {node} (its service is {kind})")
+        out[node] = external
     return out
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pinhole import dtls, sdp, stun
+from pinhole import dtls, rtp, sdp, stun
 from pinhole.sip.message import Request, Response, SipParseError, parse_uri
 from pinhole.wire import Address, Association, Call, Datagram, RunInfo, Sighting, Wire, fmt
 
@@ -134,7 +134,9 @@ class Evidence:
         roles = self.info.get("roles", {})
         self.caller: str = roles.get("caller") or self._node_of_first("INVITE", sender=True) or "alice"
         self.callee: str = roles.get("callee") or self._node_of_first("INVITE", sender=False) or "bob"
-        timers = self.info.get("timers", {})
+        self.plain_rtcp: dict[Address, int] = {}  # RTCP a media socket sent in the clear (srtp_check)
+        # pinhole's timers are its own agents'; a third party's DTLS client keeps RFC 6347's, as far as we know
+        timers = {} if self.callee in self.info.get("external", {}) else self.info.get("timers", {})
         self.dtls_initial = float(timers.get("dtls_initial") or RFC_DTLS_INITIAL)
         self.dtls_maximum = float(timers.get("dtls_maximum") or RFC_DTLS_MAXIMUM)
 
@@ -278,7 +280,8 @@ class Evidence:
     def srtp_check(self, sender: Address | None) -> tuple[int, int, int, int, str]:
         """SRTP/SRTCP `sender` sent in the association, authenticated with the keys the handshake exported
         for it: (authenticated, authenticated and delivered to the other side, failed, failed but
-        authenticating with the other side's keys, what was wrong)."""
+        authenticating with the other side's keys, what was wrong). `plain_rtcp` counts, of the failed,
+        the RTCP packets sent in the clear."""
         a = self.association
         if a is None or sender is None:
             return 0, 0, 0, 0, "no DTLS association between the two media sockets"
@@ -291,6 +294,7 @@ class Evidence:
         session, wrong = own.session(), other.session()
         receiver = self.callee if sender == self.caller_media else self.caller
         ok = delivered = failed = swapped = 0
+        self.plain_rtcp[sender] = 0
         seen: set[bytes] = set()
         for d in packets:
             if d.payload in seen:  # a duplicate (injected or retransmitted) is the same packet
@@ -301,6 +305,9 @@ class Evidence:
                 unprotect(d.payload)
             except Exception:  # noqa: BLE001 - libsrtp's refusal, whatever its reason
                 failed += 1
+                if d.kind == "rtcp" and rtp.is_plain_rtcp(d.payload):
+                    self.plain_rtcp[sender] = self.plain_rtcp.get(sender, 0) + 1
+                    continue
                 check = wrong.unprotect_rtcp if d.kind == "rtcp" else wrong.unprotect
                 try:
                     check(d.payload)
@@ -693,12 +700,17 @@ def _media(ev: Evidence, sender: str, sender_media: Address | None, role: str) -
     if why:
         raise Failure(f"SRTP from {sender}: {why}", _when(first))
     if failed:
-        keys = f" ({swapped} authenticate with the other side's keys: swapped)" if swapped else ""
-        raise Failure(
-            f"{failed} SRTP packet(s) from {sender} do not authenticate with the {role}_write keys the "
-            f"handshake exported{keys} (RFC 5764 §4.2)",
-            _when(first),
+        plain = ev.plain_rtcp.get(sender_media, 0) if sender_media else 0
+        problems = [f"{plain} RTCP packet(s) in the clear (RFC 3711 §3.4: SRTCP authentication is mandatory)"] * bool(
+            plain
         )
+        if failed > plain:
+            keys = f" ({swapped} authenticate with the other side's keys: swapped)" if swapped else ""
+            problems.append(
+                f"{failed - plain} SRTP packet(s) do not authenticate with the {role}_write keys the handshake "
+                f"exported{keys} (RFC 5764 §4.2)"
+            )
+        raise Failure(f"from {sender}, of {ok + failed}: {'; '.join(problems)}", _when(first))
     if not delivered:
         raise Failure(
             f"no SRTP from {sender} authenticated with the {role}_write keys reached {receiver} ({ok} sent)",
@@ -1302,6 +1314,8 @@ def judge(
 
 
 def _notes(ev: Evidence) -> Iterable[str]:
+    for node, label in sorted(ev.info.get("external", {}).items()):
+        yield f"external: {node} runs {label}, judged by what it put on the wire (it reports nothing itself)"
     deviations = ev.info.get("deviations", {})
     for node, names in sorted(deviations.items()):
         if names:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pinhole.capture import CapturePoint
 from pinhole.lab.topology import Node, Topology
+
+if TYPE_CHECKING:  # external.py builds on LabError
+    from pinhole.lab.external import Rendered
 
 ENTRY_POINT_GROUP = "pinhole.labs"
 DEFAULT_BACKEND = "netns"
@@ -71,6 +74,18 @@ class Lab(Protocol):
 
     def kill(self, node: str, *, crash: bool = True, timeout: float = 5.0) -> list[Any]:
         """End what runs in `node` as a fault: SIGKILL (crash) or SIGTERM."""
+        ...
+
+    def start_external(self, node: str, program: Rendered, *, log_path: Path) -> Process:
+        """Run a third party's program (or image) in `node`, pinhole's service there stopped first."""
+        ...
+
+    def stop_external(self, node: str, process: Process, timeout: float = 5.0) -> list[int]:
+        """End it and everything it started; returns what had to be killed beyond its own group."""
+        ...
+
+    def exec_in(self, node: str, argv: list[str], *, timeout: float = 10.0) -> Any:
+        """Run a short command in `node` (a dial action) and wait for it; `.returncode`, `.stdout`."""
         ...
 
     def capture_points(self) -> list[CapturePoint]:
