@@ -2,6 +2,8 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 APT_PKGS  := python3-venv nftables conntrack iptables tshark iproute2 openssl chromium
+# the third parties of scenarios/interop (SIPp, baresip, Kamailio): installed with no service started
+INTEROP_PKGS := sip-tester baresip-core kamailio
 PROTOS    := $(wildcard proto/pinhole/rpc/v1/*.proto)
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
@@ -11,13 +13,23 @@ GEN       := pinhole/rpc/v1/.generated
 
 setup: $(STAMP_APT) $(STAMP_PIP) $(GEN)
 
-$(STAMP_APT):
+$(STAMP_APT): Makefile
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(INTEROP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the interop recipes' programs:$$missing (no service of theirs is started or enabled)"; \
+	  guard=/usr/sbin/policy-rc.d; made=""; \
+	  if [ ! -e $$guard ]; then printf '#!/bin/sh\nexit 101\n' > $$guard && chmod +x $$guard && made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  status=$$?; [ -n "$$made" ] && rm -f $$guard; \
+	  case " $$missing " in *" kamailio "*) [ -d /run/systemd/system ] && systemctl disable --now kamailio 2>/dev/null;; esac; \
+	  [ $$status -eq 0 ]; \
 	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@touch $@

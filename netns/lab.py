@@ -631,7 +631,7 @@ class NetnsLab:
         if not program.argv:
             raise LabError(f"{node}: external node {program.external.label!r} has no program for namespaces")
         if shutil.which(program.argv[0]) is None and not Path(program.argv[0]).is_file():
-            raise LabError(f"{node}: {program.argv[0]} is not installed (see the scenario's recipe for its package)")
+            raise LabError(f"{node}: {program.argv[0]} is not installed (make setup installs the recipes' programs)")
         self._contain_names(node)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(program.config_dir), **program.env}
         return self.spawn(node, list(program.argv), log_path=log_path, env=env, cwd=program.config_dir, group=True)

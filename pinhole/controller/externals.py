@@ -38,33 +38,43 @@ class Externals:
         return bool(self.externals)
 
     def start(self) -> None:
-        """Each node in turn: stop pinhole's service, render the files, start the program, wait until ready."""
+        """Each node in turn: stop pinhole's service, render the files, start the program, wait until ready.
+        A caller that calls as soon as it runs (no dial action) starts when the call is placed (dial)."""
         for node, external in self.externals.items():
-            spec = self.lab.topology.nodes[node]
-            if self.lab.hosts_service(spec):
-                with contextlib.suppress(LabError):  # not running (a lab left half up): nothing to stop
-                    self.lab.kill(node, crash=False)
-                self.replaced.append(node)
-            program = rendered(external, self.variables(node), (self.out_dir / f"{node}.d").resolve())
-            log = self.out_dir / f"{node}.log"
-            process = self.lab.start_external(node, program, log_path=log)
-            self.programs[node], self.processes[node] = program, process
-            if external.ready is not None:
-                address = spec.addresses[0].split("/")[0]
-                self.ready_s[node] = wait_ready(
-                    external.ready,
-                    netns=self.lab.ns(node),
-                    address=address,
-                    log=log,
-                    alive=lambda process=process: process.poll() is None,
-                    what=f"{node} ({external.label})",
-                )
+            if node == "alice" and external.dial is None:
+                continue
+            self._start(node, external)
+
+    def _start(self, node: str, external: External) -> None:
+        """Stop pinhole's service on `node`, render the files, start the program, wait until it is ready."""
+        spec = self.lab.topology.nodes[node]
+        if self.lab.hosts_service(spec):
+            with contextlib.suppress(LabError):  # not running (a lab left half up): nothing to stop
+                self.lab.kill(node, crash=False)
+            self.replaced.append(node)
+        program = rendered(external, self.variables(node), (self.out_dir / f"{node}.d").resolve())
+        log = self.out_dir / f"{node}.log"
+        process = self.lab.start_external(node, program, log_path=log)
+        self.programs[node], self.processes[node] = program, process
+        if external.ready is not None:
+            address = spec.addresses[0].split("/")[0]
+            self.ready_s[node] = wait_ready(
+                external.ready,
+                netns=self.lab.ns(node),
+                address=address,
+                log=log,
+                alive=lambda process=process: process.poll() is None,
+                what=f"{node} ({external.label})",
+            )
 
     def label(self, node: str) -> str:
         return self.externals[node].label
 
     def dial(self, node: str) -> bool:
-        """Make `node` call, if it needs telling (a program that calls when it starts does not)."""
+        """Make `node` call: its dial action, or, for a program that calls as soon as it runs, starting it."""
+        if node not in self.programs:
+            self._start(node, self.externals[node])
+            return True
         return self._act(node, self.programs[node].dial, "dial")
 
     def hang_up(self, node: str) -> bool:

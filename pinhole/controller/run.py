@@ -919,11 +919,11 @@ def run(
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
         capture = LinkCapture(lab.capture_points()).start()  # a third party's start-up is on the wire too
+        show.stage("configuring services")
+        configure(clients, endpoints, scenario, timers)
         if externals:
             show.stage(f"starting {', '.join(f'{n} ({x.label})' for n, x in scenario.external.items())}")
             externals.start()
-        show.stage("configuring services")
-        configure(clients, endpoints, scenario, timers)
         plans = fault_plans(scenario, endpoints.addresses) if scenario.faults else {}
 
         def refault(node: str) -> None:

@@ -26,7 +26,7 @@ from pinhole.nsenter import in_netns
 from pinhole.sip.message import Request, Response, SipParseError, new_branch, parse_message
 
 ROLES = ("ua", "proxy", "peer")  # a user agent (caller or callee), a SIP proxy, any other box
-READY_KINDS = ("sip", "tcp", "log")
+READY_KINDS = ("sip", "udp", "tcp", "log")
 KEYS = ("role", "program", "image", "args", "files", "env", "ready", "dial", "hangup", "key_log", "stop_timeout")
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 DEFAULT_READY_TIMEOUT = 20.0
@@ -39,8 +39,9 @@ class ExternalError(LabError):
 
 @dataclass(frozen=True)
 class Ready:
-    """How to tell the program is ready: `sip` (an OPTIONS to `port` gets any response), `tcp` (`port`
-    accepts a connection) or `log` (a line of its output matches `pattern`), within `timeout` seconds."""
+    """How to tell the program is ready: `sip` (an OPTIONS to `port` gets any response), `udp` (a socket is
+    bound to `port`: for a program that must not be sent a probe), `tcp` (`port` accepts a connection) or `log`
+    (a line of its output matches `pattern`), within `timeout` seconds."""
 
     kind: str
     port: int = 5060
@@ -103,7 +104,7 @@ def _action(value: Any, where: str) -> Action:
 
 def _ready(value: Any, where: str) -> Ready:
     if not isinstance(value, dict) or len(set(value) & set(READY_KINDS)) != 1 or set(value) - {*READY_KINDS, "timeout"}:
-        raise _fail(where, "one of {sip: PORT}, {tcp: PORT}, {log: REGEX}, with an optional timeout (seconds)")
+        raise _fail(where, "one of {sip: PORT}, {udp: PORT}, {tcp: PORT}, {log: REGEX}, with an optional timeout")
     timeout = value.get("timeout", DEFAULT_READY_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         raise _fail(f"{where}.timeout", f"{timeout!r}: seconds, 0..300")
@@ -259,6 +260,8 @@ def _prober(ready: Ready, netns: str, address: str, log: Path) -> Iterator[Calla
             sock.bind((address, 0))
             interval = [SIP_T1]
             yield lambda deadline: _sip_answered(sock, (address, ready.port), interval, deadline)
+    elif ready.kind == "udp":
+        yield lambda deadline: _udp_bound(netns, ready.port, deadline)
     elif ready.kind == "tcp":
         yield lambda deadline: _tcp_open(netns, (address, ready.port), deadline)
     else:
@@ -297,6 +300,15 @@ def _sip_answered(sock: socket.socket, target: tuple[str, int], interval: list[f
         if isinstance(reply, Response) and reply.call_id == call_id:
             return True
     return False
+
+
+def _udp_bound(netns: str, port: int, deadline: float) -> bool:
+    """Whether a UDP socket in the node is bound to `port` (its /proc/net/udp, read from inside it)."""
+    with in_netns(netns), open("/proc/thread-self/net/udp") as table:
+        bound = any(int(line.split()[1].split(":")[1], 16) == port for line in table.readlines()[1:])
+    if not bound:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # not yet: look again after a beat
+    return bound
 
 
 def _tcp_open(netns: str, target: tuple[str, int], deadline: float) -> bool:
