@@ -144,6 +144,7 @@ def cmd_cluster_run(args: argparse.Namespace) -> int:
             nat=nat,
             wait=args.wait,
             forward_to=args.otlp_forward,
+            external=cluster.parse_external(args.external),
         )
     except cluster.ClusterError as error:
         print(f"pinhole cluster-run: {error}", file=sys.stderr)
@@ -306,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where the lab's pods are (default: $POD_NAMESPACE or pinhole)",
     )
     cluster_p.add_argument("--out", default="out", help="artifact root; each run writes OUT/<run-id>/")
+    cluster_p.add_argument(
+        "--external",
+        default=env.get("PINHOLE_EXTERNAL", ""),
+        help="NODE=WHAT,...: pods that run your image instead of pinhole's service (bob, proxy-a, proxy-b, stun), "
+        "judged from the wire (default: $PINHOLE_EXTERNAL)",
+    )
     cluster_p.add_argument(
         "--service",
         metavar="NODE=IP",

@@ -7,6 +7,7 @@ test drives a namespace lab the cluster's way (explicit gRPC targets, no capture
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,8 @@ from pinhole import cli
 from pinhole.controller import cluster
 from pinhole.controller.run import Endpoints, default_nat
 from pinhole.rpc.v1 import natgw_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
 
 IPS = {
     "alice": "10.244.0.10",
@@ -392,6 +395,51 @@ def test_cluster_run_against_a_namespace_lab(lab, tmp_path):
     assert (tmp_path / "last").resolve() == out_dir.resolve()
     check3 = next(c for c in result.checks if c.message == "3")
     assert "natgw:wan0" in check3.detail  # the NAT's own capture of its outside link
+
+
+@pytest.mark.lab
+def test_cluster_run_judges_an_external_bob_from_the_nat_pods_capture(lab, tmp_path):
+    """--external bob=baresip: Bob's pod runs a third party (here Debian's baresip in the namespace lab's bob),
+    found but neither health-checked nor configured; the call is judged from the wire the services captured
+    (baresip captures nothing), as a cluster would see it."""
+    from pinhole.controller.externals import Externals
+    from pinhole.controller.run import _RECEIVERS, external_variables, otlp_socket
+    from pinhole.controller.scenario import load
+    from pinhole.controller.services import local_targets, start_services, wait_healthy
+
+    running, topology, _ = lab
+    (recipe,) = load(ROOT / "scenarios" / "interop" / "baresip-bob.yaml")
+    endpoints = Endpoints.of_topology(topology)
+    bob = Externals(running, recipe.external, tmp_path, partial(external_variables, topology, endpoints), None)
+    bob.start()  # what the user's Deployment would run in the pod
+    try:
+        result, out_dir = cluster.cluster_run(
+            "rfc5763-7.3",
+            "short",
+            out_root=tmp_path,
+            targets=local_targets(running.run_dir, cluster.NODES),
+            endpoints=endpoints,
+            receiver=_RECEIVERS[running.name],
+            progress=False,
+            external=cluster.parse_external("bob=baresip"),
+        )
+    finally:
+        bob.stop()
+        pids = start_services(running, topology, otlp_endpoint=f"unix:{otlp_socket(running.run_dir)}", only=["bob"])
+        wait_healthy({"bob": f"unix:{running.run_dir}/bob.sock"}, pids=pids)
+    assert {c.message for c in result.checks if not c.passed} == set(recipe.expect.failing)  # as on the lab
+    evidence = json.loads((out_dir / "evidence.json").read_text())
+    assert "bob" not in evidence["measurements"]["captured_by"].split(",")
+    assert evidence["outcome"]["works"] is True and evidence["external"] == {"bob": "baresip"}
+    assert any(n.startswith("external: bob runs baresip") for n in result.notes)
+
+
+def test_external_nodes_in_a_cluster_are_checked():
+    assert cluster.parse_external("bob=my-phone, proxy-a=kamailio") == {"bob": "my-phone", "proxy-a": "kamailio"}
+    assert cluster.parse_external("") == {}
+    for bad in ("alice=baresip", "natgw=x", "carol=x"):
+        with pytest.raises(cluster.ClusterError, match="an external node is one of bob, proxy-a, proxy-b, stun"):
+            cluster.parse_external(bad)
 
 
 def test_unreachable_services_leave_an_error_and_free_the_port(tmp_path):

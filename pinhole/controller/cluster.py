@@ -20,6 +20,7 @@ import os
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,6 +44,7 @@ from pinhole.controller.run import (
 )
 from pinhole.controller.scenario import MIN_MAPPING_TIMEOUT, NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
+from pinhole.lab.external import External
 from pinhole.rpc.v1 import capture_pb2, natgw_pb2
 
 LABEL = "app.kubernetes.io/name"
@@ -290,6 +292,23 @@ def grpc_target(ip: str, port: int = GRPC_PORT) -> str:
     return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
 
 
+def parse_external(text: str) -> dict[str, str]:
+    """`bob=my-phone,proxy-a=kamailio` ($PINHOLE_EXTERNAL): the nodes whose pods run the user's image instead
+    of pinhole's service, and what runs there. A caller cannot be told to dial in a cluster, and the NAT
+    stays pinhole's: either is a ClusterError."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node, _, label = item.partition("=")
+        if node not in NODES or node in ("natgw", "alice"):
+            allowed = ", ".join(n for n in NODES if n not in ("natgw", "alice"))
+            raise ClusterError(
+                f"external {item!r}: in a cluster an external node is one of {allowed} (the NAT stays pinhole's; a "
+                "caller cannot be told to dial there: run it on the namespace backend)"
+            )
+        out[node] = label or "external"
+    return out
+
+
 def plan(
     namespace: str,
     *,
@@ -398,8 +417,12 @@ def cluster_run(
     receiver: OtlpReceiver | None = None,
     forward_to: str | None = None,
     progress: bool = True,
+    external: Mapping[str, str] | None = None,
 ) -> tuple[verdict.Verdict, Path]:
     """Run one scenario against running services; returns the verdict and the run's artifact directory.
+
+    `external`: node -> what runs there, for pods that run the user's image (no gRPC, no spans): found like
+    the others, neither health-checked nor configured, judged from the wire (parse_external).
 
     The pods are found through the API (or `services`: node -> pod IP); `wait` bounds both the wait
     for Ready pods and the wait for SERVING health. `targets` (node -> gRPC target) with `endpoints`
@@ -408,6 +431,15 @@ def cluster_run(
     `otlp_listen` for this run). `nat`: the gateway's behaviour (default: §7.3's, see nat_config_from_env).
     """
     scenario = SCENARIOS[scenario_name]
+    external = dict(external or {})
+    if external:  # the user's pods: a proxy, or the callee (each judged from the wire)
+        scenario = replace(
+            scenario,
+            external={
+                node: External(node, "proxy" if KINDS[node] == "proxy" else "ua", image=label)
+                for node, label in external.items()
+            },
+        )
     timers = TIMERS[timers_name]
     nat = default_nat() if nat is None else nat
     show = Progress(progress)
@@ -436,7 +468,7 @@ def cluster_run(
             endpoints = endpoints or found_endpoints
             targets = targets or found_targets
             measurements["discover_s"] = round(time.monotonic() - started, 3)
-        targets = dict(targets)
+        targets = {node: target for node, target in targets.items() if node not in external}
         show.stage("waiting for every service to be SERVING: " + ", ".join(f"{n} {t}" for n, t in targets.items()))
         # Ready pods are SERVING (gRPC readiness probes), but the path from here may lag: never less than 30 s
         left = max(wait - (time.monotonic() - started), min(wait, 30.0))
