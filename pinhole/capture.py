@@ -61,6 +61,25 @@ class CapturePoint:
     description: str = ""
 
 
+def _open(point: CapturePoint) -> socket.socket:
+    """A raw packet socket on one link, in its namespace, bound, non-blocking, with kernel timestamps."""
+    with in_netns(point.netns) if point.netns else contextlib.nullcontext():
+        # protocol 0 receives nothing until bind() sets ETH_P_ALL on this one interface
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            sock.bind((point.device, ETH_P_ALL))
+        except OSError as e:
+            raise CaptureError(f"capture on {point.name}: {e.strerror}") from e
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class LinkCapture:
     """A running capture of several links; stops by itself after `max_packets` frames or `max_seconds`."""
 
@@ -82,6 +101,8 @@ class LinkCapture:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self._arrived = threading.Condition()  # notified as frames come in: wait_for() watches the wire
+        self._gone: dict[int, str] = {}  # links whose socket failed, and why
+        self._rebuild = False  # refresh() swapped a socket: the reader polls the new ones
 
     @property
     def running(self) -> bool:
@@ -93,17 +114,7 @@ class LinkCapture:
             return self
         try:
             for point in self.points:
-                with in_netns(point.netns) if point.netns else contextlib.nullcontext():
-                    # protocol 0 receives nothing until bind() sets ETH_P_ALL on this one interface
-                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-                self._socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                try:
-                    sock.bind((point.device, ETH_P_ALL))
-                except OSError as e:
-                    raise CaptureError(f"capture on {point.name}: {e.strerror}") from e
-                sock.setblocking(False)
+                self._socks.append(_open(point))
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except BaseException:
             self._close()
@@ -125,6 +136,26 @@ class LinkCapture:
         self._read_statistics()
         self._close()
         return self.result()
+
+    def refresh(self, points: list[CapturePoint]) -> list[str]:
+        """Follow links whose end moved to another namespace (a container replaced by another on the same
+        networks): their sockets are reopened there, the frames and counts so far kept. Returns their names."""
+        moved = []
+        for index, point in enumerate(points):
+            if index < len(self.points) and point.name == self.points[index].name and point != self.points[index]:
+                sock = _open(point)
+                with self._arrived:
+                    old = self._socks[index]
+                    self._read_statistics(only=index)
+                    self._socks[index], self.points[index] = sock, point
+                    self._gone.pop(index, None)
+                    self._rebuild = True
+                old.close()
+                moved.append(point.name)
+        if moved and self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"r")  # the reader picks up the new sockets
+        return moved
 
     def result(self, comments: list[str] | None = None, key_log: str = "") -> pcapng.Capture:
         """The capture so far as a pcapng model; `key_log` becomes its Decryption Secrets Block."""
@@ -159,6 +190,7 @@ class LinkCapture:
             for i, p in enumerate(self.points)
             if self.kernel_drops[i]
         ]
+        out += [f"the capture on {self.points[i].name} stopped: {why}" for i, why in sorted(self._gone.items())]
         if self.stop_reason not in (None, "stopped"):
             out.append(f"the capture stopped early ({self.stop_reason}) with {len(self.packets)} frames")
         return out
@@ -171,13 +203,16 @@ class LinkCapture:
 
     # -- the reader thread
 
+    def _poller(self) -> tuple[select.poll, dict[int, int]]:
+        poller = select.poll()
+        by_fd = {sock.fileno(): index for index, sock in enumerate(self._socks) if index not in self._gone}
+        for fd in (*by_fd, self._wake_r):
+            poller.register(fd, select.POLLIN)
+        return poller, by_fd
+
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
-        poller = select.poll()
-        by_fd = {sock.fileno(): index for index, sock in enumerate(self._socks)}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller, by_fd = self._poller()
         try:
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
@@ -185,8 +220,15 @@ class LinkCapture:
                     self.stop_reason = "max_seconds"
                     return
                 for fd, _ in poller.poll(remaining * 1000):
-                    if fd in by_fd:
+                    if fd == self._wake_r:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 64)
+                    elif fd in by_fd:
                         self._drain(by_fd[fd])
+                with self._arrived:
+                    if self._rebuild or any(self._socks[i].fileno() in by_fd for i in self._gone):
+                        self._rebuild = False
+                        poller, by_fd = self._poller()
                 with self._arrived:  # once per wake-up, not per frame
                     self._arrived.notify_all()
                 if len(self.packets) >= self.max_packets:
@@ -212,6 +254,9 @@ class LinkCapture:
                 data, ancdata, _flags, address = sock.recvmsg(FRAME_BUFFER, socket.CMSG_SPACE(16))
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as error:  # its interface is gone (a container removed): the other links go on
+                self._gone[index] = error.strerror or str(error)
+                return
             t = None
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
@@ -222,8 +267,10 @@ class LinkCapture:
             self.packets.append(pcapng.Packet(index, time.time() if t is None else t, data, len(data), direction))
             self.counts[index] += 1
 
-    def _read_statistics(self) -> None:
+    def _read_statistics(self, only: int | None = None) -> None:
         for index, sock in enumerate(self._socks):
+            if only is not None and index != only:
+                continue
             with contextlib.suppress(OSError):
                 _, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
                 self.kernel_drops[index] += drops

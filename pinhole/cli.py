@@ -144,7 +144,9 @@ def cmd_cluster_run(args: argparse.Namespace) -> int:
             nat=nat,
             wait=args.wait,
             forward_to=args.otlp_forward,
-            external=cluster.parse_external(args.external),
+            external=cluster.parse_external(args.external, args.external_dial),
+            external_dial=args.external_dial,
+            external_hangup=args.external_hangup,
         )
     except cluster.ClusterError as error:
         print(f"pinhole cluster-run: {error}", file=sys.stderr)
@@ -310,8 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     cluster_p.add_argument(
         "--external",
         default=env.get("PINHOLE_EXTERNAL", ""),
-        help="NODE=WHAT,...: pods that run your image instead of pinhole's service (bob, proxy-a, proxy-b, stun), "
-        "judged from the wire (default: $PINHOLE_EXTERNAL)",
+        help="NODE=WHAT,...: pods that run your image instead of pinhole's service, judged from the wire "
+        "(default: $PINHOLE_EXTERNAL)",
+    )
+    cluster_p.add_argument(
+        "--external-dial",
+        default=env.get("PINHOLE_EXTERNAL_DIAL", ""),
+        help="with an external alice: the command run in her pod to make her call, {{peer_aor}} etc. filled in "
+        "(default: $PINHOLE_EXTERNAL_DIAL)",
+    )
+    cluster_p.add_argument(
+        "--external-hangup",
+        default=env.get("PINHOLE_EXTERNAL_HANGUP", ""),
+        help="with an external alice: the command that makes her hang up (default: $PINHOLE_EXTERNAL_HANGUP; "
+        "without one, Bob hangs up)",
     )
     cluster_p.add_argument(
         "--service",

@@ -434,12 +434,89 @@ def test_cluster_run_judges_an_external_bob_from_the_nat_pods_capture(lab, tmp_p
     assert any(n.startswith("external: bob runs baresip") for n in result.notes)
 
 
+@pytest.mark.lab
+def test_cluster_run_makes_an_external_alice_dial(lab, tmp_path):
+    """An external caller on the cluster code path: Debian's baresip as Alice behind the NAT, told to dial (here
+    by the local lab's dial action; in a cluster PodExternals runs PINHOLE_EXTERNAL_DIAL in her pod), the
+    Call-ID learnt from pinhole's Bob, the verdict the recipe's."""
+    from pinhole.controller.externals import Externals
+    from pinhole.controller.run import _RECEIVERS, external_variables, otlp_socket
+    from pinhole.controller.scenario import load
+    from pinhole.controller.services import local_targets, start_services, wait_healthy
+
+    running, topology, _ = lab
+    (recipe,) = load(ROOT / "scenarios" / "interop" / "baresip-alice.yaml")
+    endpoints = Endpoints.of_topology(topology)
+    alice = Externals(running, recipe.external, tmp_path, partial(external_variables, topology, endpoints), None)
+    alice.start()
+    try:
+        result, _ = cluster.cluster_run(
+            "rfc5763-7.3",
+            "short",
+            out_root=tmp_path,
+            targets=local_targets(running.run_dir, cluster.NODES),
+            endpoints=endpoints,
+            receiver=_RECEIVERS[running.name],
+            progress=False,
+            external=cluster.parse_external("alice=baresip", dial="(the lab's own)"),
+            externals=alice,
+        )
+    finally:
+        alice.stop()
+        pids = start_services(running, topology, otlp_endpoint=f"unix:{otlp_socket(running.run_dir)}", only=["alice"])
+        wait_healthy({"alice": f"unix:{running.run_dir}/alice.sock"}, pids=pids)
+    assert {c.message for c in result.checks if not c.passed} == set(recipe.expect.failing)
+
+
 def test_external_nodes_in_a_cluster_are_checked():
     assert cluster.parse_external("bob=my-phone, proxy-a=kamailio") == {"bob": "my-phone", "proxy-a": "kamailio"}
     assert cluster.parse_external("") == {}
-    for bad in ("alice=baresip", "natgw=x", "carol=x"):
-        with pytest.raises(cluster.ClusterError, match="an external node is one of bob, proxy-a, proxy-b, stun"):
+    assert cluster.parse_external("alice=my-phone", dial="ctl dial {{peer_aor}}") == {"alice": "my-phone"}
+    with pytest.raises(cluster.ClusterError, match="external alice: a caller must be told to dial"):
+        cluster.parse_external("alice=my-phone")
+    for bad in ("natgw=x", "carol=x"):
+        with pytest.raises(cluster.ClusterError, match="an external node is one of alice, bob, proxy-a, proxy-b, stun"):
             cluster.parse_external(bad)
+
+
+class _Exec:
+    """What kubernetes.stream.stream hands back: run_forever, then an exit code and the output."""
+
+    def __init__(self, code: int, stderr: str = "") -> None:
+        self.returncode, self.stderr = code, stderr
+
+    def run_forever(self, timeout: float) -> None:
+        pass
+
+    def read_stderr(self) -> str:
+        return self.stderr
+
+    def read_stdout(self) -> str:
+        return ""
+
+
+def test_an_external_caller_in_a_cluster_dials_by_a_command_in_her_pod(monkeypatch):
+    import kubernetes.stream
+
+    running = pod("alice", "10.244.0.9", name="alice-7d9f")
+    api = SimpleNamespace(
+        list_namespaced_pod=lambda *a, **k: SimpleNamespace(items=[running]), connect_get_namespaced_pod_exec=None
+    )
+    calls = []
+    codes = iter([0, 3])
+
+    def stream(fn, name, namespace, **kwargs):
+        calls.append((name, namespace, kwargs["command"]))
+        return _Exec(next(codes), "no such call")
+
+    monkeypatch.setattr(kubernetes.stream, "stream", stream)
+    variables = {"peer_aor": "sip:bob@b.example"}
+    externals = cluster.PodExternals("lab", "ctl dial {{peer_aor}}", "ctl hangup", variables, api)
+    assert externals.dial("alice") is True
+    assert calls == [("alice-7d9f", "lab", ["ctl", "dial", "sip:bob@b.example"])]
+    with pytest.raises(cluster.ClusterError, match=r"alice: hangup command ctl hangup exited 3: no such call"):
+        externals.hang_up("alice")
+    assert externals.hang_up("bob") is False and externals.key_log() == []
 
 
 def test_unreachable_services_leave_an_error_and_free_the_port(tmp_path):

@@ -193,3 +193,37 @@ def test_a_proxy_container_crashes_mid_call_and_comes_back(container_lab, tmp_pa
     labels = [f"io.pinhole.lab={running.name}", "io.pinhole.node=proxy-b"]
     [proxy] = running.client().containers.list(filters={"label": labels})  # the new one, running
     assert proxy.status == "running"
+
+
+def test_an_external_image_runs_in_a_node_and_the_call_is_judged_from_the_wire(container_lab, tmp_path):
+    """`external:` on the container backend: the stun node runs an image that is not its service's container
+    (pinhole's STUN server image, started as any third party's would be: its args, its rendered file mounted at
+    the same path), waited for by a udp probe, and replaced by pinhole's service container afterwards."""
+    from pinhole.controller.scenario import load
+
+    running, _, _ = container_lab
+    (tmp_path / "args").write_text("listen {{address}}:3478 for {{callee_aor}}\n")
+    path = tmp_path / "external-stun.yaml"
+    path.write_text(
+        "name: external-stun\n"
+        "external:\n"
+        "  stun:\n"
+        "    role: peer\n"
+        "    image: localhost/pinhole-stunserver\n"
+        "    args: [python, -m, services.stunserver, --name, stun, --grpc, 'unix:/tmp/stun.sock',\n"
+        "           --listen, '{{address}}:3478']\n"
+        "    files: {note: args}\n"
+        "    ready: {udp: 3478}\n"
+        "expect: {outcome: works}\n"
+    )
+    (scenario,) = load(path)
+    result, out_dir = run(
+        scenario, timers_name="short", lab_name=running.name, backend="docker", out_root=tmp_path, progress=False
+    )
+    assert result.passed, result.render()
+    assert (out_dir / "stun.d" / "note").read_text() == "listen 203.0.113.30:3478 for sip:bob@b.example\n"
+    assert "external: stun runs localhost/pinhole-stunserver" in "\n".join(result.notes)
+    labels = [f"io.pinhole.lab={running.name}", "io.pinhole.node=stun"]
+    [stun] = running.client().containers.list(filters={"label": labels})  # pinhole's service, back
+    assert "pinhole-stunserver" in stun.attrs["Config"]["Image"] and stun.status == "running"
+    assert "unix:/tmp/stun.sock" not in stun.attrs["Config"]["Cmd"]  # not the external one

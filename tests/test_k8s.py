@@ -119,7 +119,7 @@ def all_documents(renders: dict[str, list[dict[str, Any]]]) -> list[dict[str, An
 
 
 def test_components_and_overlays_found():
-    assert {"nat-behaviour", "short-timers", "tracing"} <= set(COMPONENTS)
+    assert {"nat-behaviour", "short-timers", "tracing", "external-caller"} <= set(COMPONENTS)
     for component in COMPONENTS:
         text = yaml.safe_load((K8S / "components" / component / "kustomization.yaml").read_text())
         assert (text["apiVersion"], text["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
@@ -196,6 +196,10 @@ def test_components_change_what_they_say(renders: dict[str, list[dict[str, Any]]
     for name in ("otel-collector", "jaeger"):
         assert {("Deployment", name), ("Service", name)} <= tracing
     assert ("ConfigMap", "otel-collector") in tracing
+    # an external caller: the controller may exec in the lab's pods, and nothing more than that
+    (role,) = [d for d in renders["component:external-caller"] if d["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]
+    assert not any(d["kind"] == "Role" and d["metadata"]["name"] == role["metadata"]["name"] for d in renders["base"])
     # every lab service reads the telemetry ConfigMap
     for doc, pod in pod_specs(renders["base"]):
         refs = [e["configMapRef"]["name"] for e in pod["containers"][0].get("envFrom", [])]

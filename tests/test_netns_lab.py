@@ -553,6 +553,27 @@ def test_capture_is_bounded_and_says_so(make_lab: Callable[..., NetnsLab], tmp_p
 
 
 @needs_root
+def test_a_link_that_vanishes_stops_its_capture_alone_and_says_so(make_lab: Callable[..., NetnsLab]) -> None:
+    """A container replaced takes its interface with it: that link's capture ends (a problem of the run, named),
+    the other links go on capturing."""
+    from pyroute2 import IPRoute
+
+    lab = make_lab("v")
+    lab.up()
+    points = [p for p in lab.capture_points() if p.name in ("bob:eth0", "proxy-b:eth0")]
+    proxy_a, proxy_b = _udp(lab, "proxy-a", 5000), _udp(lab, "proxy-b", 5000)
+    with proxy_a, proxy_b, LinkCapture(points) as cap:
+        with IPRoute(netns=lab.ns("bob")) as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname="eth0")[0])
+        proxy_a.sendto(b"after", ("203.0.113.20", 5000))
+        assert proxy_b.recvfrom(2048)[0] == b"after"
+        assert cap.wait_for(lambda p: (d := decode_udp(p.data)) is not None and d.payload == b"after", timeout=5)
+    assert cap.stop_reason == "stopped"
+    assert [problem.split(":")[0] for problem in cap.problems()] == ["the capture on bob"]
+    assert "stopped" in cap.problems()[0]
+
+
+@needs_root
 def test_list_labs_and_cleanup_stragglers(make_lab: Callable[..., NetnsLab]) -> None:
     from pyroute2 import netns
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import time
 import traceback
 from collections.abc import Mapping
@@ -38,13 +39,15 @@ from pinhole.controller.run import (
     configure,
     default_nat,
     drive_call,
+    external_variables,
     judge_call,
     link_last,
     new_run_dir,
 )
 from pinhole.controller.scenario import MIN_MAPPING_TIMEOUT, NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
-from pinhole.lab.external import External
+from pinhole.lab import load_topology
+from pinhole.lab.external import External, render
 from pinhole.rpc.v1 import capture_pb2, natgw_pb2
 
 LABEL = "app.kubernetes.io/name"
@@ -64,6 +67,7 @@ ALICE_ADDRESS = "10.10.1.10"
 NAT_INSIDE = "10.10.1.1"
 NAT_LAN_IF, NAT_WAN_IF = "vxlan0", "eth0"
 SEGMENT = "cluster"  # what a pod's own interface leads to: the pod network
+EXEC_TIMEOUT = 10  # seconds a dial or hang-up command may take in its pod
 
 # RFC 4787 behaviours as the ConfigMap pinhole-scenario spells them (k8s/base/config.yaml) -> NatConfig enums
 
@@ -292,21 +296,74 @@ def grpc_target(ip: str, port: int = GRPC_PORT) -> str:
     return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
 
 
-def parse_external(text: str) -> dict[str, str]:
+def parse_external(text: str, dial: str = "") -> dict[str, str]:
     """`bob=my-phone,proxy-a=kamailio` ($PINHOLE_EXTERNAL): the nodes whose pods run the user's image instead
-    of pinhole's service, and what runs there. A caller cannot be told to dial in a cluster, and the NAT
-    stays pinhole's: either is a ClusterError."""
+    of pinhole's service, and what runs there. The NAT stays pinhole's, and a caller (`alice`) needs `dial`,
+    the command that makes it call ($PINHOLE_EXTERNAL_DIAL): otherwise a ClusterError."""
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         node, _, label = item.partition("=")
-        if node not in NODES or node in ("natgw", "alice"):
-            allowed = ", ".join(n for n in NODES if n not in ("natgw", "alice"))
+        if node not in NODES or node == "natgw":
+            allowed = ", ".join(n for n in NODES if n != "natgw")
+            raise ClusterError(f"external {item!r}: an external node is one of {allowed} (the NAT stays pinhole's)")
+        if node == "alice" and not dial.strip():
             raise ClusterError(
-                f"external {item!r}: in a cluster an external node is one of {allowed} (the NAT stays pinhole's; a "
-                "caller cannot be told to dial there: run it on the namespace backend)"
+                "external alice: a caller must be told to dial: set PINHOLE_EXTERNAL_DIAL (--external-dial), a command "
+                "run in her pod, e.g. 'my-phone-ctl dial {{peer_aor}}'"
             )
         out[node] = label or "external"
     return out
+
+
+class PodExternals:
+    """An external caller in a cluster: the user's pod made to dial and hang up by a command run in it through
+    the Kubernetes exec API (the controller's Role then needs pods/exec: k8s/components/external-caller).
+    Offers what drive_call asks of run's Externals."""
+
+    def __init__(
+        self, namespace: str, dial: str, hangup: str, variables: dict[str, str], api: Any = None
+    ) -> None:
+        self.namespace, self.api = namespace, api
+        self.commands = {
+            name: tuple(render(part, variables, f"PINHOLE_EXTERNAL_{name.upper()}") for part in shlex.split(text))
+            for name, text in (("dial", dial), ("hangup", hangup))
+            if text.strip()
+        }
+
+    def dial(self, node: str) -> bool:
+        return self._run(node, "dial")
+
+    def hang_up(self, node: str) -> bool:
+        return node == "alice" and "hangup" in self.commands and self._run(node, "hangup")
+
+    def key_log(self) -> list[str]:
+        return []  # a pod's own key log is not reachable from here: pinhole's Bob has the association's
+
+    def _run(self, node: str, name: str) -> bool:
+        from kubernetes.stream import stream
+
+        api = kubernetes_api() if self.api is None else self.api
+        pods = api.list_namespaced_pod(self.namespace, label_selector=f"{LABEL}={node}", _request_timeout=10).items
+        running = [p.metadata.name for p in pods if _is_ready(p)]
+        if len(running) != 1:
+            raise ClusterError(f"{name}: {len(running)} Ready pods labelled {LABEL}={node}, expected one")
+        command = list(self.commands[name])
+        reply = stream(
+            api.connect_get_namespaced_pod_exec,
+            running[0],
+            self.namespace,
+            command=command,
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
+        reply.run_forever(timeout=EXEC_TIMEOUT)
+        if reply.returncode != 0:
+            said = (reply.read_stderr() or reply.read_stdout() or "").strip()[-300:]
+            raise ClusterError(f"{node}: {name} command {' '.join(command)} exited {reply.returncode}: {said}")
+        return True
 
 
 def plan(
@@ -418,11 +475,16 @@ def cluster_run(
     forward_to: str | None = None,
     progress: bool = True,
     external: Mapping[str, str] | None = None,
+    external_dial: str = "",
+    external_hangup: str = "",
+    externals: Any = None,
 ) -> tuple[verdict.Verdict, Path]:
     """Run one scenario against running services; returns the verdict and the run's artifact directory.
 
     `external`: node -> what runs there, for pods that run the user's image (no gRPC, no spans): found like
-    the others, neither health-checked nor configured, judged from the wire (parse_external).
+    the others, neither health-checked nor configured, judged from the wire (parse_external); an external
+    caller is made to dial by `external_dial` (and to hang up by `external_hangup`) run in its pod
+    (PodExternals), or by `externals`, anything with the same methods (a local lab's run.Externals).
 
     The pods are found through the API (or `services`: node -> pod IP); `wait` bounds both the wait
     for Ready pods and the wait for SERVING health. `targets` (node -> gRPC target) with `endpoints`
@@ -481,8 +543,11 @@ def cluster_run(
         configure(clients, endpoints, scenario, timers, nat=nat)
         capturing = start_captures(clients, endpoints)
         measurements["captured_by"] = ",".join(capturing) or "none"
+        if "alice" in external and externals is None:
+            variables = external_variables(load_topology(), endpoints, "alice")
+            externals = PodExternals(namespace, external_dial, external_hangup, variables, api)
         try:
-            record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints)
+            record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, externals=externals)
         finally:
             capture, capture_problems = stop_captures(clients, capturing)
         tracer_provider.shutdown()  # exports the run's own span

@@ -33,6 +33,7 @@ class Externals:
         self.replaced: list[str] = []  # nodes whose pinhole service was stopped for the run
         self.notes: list[str] = []
         self.ready_s: dict[str, float] = {}
+        self.on_started: Callable[[str], None] | None = None  # e.g. the capture following a node's new namespace
 
     def __bool__(self) -> bool:
         return bool(self.externals)
@@ -56,6 +57,8 @@ class Externals:
         log = self.out_dir / f"{node}.log"
         process = self.lab.start_external(node, program, log_path=log)
         self.programs[node], self.processes[node] = program, process
+        if self.on_started is not None:
+            self.on_started(node)
         if external.ready is not None:
             address = spec.addresses[0].split("/")[0]
             self.ready_s[node] = wait_ready(

@@ -919,6 +919,7 @@ def run(
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
         capture = LinkCapture(lab.capture_points()).start()  # a third party's start-up is on the wire too
+        externals.on_started = lambda node: capture.refresh(lab.capture_points())  # a container replaced
         show.stage("configuring services")
         configure(clients, endpoints, scenario, timers)
         if externals:
