@@ -324,7 +324,23 @@ class ContainerLab:
         if spec.routes or extra:
             self._set_network(container, node, extra, [{"to": r.to, "via": r.via} for r in spec.routes])
         container.reload()
+        self._forget_neighbours(node)
         return container
+
+    def _forget_neighbours(self, node: str) -> None:
+        """A container that replaces another has the same addresses and a new MAC: the others' neighbour
+        entries for it would send to the old one until they go stale, so they are deleted (ARP asks again)."""
+        from pyroute2 import IPRoute
+
+        addresses = {a.split("/")[0] for a in self.topology.nodes[node].addresses}
+        for other in self.topology.nodes:
+            if other == node or not self.hosts_service(self.topology.nodes[other]):
+                continue
+            with contextlib.suppress(Exception):  # not running (yet): it has no stale entry either
+                with in_netns(self.ns(other)), IPRoute() as ipr:
+                    for entry in ipr.get_neighbours(family=2):
+                        if entry.get_attr("NDA_DST") in addresses:
+                            ipr.neigh("del", dst=entry.get_attr("NDA_DST"), ifindex=entry["ifindex"])
 
     # ---- third parties' images
 

@@ -647,9 +647,16 @@ class NetnsLab:
             self.stop(process.pid, timeout)
         recorded = {int(p["pid"]) for p in self.processes()}
         stragglers = [pid for pid in pids_in_netns(self.ns(node)) if pid not in recorded and pid != os.getpid()]
+        fds = {}
         for pid in stragglers:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                fds[pid] = os.pidfd_open(pid)
+                signal.pidfd_send_signal(fds[pid], signal.SIGKILL)
+        try:
+            _wait_pidfds(fds, timeout)  # gone before the node is reused
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         return stragglers
 
     def exec_in(self, node: str, argv: list[str], *, timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
