@@ -397,21 +397,20 @@ def test_cluster_run_against_a_namespace_lab(lab, tmp_path):
     assert "natgw:wan0" in check3.detail  # the NAT's own capture of its outside link
 
 
-@pytest.mark.lab
-def test_cluster_run_judges_an_external_bob_from_the_nat_pods_capture(lab, tmp_path):
-    """--external bob=baresip: Bob's pod runs a third party (here Debian's baresip in the namespace lab's bob),
-    found but neither health-checked nor configured; the call is judged from the wire the services captured
-    (baresip captures nothing), as a cluster would see it."""
+def _cluster_run_with(lab: Any, tmp_path: Path, recipe_file: str, **more: Any) -> tuple[Any, Any, Path]:
+    """The cluster code path over the namespace lab with a recipe's external node in its node (what the user's
+    Deployment would run in the pod), pinhole's service there again afterwards."""
     from pinhole.controller.externals import Externals
-    from pinhole.controller.run import _RECEIVERS, external_variables, otlp_socket
+    from pinhole.controller.run import _RECEIVERS, external_variables, service_back
     from pinhole.controller.scenario import load
-    from pinhole.controller.services import local_targets, start_services, wait_healthy
+    from pinhole.controller.services import local_targets
 
     running, topology, _ = lab
-    (recipe,) = load(ROOT / "scenarios" / "interop" / "baresip-bob.yaml")
+    (recipe,) = load(ROOT / "scenarios" / "interop" / recipe_file)
     endpoints = Endpoints.of_topology(topology)
-    bob = Externals(running, recipe.external, tmp_path, partial(external_variables, topology, endpoints), None)
-    bob.start()  # what the user's Deployment would run in the pod
+    variables = partial(external_variables, topology, endpoints)
+    externals = Externals(running, recipe.external, tmp_path, variables, partial(service_back, running))
+    externals.start()
     try:
         result, out_dir = cluster.cluster_run(
             "rfc5763-7.3",
@@ -421,12 +420,22 @@ def test_cluster_run_judges_an_external_bob_from_the_nat_pods_capture(lab, tmp_p
             endpoints=endpoints,
             receiver=_RECEIVERS[running.name],
             progress=False,
-            external=cluster.parse_external("bob=baresip"),
+            externals=externals,
+            **more,
         )
     finally:
-        bob.stop()
-        pids = start_services(running, topology, otlp_endpoint=f"unix:{otlp_socket(running.run_dir)}", only=["bob"])
-        wait_healthy({"bob": f"unix:{running.run_dir}/bob.sock"}, pids=pids)
+        externals.stop()
+    return recipe, result, out_dir
+
+
+@pytest.mark.lab
+def test_cluster_run_judges_an_external_bob_from_the_nat_pods_capture(lab, tmp_path):
+    """--external bob=baresip: Bob's pod runs a third party (here Debian's baresip in the namespace lab's bob),
+    found but neither health-checked nor configured; the call is judged from the wire the services captured
+    (baresip captures nothing), as a cluster would see it."""
+    recipe, result, out_dir = _cluster_run_with(
+        lab, tmp_path, "baresip-bob.yaml", external=cluster.parse_external("bob=baresip")
+    )
     assert {c.message for c in result.checks if not c.passed} == set(recipe.expect.failing)  # as on the lab
     evidence = json.loads((out_dir / "evidence.json").read_text())
     assert "bob" not in evidence["measurements"]["captured_by"].split(",")
@@ -439,32 +448,9 @@ def test_cluster_run_makes_an_external_alice_dial(lab, tmp_path):
     """An external caller on the cluster code path: Debian's baresip as Alice behind the NAT, told to dial (here
     by the local lab's dial action; in a cluster PodExternals runs PINHOLE_EXTERNAL_DIAL in her pod), the
     Call-ID learnt from pinhole's Bob, the verdict the recipe's."""
-    from pinhole.controller.externals import Externals
-    from pinhole.controller.run import _RECEIVERS, external_variables, otlp_socket
-    from pinhole.controller.scenario import load
-    from pinhole.controller.services import local_targets, start_services, wait_healthy
-
-    running, topology, _ = lab
-    (recipe,) = load(ROOT / "scenarios" / "interop" / "baresip-alice.yaml")
-    endpoints = Endpoints.of_topology(topology)
-    alice = Externals(running, recipe.external, tmp_path, partial(external_variables, topology, endpoints), None)
-    alice.start()
-    try:
-        result, _ = cluster.cluster_run(
-            "rfc5763-7.3",
-            "short",
-            out_root=tmp_path,
-            targets=local_targets(running.run_dir, cluster.NODES),
-            endpoints=endpoints,
-            receiver=_RECEIVERS[running.name],
-            progress=False,
-            external=cluster.parse_external("alice=baresip", dial="(the lab's own)"),
-            externals=alice,
-        )
-    finally:
-        alice.stop()
-        pids = start_services(running, topology, otlp_endpoint=f"unix:{otlp_socket(running.run_dir)}", only=["alice"])
-        wait_healthy({"alice": f"unix:{running.run_dir}/alice.sock"}, pids=pids)
+    recipe, result, _ = _cluster_run_with(
+        lab, tmp_path, "baresip-alice.yaml", external=cluster.parse_external("alice=baresip", dial="(the lab's own)")
+    )
     assert {c.message for c in result.checks if not c.passed} == set(recipe.expect.failing)
 
 

@@ -173,13 +173,9 @@ def test_a_program_and_all_it_started_end_with_it_and_names_stay_in_the_lab(lab,
         assert pids_in_netns(running.ns("bob2")) == []
         assert "nameserver 127.0.0.1" in (tmp_path / "bob2.log").read_text()
     finally:
-        from pinhole.controller.run import otlp_socket
-        from pinhole.controller.services import start_services, wait_healthy
+        from pinhole.controller.run import service_back
 
-        pids = start_services(
-            running, running.topology, otlp_endpoint=f"unix:{otlp_socket(running.run_dir)}", only=["bob2"]
-        )
-        wait_healthy({"bob2": f"unix:{running.run_dir}/bob2.sock"}, pids=pids)
+        service_back(running, "bob2")
 
 
 @pytest.mark.lab

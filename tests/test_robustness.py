@@ -134,10 +134,9 @@ def test_a_run_on_a_lab_with_a_service_stopped_names_it_and_exits_2(lab, tmp_pat
     """A lab left up with one service gone: `pinhole run` says which node, one line, exit 2 (no traceback,
     no call tried); the lab is whole again afterwards (the service started as the lab starts it)."""
     from pinhole.cli import main
-    from pinhole.controller.run import otlp_socket
-    from pinhole.controller.services import start_services, wait_healthy
+    from pinhole.controller.run import service_back
 
-    running, topology, _ = lab
+    running, _, _ = lab
     running.kill("bob", crash=False)
     try:
         code = main(["run", "rfc5763-7.3", "--timers", "short", "--lab", running.name, "--out", str(tmp_path)])
@@ -146,6 +145,4 @@ def test_a_run_on_a_lab_with_a_service_stopped_names_it_and_exits_2(lab, tmp_pat
         assert err[-1].startswith(f"pinhole: lab {running.name} is up but not whole (bob: UNAVAILABLE"), err
         assert not any("Traceback" in line for line in err)
     finally:
-        otlp = f"unix:{otlp_socket(running.service_run_dir)}"
-        pids = start_services(running, topology, otlp_endpoint=otlp, only=["bob"])
-        wait_healthy({"bob": f"unix:{running.run_dir}/bob.sock"}, pids=pids)
+        service_back(running, "bob")

@@ -444,11 +444,8 @@ class Restarter:
         self.lab.kill(node, crash=crash)
 
     def start(self, node: str) -> None:
-        pids = start_services(
-            self.lab, self.topology, otlp_endpoint=f"unix:{otlp_socket(self.lab.service_run_dir)}", only=[node]
-        )
+        service_back(self.lab, node)
         self.clients.reconnect(node)
-        wait_healthy({node: self.clients.targets[node]}, timeout=30, pids=pids, logs=self.lab.logs_hint())
         if node in self.configs:
             self.clients.stub(node).Configure(self.configs[node], timeout=10)
         if self.after_start is not None:
@@ -914,7 +911,7 @@ def run(
         scenario.external,
         out_dir,
         partial(external_variables, topology, endpoints),
-        None if owned else partial(_service_back, lab, clients),
+        None if owned else partial(service_back, lab),
     )
     try:
         tracer_provider, tracer = telemetry.run_tracer(f"unix:{otlp_socket(lab.run_dir)}")
@@ -968,8 +965,8 @@ def run(
     return result, out_dir
 
 
-def _service_back(lab: Lab, clients: ServiceClients, node: str) -> None:
-    """Pinhole's service on `node` again after an external program ran there: the lab stays whole."""
+def service_back(lab: Lab, node: str) -> None:
+    """Pinhole's service on `node` again after something else ran there: the lab stays whole."""
     pids = start_services(lab, lab.topology, otlp_endpoint=f"unix:{otlp_socket(lab.service_run_dir)}", only=[node])
     wait_healthy(local_targets(lab.run_dir, pids), timeout=30, pids=pids, logs=lab.logs_hint())
 
