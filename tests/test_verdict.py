@@ -462,3 +462,23 @@ def test_only_the_nats_links_captured_judges_the_rest_on_the_services_word_and_s
     assert result.passed, result.render()
     two = next(c for c in result.checks if c.message == "2")
     assert "self-reported past the captured links: proxy-b, bob" in two.detail
+
+
+@pytest.mark.parametrize(
+    ("run", "works", "reason"),
+    [
+        ("rfc5763-7.3", True, "DTLS (bob active); SRTP both ways on the wire (50 bob -> alice, 50 alice -> bob)"),
+        ("rfc5763-7.1-early-media", True, "DTLS (bob active); SRTP both ways on the wire"),
+        ("no-stun-check", False, "DTLS never completed: no Finished from bob and alice"),
+        ("bad-fingerprint", False, "bob's certificate on the wire matches no a=fingerprint of the answer"),
+    ],
+)
+def test_the_outcome_on_the_wire_is_the_outcome_these_runs_had(run, works, reason):
+    """outcome_on_wire (what a call with an external party is judged by) on saved runs whose outcome pinhole's
+    agents reported when they ran: two worked, two failed, each for the reason the wire shows."""
+    from pinhole.controller.outcome import outcome_on_wire
+    from pinhole.controller.saved import load_wire
+
+    on_the_wire = load_wire(RUNS / run)
+    outcome = outcome_on_wire(on_the_wire, on_the_wire.info.get("call_id"))
+    assert (outcome.works, outcome.reason.startswith(reason)) == (works, True), outcome.reason
