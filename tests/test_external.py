@@ -188,3 +188,25 @@ def test_a_program_that_is_not_installed_is_a_lab_error(lab, tmp_path):
     with pytest.raises(LabError, match=r"bob2: no-such-sip-phone is not installed"):
         running.start_external("bob2", program, log_path=tmp_path / "l")
     assert not (tmp_path / "l").exists()  # nothing was started
+
+
+@pytest.mark.lab
+def test_the_run_says_what_it_had_to_kill_and_what_it_could_not_read(lab, tmp_path):
+    """Externals' notes (they end up in the verdict's): a process that left the program's group, a key log the
+    scenario names but the program never wrote; and how long the program took to be ready."""
+    from pinhole.controller.externals import Externals
+    from pinhole.controller.run import service_back
+
+    running, topology, _ = lab
+    (tmp_path / "t").write_text("#!/bin/sh\nsetsid sh -c 'echo up; exec sleep 300' &\nexec sleep 300\n")
+    spec = {"role": "ua", "program": ["sh", "{{config_dir}}/run.sh"], "files": {"run.sh": "t"}}
+    external = parse("bob2", {**spec, "key_log": "{{config_dir}}/keys.log", "ready": {"log": "^up$"}}, "x", tmp_path)
+    variables = lambda node: external_variables(topology, Endpoints.of_topology(topology), node)  # noqa: E731
+    externals = Externals(running, {"bob2": external}, tmp_path, variables, lambda node: service_back(running, node))
+    externals.start()
+    assert externals.key_log() == [] and "bob2" in externals.ready_s
+    externals.stop()
+    assert externals.notes[0].startswith("bob2: no key log at ") and externals.notes[0].endswith(
+        "(No such file or directory)"
+    )
+    assert externals.notes[1] == "bob2: 1 process(es) left its process group and were killed"

@@ -31,8 +31,8 @@ class Externals:
         self.programs: dict[str, Rendered] = {}
         self.processes: dict[str, Any] = {}
         self.replaced: list[str] = []  # nodes whose pinhole service was stopped for the run
-        self.notes: list[str] = []
-        self.ready_s: dict[str, float] = {}
+        self.notes: list[str] = []  # what the verdict's notes say of them (stragglers, a missing key log)
+        self.ready_s: dict[str, float] = {}  # node -> seconds until it was ready: the run's measurements
         self.on_started: Callable[[str], None] | None = None  # e.g. the capture following a node's new namespace
 
     def __bool__(self) -> bool:
@@ -70,9 +70,6 @@ class Externals:
                 what=f"{node} ({external.label})",
             )
 
-    def label(self, node: str) -> str:
-        return self.externals[node].label
-
     def dial(self, node: str) -> bool:
         """Make `node` call: its dial action, or, for a program that calls as soon as it runs, starting it."""
         if node not in self.programs:
@@ -102,10 +99,6 @@ class Externals:
                 said = (done.stdout + done.stderr).decode(errors="replace").strip()[-300:]
                 raise ExternalError(f"{node}: {name} command exited {done.returncode}: {said}")
         return True
-
-    def exited(self, node: str) -> bool:
-        process = self.processes.get(node)
-        return process is not None and process.poll() is not None
 
     def key_log(self) -> list[str]:
         """The NSS key log lines the programs wrote, where they can and the scenario says where."""

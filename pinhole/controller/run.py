@@ -759,6 +759,7 @@ def judge_call(
     measurements: dict[str, float],
     forward_to: str | None = None,
     capture_problems: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> verdict.Verdict:
     """Judge the call from the wire and write the run's artifacts (capture.pcapng, keys.log, trace.json,
     ladder, verdict, evidence).
@@ -789,6 +790,7 @@ def judge_call(
     if forward_to:
         export(trace_request, forward_to)
     result = verdict.judge(on_the_wire, call_id=call_id, reports=traced["events"], scenario=scenario.name)
+    result.notes += notes or []  # what the run saw beside the call (an external program's stragglers)
     verdict_s = time.perf_counter() - started
     evidence = {
         "scenario": scenario.name,
@@ -956,9 +958,10 @@ def run(
         timers_name=timers_name,
         out_dir=out_dir,
         capture=capture.result(),
-        measurements=measurements,
+        measurements={**measurements, **{f"{n}_ready_s": round(t, 3) for n, t in externals.ready_s.items()}},
         forward_to=forward_to,
         capture_problems=capture.problems(),
+        notes=externals.notes,
     )
     link_last(out_root, run_id)
     show.done()

@@ -193,7 +193,6 @@ class Rendered:
     external: External
     argv: tuple[str, ...]  # the program's command line (namespaces)
     args: tuple[str, ...]  # the image's arguments (containers, Kubernetes)
-    files: dict[str, str]
     env: dict[str, str]
     config_dir: Path
     key_log: str
@@ -222,7 +221,6 @@ def rendered(external: External, variables: dict[str, str], config_dir: Path) ->
         external,
         tuple(render(part, variables, f"{where}.program") for part in external.program),
         tuple(render(part, variables, f"{where}.args") for part in external.args),
-        files,
         {k: render(v, variables, f"{where}.env.{k}") for k, v in external.env.items()},
         config_dir,
         render(external.key_log, variables, f"{where}.key_log"),
