@@ -780,6 +780,8 @@ class MediaSession(asyncio.DatagramProtocol):
                     previous_keys_accepted_for=RETIRED_KEYS_GRACE,
                 )
             self._changed()
+        elif endpoint.state == "failed" and self._tentative_failed(record, endpoint):
+            pass
         elif endpoint.state == "failed" and not self.failed.is_set():
             record.state, record.ended = "failed", endpoint.failure_reason or ""
             if self._held:  # never decrypted: the keys came from a peer the answer did not vouch for
@@ -794,6 +796,25 @@ class MediaSession(asyncio.DatagramProtocol):
             )
             self.teardown(f"DTLS failed: {endpoint.failure_reason}")
             self._changed()
+
+    def _tentative_failed(self, record: AssociationRecord, endpoint: dtls.DtlsEndpoint) -> bool:
+        """An association started by a ClientHello before the answer (RFC 5763 §5) failed before any
+        a=fingerprint vouched for its peer: anyone may send such a ClientHello, so it fails alone.
+        Its state is dropped and the session waits for the next ClientHello, as before the first."""
+        if not self.accept_early_client_hello or self.sdp_remote is not None or self.peer_fingerprints is not None:
+            return False
+        record.state, record.ended = "failed", endpoint.failure_reason or ""
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        self.endpoint, self.role, self.remote, self._evidence = None, None, None, None
+        self.stats.unexpected_source += 1
+        self._emit(
+            "dtls.failed_alone",
+            reason=f"{endpoint.failure_reason}: an early ClientHello no answer vouches for fails alone",
+            peer_fingerprint=_sha256(endpoint.peer_certificate_der),
+        )
+        return True
 
     # -- SRTP (RFC 3711 via libsrtp, keys from RFC 5764 §4.2) -------------------------------------
 

@@ -8,6 +8,7 @@ import random
 from pinhole import dtls
 from pinhole.events import EventLog
 from pinhole.media import MediaSession, MediaTimers
+from pinhole.stranger import malformed_client_hello
 
 TIMERS = MediaTimers(dtls=dtls.RetransmitTimer(initial=0.05, maximum=0.4, max_transmissions=6), stun_rto=0.05)
 
@@ -194,6 +195,35 @@ def test_a_port_takes_dtls_state_for_a_bounded_number_of_forks():
             assert len(alice.socket_sessions) == MAX_SESSIONS_PER_PORT
             assert alice.stats.unexpected_source == len(strangers) - (MAX_SESSIONS_PER_PORT - 1)
         finally:
+            for session in list(alice.socket_sessions) + [bob]:
+                session.teardown("test over")
+
+    asyncio.run(scenario())
+
+
+def test_a_strangers_bad_client_hello_before_the_answer_fails_alone():
+    """Before the answer Alice serves any ClientHello (RFC 5763 §5); one that OpenSSL rejects is a
+    tentative association no answer vouched for: it fails alone, and the peer's handshake then works."""
+
+    async def scenario():
+        alice, bob = await pair(alice_knows=False)
+        alice.accept_forks = True  # as the offerer's session has it until the INVITE transaction ends
+        loop = asyncio.get_running_loop()
+        stranger, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            stranger.sendto(malformed_client_hello(), alice.local_address)
+            await until(lambda: "dtls.failed_alone" in kinds(alice))
+            assert not alice.closed and not alice.failed.is_set() and alice.endpoint is None
+            bob.start_dtls(dtls.Role.CLIENT, alice.local_address)
+            await until(lambda: "dtls.handshake_complete" in kinds(alice))
+            alice.set_peer_fingerprints([("sha-256", bob.certificate.digest("sha-256"))])  # the answer arrives
+            await wait(alice.connected)
+            await wait(bob.connected)
+            assert alice.remote == bob.local_address and alice.association == 2
+            failed = [e for e in alice.events.since() if e.kind == "dtls.failed_alone"]
+            assert len(failed) == 1 and "dtls.failed" not in kinds(alice)
+        finally:
+            stranger.close()
             for session in list(alice.socket_sessions) + [bob]:
                 session.teardown("test over")
 
