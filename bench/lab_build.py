@@ -51,13 +51,18 @@ def cli_commands(topology: Topology, prefix: str) -> list[list[str]]:
 
 
 def cli_build(topology: Topology, prefix: str) -> tuple[float, float]:
+    made = []  # the namespaces this build added: deleted here, whatever fails (a lab deletes only its own)
     started = time.perf_counter()
-    for command in cli_commands(topology, prefix):
-        subprocess.run(command, check=True, capture_output=True)
-    built = time.perf_counter() - started
-    started = time.perf_counter()
-    for node in topology.nodes:
-        subprocess.run(["ip", "netns", "del", f"{prefix}-{node}"], check=True, capture_output=True)
+    try:
+        for command in cli_commands(topology, prefix):
+            subprocess.run(command, check=True, capture_output=True)
+            if command[:3] == ["ip", "netns", "add"]:
+                made.append(command[3])
+        built = time.perf_counter() - started
+    finally:
+        started = time.perf_counter()
+        for namespace in made:
+            subprocess.run(["ip", "netns", "del", namespace], check=True, capture_output=True)
     return built, time.perf_counter() - started
 
 
@@ -73,13 +78,9 @@ def netlink_build(topology: Topology, name: str) -> tuple[float, float]:
 def main() -> int:
     topology = load_topology()
     ours, peer = [], []
-    try:
-        for _ in range(ROUNDS):
-            ours.append(netlink_build(topology, "ph-bench"))
-            peer.append(cli_build(topology, "ph-bcli"))
-    finally:
-        NetnsLab.cleanup_stragglers("ph-bench")
-        NetnsLab.cleanup_stragglers("ph-bcli")
+    for _ in range(ROUNDS):
+        ours.append(netlink_build(topology, "ph-bench"))
+        peer.append(cli_build(topology, "ph-bcli"))
     for label, index in (("up", 0), ("down", 1)):
         a = statistics.median(r[index] for r in ours)
         b = statistics.median(r[index] for r in peer)

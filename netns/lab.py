@@ -128,9 +128,7 @@ def _netns_remove(ns: str) -> bool:
     return True
 
 
-def _add_veth(
-    ipr: Any, end_a: tuple[str, int], end_b: tuple[str, int], peer_ns: str | None
-) -> None:
+def _add_veth(ipr: Any, end_a: tuple[str, int], end_b: tuple[str, int], peer_ns: str | None) -> None:
     """Create a veth pair with both ifindexes chosen: pyroute2's `peer=` cannot set the peer's
     ifindex (it lives in the peer's ifinfomsg header, VETH_INFO_PEER), so build the request."""
     from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
@@ -330,9 +328,7 @@ class NetnsLab:
     socket_mode = None  # the services run as root, like the controller
     names_interfaces = True
 
-    def __init__(
-        self, topology: Topology, name: str = "ph-lab", run_dir: Path | None = None
-    ) -> None:
+    def __init__(self, topology: Topology, name: str = "ph-lab", run_dir: Path | None = None) -> None:
         if not LAB_NAME_RE.match(name):
             raise LabError(f"lab name {name!r} does not match ^ph-[a-z0-9-]{{1,20}}$")
         self.topology = topology
@@ -451,18 +447,14 @@ class NetnsLab:
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             state = _read_state(self.state_path)
             if state is None or state.get("lab") != self.name:
-                raise LabError(
-                    f"run_dir {self.run_dir} is not empty and holds no state of lab {self.name}"
-                )
+                raise LabError(f"run_dir {self.run_dir} is not empty and holds no state of lab {self.name}")
         created: list[str] = []
         iprs: dict[str, Any] = {}
         try:
             with self._state() as state:
-                state.update(
-                    lab=self.name, namespaces=self.namespaces(), processes=[], created=time.time()
-                )
+                state.update(lab=self.name, namespaces=[], processes=[], created=time.time())
             for node in self.topology.nodes:
-                _netns_create(self.ns(node))
+                self._create_recorded(self.ns(node))
                 created.append(self.ns(node))
             for node in self.topology.nodes:
                 with in_netns(self.ns(node)):
@@ -538,10 +530,24 @@ class NetnsLab:
                     ipr.close()
         return time.perf_counter() - started
 
+    def _create_recorded(self, ns: str) -> None:
+        """Record `ns` in state.json, then create it: down() deletes only what is recorded, so a crash
+        mid-up still leaves a record, and a namespace someone else made under our name is never ours."""
+        with self._state() as state:
+            state["namespaces"].append(ns)
+        try:
+            _netns_create(ns)
+        except BaseException as error:
+            with self._state() as state:
+                state["namespaces"].remove(ns)
+            if isinstance(error, FileExistsError):
+                raise LabError(f"namespace {ns} already exists and is not lab {self.name}'s") from None
+            raise
+
     def down(self, timeout: float = 5.0, *, keep_logs: Path | None = None) -> float:
-        """Stop recorded processes (those still ours), delete the lab's namespaces, remove
-        run_dir. Idempotent; returns seconds taken. `keep_logs`: a directory that gets each
-        process's whole log (<node>.log) once it has ended."""
+        """Stop recorded processes (those still ours), delete the namespaces the lab recorded creating
+        (never one that merely shares its prefix), remove run_dir. Idempotent; returns seconds taken.
+        `keep_logs`: a directory that gets each process's whole log (<node>.log) once it has ended."""
         started = time.perf_counter()
         state = _read_state(self.state_path)
         if state is not None:
@@ -550,14 +556,7 @@ class NetnsLab:
                 for entry in state.get("processes", []):
                     with contextlib.suppress(OSError, KeyError):
                         shutil.copy(entry["log"], Path(keep_logs) / f"{entry['node']}.log")
-        targets = set(self.namespaces())
-        if state is not None:
-            targets.update(state.get("namespaces", []))
-        claimed = _claimed_by_other_labs(self.name)
-        targets.update(
-            ns for ns in _netns_names() if ns.startswith(self.name + "-") and ns not in claimed
-        )
-        for ns in sorted(targets):
+        for ns in sorted(set((state or {}).get("namespaces", []))):
             _netns_remove(ns)
         if state is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -735,12 +734,11 @@ class NetnsLab:
 
     @staticmethod
     def cleanup_stragglers(prefix: str = "ph-") -> list[str]:
-        """Bring down every lab whose name starts with `prefix`, including namespaces that
-        have no state (for `make clean`). Returns the namespaces removed."""
+        """Bring down every lab whose name starts with `prefix` (for `make clean`): the processes and
+        namespaces its state recorded, nothing else (a namespace without a record is not pinhole's to
+        delete). Returns the namespaces removed."""
         if not prefix.startswith("ph-"):
-            raise LabError(
-                f"prefix {prefix!r} must start with 'ph-' (only pinhole labs are cleaned)"
-            )
+            raise LabError(f"prefix {prefix!r} must start with 'ph-' (only pinhole labs are cleaned)")
         before = set(_netns_names())
         states = _all_states()
         for name, state in states.items():
@@ -749,11 +747,6 @@ class NetnsLab:
                 for ns in state.get("namespaces", []):
                     _netns_remove(ns)
                 shutil.rmtree(RUN_BASE / name, ignore_errors=True)
-        for ns in _netns_names():
-            if ns.startswith(prefix):
-                _netns_remove(ns)
-        for folder in ETC_NETNS.glob(f"{prefix}*") if ETC_NETNS.is_dir() else ():  # a namespace gone before
-            shutil.rmtree(folder, ignore_errors=True)
         return sorted(before - set(_netns_names()))
 
 
@@ -774,14 +767,6 @@ def _all_states() -> dict[str, dict[str, Any]]:
         if state is not None:
             out[path.parent.name] = state
     return out
-
-
-def _claimed_by_other_labs(name: str) -> set[str]:
-    claimed: set[str] = set()
-    for other, state in _all_states().items():
-        if other != name:
-            claimed.update(state.get("namespaces", []))
-    return claimed
 
 
 def _guess_lab(ns: str) -> str:

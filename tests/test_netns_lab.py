@@ -579,18 +579,48 @@ def test_list_labs_and_cleanup_stragglers(make_lab: Callable[..., NetnsLab]) -> 
 
     lab = make_lab("n")
     lab.up()
-    orphan = f"{PREFIX}o-alice"  # a namespace without state, as a crashed run would leave
+    orphan = f"{PREFIX}o-alice"  # a namespace without state: pinhole did not record making it
     netns.create(orphan)
     try:
         labs = NetnsLab.list_labs()
         assert lab.name in labs and f"{PREFIX}o" in labs
         removed = NetnsLab.cleanup_stragglers(prefix=PREFIX)
-        assert removed == sorted([*lab.namespaces(), orphan])
+        assert removed == sorted(lab.namespaces())
         assert not lab.exists() and not lab.run_dir.exists()
-        assert [name for name in NetnsLab.list_labs() if name.startswith(PREFIX)] == []
+        assert orphan in lab_mod._netns_names()  # listed, never deleted
+        assert [name for name in NetnsLab.list_labs() if name.startswith(PREFIX)] == [f"{PREFIX}o"]
     finally:
         if orphan in lab_mod._netns_names():
             netns.remove(orphan)
     with pytest.raises(LabError) as info:
         NetnsLab.cleanup_stragglers(prefix="x-")
     assert str(info.value) == "prefix 'x-' must start with 'ph-' (only pinhole labs are cleaned)"
+
+
+@needs_root
+def test_a_lab_deletes_only_the_namespaces_it_recorded_creating(
+    make_lab: Callable[..., NetnsLab], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another tool's namespace that only shares the lab's prefix survives down() and make clean's sweep."""
+    lab = make_lab("w")
+    foreign = f"{lab.name}-foreign"
+    subprocess.run(["ip", "netns", "add", foreign], check=True, capture_output=True)
+    real_create = lab_mod._netns_create
+
+    def recorded_first(ns: str) -> None:  # a crash mid-up must still leave the record
+        assert ns in json.loads(lab.state_path.read_text())["namespaces"]
+        real_create(ns)
+
+    monkeypatch.setattr(lab_mod, "_netns_create", recorded_first)
+    try:
+        lab.up()
+        lab.down()
+        assert foreign in lab_mod._netns_names()
+        assert not lab.exists()
+        lab.up()
+        assert NetnsLab.cleanup_stragglers(prefix=lab.name) == sorted(lab.namespaces())
+        assert foreign in lab_mod._netns_names()
+        lab.down()  # no state left: deletes nothing
+        assert foreign in lab_mod._netns_names()
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], check=False, capture_output=True)
