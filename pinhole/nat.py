@@ -32,3 +32,12 @@ class Hairpinning(str, Enum):
     EXTERNAL_SOURCE = "external-source"  # "External source IP address and port" (REQ-9 a)
     INTERNAL_SOURCE = "internal-source"  # "Internal source IP address and port"
     NONE = "none"  # not hairpinned at all (REQ-9 broken)
+
+
+# RFC 4787 §4.3 REQ-5: a UDP mapping timer MUST NOT expire in less than two minutes.
+MIN_MAPPING_TIMEOUT = 120
+# The longest mapping timer Linux can keep, on every kernel: conntrack holds a flow's timeout in jiffies and
+# compares it as a signed 32-bit number, so it clamps timeouts to INT_MAX jiffies, which is INT_MAX / HZ
+# seconds (the nf_conntrack_udp_timeout sysctl refuses more, an nft `ct timeout` policy silently wraps past
+# 2^32 jiffies); HZ is at most 1000, so 2147483 s (24.8 days) holds whatever the kernel's HZ.
+MAX_MAPPING_TIMEOUT = (2**31 - 1) // 1000

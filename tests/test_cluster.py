@@ -202,6 +202,11 @@ def test_nat_from_the_base_configmap_is_the_default_nat():
     assert cluster.nat_config() == default_nat()
 
 
+def test_a_mapping_timeout_conntrack_cannot_keep_is_refused():
+    with pytest.raises(cluster.ClusterError, match="above the 2147483s conntrack keeps"):
+        cluster.nat_config(mapping_timeout=str(2**32 - 1))
+
+
 def test_port_preservation_and_hairpinning_from_the_configmap():
     nat = cluster.nat_config_from_env({"PINHOLE_NAT_PORT_PRESERVATION": "off", "PINHOLE_NAT_HAIRPINNING": "off"})
     assert (nat.port_preservation, nat.hairpinning) == (natgw_pb2.PORT_PRESERVATION_OFF, natgw_pb2.HAIRPINNING_OFF)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from netns import lab as lab_mod
 from netns.lab import NetnsLab, pids_in_netns
 from pinhole.lab import load_topology
+from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
 from pinhole.nsenter import in_netns
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, natgw_pb2_grpc
 from services.natgw import ruleset
@@ -187,6 +188,36 @@ def test_configure_names_a_bad_port_preservation(natgw: Gateway) -> None:
         natgw.stub.Configure(natgw_pb2.NatConfig(port_preservation=7), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "port_preservation: unknown value 7"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "reason"),
+    [
+        (2**32 - 1, f"is above the {MAX_MAPPING_TIMEOUT} s conntrack can keep"),
+        (MAX_MAPPING_TIMEOUT + 1, f"is above the {MAX_MAPPING_TIMEOUT} s conntrack can keep"),
+        (MIN_MAPPING_TIMEOUT - 1, f"is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires"),
+    ],
+)
+def test_configure_range_checks_the_mapping_timeout(natgw: Gateway, seconds: int, reason: str) -> None:
+    """A timer the kernel would clamp, wrap or refuse is the caller's error, named with its range, and the
+    gateway keeps the NAT it had (not INTERNAL from a half-loaded ruleset)."""
+    before = natgw.stub.Configure(natgw_pb2.NatConfig(), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        natgw.stub.Configure(natgw_pb2.NatConfig(mapping_timeout_seconds=seconds), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"mapping_timeout_seconds: {seconds} {reason} (allowed: {MIN_MAPPING_TIMEOUT}..{MAX_MAPPING_TIMEOUT}, "
+        "0 = the default)"
+    )
+    assert natgw.stub.Configure(before.effective, timeout=10).ruleset == before.ruleset
+
+
+def test_configure_takes_the_longest_mapping_timeout(natgw: Gateway) -> None:
+    """The upper bound itself is loaded: the ruleset's timers and the namespace's conntrack sysctls hold it."""
+    reply = natgw.stub.Configure(natgw_pb2.NatConfig(mapping_timeout_seconds=MAX_MAPPING_TIMEOUT), timeout=10)
+    assert reply.effective.mapping_timeout_seconds == MAX_MAPPING_TIMEOUT
+    assert f"unreplied : {MAX_MAPPING_TIMEOUT}," in reply.ruleset
+    assert set(ruleset.get_mapping_timeout(netns=natgw.ns).values()) == {MAX_MAPPING_TIMEOUT}
 
 
 def test_configure_without_translation(natgw: Gateway) -> None:

@@ -44,10 +44,11 @@ from pinhole.controller.run import (
     link_last,
     new_run_dir,
 )
-from pinhole.controller.scenario import MIN_MAPPING_TIMEOUT, NAT_FILTERINGS, NAT_MAPPINGS
+from pinhole.controller.scenario import NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
 from pinhole.lab import load_topology
 from pinhole.lab.external import External, render
+from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
 from pinhole.rpc.v1 import capture_pb2, natgw_pb2
 
 LABEL = "app.kubernetes.io/name"
@@ -117,6 +118,8 @@ def nat_config(
             raise ClusterError(f"NAT mapping timeout {mapping_timeout!r} is not a whole number of seconds") from None
         if seconds < MIN_MAPPING_TIMEOUT:
             raise ClusterError(f"NAT mapping timeout {seconds}s is below the {MIN_MAPPING_TIMEOUT}s of RFC 4787 REQ-5")
+        if seconds > MAX_MAPPING_TIMEOUT:
+            raise ClusterError(f"NAT mapping timeout {seconds}s is above the {MAX_MAPPING_TIMEOUT}s conntrack keeps")
     preserve, hairpin = on_off("port preservation", port_preservation), on_off("hairpinning", hairpinning)
     return natgw_pb2.NatConfig(
         mapping=pick("mapping", NAT_MAPPINGS, mapping, default.mapping),

@@ -31,6 +31,7 @@ from pinhole.faults import engine as faults
 from pinhole.faults import nfqueue
 from pinhole.faults.engine import FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
 from pinhole.faults.rpc import FaultsServicer
+from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
@@ -61,7 +62,6 @@ HAIRPINNINGS = {  # RFC 4787 REQ-9: a MUST, so UNSPECIFIED is on (and what trans
     natgw_pb2.HAIRPINNING_ON: True,
     natgw_pb2.HAIRPINNING_OFF: False,
 }
-MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5
 PR_SET_PDEATHSIG = 1
 
 
@@ -469,11 +469,19 @@ class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGat
                     "translation_off: without translation there is no mapping to hairpin through "
                     f"(leave hairpinning UNSPECIFIED, not {natgw_pb2.NatHairpinning.Name(request.hairpinning)})",
                 )
-        timeout = request.mapping_timeout_seconds or 300
+        timeout = request.mapping_timeout_seconds or ruleset.NatBehaviour.mapping_timeout
+        allowed = f"(allowed: {MIN_MAPPING_TIMEOUT}..{MAX_MAPPING_TIMEOUT}, 0 = the default)"
         if timeout < MIN_MAPPING_TIMEOUT:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires",
+                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires "
+                + allowed,
+            )
+        if timeout > MAX_MAPPING_TIMEOUT:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"mapping_timeout_seconds: {timeout} is above the {MAX_MAPPING_TIMEOUT} s conntrack can keep "
+                + allowed,
             )
         behaviour = ruleset.NatBehaviour(
             mapping=MAPPINGS[request.mapping],

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinhole.nat import Filtering, Mapping
+from pinhole.nat import MAX_MAPPING_TIMEOUT, Filtering, Mapping
 from services.natgw.kernel import in_namespace, run_tool
 
 __all__ = [
@@ -211,12 +211,7 @@ class NatBehaviour:
         except ValueError:
             names = ", ".join(f.value for f in Filtering)
             raise RulesetError(f"filtering {self.filtering!r} is not one of {names}") from None
-        if (
-            isinstance(self.mapping_timeout, bool)
-            or not isinstance(self.mapping_timeout, int)
-            or self.mapping_timeout < 1
-        ):
-            raise RulesetError(f"mapping_timeout {self.mapping_timeout!r} is not a positive integer")
+        _check_timeout(self.mapping_timeout, "mapping_timeout")
         if not self.translate:
             if (self.mapping, self.filtering) != (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT):
                 raise RulesetError(
@@ -684,8 +679,7 @@ def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> list[str]:
     container) only accounting (per-mapping packet counts) can be missing. Returns what could not
     be set and is not already so.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-        raise RulesetError(f"mapping timeout {seconds!r} is not a positive integer")
+    _check_timeout(seconds, "mapping timeout")
     unset = []
     with in_namespace(netns):
         _ensure_conntrack()
@@ -699,6 +693,14 @@ def set_mapping_timeout(seconds: int, *, netns: str | None = None) -> list[str]:
                 if int(path.read_text()) != value:
                     unset.append(f"net.netfilter.{name}={value} (read-only here)")
     return unset
+
+
+def _check_timeout(seconds: object, name: str) -> None:
+    """At most MAX_MAPPING_TIMEOUT: the kernel would clamp or wrap a longer timer, or refuse it (the sysctl)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise RulesetError(f"{name} {seconds!r} is not a positive integer")
+    if seconds > MAX_MAPPING_TIMEOUT:
+        raise RulesetError(f"{name} {seconds} is not in 1..{MAX_MAPPING_TIMEOUT} (the seconds conntrack keeps)")
 
 
 def get_mapping_timeout(*, netns: str | None = None) -> dict[str, int]:
