@@ -181,12 +181,13 @@ def _ipv4(text: str) -> str:
 
 def cmd_verdict(args: argparse.Namespace) -> int:
     """Judge a saved run again from its capture (and, unless --from-capture, its trace): 0 pass, 1 fail, 2 broken."""
+    from pinhole.controller.from_trace import TraceError
     from pinhole.controller.saved import SavedRunError, judge_run
 
     path = Path(args.run)
     try:
         result = judge_run(path, from_capture=args.from_capture, call_id=args.call_id)
-    except SavedRunError as error:
+    except (SavedRunError, TraceError) as error:
         print(f"pinhole verdict: broken: {error}", file=sys.stderr)
         return 2
     if args.ladder:
@@ -206,11 +207,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     path = Path(args.source)
     try:
         result = judge_run(path, call_id=args.call_id)
-    except SavedRunError as error:
+        request = from_trace.load(path) if args.action == "ladder" else None  # the ladder needs the trace itself
+    except (SavedRunError, from_trace.TraceError) as error:
         print(f"pinhole trace: broken: {error}", file=sys.stderr)
         return 2
     if args.action == "ladder":
-        request = from_trace.load(path)
         evidence = from_trace.evidence_from_trace(request, args.call_id)
         on_the_wire = load_wire(run_dir_of(path))  # judge_run read it already: the ladder draws the wire too
         call = on_the_wire.call(args.call_id or on_the_wire.info.get("call_id"))

@@ -13,13 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pinhole.controller.otlp import read_otlp_json, service_name, spans_to_events, trace_of_call
+from pinhole.controller.otlp import TraceError, read_otlp_json, service_name, spans_to_events, trace_of_call
 
-__all__ = ["evidence_from_trace", "load", "lost_spans", "service_name"]
+__all__ = ["TraceError", "evidence_from_trace", "load", "lost_spans", "service_name"]
 
 
 def load(path: Path) -> Any:
-    """A trace file, or a run directory holding trace.json."""
+    """A trace file, or a run directory holding trace.json; TraceError if it is no OTLP/JSON trace."""
     return read_otlp_json(path / "trace.json" if path.is_dir() else path)
 
 
@@ -84,8 +84,10 @@ def address_map(events: list[dict[str, Any]]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for e in events:  # the controller's run span names the lab's addresses (also for a lab up before the run)
         if e["kind"].startswith("pinhole.run") and e["attrs"].get("pinhole.address_map"):
-            with contextlib.suppress(ValueError, TypeError):
-                mapping.update(json.loads(e["attrs"]["pinhole.address_map"]))
+            with contextlib.suppress(ValueError, RecursionError):  # a file's word: only {IP: column} is taken
+                told = json.loads(e["attrs"]["pinhole.address_map"])
+                if isinstance(told, dict):
+                    mapping.update((k, v) for k, v in told.items() if isinstance(v, str))
     for e in events:
         a = e["attrs"]
         for key in ("sip", "listen", "local"):

@@ -403,21 +403,42 @@ _SPAN_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 _LINK_ID_FIELDS = ("traceId", "spanId")
 
 
+class TraceError(ValueError):
+    """A trace file that is not OTLP/JSON (or JSON Lines of it): the message names the file and what is wrong."""
+
+
+def _objects(obj: dict[str, Any], key: str, where: str) -> list[tuple[dict[str, Any], str]]:
+    """The objects of the list under `key`, each with its place in the file (null: none). protobuf's parser
+    would take a string there for an empty message, so this says it is wrong."""
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TraceError(f"{where}{key}: a list, not {type(value).__name__}")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise TraceError(f"{where}{key}[{index}]: an object, not {type(item).__name__}")
+    return [(item, f"{where}{key}[{index}].") for index, item in enumerate(value)]
+
+
 def _convert_ids(doc: dict[str, Any], convert: Callable[[str], str]) -> None:
-    for rs in doc.get("resourceSpans", []) or []:
-        for ss in rs.get("scopeSpans", []) or []:
-            for span in ss.get("spans", []) or []:
-                _convert_fields(span, _SPAN_ID_FIELDS, convert)
-                for link in span.get("links", []) or []:
-                    _convert_fields(link, _LINK_ID_FIELDS, convert)
+    for rs, at_rs in _objects(doc, "resourceSpans", ""):
+        for ss, at_ss in _objects(rs, "scopeSpans", at_rs):
+            for span, at_span in _objects(ss, "spans", at_ss):
+                _convert_fields(span, _SPAN_ID_FIELDS, convert, at_span)
+                for link, at_link in _objects(span, "links", at_span):
+                    _convert_fields(link, _LINK_ID_FIELDS, convert, at_link)
 
 
-def _convert_fields(obj: dict[str, Any], names: tuple[str, ...], convert: Callable[[str], str]) -> None:
+def _convert_fields(obj: dict[str, Any], names: tuple[str, ...], convert: Callable[[str], str], where: str) -> None:
     for name in names:
         # readers accept the proto field name too, as protobuf's parser does
         for key in (name, _snake(name)):
             if isinstance(obj.get(key), str):
-                obj[key] = convert(obj[key])
+                try:
+                    obj[key] = convert(obj[key])
+                except ValueError:
+                    raise TraceError(f"{where}{key}: {obj[key][:64]!r} is not an id in hex") from None
 
 
 def _snake(name: str) -> str:
@@ -442,10 +463,16 @@ def to_otlp_json(request_or_resource_spans: Any) -> dict[str, Any]:
 
 
 def from_otlp_json(doc: dict[str, Any]) -> ExportTraceServiceRequest:
-    """Parse one OTLP/JSON document; unknown fields are ignored as the OTLP spec requires."""
+    """Parse one OTLP/JSON document; unknown fields are ignored as the OTLP spec requires. TraceError if it
+    is not one."""
+    if not isinstance(doc, dict):
+        raise TraceError(f"an OTLP/JSON document is an object with resourceSpans, not {type(doc).__name__}")
     doc = json.loads(json.dumps(doc))  # a private copy: ids are rewritten in place
     _convert_ids(doc, _hex_to_b64)
-    return json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+    try:
+        return json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+    except json_format.ParseError as error:
+        raise TraceError(" ".join(str(error).split())) from None
 
 
 def write_otlp_json(request_or_resource_spans: Any, path: str | os.PathLike[str]) -> Path:
@@ -456,16 +483,48 @@ def write_otlp_json(request_or_resource_spans: Any, path: str | os.PathLike[str]
 
 
 def read_otlp_json(path: str | os.PathLike[str]) -> ExportTraceServiceRequest:
-    """Read a file written by write_otlp_json, or a collector file exporter's JSON Lines (merged)."""
-    text = Path(path).read_text()
+    """Read a file written by write_otlp_json, or a collector file exporter's JSON Lines (merged).
+
+    A file that cannot be read or is neither raises TraceError: one line naming the file (and the line)."""
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as error:
+        raise TraceError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise TraceError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        return _parse_otlp_text(text)
+    except TraceError as error:
+        raise TraceError(f"{path}: {error}") from None
+    except RecursionError:  # json and protobuf's parser recurse once per nested array or object
+        raise TraceError(f"{path}: nested too deeply to be a trace") from None
+
+
+def _parse_otlp_text(text: str) -> ExportTraceServiceRequest:
     try:
         return from_otlp_json(json.loads(text))
-    except json.JSONDecodeError:
-        merged = ExportTraceServiceRequest()
-        for line in text.splitlines():
-            if line.strip():
-                merged.resource_spans.extend(from_otlp_json(json.loads(line)).resource_spans)
-        return merged
+    except json.JSONDecodeError as error:
+        whole = error
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if len(lines) < 2 or not _is_json(lines[0][1]):  # one document, broken: say where in it
+        raise TraceError(f"not JSON: {whole}")
+    merged = ExportTraceServiceRequest()
+    for number, line in lines:
+        try:
+            merged.resource_spans.extend(from_otlp_json(json.loads(line)).resource_spans)
+        except json.JSONDecodeError as error:
+            raise TraceError(f"line {number}: not JSON: {error}") from None
+        except TraceError as error:
+            raise TraceError(f"line {number}: {error}") from None
+    return merged
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- spans ↔ events

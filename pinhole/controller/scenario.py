@@ -14,12 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pinhole import stranger
 from pinhole.controller import verdict as figures
 from pinhole.deviations import PROXY, USER_AGENT, DeviationError, checked
 from pinhole.lab import Topology, load_topology
 from pinhole.lab import external as external_spec
 from pinhole.lab.external import External
-from pinhole.nat import Filtering, Mapping
+from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT, Filtering, Mapping
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
 NAT_MAPPINGS = {m.value: natgw_pb2.NatMappingBehaviour.Value(f"MAPPING_{m.name}") for m in Mapping}
@@ -33,7 +34,6 @@ NAT_ALIASES = {
 }
 NO_NAT = "none"  # no translation at all: the gateway as a plain router (RFC 5763 §7.1)
 SHORT = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
-MIN_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5 (the gateway refuses less)
 DEFAULT_MAPPING_TIMEOUT = 300
 OUTCOMES = ("works", "fails")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
@@ -162,6 +162,17 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Stranger:
+    """Datagrams (`pinhole.stranger.KINDS`) sent from `node` to `to`'s media address at a moment of the call."""
+
+    node: str
+    after: Trigger
+    send: str
+    to: str = "alice"
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One variant of the call Alice -> Bob, with what it is expected to give.
 
@@ -183,12 +194,13 @@ class Scenario:
     flow: str = figures.DEFAULT_FLOW  # the RFC 5763 figure the call is judged against, check by check
     reinvites: tuple[Reinvite, ...] = ()  # re-offers made in turn once SRTP flows both ways (RFC 5763 §6.6)
     restarts: tuple[Restart, ...] = ()  # services killed and started again during the call
+    strangers: tuple[Stranger, ...] = ()  # datagrams from nodes that are not the call's peers
     bob2: dict[str, Any] | None = None  # forking (RFC 5763 §6.3): proxy-b forks to bob and bob2, set like this
     deviations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> pinhole.deviations it runs
     external: dict[str, External] = field(default_factory=dict)  # node -> the third party's program run there
 
     def deviations_text(self) -> str:
-        """"bob:tamper-answer-fingerprint, proxy-b:proxy-rewrite-sdp": the run span's pinhole.deviations."""
+        """ "bob:tamper-answer-fingerprint, proxy-b:proxy-rewrite-sdp": the run span's pinhole.deviations."""
         return ", ".join(f"{node}:{name}" for node, names in sorted(self.deviations.items()) for name in names)
 
 
@@ -230,6 +242,7 @@ SCENARIO_KEYS = {
     "fault_seed",
     "reinvite",
     "restart",
+    "strangers",
     "fork",
     "ring",
     "matrix",
@@ -241,6 +254,11 @@ WHEN_KEYS = ("mapping", "filtering", "port_preservation", "answerer", "stun_chec
 
 def _fail(where: str, what: str) -> ScenarioError:
     return ScenarioError(f"{where}: {what}")
+
+
+def _one_of(value: Any, table: Any) -> bool:
+    """`value in table` for a table of names: a list or a mapping in a file is no name (and unhashable)."""
+    return isinstance(value, str) and value in table
 
 
 def parse_nat(value: Any, where: str) -> Nat:
@@ -267,13 +285,15 @@ def parse_nat(value: Any, where: str) -> Nat:
         raise _fail(where, f"behaviour {NO_NAT} (no translation) leaves nothing for {', '.join(contradicting)}")
     for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
         if key in value:
-            if value[key] not in table:
+            if not _one_of(value[key], table):
                 raise _fail(f"{where}.{key}", f"{value[key]!r} is not one of {', '.join(table)} (RFC 4787)")
             nat = replace(nat, **{key: value[key]})
     if "mapping_timeout" in value:
         seconds = value["mapping_timeout"]
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_MAPPING_TIMEOUT:
             raise _fail(f"{where}.mapping_timeout", f"{seconds!r}: whole seconds, at least 120 (RFC 4787 REQ-5)")
+        if seconds > MAX_MAPPING_TIMEOUT:
+            raise _fail(f"{where}.mapping_timeout", f"{seconds}: at most {MAX_MAPPING_TIMEOUT} (what conntrack keeps)")
         nat = replace(nat, mapping_timeout=seconds)
     if "port_preservation" in value:
         nat = replace(nat, port_preservation=_bool(value["port_preservation"], f"{where}.port_preservation"))
@@ -372,6 +392,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         flow=settings.get("flow", figures.DEFAULT_FLOW),
         reinvites=settings.get("reinvite", ()),
         restarts=settings.get("restart", ()),
+        strangers=settings.get("strangers", ()),
         bob2=_fork_side(fork, bob),
         deviations=deviated,
         external=settings.get("external", {}),
@@ -382,7 +403,7 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
     """Validate the scenario-level keys (not name/matrix/rules); returns normalised values."""
     out: dict[str, Any] = {}
     if "flow" in data:
-        if data["flow"] not in figures.FLOWS:
+        if not _one_of(data["flow"], figures.FLOWS):
             raise _fail(f"{where}.flow", f"{data['flow']!r} is not one of {', '.join(figures.FLOWS)}")
         out["flow"] = data["flow"]
     if "timers" in data:
@@ -412,6 +433,8 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         out["reinvite"] = parse_reinvites(data["reinvite"], f"{where}.reinvite")
     if "restart" in data:
         out["restart"] = parse_restarts(data["restart"], f"{where}.restart")
+    if "strangers" in data:
+        out["strangers"] = parse_strangers(data["strangers"], f"{where}.strangers")
     if "fork" in data:
         out["fork"] = parse_fork(data["fork"], f"{where}.fork")
     if "deviations" in data:
@@ -559,6 +582,33 @@ def parse_restarts(value: Any, where: str) -> tuple[Restart, ...]:
     return tuple(steps)
 
 
+def parse_strangers(value: Any, where: str) -> tuple[Stranger, ...]:
+    """`strangers: [{node, send, after: TRIGGER, to, count}, ...]`"""
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "a list of {node, send, after: {node, event, ...}, to, count}")
+    steps = []
+    for index, item in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict) or not {"node", "send", "after"} <= set(item):
+            raise _fail(here, "expected {node, send, after: {...}, to, count}")
+        unknown = set(item) - {"node", "send", "after", "to", "count"}
+        if unknown:
+            raise _fail(here, f"unknown key(s) {sorted(unknown)} (node, send, after, to, count)")
+        for key in ("node", "to"):
+            if key in item and (not isinstance(item[key], str) or not NODE_RE.match(item[key])):
+                raise _fail(f"{here}.{key}", f"{item[key]!r} is not a node name")
+        if item.get("to", "alice") not in PARTIES:
+            raise _fail(f"{here}.to", f"{item['to']!r}: the stranger aims at a party's media: {', '.join(PARTIES)}")
+        if not _one_of(item["send"], stranger.KINDS):
+            raise _fail(f"{here}.send", f"{item['send']!r} is not one of {', '.join(sorted(stranger.KINDS))}")
+        count = item.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+            raise _fail(f"{here}.count", f"{count!r}: a whole number, 1..100")
+        after = parse_trigger(item["after"], f"{here}.after")
+        steps.append(Stranger(item["node"], after, item["send"], item.get("to", "alice"), count))
+    return tuple(steps)
+
+
 PLACEHOLDER = "192.0.2.1"  # stands for a node's address while a plan is validated (TEST-NET-1)
 GATEWAY_LINKS = ("lan", "wan")  # the NAT gateway's links; a rule without `link` is the gateway's too
 
@@ -614,6 +664,10 @@ def parse_faults(rules: Any, seed: Any, where: str, topology: Topology | None = 
 
     if not isinstance(rules, list):
         raise _fail(f"{where}.faults", "a list of rules: {name, link, direction, what, peer, nth, count, action, ...}")
+    for index, rule in enumerate(rules):  # the engine's fields are all single values; a table is none
+        for key, value in rule.items() if isinstance(rule, dict) else ():
+            if value is not None and not isinstance(value, (str, int, float)):
+                raise _fail(f"{where}.faults", f"rules[{index}].{key}: {value!r} is not a text or a number")
     plan = {"rules": rules, "seed": seed}
     try:
         FaultPlan.from_dict({"rules": [_with_peer(r, lambda node: PLACEHOLDER) for r in rules], "seed": seed})
@@ -695,7 +749,7 @@ def _rules(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> list[Rul
         if not isinstance(when, dict) or set(when) - set(WHEN_KEYS):
             raise _fail(f"{here}.when", f"keys must be among {', '.join(WHEN_KEYS)}, got {when!r}")
         for key in ("mapping", "filtering"):
-            if key in when and when[key] not in NAT_MAPPINGS:
+            if key in when and not _one_of(when[key], NAT_MAPPINGS):
                 raise _fail(f"{here}.when.{key}", f"{when[key]!r} is not an RFC 4787 behaviour")
         rules.append(Rule(dict(when), parse_expect({k: v for k, v in item.items() if k != "when"}, here, flow)))
     return rules
@@ -707,11 +761,22 @@ def load(path: Path) -> list[Scenario]:
 
     where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise _fail(where, f"not YAML: {error}") from None
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise _fail(where, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise _fail(where, error.strerror or str(error)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise _fail(where, f"not YAML: {_one_line(error)}") from None
+    except RecursionError:
+        raise _fail(where, "nested too deeply to be a scenario") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        # PyYAML's constructors raise these for a scalar that is not what it says: 2024-13-45, !!int abc
+        raise _fail(where, f"not YAML: a value that is not what it says ({type(error).__name__}: {error})") from None
+    if _too_many_values(data):
+        raise _fail(where, f"more than {MAX_VALUES} values once its aliases are expanded (an alias in its anchor?)")
     if not isinstance(data, dict):
         raise _fail(where, "a scenario file is a mapping (name, description, ...)")
     unknown = set(data) - SCENARIO_KEYS
@@ -759,6 +824,34 @@ def load(path: Path) -> list[Scenario]:
         settings["expect"] = rule.expect
         cells.append(build(settings, where, name=f"{name}[{label}]", description=description, source=where))
     return cells
+
+
+MAX_VALUES = 100_000  # a scenario file holds a few hundred
+
+
+def _one_line(error: Exception) -> str:
+    """PyYAML's message spans lines (a snippet, a caret); an error here is one line: what and where."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    return f"{context + ': ' if context else ''}{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _too_many_values(data: Any) -> bool:
+    """YAML aliases let a short file stand for a huge tree, or an endless one (an alias within its own
+    anchor), which every check below would walk or print: count the values first, without recursion."""
+    stack, count = [data], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return False
 
 
 def _cell_label(axis: str, value: Any) -> str:
