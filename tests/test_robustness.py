@@ -7,8 +7,10 @@ reports SERVING and a full §7.3 call still passes.
 
 from __future__ import annotations
 
+import json
 import random
 import socket
+import time
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,6 +100,7 @@ def test_garbage_at_every_service_is_counted_and_survived(lab, tmp_path):
         assert stun.decode(answer).transaction_id == request.transaction_id
         counters = {c.name: c.value for c in clients.stub("stun").GetCounters(events_pb2.CountersRequest()).counters}
         assert counters["malformed"] >= 200
+        assert counters["receive_buffer_drops"] >= 0  # every service reports what the kernel dropped unread
 
         # unsolicited junk at the NAT's outside address: every datagram dropped, classified, streamed
         nat_wan = topology.nodes["natgw"].interfaces["wan0"][0].split("/")[0]
@@ -146,3 +149,47 @@ def test_a_run_on_a_lab_with_a_service_stopped_names_it_and_exits_2(lab, tmp_pat
         assert not any("Traceback" in line for line in err)
     finally:
         service_back(running, "bob")
+
+
+@pytest.mark.parametrize("node", ["bob", "proxy-b"])
+def test_a_service_stopped_mid_call_makes_the_run_broken_with_its_artifacts(lab, tmp_path, capsys, node):
+    """SIGTERM to a service while SRTP flows: `pinhole run` names the step and the service in one line,
+    exits 2, and keeps every artifact it has (events, trace, capture, verdict); no traceback."""
+    import threading
+
+    from pinhole.cli import main
+    from pinhole.controller.run import service_back
+    from pinhole.controller.services import EventCollector
+
+    running, topology, _ = lab
+    clients = ServiceClients.local(running.run_dir, service_kinds(topology))
+    collector = EventCollector(clients, ["bob"], since=time.time())
+    killed = threading.Event()
+
+    def stop_when_media_flows() -> None:
+        if collector.wait_for(lambda ev: any(e["kind"] == "srtp.first_received" for e in ev), timeout=60):
+            running.kill(node, crash=False)
+            killed.set()
+
+    collector.start()
+    stopper = threading.Thread(target=stop_when_media_flows, daemon=True)
+    stopper.start()
+    try:
+        args = ["run", "rfc5763-7.3", "--timers", "short", "--lab", running.name, "--out", str(tmp_path)]
+        code = main(args)
+        captured = capsys.readouterr()
+        stopper.join(timeout=60)
+        assert killed.is_set()
+        err = captured.err.strip().splitlines()
+        assert code == 2, captured.out[-2000:]
+        assert not any("Traceback" in line for line in err)
+        assert err[-1].startswith("pinhole run: broken: ") and node in err[-1], err[-1]
+        (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
+        saved = json.loads((run_dir / "verdict.json").read_text())
+        assert saved["broken"] and node in saved["broken"]
+        for artifact in ("events.jsonl", "trace.json", "capture.pcapng", "evidence.json", "ladder.html"):
+            assert (run_dir / artifact).stat().st_size > 0, artifact
+    finally:
+        collector.stop()
+        clients.close()
+        service_back(running, node)

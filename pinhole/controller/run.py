@@ -96,8 +96,10 @@ class Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self.quiet = not enabled
         self.started = time.monotonic()
+        self.current = ""  # the stage a run is in: what a broken run names
 
     def stage(self, text: str) -> None:
+        self.current = text
         if self.quiet:
             return
         line = f"[{time.monotonic() - self.started:6.2f}s] {text}"
@@ -413,12 +415,22 @@ class CallRecord:
     call_id: str
     placed: float
     events: list[dict[str, Any]]  # every service's events, as streamed by WatchEvents
-    calls: dict[str, Any]  # the user agents' own statistics (GetCall)
-    mappings: list[dict[str, Any]]  # the NAT's mappings at the end (ListMappings)
-    counters: dict[str, dict[str, int]]
+    calls: dict[str, Any] = field(default_factory=dict)  # the user agents' own statistics (GetCall)
+    mappings: list[dict[str, Any]] = field(default_factory=list)  # the NAT's mappings at the end (ListMappings)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
     flushed: list[dict[str, Any]] = field(default_factory=list)  # events streamed before the services' flush
     restarts: list[dict[str, Any]] = field(default_factory=list)  # services killed and started again (when)
     key_log: list[str] = field(default_factory=list)  # the user agents' NSS key log lines of the call
+    strangers: list[dict[str, Any]] = field(default_factory=list)  # datagrams sent by non-parties (when, where)
+
+
+class RunInterrupted(Exception):
+    """A lab service failed the run mid-way (a call refused, timed out, or its service gone): the run is
+    broken, and `record` holds what was gathered until then, for the artifacts."""
+
+    def __init__(self, why: str, record: CallRecord) -> None:
+        super().__init__(why)
+        self.why, self.record = why, record
 
 
 class Restarter:
@@ -499,6 +511,47 @@ def _restart_steps(
                     record["error"] = f"{record.get('error', '')}; starting {step.node} again failed: {error}"
 
 
+def _stranger_steps(
+    lab: Lab,
+    collector: EventCollector,
+    scenario: Scenario,
+    tracer: Any,
+    run_context: Any,
+    stop: threading.Event,
+    done: list[dict[str, Any]],
+) -> None:
+    """Each step: wait for its trigger, then send its datagrams from its node to the party's media socket
+    (the address of the party's latest media.open). A step that cannot be carried out says why in its
+    record: the run is then broken, since the scenario did not happen as written."""
+    for step in scenario.strangers:
+        record: dict[str, Any] = {"node": step.node, "send": step.send, "to": step.to, "count": step.count}
+        record["after"] = step.after.label()
+        done.append(record)
+        collector.wait_for(lambda ev, step=step: stop.is_set() or step.after.reached(ev), timeout=None)
+        events = collector.snapshot()
+        if not step.after.reached(events):
+            record["error"] = f"{step.after.label()} never happened"
+            return
+        opened = [e["attrs"].get("local") for e in events if e["service"] == step.to and e["kind"] == "media.open"]
+        if not opened or not opened[-1]:
+            record["error"] = f"{step.to} opened no media socket to aim at"
+            return
+        record["target"] = opened[-1]
+        argv = [sys.executable, "-m", "pinhole.stranger", "--send", step.send, "--to", opened[-1]]
+        with tracer.start_as_current_span(
+            f"pinhole.stranger {step.node}", context=run_context, attributes={"pinhole.stranger": step.send}
+        ):
+            try:
+                result = lab.exec_in(step.node, [*argv, "--count", str(step.count)])
+            except LabError as error:
+                record["error"] = str(error)
+                return
+        record["sent"] = time.time()
+        if result.returncode != 0:
+            record["error"] = f"pinhole.stranger in {step.node} exited {result.returncode}: {result.stderr[-200:]!r}"
+            return
+
+
 def drive_call(
     clients: ServiceClients,
     kinds: dict[str, str],
@@ -529,6 +582,14 @@ def drive_call(
     run_span = None
     call_over = threading.Event()  # tells the restart steps that no trigger is coming any more
     budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
+    call_id, placed = "", time.time()
+    restarts: list[dict[str, Any]] = []
+    stranger_steps: list[dict[str, Any]] = []
+
+    def lost() -> list[str]:
+        """The services whose event stream ended during the run, but for those a restart step killed."""
+        return [problem for problem in collector.errors if problem.split(":")[0] not in {r["node"] for r in restarts}]
+
     try:
         collector.start()
         show.stage("placing the call alice -> bob")
@@ -550,7 +611,6 @@ def drive_call(
         else:
             call_id = _dial(externals, collector, capture, endpoints, agents, budget)  # type: ignore[arg-type]
         run_span.set_attribute("pinhole.call_id", call_id)
-        restarts: list[dict[str, Any]] = []
         restarting = None
         if scenario.restarts:
             if restarter is None:
@@ -561,6 +621,16 @@ def drive_call(
                 daemon=True,
             )
             restarting.start()
+        sending = None
+        if scenario.strangers:
+            if restarter is None:
+                raise ValueError(f"{scenario.name}: this backend cannot run commands in its nodes")
+            sending = threading.Thread(
+                target=_stranger_steps,
+                args=(restarter.lab, collector, scenario, tracer, run_context, call_over, stranger_steps),
+                daemon=True,
+            )
+            sending.start()
         if scenario.reinvites:
             modify_session(clients, collector, scenario, call_id, timers, run_context, show)
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
@@ -569,10 +639,10 @@ def drive_call(
         elif scenario.bob2 is not None:
             collector.wait_for(_forks_over, timeout=budget)
         else:
-            collector.wait_for(lambda ev: _call_over(ev, agents), timeout=budget)
+            collector.wait_for(lambda ev: lost() or _call_over(ev, agents), timeout=budget)
         _hang_up(clients, agents, externals, call_id, run_context, show)
         # every party ends the call (BYE either way, or a failure): then the evidence is complete
-        collector.wait_for(lambda ev: all(_ended(ev, ua) for ua in agents), timeout=64 * timers.sip_t1 + 5)
+        collector.wait_for(lambda ev: lost() or all(_ended(ev, ua) for ua in agents), timeout=64 * timers.sip_t1 + 5)
         if len(agents) < len(parties) and capture is not None:  # an external party's BYE: on the wire
             capture.wait_for(_bye_answered(call_id), timeout=64 * timers.sip_t1 + 5)
         events = collector.snapshot()
@@ -580,9 +650,14 @@ def drive_call(
         if answered or not agents:
             # a dialog existed, so a BYE crossed the NAT (whoever sent it): wait for the gateway's report
             collector.wait_for(
-                lambda ev: any(
-                    e["service"] == "natgw" and e["kind"] in ("nat.call_ended", "nat.error") and e["call_id"] == call_id
-                    for e in ev
+                lambda ev: (
+                    lost()
+                    or any(
+                        e["service"] == "natgw"
+                        and e["kind"] in ("nat.call_ended", "nat.error")
+                        and e["call_id"] == call_id
+                        for e in ev
+                    )
                 ),
                 timeout=10,
             )
@@ -590,6 +665,15 @@ def drive_call(
             call_over.set()
             collector.wake()
             restarting.join()  # every service it killed is up again before the evidence is asked for
+        if sending is not None:
+            call_over.set()
+            collector.wake()
+            sending.join()
+        if lost():  # a service that died during the call would only make each question wait out its deadline
+            raise RunInterrupted(
+                f"the call: {lost()[0]} (its event stream ended)",
+                CallRecord(call_id, placed, collector.snapshot(), restarts=restarts, strangers=stranger_steps),
+            )
         show.stage("collecting evidence")
         # what has been streamed so far was recorded (its span ended) before the flush: it must be in the
         # trace; a late datagram recorded after the flush (a retransmission) may not be, and is no loss
@@ -608,17 +692,26 @@ def drive_call(
             node: {c.name: c.value for c in clients.stub(node).GetCounters(events_pb2.CountersRequest()).counters}
             for node in kinds
         }
+    except grpc.RpcError as error:  # a service failed us: what was gathered so far is the evidence
+        partial = CallRecord(call_id, placed, collector.snapshot(), restarts=restarts, strangers=stranger_steps)
+        raise RunInterrupted(f"{show.current or 'driving the call'}: {error}", partial) from None
     finally:
         call_over.set()
         collector.wake()
         collector.stop()
         if run_span is not None:
             run_span.end()
-    return CallRecord(call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts, key_log)
+    return CallRecord(
+        call_id, placed, collector.snapshot(), calls, mappings, counters, flushed, restarts, key_log, stranger_steps
+    )
 
 
 def _dial(
-    externals: Externals, collector: EventCollector, capture: LinkCapture, endpoints: Endpoints, agents: list[str],
+    externals: Externals,
+    collector: EventCollector,
+    capture: LinkCapture,
+    endpoints: Endpoints,
+    agents: list[str],
     budget: float,
 ) -> str:
     """Make the external caller dial; its Call-ID, from pinhole's Bob when he takes part, else from the wire
@@ -760,6 +853,7 @@ def judge_call(
     forward_to: str | None = None,
     capture_problems: list[str] | None = None,
     notes: list[str] | None = None,
+    broken: str = "",
 ) -> verdict.Verdict:
     """Judge the call from the wire and write the run's artifacts (capture.pcapng, keys.log, trace.json,
     ladder, verdict, evidence).
@@ -791,6 +885,7 @@ def judge_call(
         export(trace_request, forward_to)
     result = verdict.judge(on_the_wire, call_id=call_id, reports=traced["events"], scenario=scenario.name)
     result.notes += notes or []  # what the run saw beside the call (an external program's stragglers)
+    result.broken = broken  # the run stopped short (a service failed it): judged, but no verdict
     verdict_s = time.perf_counter() - started
     evidence = {
         "scenario": scenario.name,
@@ -809,6 +904,8 @@ def judge_call(
         evidence["outcome"] = dataclasses.asdict(outcome_on_wire(on_the_wire, call_id))
     if record.restarts:  # the services killed and started again, and when
         evidence["restarts"] = record.restarts
+    if record.strangers:  # what non-parties sent to the call's media, and when
+        evidence["strangers"] = record.strangers
     if scenario.reinvites:  # what the outcome must find in the calls' modifications, in order
         evidence["reinvites"] = [
             {**dataclasses.asdict(step), "new_association_expected": step.changes_association}
@@ -834,6 +931,9 @@ def judge_call(
     )
     if lost and not result.broken:  # every span the services said they made must be in the trace
         result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
+    unsent = [f"stranger step from {s['node']}: {s['error']}" for s in record.strangers if s.get("error")]
+    if unsent and not result.broken:  # the scenario did not happen as written
+        result.broken = unsent[0]
     if capture_problems and not result.broken:  # judged on part of the wire is no verdict
         result.broken = "; ".join(capture_problems)
     drawing = ladder.render(evidence)
@@ -897,6 +997,7 @@ def run(
         receiver.start()
     receiver.clear()
     tracer_provider = capture = None
+    interrupted: RunInterrupted | None = None
     kinds = {node: kind for node, kind in service_kinds(topology, lab).items() if node not in scenario.external}
     clients = ServiceClients.local(lab.run_dir, kinds)
     stopped = [] if owned else clients.not_serving()
@@ -933,6 +1034,10 @@ def run(
 
         restarter = Restarter(lab, topology, clients, service_configs(endpoints, scenario, timers), refault)
         record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, restarter, externals, capture)
+    except grpc.RpcError as error:  # before the call: configuring a service
+        interrupted = RunInterrupted(f"{show.current}: {error}", CallRecord("", time.time(), []))
+    except RunInterrupted as stop:
+        interrupted = stop
     finally:
         if capture is not None:
             capture.stop()
@@ -950,6 +1055,8 @@ def run(
             show.stage("tearing the lab down")
             measurements["lab_down_s"] = lab_down(lab, keep_logs=out_dir)
 
+    if interrupted is not None:
+        record = interrupted.record
     result = judge_call(
         trace_request,
         record,
@@ -962,6 +1069,7 @@ def run(
         forward_to=forward_to,
         capture_problems=capture.problems(),
         notes=externals.notes,
+        broken=interrupted.why if interrupted is not None else "",
     )
     link_last(out_root, run_id)
     show.done()

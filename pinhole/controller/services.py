@@ -8,6 +8,7 @@ waits for readiness with the standard health Watch (an event, not a sleep).
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 import threading
 import time
@@ -22,11 +23,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pinhole.lab import Lab, Node, Topology
 from pinhole.rpc.v1 import (
+    capture_pb2,
     capture_pb2_grpc,
+    natgw_pb2,
     natgw_pb2_grpc,
+    proxy_pb2,
     proxy_pb2_grpc,
+    stunserver_pb2,
     stunserver_pb2_grpc,
+    switch_pb2,
     switch_pb2_grpc,
+    useragent_pb2,
     useragent_pb2_grpc,
 )
 
@@ -38,6 +45,46 @@ STUBS = {
     "switch": switch_pb2_grpc.SwitchStub,
 }
 
+# The longest a unary call may take (a caller may say less, never more: gRFC A2 takes the smaller). A
+# control call answers at once; the slow ones wait on the network: PlaceCall on the STUN server (39.5 s
+# of RFC 5389 retransmissions at most), HangUp and Reinvite on their final responses (Timer B and F are
+# 64*T1 = 32 s with RFC timers), StopCapture hands over a whole capture, FlushTelemetry every span.
+CALL_DEADLINE_S = 10
+SLOW_CALL_DEADLINE_S = {"PlaceCall": 60, "HangUp": 60, "Reinvite": 60, "StopCapture": 60, "FlushTelemetry": 30}
+
+
+RETRY_POLICY = {  # gRFC A6: a call the contract marks idempotent, again while its service is unavailable
+    "maxAttempts": 5,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config() -> str:
+    """The gRPC service config (gRFC A2) of every channel to a lab service, one entry per method.
+
+    Every call waits for its service to be ready instead of failing on the first connect; a unary call
+    ends at its deadline; a method the contract marks idempotent (`idempotency_level` in proto/) is
+    retried on UNAVAILABLE within it, the others (PlaceCall, HangUp, ...) never, since a second attempt
+    could act twice. Streams (WatchEvents) have no deadline."""
+    configs = []
+    for module in (useragent_pb2, proxy_pb2, natgw_pb2, stunserver_pb2, switch_pb2, capture_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                config: dict[str, Any] = {
+                    "name": [{"service": service.full_name, "method": method.name}],
+                    "waitForReady": True,
+                }
+                if not (method.server_streaming or method.client_streaming):
+                    config["timeout"] = f"{SLOW_CALL_DEADLINE_S.get(method.name, CALL_DEADLINE_S)}s"
+                    if method.GetOptions().idempotency_level:  # NO_SIDE_EFFECTS or IDEMPOTENT
+                        config["retryPolicy"] = RETRY_POLICY
+                configs.append(config)
+    return json.dumps({"methodConfig": configs})
+
+
 # A service's socket appears only once it has started; without these gRPC backs off
 # exponentially (up to minutes) between connection attempts to a socket that is not there yet.
 CHANNEL_OPTIONS = [
@@ -45,7 +92,37 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 250),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # a capture's frames (LinkCapture.StopCapture)
+    ("grpc.service_config", service_config()),
+    ("grpc.enable_retries", 1),
 ]
+
+
+class ServiceCallError(grpc.RpcError):
+    """A failed call to a lab service, naming the node and the method (a bare RpcError names neither)."""
+
+    def __init__(self, node: str, method: str, error: grpc.RpcError) -> None:
+        super().__init__(f"{node}: {method} failed: {error.code().name} {error.details()}")
+        self.node, self.method, self.error = node, method, error
+
+    def code(self) -> grpc.StatusCode:
+        return self.error.code()
+
+    def details(self) -> str | None:
+        return self.error.details()
+
+
+class _NameFailures(grpc.UnaryUnaryClientInterceptor):
+    """Turns a unary call's RpcError into a ServiceCallError naming its node and method."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        outcome = continuation(client_call_details, request)
+        error = outcome.exception() if outcome.done() else None
+        if isinstance(error, grpc.RpcError) and not isinstance(error, ServiceCallError):
+            raise ServiceCallError(self.node, client_call_details.method.rsplit("/", 1)[-1], error)
+        return outcome
 
 
 def channel(run_dir: Path, node: str) -> grpc.Channel:
@@ -201,7 +278,8 @@ class ServiceClients:
 
     def stub(self, node: str) -> Any:
         if node not in self.channels:
-            self.channels[node] = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
+            plain = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
+            self.channels[node] = grpc.intercept_channel(plain, _NameFailures(node))
         return STUBS[self.kinds[node]](self.channels[node])
 
     def not_serving(self, timeout: float = 5.0) -> list[str]:
