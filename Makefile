@@ -62,7 +62,7 @@ lab-up: setup
 lab-down: setup
 	$(VENV)/bin/pinhole lab down
 
-## clean: remove stragglers (every ph-* namespace and the processes pinhole recorded), outputs
+## clean: remove stragglers (the namespaces and processes pinhole recorded making, never another tool's), outputs
 clean:
 	-@test -x $(PY) && $(PY) -c "from netns.lab import NetnsLab; print('removed:', NetnsLab.cleanup_stragglers())"
 	-@test -x $(PY) && $(PY) -c "from containers.lab import ContainerLab; print('removed:', ContainerLab.cleanup_stragglers())"
@@ -78,6 +78,7 @@ bench: setup images
 	$(PY) bench/lab_build.py
 	$(PY) bench/tracing_cost.py
 	$(PY) bench/backends.py
+	$(PY) bench/sip_parsing.py
 
 ## images: one Podman image per service (localhost/pinhole-<service>), built offline (root; podman, debootstrap)
 IMAGE_APT_PKGS := podman buildah runc iptables debootstrap

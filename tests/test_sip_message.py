@@ -7,7 +7,9 @@ already resolved there, and lines end in CRLF.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +23,9 @@ from pinhole.sip.message import (
     SipParseError,
     SipUri,
     Via,
+    _quote,
+    check_display_name,
+    check_sip_uri,
     make_ack,
     make_cancel,
     make_response,
@@ -37,6 +42,7 @@ from pinhole.sip.message import (
 )
 
 DATA = Path(__file__).parent / "data" / "sip"
+T = TypeVar("T")
 
 
 def load(name: str) -> bytes:
@@ -332,6 +338,71 @@ def test_salvage_request_for_a_400() -> None:
     assert salvage_request(GOOD_OPTIONS.replace(b"OPTIONS", b"ACK").replace(b"Content-Length: 0", b"l: x")) is None
 
 
+# -- size: parsing is linear in the datagram -------------------------------------------------------
+
+
+def invite_with_routes(routes: str) -> bytes:
+    """GOOD_OPTIONS as an INVITE whose Route header section is ``routes`` (already with its line ends)."""
+    head = GOOD_OPTIONS.replace(b"OPTIONS", b"INVITE").replace(b"Content-Length: 0\r\n\r\n", b"")
+    return head + routes.encode() + b"Content-Length: 0\r\n\r\n"
+
+
+def route_uris(count: int) -> list[str]:
+    return [f"sip:p{index}" for index in range(count)]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda uris: "Route: " + ",".join(f"<{uri}>" for uri in uris) + "\r\n",  # one line, one UDP datagram
+        lambda uris: "".join(f"Route: <{uri}>\r\n" for uri in uris),  # one header line each
+        lambda uris: "Route: " + "\r\n ,".join(f"<{uri}>" for uri in uris) + "\r\n",  # folded (§7.3.1)
+    ],
+    ids=["comma-separated", "one-per-line", "folded"],
+)
+def test_8000_route_values_in_one_datagram(layout: Callable[[list[str]], str]) -> None:
+    """An 8,000-value Route once stalled a proxy for 8 s: every value, in order (bench/sip_parsing.py times it)."""
+    uris = route_uris(8000)
+    data = invite_with_routes(layout(uris))
+    request = parse_message(data)
+    assert [str(route.uri) for route in request.routes] == uris
+    assert request.headers.count("Route") == 8000 and request.cseq == CSeq(63104, "INVITE")
+
+
+def test_header_lookups_do_not_grow_with_the_number_of_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lookup by name scans every header entry, so parsing looks up a fixed number of names, not one per value.
+
+    One per value was 8,000 scans of 8,000 entries for an 8,000-value Route (quadratic).
+    """
+    lookups = 0
+
+    def counted(method: Callable[..., T]) -> Callable[..., T]:
+        def lookup(*args: object) -> T:
+            nonlocal lookups
+            lookups += 1
+            return method(*args)
+
+        return lookup
+
+    for name in ("get", "get_all", "count", "_index"):
+        monkeypatch.setattr(Headers, name, counted(getattr(Headers, name)))
+    per_size = {}
+    for count in (10, 8000):
+        lookups = 0
+        parse_message(invite_with_routes("Route: " + ",".join(f"<{uri}>" for uri in route_uris(count)) + "\r\n"))
+        per_size[count] = lookups
+    assert per_size[8000] == per_size[10]
+
+
+def test_lws_around_the_sent_by_colon_in_any_amount() -> None:
+    """§25.1 / RFC 4475 §3.1.1.1: LWS around ':' goes, however much (this once took seconds for 32 KB)."""
+    spread = "SIP/2.0/UDP host" + " " * 30000 + ":" + "\t" * 30000 + "5070;branch=z9hG4bKx"
+    assert parse_via(spread).sent_by == ("host", 5070)
+    with pytest.raises(SipParseError) as caught:
+        parse_via("SIP/2.0/UDP a" + " " * 30000 + "b;branch=z9hG4bKx")
+    assert str(caught.value) == f"Via: invalid host {'a' + ' ' * 30000 + 'b'!r}"
+
+
 # -- encoding --------------------------------------------------------------------------------------
 
 
@@ -479,6 +550,94 @@ def test_name_addr() -> None:
         parse_name_addr("Bob sip:bob@biloxi.com")
     with pytest.raises(SipParseError, match="quoted display name not followed by <URI>"):
         parse_name_addr('"Bob" sip:bob@biloxi.com')
+
+
+@pytest.mark.parametrize("name", ["a\r\nX: y", "a\rb", "a\nb", 'Bob"\r\nX-Injected: yes\r\nY: "'])
+def test_quote_refuses_cr_and_lf(name: str) -> None:
+    """No quoted-pair carries CR or LF (§25.1): writing one would end the header line (header injection)."""
+    for write in (_quote, lambda text: str(NameAddr(text, parse_uri("sip:bob@biloxi.com")))):
+        with pytest.raises(SipParseError) as caught:
+            write(name)
+        assert str(caught.value) == f"{name!r} cannot be quoted: no quoted-pair carries CR or LF (§25.1)"
+
+
+@pytest.mark.parametrize("name", ['Bob "B"', "back\\slash", "BEL:\x07 NUL:\x00 DEL:\x7f", "Zoë 大", ""])
+def test_quote_writes_a_quoted_string_that_reads_back(name: str) -> None:
+    quoted = _quote(name)
+    check_display_name(quoted[1:-1], "quoted")  # qdtext and quoted-pairs only
+    assert parse_name_addr(f"{quoted} <sip:bob@biloxi.com>").display_name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("a\r\nX: y", "contains CR or LF, which would end the header line"),
+        ('Bob"\r\nX-Injected: yes', "contains CR or LF, which would end the header line"),
+        ('Eve" <sip:eve@e.example>;tag=1, "Bob', 'has a DQUOTE at index 3; write it as \\"'),
+        ("Bob\\", "ends in a backslash, which would escape the closing DQUOTE"),
+        ("Bob\x00", "has '\\x00' at index 3, not allowed in a quoted string"),
+        ("Bob\\é", "has '\\\\é' at index 3, not allowed in a quoted string"),  # a quoted-pair is ASCII only
+    ],
+)
+def test_check_display_name_refuses_what_would_leave_the_quoted_string(name: str, reason: str) -> None:
+    with pytest.raises(SipParseError) as caught:
+        check_display_name(name, "display_name")
+    assert str(caught.value) == f"display_name: {name!r} {reason}"
+
+
+@pytest.mark.parametrize("name", ["Alice", 'J \\"R\\" Doe', "tab\there", "BEL:\\\x07", "Zoë 大", ""])
+def test_a_checked_display_name_stays_inside_its_header(name: str) -> None:
+    check_display_name(name, "display_name")
+    request = parse_message(GOOD_OPTIONS.replace(b"From: Alice <", f'From: "{name}" <'.encode()))
+    assert len(request.headers) == 7 and request.from_.tag == "1928301774"
+
+
+def test_quoted_string_with_cr_or_lf_is_refused() -> None:
+    """A lone CR in a quoted display name would go out as a line end from whoever writes it again."""
+    for text in ('"a\rb" <sip:x@y>', '"a\\\rb" <sip:x@y>', '"a\nb" <sip:x@y>'):
+        with pytest.raises(SipParseError) as caught:
+            parse_name_addr(text, "To")
+        assert str(caught.value) == "To: CR or LF inside a quoted string"
+
+
+def test_a_bare_cr_in_a_header_is_refused() -> None:
+    """A CR not followed by LF: a peer that ends lines at CR would read a header this parser never saw,
+    and a proxy would forward it as it is."""
+    smuggled = GOOD_OPTIONS.replace(b"From: Alice <", b"Subject: hi\rX-Smuggled: yes\r\nFrom: Alice <")
+    with pytest.raises(SipParseError, match="a CR not followed by LF"):
+        parse_message(smuggled)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sip:bob@b.example\r\nX: y", "{!r} has '\\r' at index 17, which a SIP URI cannot carry"),
+        ("sip:bob>;tag=1@b.example", "{!r} has '>' at index 7, which a SIP URI cannot carry"),
+        ('sip:"bob"@b.example', "{!r} has '\"' at index 4, which a SIP URI cannot carry"),
+        ("sip:%4@b.example", "{!r} has '%' at index 4, which a SIP URI cannot carry"),
+        ("sip:bob@b.example?Route=x", "{!r} has URI headers, not allowed here (§19.1.1)"),
+        ("tel:+1555", "expected a sip: or sips: URI, got {!r}"),
+        ("sip:bob@", "URI {!r}: invalid host ''"),
+    ],
+)
+def test_check_sip_uri_refuses_what_would_leave_its_brackets(text: str, reason: str) -> None:
+    with pytest.raises(SipParseError) as caught:
+        check_sip_uri(text, "target")
+    assert str(caught.value) == "target: " + reason.format(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@atlanta.com",
+        "sips:bob@biloxi.com;transport=udp",
+        "sip:+1-212-555-1212:1234@gateway.com;user=phone",
+        "sip:alice%40x@[2001:db8::10]:5070;lr",
+        "sip:a!~*'()&=+$,;/b@h",  # user-unreserved and marks (§25.1)
+    ],
+)
+def test_check_sip_uri_takes_rfc3261_uris(text: str) -> None:
+    assert str(check_sip_uri(text, "aor")) == text
 
 
 def test_via_parse_and_format() -> None:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import pytest
 
+from pinhole.events import EventLog
+from pinhole.sip.describe import record_message
 from pinhole.sip.message import (
     Headers,
     Request,
@@ -41,6 +45,7 @@ from pinhole.sip.transport import SipEndpoint, response_destination, stamp_via
 T = TypeVar("T")
 Address = tuple[str, int]
 PEER: Address = ("192.0.2.10", 5060)  # virtual-clock tests never touch a socket
+TORTURE = Path(__file__).parent / "data" / "sip"  # RFC 4475 messages
 
 
 # -- a virtual clock and a recording transport ------------------------------------------------------
@@ -661,6 +666,104 @@ def test_endpoint_survives_1000_garbage_datagrams() -> None:
         assert loop.is_running()
 
     run(main())
+
+
+class RecordingWire:
+    """The endpoint's datagram transport, in memory: nothing leaves the process."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Address]] = []
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5060) if name == "sockname" else default
+
+    def sendto(self, data: bytes, address: Address) -> None:
+        self.sent.append((data, address))
+
+    def close(self) -> None:
+        pass
+
+
+def recording_endpoint(events: EventLog) -> tuple[SipEndpoint, RecordingWire]:
+    """A UAS that records what it sends and receives as the services do (sip.send / sip.recv events)."""
+    endpoint = SipEndpoint(
+        timers=SHORT,
+        on_request=answer(),
+        on_message=lambda direction, message, peer: record_message(events, direction, message, peer),
+    )
+    wire = RecordingWire()
+    endpoint.connection_made(cast(asyncio.DatagramTransport, wire))
+    return endpoint, wire
+
+
+def mutated(rng: random.Random, seeds: list[bytes]) -> bytes:
+    """A seed with a few bytes flipped, separators inserted, spans deleted or repeated."""
+    data = bytearray(rng.choice(seeds))
+    for _ in range(rng.randrange(1, 8)):
+        at = rng.randrange(len(data) + 1)
+        operation = rng.randrange(4)
+        if operation == 0 and data:
+            data[at % len(data)] = rng.randrange(256)
+        elif operation == 1:
+            data[at:at] = rng.choice([b"\r\n", b",", b";", b'"', b"<", b">", b":", b" ", b"\\", b"="])
+        elif operation == 2:
+            del data[at : at + rng.randrange(1, 20)]
+        else:
+            start = rng.randrange(len(data) + 1)
+            data[at:at] = data[start : start + rng.randrange(1, 40)]
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "call_id", "expected"),
+    [
+        # RFC 4475 §3.3.1: no Call-ID, From or To, "ideally" answered with 400
+        ("insuf", "", {"sip.cseq": "193942", "sip.cseq_method": "INVITE", "summary": "400 Bad Request (INVITE)"}),
+        # §3.1.2.4: a CSeq beyond 2**32-1 "should" be answered with 400
+        (
+            "scalar02",
+            "scalar02.23o0pd9vanlq3wnrlnewofjas9ui32",
+            {"sip.cseq": "", "sip.error": "CSeq: sequence number 36893488147419103232 exceeds 2**32-1"},
+        ),
+    ],
+)
+def test_the_400_to_an_unreadable_request_is_recorded(name: str, call_id: str, expected: dict[str, str]) -> None:
+    """The 400 copies the request's Call-ID and CSeq as they came (§8.2.6.2), readable or not."""
+
+    async def main() -> None:
+        events = EventLog("uas")
+        uas, _ = recording_endpoint(events)
+        uas.datagram_received((TORTURE / f"{name}.sip").read_bytes(), ("192.0.2.7", 5060))
+        uas.close()
+        assert uas.stats["malformed"] == 1 and uas.stats["errors"] == 0
+        (sent,) = [event for event in events.since() if event.kind == "sip.send"]
+        assert sent.call_id == call_id and sent.attributes["sip.status_code"] == "400"
+        assert expected.items() <= dict(sent.attributes).items()
+        assert sent.attributes["sip.via_count"] == "1" and sent.attributes["sip.branch"].startswith("z9hG4bK")
+
+    run(main())
+
+
+def test_every_answer_to_2000_mutated_requests_is_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    """Mutated RFC 4475 messages (fixed seed): every response sent, most of them 400, is a sip.send event,
+    and describing one never raises (no traceback, no error counted)."""
+    seeds = [path.read_bytes() for path in sorted(TORTURE.glob("*.sip"))]
+
+    async def main() -> tuple[SipEndpoint, EventLog, list[tuple[bytes, Address]]]:
+        events = EventLog("uas")
+        uas, wire = recording_endpoint(events)
+        rng = random.Random(4475)
+        for index in range(2000):
+            uas.datagram_received(mutated(rng, seeds), ("192.0.2.7", 1024 + index))
+        uas.close()
+        return uas, events, wire.sent
+
+    uas, events, sent = run(main())
+    recorded = [event.attributes for event in events.since() if event.kind == "sip.send"]
+    assert uas.stats["errors"] == 0 and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r["sip.status_code"] for r in recorded] == [data.split(b" ", 2)[1].decode() for data, _ in sent]
+    unreadable = [r for r in recorded if r["sip.status_code"] == "400" and "sip.error" in r]
+    assert len(recorded) > 900 and len(unreadable) > 100  # the answers the old description lost
 
 
 def test_endpoint_close_fails_pending_transactions() -> None:

@@ -13,7 +13,7 @@ import hashlib
 
 from pinhole import sdp, telemetry
 from pinhole.events import EventLog
-from pinhole.sip.message import Request, Response
+from pinhole.sip.message import CSeq, Request, Response, SipParseError
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 
@@ -43,16 +43,34 @@ def record_message(events: EventLog, direction: str, message: Request | Response
 def message_event(
     direction: str, message: Request | Response, peer: tuple[str, int]
 ) -> tuple[str, str, dict[str, str]]:
-    """-> (event kind "sip.send"/"sip.recv", Call-ID, attributes)."""
+    """-> (event kind "sip.send"/"sip.recv", Call-ID, attributes); never raises.
+
+    A 400 answering a request that did not parse copies that request's Via, Call-ID and CSeq as
+    they came (RFC 3261 §8.2.6.2; RFC 4475 §3.1.2.4 and §3.3.1 still want the answer): what cannot
+    be read is left empty and `sip.error` says why, and the answer is evidence like any other.
+    """
     headers = message.headers
-    cseq = message.cseq
+    errors: list[str] = []
+    cseq: CSeq | None = None
+    branch = ""
+    try:
+        cseq = message.cseq
+    except SipParseError as error:
+        errors.append(str(error))
+    try:
+        branch = message.top_via.branch or ""
+    except SipParseError as error:
+        errors.append(str(error))
+    cseq_method = cseq.method if cseq is not None else ""
     attrs: dict[str, str] = {
         "peer": f"{peer[0]}:{peer[1]}",
-        "sip.cseq": str(cseq.number),
-        "sip.cseq_method": cseq.method,
-        "sip.via_count": str(len(message.vias)),
-        "sip.branch": message.top_via.branch or "",
+        "sip.cseq": str(cseq.number) if cseq is not None else "",
+        "sip.cseq_method": cseq_method,
+        "sip.via_count": str(len(headers.get_all("Via"))),
+        "sip.branch": branch,
     }
+    if errors:
+        attrs["sip.error"] = "; ".join(errors)
     if isinstance(message, Request):
         attrs["sip.method"] = message.method
         attrs["sip.request_uri"] = message.uri
@@ -61,14 +79,14 @@ def message_event(
     else:
         attrs["sip.status_code"] = str(message.status_code)
         attrs["sip.reason"] = message.reason
-        attrs["summary"] = f"{message.status_code} {message.reason} ({cseq.method})"
+        attrs["summary"] = f"{message.status_code} {message.reason} ({cseq_method})"
     attrs["sip.record_route_count"] = str(len(headers.get_all("Record-Route")))
     if headers.get("traceparent"):
         attrs["sip.traceparent"] = headers.get("traceparent") or ""
     if message.body:
         attrs.update(_sdp_attributes(message.body))
         attrs["summary"] += " + SDP"
-    return f"sip.{direction}", message.call_id or "", attrs
+    return f"sip.{direction}", (headers.get("Call-ID") or "").strip(), attrs
 
 
 def _sdp_attributes(body: bytes) -> dict[str, str]:

@@ -15,7 +15,6 @@ unquoted non-token display names, scalars out of range.
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +37,8 @@ __all__ = [
     "Message",
     "parse_message",
     "parse_uri",
+    "check_sip_uri",
+    "check_display_name",
     "parse_name_addr",
     "parse_via",
     "parse_cseq",
@@ -242,18 +243,50 @@ def _quoted_string(text: str, start: int, what: str) -> tuple[str, int]:
         if ch == "\\":
             if i + 1 >= len(text):
                 break
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if ch == '"':
+            ch = text[i + 1]
+            i += 1
+        elif ch == '"':
             return "".join(out), i + 1
+        if ch in "\r\n":  # neither qdtext nor quoted-pair: a proxy forwarding it would write a line end
+            raise SipParseError(f"{what}: CR or LF inside a quoted string")
         out.append(ch)
         i += 1
     raise SipParseError(f"{what}: unterminated quoted string")
 
 
+_QUOTED_CONTENT = re.compile(r"(?:[\t !#-\[\]-~\x80-\U0010ffff]|\\[\x00-\t\x0b\x0c\x0e-\x7f])*")
+"""§25.1: what may stand between the DQUOTEs of a quoted-string, qdtext and quoted-pairs (but no folding CRLF)."""
+
+_PAIRED_ONLY = re.compile(r'[\x00-\x08\x0b\x0c\x0e-\x1f"\\\x7f]')
+"""Characters a quoted-string carries only as a quoted-pair (§25.1); CR and LF it cannot carry at all."""
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """The quoted-string (§25.1) that :func:`_quoted_string` reads back as ``text``."""
+    if "\r" in text or "\n" in text:
+        raise SipParseError(f"{text!r} cannot be quoted: no quoted-pair carries CR or LF (§25.1)")
+    return '"' + _PAIRED_ONLY.sub(lambda match: "\\" + match.group(), text) + '"'
+
+
+def check_display_name(text: str, what: str) -> None:
+    """Refuse a display name that cannot be written between DQUOTEs as it is (§25.1 quoted-string).
+
+    It must be qdtext and quoted-pairs only: a bare DQUOTE would close the string early, a final
+    backslash escape the closing DQUOTE, and a CR or LF end the header line, so that what follows
+    is read as a header of its own.
+    """
+    if "\r" in text or "\n" in text:
+        raise SipParseError(f"{what}: {text!r} contains CR or LF, which would end the header line")
+    match = _QUOTED_CONTENT.match(text)
+    end = match.end() if match else 0
+    if end == len(text):
+        return
+    ch = text[end]
+    if ch == '"':
+        raise SipParseError(f'{what}: {text!r} has a DQUOTE at index {end}; write it as \\"')
+    if ch == "\\" and end + 1 == len(text):
+        raise SipParseError(f"{what}: {text!r} ends in a backslash, which would escape the closing DQUOTE")
+    raise SipParseError(f"{what}: {text!r} has {text[end : end + 2]!r} at index {end}, not allowed in a quoted string")
 
 
 _HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::([0-9]+))?")
@@ -380,6 +413,32 @@ def parse_uri(text: str) -> Uri:
                 raise SipParseError(f"URI {text!r}: header {item!r} is not name=value")
             headers[name] = value
     return SipUri(scheme.lower(), user, host, port, params, headers, password)
+
+
+_SIP_URI_TEXT = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/:@\[\]]|%[0-9A-Fa-f]{2})*")
+"""§25.1: the characters of a SIP-URI: unreserved, reserved, escaped, and the brackets of an IPv6 reference."""
+
+
+def check_sip_uri(text: str, what: str) -> SipUri:
+    """A sip:/sips: URI this end may write as it is in a Request-URI, To or From (§19.1.1, §25.1).
+
+    :func:`parse_uri` reads liberally what arrives; what is sent keeps to the URI's characters too,
+    or it could close the ``<>`` around it, open a quoted string or end the line. Those places
+    allow no URI headers (§19.1.1, table 1).
+    """
+    match = _SIP_URI_TEXT.match(text)
+    end = match.end() if match else 0
+    if end < len(text):
+        raise SipParseError(f"{what}: {text!r} has {text[end]!r} at index {end}, which a SIP URI cannot carry")
+    try:
+        uri = parse_uri(text)
+    except SipParseError as error:
+        raise SipParseError(f"{what}: {error}") from None
+    if not isinstance(uri, SipUri):
+        raise SipParseError(f"{what}: expected a sip: or sips: URI, got {text!r}")
+    if uri.headers:
+        raise SipParseError(f"{what}: {text!r} has URI headers, not allowed here (§19.1.1)")
+    return uri
 
 
 # -- name-addr / addr-spec (RFC 3261 §20.10, §20.20, §20.39) ------------------------------------------
@@ -530,7 +589,8 @@ def parse_via(text: str) -> Via:
     if rest and not rest[0].isspace():
         raise SipParseError(f"Via: no LWS between transport and sent-by in {text.strip()!r}")
     sent_by, semi, params_text = rest.partition(";")
-    sent_by = re.sub(r"\s*:\s*", ":", sent_by.strip())
+    # LWS around ':' goes (RFC 4475 §3.1.1.1); re.sub(r"\s*:\s*") would rescan a run of LWS from each of its SPs
+    sent_by = ":".join(part.strip() for part in sent_by.split(":"))
     if not sent_by:
         raise SipParseError("Via: missing sent-by")
     host, port = _parse_hostport(sent_by, "Via")
@@ -603,21 +663,22 @@ class Headers:
             return COMPACT_FORMS[lowered]
         return _CANONICAL.get(lowered, name.strip())
 
-    @staticmethod
-    def _same(a: str, b: str) -> bool:
-        return a.lower() == b.lower()
+    @classmethod
+    def _folded(cls, name: str) -> str:
+        """The name to compare stored names with, lowered once per lookup rather than once per header."""
+        return cls.canonical(name).lower()
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of ``name``, or ``default``."""
-        name = self.canonical(name)
+        folded = self._folded(name)
         for key, value in self._items:
-            if self._same(key, name):
+            if key.lower() == folded:
                 return value
         return default
 
     def get_all(self, name: str) -> list[str]:
-        name = self.canonical(name)
-        return [value for key, value in self._items if self._same(key, name)]
+        folded = self._folded(name)
+        return [value for key, value in self._items if key.lower() == folded]
 
     def count(self, name: str) -> int:
         return len(self.get_all(name))
@@ -647,9 +708,9 @@ class Headers:
         return self._items.pop(index)[1]
 
     def remove_all(self, name: str) -> int:
-        name = self.canonical(name)
+        folded = self._folded(name)
         before = len(self._items)
-        self._items = [(key, value) for key, value in self._items if not self._same(key, name)]
+        self._items = [(key, value) for key, value in self._items if key.lower() != folded]
         return before - len(self._items)
 
     def replace(self, name: str, value: str, index: int = 0) -> None:
@@ -671,9 +732,10 @@ class Headers:
             self._items.insert(position, (name, value))
 
     def _index(self, name: str, occurrence: int) -> int | None:
+        folded = self._folded(name)
         seen = 0
         for position, (key, _) in enumerate(self._items):
-            if self._same(key, name):
+            if key.lower() == folded:
                 if seen == occurrence:
                     return position
                 seen += 1
@@ -842,18 +904,25 @@ def _split_head_body(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _header_lines(head: str, *, lenient: bool = False) -> tuple[str, list[tuple[int, str, str]]]:
-    """Unfold (§7.3.1: a line starting with SP/HT continues the previous one) and split name: value."""
+    """Unfold (§7.3.1: a line starting with SP/HT continues the previous one) and split name: value.
+
+    The pieces of a folded value are joined once at the end: appending each continuation to the
+    value so far would copy it per line, quadratic in a header folded over thousands of lines.
+    """
     physical = re.split(r"\r?\n", head)
     start_line = physical[0]
-    fields: list[tuple[int, str, str]] = []
+    fields: list[tuple[int, str, list[str]]] = []
     for number, line in enumerate(physical[1:], start=2):
+        if "\r" in line:  # a bare CR: a peer that ends lines at CR would read a header we never saw (§25.1)
+            if lenient:
+                continue
+            raise SipParseError(f"line {number}: a CR not followed by LF")
         if line[:1] in (" ", "\t"):
             if not fields:
                 if lenient:
                     continue
                 raise SipParseError(f"line {number}: continuation line without a header")
-            first, name, value = fields[-1]
-            fields[-1] = (first, name, f"{value.rstrip()} {line.strip()}".strip())
+            fields[-1][2].append(line.strip())
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -865,8 +934,8 @@ def _header_lines(head: str, *, lenient: bool = False) -> tuple[str, list[tuple[
             if lenient:
                 continue
             raise SipParseError(f"line {number}: invalid header name {name!r}")
-        fields.append((number, Headers.canonical(name), value.strip()))
-    return start_line, fields
+        fields.append((number, Headers.canonical(name), [value.strip()]))
+    return start_line, [(number, name, " ".join(piece for piece in pieces if piece)) for number, name, pieces in fields]
 
 
 def _check_version(text: str, where: str) -> None:
@@ -937,21 +1006,23 @@ def parse_message(data: bytes) -> Request | Response:
         method, uri = _parse_request_line(start_line)
 
     headers = Headers()
-    lines: dict[str, list[int]] = {}
+    # Each header's (line, value) pairs, kept aside so that every check below reads its own values
+    # once: fetching the i-th value from the headers would rescan them, quadratic in their number.
+    found: dict[str, list[tuple[int, str]]] = {}
     for number, name, value in fields:
         values = split_header_values(value) if name in COMMA_SEPARATED else [value]
         for item in values:
             if not item and name in COMMA_SEPARATED:
                 raise SipParseError(f"line {number}: {name}: empty value in comma-separated list")
             headers.add(name, item)
-            lines.setdefault(name, []).append(number)
+            found.setdefault(name, []).append((number, item))
 
     # Framing first (§18.3): UDP carries exactly one message, Content-Length may shorten it.
-    lengths = headers.get_all("Content-Length")
+    lengths = found.get("Content-Length", [])
     if len(lengths) > 1:
         raise SipParseError(f"Content-Length appears {len(lengths)} times, expected once")
     if lengths:
-        text = lengths[0].strip()
+        text = lengths[0][1].strip()
         if not text.isdigit() or not text.isascii():
             raise SipParseError(f"Content-Length {text!r} is not a non-negative integer")
         length = int(text)
@@ -963,36 +1034,36 @@ def parse_message(data: bytes) -> Request | Response:
 
     mandatory = ["Call-ID", "CSeq", "From", "To", "Via"] + ([] if is_response else ["Max-Forwards"])
     for name in mandatory:
-        count = headers.count(name)
+        count = len(found.get(name, ()))
         if count == 0:
             raise SipParseError(f"missing mandatory header {name}")
         if count > 1 and name in SINGLE_VALUED:
             raise SipParseError(f"{name} appears {count} times, expected once")
 
-    def check(name: str, index: int, parse: Callable[[str], T]) -> T:
-        """Parse one header value; a failure names the line it came from."""
-        try:
-            return parse(headers.get_all(name)[index])
-        except SipParseError as error:
-            raise SipParseError(f"line {lines[name][index]}: {error}") from None
+    def check(name: str, parse: Callable[[str], T]) -> list[T]:
+        """Parse every value of a header; a failure names the line it came from."""
+        parsed: list[T] = []
+        for number, value in found.get(name, ()):
+            try:
+                parsed.append(parse(value))
+            except SipParseError as error:
+                raise SipParseError(f"line {number}: {error}") from None
+        return parsed
 
-    call_id = headers.get("Call-ID") or ""
+    call_number, call_id = found["Call-ID"][0]
     if not call_id or any(ch.isspace() for ch in call_id):
-        raise SipParseError(f"line {lines['Call-ID'][0]}: Call-ID {call_id!r} is empty or contains whitespace")
-    cseq = check("CSeq", 0, parse_cseq)
-    check("From", 0, lambda v: parse_name_addr(v, "From"))
-    check("To", 0, lambda v: parse_name_addr(v, "To"))
-    for index in range(headers.count("Via")):
-        check("Via", index, parse_via)
-    for name in ("Route", "Record-Route", "Contact"):
-        parse_address = functools.partial(parse_name_addr, what=name)
-        for index, value in enumerate(headers.get_all(name)):
-            if not (name == "Contact" and value == "*"):
-                check(name, index, parse_address)
+        raise SipParseError(f"line {call_number}: Call-ID {call_id!r} is empty or contains whitespace")
+    (cseq,) = check("CSeq", parse_cseq)
+    check("From", lambda v: parse_name_addr(v, "From"))
+    check("To", lambda v: parse_name_addr(v, "To"))
+    check("Via", parse_via)
+    check("Route", lambda v: parse_name_addr(v, "Route"))
+    check("Record-Route", lambda v: parse_name_addr(v, "Record-Route"))
+    check("Contact", lambda v: None if v == "*" else parse_name_addr(v, "Contact"))
 
     if is_response:
         return Response(status_code, reason, headers, body)
-    check("Max-Forwards", 0, _parse_max_forwards)
+    check("Max-Forwards", _parse_max_forwards)
     if cseq.method != method:
         raise SipParseError(f"CSeq method {cseq.method} does not match request method {method}")
     return Request(method, uri, headers, body)

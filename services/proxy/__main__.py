@@ -25,6 +25,7 @@ from pinhole.service import (
 )
 from pinhole.sip import Request, Response, SipEndpoint, SipTimers
 from pinhole.sip.describe import record_message
+from pinhole.sip.message import SipParseError, check_sip_uri
 from services.proxy.proxy import Route, StatefulProxy
 
 log = logging.getLogger("proxy")
@@ -40,6 +41,12 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
         for index, route in enumerate(request.routes):
             if not route.domain:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"routes[{index}].domain: empty")
+            try:  # both reach the wire: a Request-URI sip:user@domain is written of them
+                uri = check_sip_uri(f"sip:{route.user or 'user'}@{route.domain}", f"routes[{index}]")
+                if uri.host != route.domain or uri.port is not None or uri.params:
+                    raise SipParseError(f"routes[{index}].domain: {route.domain!r} is not a host (RFC 3261 §25.1)")
+            except SipParseError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             try:
                 next_hop = parse_hostport(route.next_hop, f"routes[{index}].next_hop")
             except ValueError as error:

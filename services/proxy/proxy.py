@@ -32,12 +32,14 @@ from typing import Any
 
 from pinhole.sip.message import (
     MAGIC_COOKIE,
+    NameAddr,
     Request,
     Response,
     SipParseError,
     SipUri,
     make_cancel,
     make_response,
+    parse_name_addr,
 )
 from pinhole.sip.transaction import (
     ClientTransaction,
@@ -244,17 +246,22 @@ class StatefulProxy:
         if unsupported:
             raise _Reject(420, None, {"Unsupported": ", ".join(unsupported)})
 
+    @staticmethod
+    def _top_route(request: Request) -> NameAddr | None:
+        """The top Route alone: routing (§16.4, §16.5) reads no other, and a request may carry thousands."""
+        value = request.headers.get("Route")
+        return None if value is None else parse_name_addr(value, "Route")
+
     def _preprocess_route(self, request: Request) -> None:
         """§16.4: undo a strict router's rewrite, then drop the top Route if it names this proxy."""
-        if self._is_own_uri(request.request_uri) and request.headers.get_all("Route"):
-            last = request.routes[-1]
-            request.uri = str(last.uri)
-            values = request.headers.get_all("Route")
+        values = request.headers.get_all("Route")
+        if values and self._is_own_uri(request.request_uri):
+            request.uri = str(parse_name_addr(values[-1], "Route").uri)
             request.headers.remove_all("Route")
             for value in values[:-1]:
                 request.headers.add("Route", value)
-        routes = request.routes
-        if routes and self._is_own_uri(routes[0].uri):
+        top = self._top_route(request)
+        if top is not None and self._is_own_uri(top.uri):
             request.headers.remove_first("Route")
         self._retarget(request)
 
@@ -263,7 +270,12 @@ class StatefulProxy:
         it routes, and the Request-URI becomes that user's in its domain (a user it does not know: 404, never a
         loop through itself)."""
         target = request.request_uri
-        if request.routes or not isinstance(target, SipUri) or target.user is None or not self._is_own_host(target):
+        if (
+            "Route" in request.headers
+            or not isinstance(target, SipUri)
+            or target.user is None
+            or not self._is_own_host(target)
+        ):
             return
         route = next((r for r in self.routes if r.user == target.user), None)
         if route is not None:
@@ -272,9 +284,9 @@ class StatefulProxy:
     def _targets(self, request: Request) -> tuple[Address, ...]:
         """§16.5 / §16.6 step 7: the top Route if any, else the route table (every fork target of a
         forking route for an INVITE outside a dialog), else an address-literal target."""
-        routes = request.routes
-        if routes:
-            uri = routes[0].uri
+        top = self._top_route(request)
+        if top is not None:
+            uri = top.uri
             if not isinstance(uri, SipUri):
                 raise _Reject(416, f"Unsupported URI Scheme in Route {uri}")
             return (uri.hostport,)

@@ -22,6 +22,7 @@ from pinhole.service import (
     setup_observability,
 )
 from pinhole.sip import SipParseError, SipTimers
+from pinhole.sip.message import check_display_name, check_sip_uri
 from services.useragent.agent import (
     AgentConfig,
     Call,
@@ -43,7 +44,17 @@ SETUPS = {
 
 
 def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
-    """Validate a Configure request field by field; unset fields take RFC defaults."""
+    """Validate a Configure request field by field; unset fields take RFC defaults.
+
+    The strings that reach the wire keep to their RFC 3261 grammar here, not only where they are
+    written: the aor goes in From and Contact, the display name between the DQUOTEs of From.
+    """
+    try:
+        if check_sip_uri(request.aor, "aor").user is None:
+            raise ConfigError(f"aor: expected a sip: URI with a user, got {request.aor!r}")
+        check_display_name(request.display_name, "display_name")
+    except SipParseError as error:
+        raise ConfigError(str(error)) from None
     t = request.timers
     try:
         for name in ("sip_t1_seconds", "dtls_initial_seconds", "dtls_maximum_seconds", "stun_rto_seconds"):
@@ -284,6 +295,10 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"target: expected a sip: URI, got {request.target!r}"
             )
+        try:
+            check_sip_uri(request.target, "target")  # written as it is in the Request-URI and the To
+        except SipParseError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
             parent = telemetry.extract(dict(context.invocation_metadata() or ()))  # the caller's trace
             call_id = await self.agent.place_call(request.target, parent)

@@ -1,0 +1,149 @@
+"""The user agent's control plane refuses every string that would leave its grammar on the wire.
+
+A real UserAgentServicer and UserAgent behind an in-process gRPC server on 127.0.0.1, no lab and
+no root: the status code and message are the ones a controller gets. The strings are the ones
+RFC 3261 writes as they are: the aor (From, Contact), the display name (between the DQUOTEs of
+From), the outbound proxy (Route) and the PlaceCall target (Request-URI, To).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from pinhole.events import Counters, EventLog
+from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc, useragent_pb2, useragent_pb2_grpc
+from pinhole.sip import SipEndpoint
+from services.proxy.__main__ import ProxyServicer
+from services.proxy.proxy import StatefulProxy
+from services.useragent.__main__ import UserAgentServicer
+from services.useragent.agent import UserAgent
+
+T = TypeVar("T")
+AOR = "sip:alice@a.example"
+INJECTED = "\r\nX-Injected: yes"
+
+
+def with_user_agent(body: Callable[[useragent_pb2_grpc.UserAgentStub], Awaitable[T]]) -> T:
+    """Run ``body`` against a user agent served on an ephemeral port of 127.0.0.1."""
+
+    async def main() -> T:
+        events, counters = EventLog("alice"), Counters()
+        agent = UserAgent(
+            name="alice", sip_address=("127.0.0.1", 0), media_ip="127.0.0.1", events=events, counters=counters
+        )
+        server = grpc.aio.server()
+        useragent_pb2_grpc.add_UserAgentServicer_to_server(UserAgentServicer(agent), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await asyncio.wait_for(body(useragent_pb2_grpc.UserAgentStub(channel)), 10)
+        finally:
+            await server.stop(None)
+            agent.close()
+
+    return asyncio.run(main())
+
+
+def refusal(call: Callable[[useragent_pb2_grpc.UserAgentStub], Awaitable[object]]) -> tuple[grpc.StatusCode, str]:
+    async def body(stub: useragent_pb2_grpc.UserAgentStub) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(stub)
+        return raised.value.code(), raised.value.details() or ""
+
+    return with_user_agent(body)
+
+
+QUOTE_BREAKING = 'Eve" <sip:eve@e.example>;tag=1, "Alice'
+CONFIGURE_REFUSALS = [
+    ("display_name", f'Alice"{INJECTED}\r\nY: "', "{!r} contains CR or LF, which would end the header line"),
+    ("display_name", f"Alice{INJECTED}", "{!r} contains CR or LF, which would end the header line"),
+    ("display_name", QUOTE_BREAKING, '{!r} has a DQUOTE at index 3; write it as \\"'),
+    ("display_name", "Alice\\", "{!r} ends in a backslash, which would escape the closing DQUOTE"),
+    ("display_name", "Alice\x07", "{!r} has '\\x07' at index 5, not allowed in a quoted string"),
+    ("aor", f"{AOR}{INJECTED}", "{!r} has '\\r' at index 19, which a SIP URI cannot carry"),
+    ("aor", "sip:alice>;tag=x@a.example", "{!r} has '>' at index 9, which a SIP URI cannot carry"),
+    ("aor", f"{AOR}?Subject=x", "{!r} has URI headers, not allowed here (§19.1.1)"),
+    ("aor", "sip:a.example", "expected a sip: URI with a user, got {!r}"),
+    ("aor", "alice", "URI {!r}: no valid scheme"),
+    ("outbound_proxy", f"192.0.2.1:5060{INJECTED}", "expected IPv4:port, got {!r}"),
+    ("stun_server", f"192.0.2.1:3478{INJECTED}", "expected IPv4:port, got {!r}"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), CONFIGURE_REFUSALS)
+def test_configure_refuses_what_would_break_the_wire_naming_the_field(field: str, value: str, reason: str) -> None:
+    config = useragent_pb2.UserAgentConfig(aor=AOR, display_name="Alice")
+    setattr(config, field, value)
+    details = f"{field}: {reason.format(value)}"
+    assert refusal(lambda stub: stub.Configure(config)) == (grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+@pytest.mark.parametrize("display_name", ["", "Alice", "Alice Liddell", 'J \\"Jack\\" Doe', "Zoë 大", "a\tb!#$%"])
+def test_configure_takes_display_names_that_are_quoted_string_content(display_name: str) -> None:
+    config = useragent_pb2.UserAgentConfig(aor=AOR, display_name=display_name)
+    reply = with_user_agent(lambda stub: stub.Configure(config))
+    assert reply.effective.display_name == display_name
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (f"sip:bob@b.example{INJECTED}", "{!r} has '\\r' at index 17, which a SIP URI cannot carry"),
+        ("sip:bob@b.example SIP/2.0", "{!r} has ' ' at index 17, which a SIP URI cannot carry"),
+        ("sip:bob@b.example>;x=", "{!r} has '>' at index 17, which a SIP URI cannot carry"),
+        ("sip:bob@b.example?Route=x", "{!r} has URI headers, not allowed here (§19.1.1)"),
+        ("bob", "expected a sip: URI, got {!r}"),
+    ],
+)
+def test_place_call_refuses_a_target_that_would_break_the_wire(target: str, reason: str) -> None:
+    async def place(stub: useragent_pb2_grpc.UserAgentStub) -> object:
+        await stub.Configure(useragent_pb2.UserAgentConfig(aor=AOR, outbound_proxy="127.0.0.1:9"))
+        return await stub.PlaceCall(useragent_pb2.PlaceCallRequest(target=target))
+
+    assert refusal(place) == (grpc.StatusCode.INVALID_ARGUMENT, f"target: {reason.format(target)}")
+
+
+def proxy_refusal(route: proxy_pb2.ProxyRoute) -> tuple[grpc.StatusCode, str]:
+    """Configure a real proxy (its servicer on an ephemeral port) with one route; the refusal it gives."""
+
+    async def main() -> tuple[grpc.StatusCode, str]:
+        events, counters = EventLog("proxy-b"), Counters()
+        endpoint = await SipEndpoint.create(("127.0.0.1", 0), on_request=lambda transaction: None)
+        proxy = StatefulProxy(endpoint, name="proxy-b", routes=[], on_event=lambda kind, attrs: None)
+        server = grpc.aio.server()
+        proxy_pb2_grpc.add_ProxyServicer_to_server(ProxyServicer(proxy, endpoint, events, counters), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await proxy_pb2_grpc.ProxyStub(channel).Configure(proxy_pb2.ProxyConfig(routes=[route]), timeout=10)
+                return raised.value.code(), raised.value.details() or ""
+        finally:
+            await server.stop(None)
+            endpoint.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("domain", "user", "reason"),
+    [
+        (f"b.example{INJECTED}", "", "routes[0]: 'sip:user@b.example\\r\\nX-Injected: yes' has '\\r' at index 18"),
+        ("b.example;lr", "", "routes[0].domain: 'b.example;lr' is not a host (RFC 3261 §25.1)"),
+        ("b.example:5060", "", "routes[0].domain: 'b.example:5060' is not a host (RFC 3261 §25.1)"),
+        ("b.example", "bob>", "routes[0]: 'sip:bob>@b.example' has '>' at index 7"),
+    ],
+)
+def test_proxy_configure_refuses_a_route_that_would_break_the_request_uri(domain: str, user: str, reason: str) -> None:
+    """The proxy writes sip:user@domain of a route as its Request-URI: both must keep to the grammar."""
+    route = proxy_pb2.ProxyRoute(domain=domain, user=user, next_hop="192.0.2.1:5060")
+    code, details = proxy_refusal(route)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(reason), details
