@@ -78,6 +78,10 @@ DEVIATIONS: dict[str, Deviation] = {
                   "allowed: RFC 3261 §16.6 step 4 leaves Record-Route to the proxy (the figure's proxies do)"),
         Deviation("proxy-keep-max-forwards", PROXY, "it forwards requests with Max-Forwards unchanged",
                   "RFC 3261 §16.6 step 3: MUST decrement it"),
+        Deviation("mitm", PROXY,
+                  "it rewrites the offer's and the answer's a=fingerprint and media address to its own media box, "
+                  "which terminates DTLS with each side and relays the SRTP (RFC 5763 §8's man in the middle)",
+                  "RFC 3261 §16.6 step 1, §16.7 step 9: MUST NOT modify the body; RFC 5763 §8, RFC 8224"),
         Deviation("proxy-rewrite-sdp", PROXY,
                   "it replaces a=fingerprint in the SDP bodies it forwards (RFC 5763 §8's signalling MITM)",
                   "RFC 3261 §16.6 step 1, §16.7 step 9: MUST NOT modify the body"),

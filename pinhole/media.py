@@ -110,6 +110,8 @@ class MediaStats:
     latches: int = 0  # times the remote moved to the peer's actual source (latching on)
     latched_to: str = ""  # ip:port media goes to since the last latch; "" = never latched (the SDP address)
     latched_on: str = ""  # the evidence of the last latch: one of LATCH_EVIDENCE
+    relayed: int = 0  # RTP/RTCP decrypted on a relay's other session and protected here to our peer
+    relay_dropped: int = 0  # what came to relay before this session had keys and a peer
 
 
 #: Early SRTP held while the peer is unverified (RFC 5763 §7.1): 5 s of 20 ms packets at most
@@ -284,6 +286,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self.socket_sessions: list[MediaSession] = [self]
         self.accept_forks = False  # on the opener: a ClientHello from a new address starts a new session
         self.fork_tag = ""  # the dialog (the answerer's To tag) this session belongs to; named in its events
+        self.relay_to: MediaSession | None = None  # a media box: what this session decrypts goes on from there
 
     # -- socket -----------------------------------------------------------------------------------
 
@@ -877,6 +880,8 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         if elsewhere:
             self._latch(source, LATCH_ON_SRTP)
+        if self.relay_to is not None:
+            self.relay_to.relay(plain, is_rtcp)
         record = self.associations[association - 1]
         if is_rtcp:
             self.stats.srtcp_received += 1
@@ -930,6 +935,19 @@ class MediaSession(asyncio.DatagramProtocol):
                 self.stats.received_with_previous_keys += 1
                 return plain, association
             raise
+
+    def relay(self, packet: bytes, is_rtcp: bool) -> None:
+        """Protect `packet` (RTP or RTCP in the clear, decrypted by another session) with this association's
+        keys and send it to our peer: the media box of RFC 5763 §8's man in the middle, which terminates
+        DTLS on both sides (pinhole's `mitm` proxy deviation)."""
+        if self.srtp_session is None or self.remote is None or self.closed:
+            self.stats.relay_dropped += 1
+            return
+        protect = self.srtp_session.protect_rtcp if is_rtcp else self.srtp_session.protect
+        self._send(protect(packet), self.remote)
+        self.stats.relayed += 1
+        if self.stats.relayed == 1:
+            self._emit("srtp.relayed", peer=fmt(self.remote), rtcp=is_rtcp)
 
     def start_media(self, packets: int, ptime: float = 0.02) -> None:
         """Send `packets` SRTP packets of PCMU silence, `ptime` apart, under the current keys (unless a stream

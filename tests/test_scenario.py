@@ -177,7 +177,7 @@ def test_hairpinning_key(tmp_path):
         ("name: a\nring: forever\nexpect: {outcome: works}\n", "s.yaml.ring: 'forever': seconds Bob rings"),
         (
             "name: a\nflow: rfc5763-7.1\nexpect: {outcome: fails, verdict: fail, failing: ['11a']}\n",
-            "s.yaml.expect.failing: ['11a']: a list of rfc5763-7.1 messages (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)",
+            "s.yaml.expect.failing: ['11a']: a list of rfc5763-7.1 messages (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, e2e)",
         ),
         ("name: a\nmatrix: {answerer: [active]}\n", "s.yaml.rules: a matrix needs rules"),
         ("name: a\nmatrix: {colour: [red]}\nrules: [{outcome: works}]\n", "s.yaml.matrix: axes must be among"),

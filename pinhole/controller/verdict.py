@@ -661,10 +661,11 @@ def _verification(
         raise Failure("no DTLS handshake between the two media sockets")
     der = a.certificate(peer_media)
     peer = ev.wire.node(peer_media)
+    who = ev.wire.node(verifier_media) or verifier  # the socket's node: a box in the middle is not the party
     if der is None:
         accepted, shown = _accepted(a, verifier_media)
         if accepted:
-            raise Failure(f"{verifier} went on ({shown}) although {peer} presented no certificate (RFC 5763 §5)")
+            raise Failure(f"{who} went on ({shown}) although {peer} presented no certificate (RFC 5763 §5)")
         raise Failure(f"{peer}'s certificate never crossed the wire: the handshake did not get that far")
     mismatch = _certificate_problem(der, facts, peer, sdp_name)
     accepted, shown = _accepted(a, verifier_media)
@@ -672,7 +673,7 @@ def _verification(
     digest = str(sdp.certificate_fingerprint(der))[:30]
     if mismatch and accepted:
         raise Failure(
-            f"{verifier} accepted {peer}'s certificate although {mismatch[4:]}: {shown} crossed the wire "
+            f"{who} accepted {peer}'s certificate although {mismatch[4:]}: {shown} crossed the wire "
             "(RFC 5763 §5: tear the media session down immediately)",
             when,
         )
@@ -680,15 +681,15 @@ def _verification(
         reported = [e for e in ev.reported(verifier, "dtls.failed")]
         said = f"; self-reported: {reported[0]['attrs'].get('reason', '')}" if reported else ""
         return (
-            f"{peer}'s certificate ({digest}...) matches no a=fingerprint of the {sdp_name}, and {verifier} tore "
-            f"the session down ({shown}; no Finished, no SRTP from {verifier}){said}",
+            f"{peer}'s certificate ({digest}...) matches no a=fingerprint of the {sdp_name}, and {who} tore "
+            f"the session down ({shown}; no Finished, no SRTP from {who}){said}",
             None,
         )
     if not accepted:
         raise Failure(
-            f"{peer}'s certificate ({digest}...) matches the {sdp_name}, yet {verifier} did not go on ({shown})", None
+            f"{peer}'s certificate ({digest}...) matches the {sdp_name}, yet {who} did not go on ({shown})", None
         )
-    return f"{peer}'s certificate {digest}... matches the {sdp_name}'s a=fingerprint; {verifier} went on: {shown}", when
+    return f"{peer}'s certificate {digest}... matches the {sdp_name}'s a=fingerprint; {who} went on: {shown}", when
 
 
 def _media(ev: Evidence, sender: str, sender_media: Address | None, role: str) -> tuple[str, float | None]:
@@ -1264,6 +1265,92 @@ check("11", "ACK for the 200 OK reaches Bob along the route set", "RFC 3261 §13
 
 
 # --------------------------------------------------------------------------- judging
+
+
+# --------------------------------------------------------------------------- RFC 5763 §8, both figures
+
+
+def _sdp_as_sent(facts: sdp.Facts) -> tuple[str, frozenset[str]]:
+    """What a man in the middle must change: the media address and the a=fingerprint set."""
+    return facts.media, frozenset(facts.fingerprints)
+
+
+def _rewritten_by(ev: Evidence, chain: list[Datagram]) -> str:
+    """The node that sent the first datagram of `chain` whose SDP differs from the previous one's."""
+    for before, after in zip(chain, chain[1:], strict=False):
+        if _sdp_as_sent(ev.facts(before)) != _sdp_as_sent(ev.facts(after)):
+            return ev.wire.node(after.own_src) or fmt(after.own_src)
+    return "a node the capture does not cover"
+
+
+def _change(what: str, sent: sdp.Facts, got: sdp.Facts, to: str, where: str) -> str:
+    return (
+        f"the {what}'s a=fingerprint {_fingerprint_text(sent)} (media {sent.media}) reached {to} as "
+        f"{_fingerprint_text(got)} (media {got.media}), rewritten by {where}"
+    )
+
+
+def _end_to_end(ev: Evidence) -> tuple[str, float | None]:
+    """RFC 5763 §8: each side verifies the other's certificate only if the fingerprints arrive as sent.
+    From the wire: the offer and the answer reach the other side with the media address and the
+    a=fingerprint set they were sent with; if not, whether the callee refused the offer (RFC 8224:
+    an integrity-protected offer exposes the rewrite) or both handshakes ran with a box in the middle."""
+    changes = []
+    offer_got = ev.facts(ev.invite_at_callee)
+    if ev.invite_at_callee is not None and _sdp_as_sent(ev.offer) != _sdp_as_sent(offer_got):
+        changes.append(_change("offer", ev.offer, offer_got, ev.callee, _rewritten_by(ev, ev.invite_hops)))
+    answer_sent = ev.facts(ev.ok_sent)
+    if ev.ok_sent is not None and ev.ok_at_caller is not None and _sdp_as_sent(answer_sent) != _sdp_as_sent(ev.answer):
+        assert ev.call is not None and ev.invite_cseq is not None
+        oks = [
+            d for d in ev.call.messages(status=200, cseq_method="INVITE", cseq=ev.invite_cseq) if d.t >= ev.ok_sent.t
+        ]
+        changes.append(_change("answer", answer_sent, ev.answer, ev.caller, _rewritten_by(ev, oks)))
+    if not changes:
+        return "the offer and the answer reached the other side as sent (media address and a=fingerprint)", None
+    when = _when(ev.invite_at_callee)
+    refusal = _callee_refusal(ev)
+    if refusal and ev.ok_sent is None:
+        return f"{'; '.join(changes)}; {ev.callee} refused it ({refusal}): the man in the middle was stopped", when
+    callee_media = ev.wire.own((answer_sent.address, answer_sent.port)) if answer_sent.address else None
+    peers = []
+    for side, media in ((ev.caller, ev.caller_media), (ev.callee, callee_media)):
+        for a in ev.call.associations if ev.call is not None and media is not None else []:
+            if media in (a.client, a.server):
+                other = a.server if media == a.client else a.client
+                done = "completed" if a.master_secret is not None else "not completed"
+                peers.append(f"{side}'s handshake ran with {ev.wire.node(other) or '?'} {fmt(other)} ({done})")
+                break
+    relayed = ""
+    if ev.call is not None and callee_media is not None:
+        towards = [d for a in ev.call.associations if callee_media in (a.client, a.server) for d in a.srtp]
+        relayed = f"; {sum(d.own_dst == callee_media for d in towards)} SRTP packet(s) reached {ev.callee} from it"
+    raise Failure(
+        f"a man in the middle: {'; '.join(changes)}; {'; '.join(peers) or 'no handshake'}{relayed}. Without an "
+        "integrity-protected offer (RFC 8224 Identity with the fingerprints in the PASSporT's mky) nothing "
+        "tells the parties (RFC 3261 §16.6 forbids a proxy to touch the body)",
+        when,
+    )
+
+
+def _callee_refusal(ev: Evidence) -> str:
+    """The callee's final non-2xx answer to the INVITE, as "438 Invalid Identity Header" ("" if none)."""
+    if ev.call is None or ev.invite_cseq is None:
+        return ""
+    for d in ev.call.messages(cseq_method="INVITE", cseq=ev.invite_cseq):
+        m = d.sip
+        if isinstance(m, Response) and m.status_code >= 300 and ev.left(d, ev.callee) is not None:
+            return f"{m.status_code} {m.reason}"
+    return ""
+
+
+END_TO_END = (
+    "e2e",
+    "Each side's handshake is with the other: the fingerprints and media addresses arrive as sent",
+    "RFC 5763 §8, RFC 3261 §16.6, RFC 8224",
+)
+for _flow in FLOW_TITLES:
+    check(*END_TO_END, flow=_flow)(_end_to_end)
 
 
 def judge(

@@ -120,6 +120,7 @@ async def main() -> None:
         name=args.name,
         routes=[],
         on_event=lambda kind, attrs: events.emit(kind, attrs.pop("call_id", ""), attrs),
+        media_events=events,
     )
     events.emit("service.started", sip=args.sip_listen)
     name = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name

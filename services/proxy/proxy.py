@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from pinhole.events import EventLog
 from pinhole.sip.message import (
     MAGIC_COOKIE,
     NameAddr,
@@ -48,6 +49,7 @@ from pinhole.sip.transaction import (
     SipTransactionError,
 )
 from pinhole.sip.transport import SipEndpoint, response_destination
+from services.proxy.mitm import MediaInTheMiddle
 
 __all__ = ["Route", "StatefulProxy"]
 
@@ -142,8 +144,11 @@ class StatefulProxy:
         record_route: bool = True,
         routes: list[Route],
         on_event: EventSink | None = None,
+        media_events: EventLog | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.media_events = media_events or EventLog(name)  # the mitm deviation's media box reports here
+        self.mitm: MediaInTheMiddle | None = None
         self.name = name
         self.record_route = record_route
         self.deviations: frozenset[str] = frozenset()  # pinhole.deviations: misbehaviour on purpose, by name
@@ -319,6 +324,7 @@ class StatefulProxy:
         if "proxy-keep-max-forwards" not in self.deviations:  # the deviation leaves it as it came
             routed.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
         self._deviate_body(routed)
+        self._man_in_the_middle(routed)
         copies = []
         for fork, next_hop in enumerate(targets):
             outgoing = routed.copy()
@@ -495,6 +501,7 @@ class StatefulProxy:
         if not upstream.headers.get_all("Via"):
             return  # it was for us (cannot happen for a forwarded request)
         self._deviate_body(upstream)
+        self._man_in_the_middle(upstream)
         server.respond(upstream)
         self.stats["responses_forwarded"] += 1
         destination = server.response_destination()
@@ -517,6 +524,25 @@ class StatefulProxy:
         self._emit("sip.response", response, status=response.status_code, method=response.cseq.method,
                    to=f"{destination[0]}:{destination[1]}", stateless=True)  # fmt: skip
 
+    def _man_in_the_middle(self, message: Request | Response) -> None:
+        """The mitm deviation (RFC 5763 §8's attack): offers and answers go through our media box."""
+        if "mitm" not in self.deviations:
+            if self.mitm is not None:
+                self.mitm.close()
+                self.mitm = None
+            return
+        if self.mitm is None:
+            self.mitm = MediaInTheMiddle(self.address[0], self.media_events, self.endpoint.timers.t1)
+        call_id = message.headers.get("Call-ID") or ""
+        if isinstance(message, Request) and message.method == "BYE":
+            self.mitm.end(call_id, "BYE")
+        elif not message.body:
+            return
+        elif isinstance(message, Request) and message.method == "INVITE" and message.to.tag is None:
+            message.body = self.mitm.offer(call_id, message.body)
+        elif isinstance(message, Response) and 200 <= message.status_code < 300 and message.cseq.method == "INVITE":
+            message.body = self.mitm.answer(call_id, message.body)  # Content-Length follows on encoding (§20.14)
+
     def _deviate_body(self, message: Request | Response) -> None:
         """proxy-rewrite-sdp: every a=fingerprint of the body replaced with one of no certificate at all, the
         signalling half of RFC 5763 §8's man in the middle (RFC 3261 §16.6 step 1 forbids touching the body)."""
@@ -533,6 +559,8 @@ class StatefulProxy:
 
     async def close(self) -> None:
         """Stop relaying (the endpoint is closed by its owner)."""
+        if self.mitm is not None:
+            self.mitm.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
