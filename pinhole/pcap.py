@@ -7,7 +7,9 @@ every tool (tshark, tcpdump, scapy) reads it. The reader accepts both byte order
 nanosecond variant, so captures made by other tools can be checked with the same code.
 
 `decode_udp` is pure: bytes in, a `UdpDatagram` (or None) out. It understands Ethernet II,
-802.1Q/802.1ad VLAN tags, IPv4 and UDP, and nothing more; fragments are not reassembled.
+802.1Q/802.1ad VLAN tags, IPv4 and UDP, and nothing more. IPv4 fragments (RFC 791) are put back
+together by a `Reassembler` passed along, one per link: a SIP INVITE with an RFC 8224 Identity header
+is larger than the lab's 1500-byte MTU, so it crosses each link in pieces.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "LINKTYPE_RAW",
     "PcapError",
     "PcapWriter",
+    "Reassembler",
     "UdpDatagram",
     "decode_ipv4_udp",
     "decode_udp",
@@ -169,12 +172,71 @@ def _iter_records(f: BinaryIO, where: str) -> Iterator[tuple[float, bytes]]:
         index += 1
 
 
-def decode_udp(frame: bytes) -> UdpDatagram | None:
+class Reassembler:
+    """IPv4 fragments of one link put back together (RFC 791 §3.2), keyed by protocol and identification.
+
+    Not by source and destination as RFC 791 has it: on a NAT's inside link the capture shows the second
+    and later fragments with the addresses already translated (measured here: the kernel defragments
+    for conntrack and NAT rewrites the buffer the capture's copy shares), so the addresses are those of
+    the first fragment. Bounded: at most MAX_PENDING packets in reassembly (the oldest is dropped first)
+    and none above 65,535 bytes; overlapping pieces keep the first copy. `dropped` counts what never
+    completed or broke those bounds."""
+
+    MAX_PENDING = 256
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[int, int], dict[int, tuple[bytes, bool]]] = {}
+        self.headers: dict[tuple[int, int], bytes] = {}
+        self.dropped = 0
+
+    def add(self, packet: bytes, ihl: int, total_length: int, flags_fragment: int) -> bytes | None:
+        """One fragment (`packet` an IPv4 packet); the whole packet, header first, once every piece is in."""
+        key = (packet[9], struct.unpack_from("!H", packet, 4)[0])
+        offset = (flags_fragment & IPV4_FRAGMENT_OFFSET_MASK) * 8
+        data = bytes(packet[ihl:total_length])
+        if offset + len(data) > 65535 - ihl:
+            self.dropped += 1
+            self.pending.pop(key, None)
+            return None
+        if key not in self.pending and len(self.pending) >= self.MAX_PENDING:
+            oldest = next(iter(self.pending))
+            del self.pending[oldest]
+            self.headers.pop(oldest, None)
+            self.dropped += 1
+        pieces = self.pending.setdefault(key, {})
+        pieces.setdefault(offset, (data, bool(flags_fragment & IPV4_FLAG_MF)))
+        if offset == 0:
+            self.headers[key] = bytes(packet[:ihl])
+        whole = _contiguous(pieces)
+        if whole is None or key not in self.headers:
+            return None
+        del self.pending[key]
+        header = bytearray(self.headers.pop(key))
+        struct.pack_into("!H", header, 2, len(header) + len(whole))  # total length
+        struct.pack_into("!H", header, 6, 0)  # no flags, offset 0: one packet again
+        return bytes(header) + whole
+
+
+def _contiguous(pieces: dict[int, tuple[bytes, bool]]) -> bytes | None:
+    """The payload if the pieces cover it from 0 to a last piece (the one without More Fragments)."""
+    out, at = [], 0
+    for offset in sorted(pieces):
+        data, more = pieces[offset]
+        if offset > at:
+            return None  # a hole
+        out.append(data[at - offset :])
+        at = max(at, offset + len(data))
+        if not more:
+            return b"".join(out)
+    return None
+
+
+def decode_udp(frame: bytes, fragments: Reassembler | None = None) -> UdpDatagram | None:
     """Decode an Ethernet frame carrying IPv4/UDP (VLAN tags tolerated).
 
-    Returns None for anything else (ARP, IPv6, TCP, ICMP) and for IP fragments, whose UDP
-    payload is incomplete without reassembly. A frame that says it is IPv4/UDP but whose
-    headers are cut short or inconsistent raises PcapError.
+    Returns None for anything else (ARP, IPv6, TCP, ICMP), and for an IP fragment unless `fragments`
+    completes its packet with it. A frame that says it is IPv4/UDP but whose headers are cut short or
+    inconsistent raises PcapError.
     """
     if len(frame) < ETHERNET_HEADER_LEN:
         raise PcapError(f"Ethernet frame is {len(frame)} bytes, shorter than its 14-byte header")
@@ -187,14 +249,14 @@ def decode_udp(frame: bytes) -> UdpDatagram | None:
         ethertype = struct.unpack_from("!H", frame, offset)[0]
     if ethertype != ETHERTYPE_IPV4:
         return None
-    return decode_ipv4_udp(frame[offset + 2 :])
+    return decode_ipv4_udp(frame[offset + 2 :], fragments)
 
 
-def decode_ipv4_udp(packet: bytes) -> UdpDatagram | None:
+def decode_ipv4_udp(packet: bytes, fragments: Reassembler | None = None) -> UdpDatagram | None:
     """Decode an IPv4 packet (no link-layer header, as NFLOG delivers it) carrying UDP.
 
-    Same contract as `decode_udp`: None for other protocols and fragments, PcapError for
-    malformed IPv4/UDP headers.
+    Same contract as `decode_udp`: None for other protocols and for fragments (unless `fragments`
+    completes one), PcapError for malformed IPv4/UDP headers.
     """
     if len(packet) < IPV4_MIN_HEADER_LEN:
         raise PcapError(f"IPv4 header is truncated ({len(packet)} of 20 bytes)")
@@ -214,7 +276,8 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram | None:
     if protocol != IPPROTO_UDP:
         return None
     if flags_fragment & (IPV4_FLAG_MF | IPV4_FRAGMENT_OFFSET_MASK):
-        return None
+        whole = fragments.add(packet, ihl, total_length, flags_fragment) if fragments is not None else None
+        return decode_ipv4_udp(whole) if whole is not None else None
     src = str(ipaddress.IPv4Address(packet[12:16]))
     dst = str(ipaddress.IPv4Address(packet[16:20]))
     udp = packet[ihl:total_length]

@@ -36,7 +36,7 @@ from functools import cached_property
 from typing import Any
 
 from pinhole import demux, dtls, keylog, pcapng, sdp, srtp, stun
-from pinhole.pcap import PcapError, decode_udp
+from pinhole.pcap import PcapError, Reassembler, decode_udp
 from pinhole.sip.message import Request, Response, SipParseError, parse_message
 
 __all__ = [
@@ -728,9 +728,10 @@ def decode(capture: pcapng.Capture, key_log_text: str = "") -> Wire:
     datagrams: list[Datagram] = []
     open_by_payload: dict[bytes, list[Datagram]] = {}
     undecodable = 0
+    fragments: dict[int, Reassembler] = {}  # per link: a large INVITE (RFC 8224 Identity) crosses in pieces
     for frame, packet in sorted(enumerate(capture.packets), key=lambda item: (item[1].t, item[0])):
         try:
-            udp = decode_udp(packet.data)
+            udp = decode_udp(packet.data, fragments.setdefault(packet.interface, Reassembler()))
         except PcapError:
             undecodable += 1
             continue

@@ -192,3 +192,62 @@ def test_tshark_reads_our_file(tmp_path: Path) -> None:
         timeout=60,
     ).stdout
     assert out.splitlines() == ["192.0.2.10\t5060\t3478"] * 2
+
+
+def fragments_of(payload: bytes, sizes: list[int], identification: int = 7) -> list[bytes]:
+    """An IPv4/UDP datagram carrying `payload`, cut into Ethernet frames of `sizes` payload bytes (multiples
+    of 8 but the last), as a host with a small MTU sends it (RFC 791 §3.2)."""
+    udp = struct.pack("!HHHH", 5060, 5060, 8 + len(payload), 0) + payload
+    frames, offset = [], 0
+    for index, size in enumerate(sizes):
+        piece = udp[offset : offset + size]
+        more = index < len(sizes) - 1
+        flags = (0x2000 if more else 0) | (offset // 8)
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), identification, flags, 64, 17, 0,
+                             bytes([192, 0, 2, 10]), bytes([198, 51, 100, 20]))  # fmt: skip
+        frames.append(ETH + header + piece)
+        offset += len(piece)
+    assert offset == len(udp)
+    return frames
+
+
+def test_fragments_are_put_back_together_in_any_order() -> None:
+    """A SIP INVITE with an RFC 8224 Identity header is larger than the MTU: it crosses in pieces."""
+    from pinhole.pcap import Reassembler
+
+    payload = bytes(range(256)) * 14  # 3,584 bytes
+    frames = fragments_of(payload, [1480, 1480, 632])
+    assert [decode_udp(f) for f in frames] == [None, None, None]  # without a reassembler: no datagram
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 0, 2, 1]):
+        reassembler = Reassembler()
+        decoded = [decode_udp(frames[i], reassembler) for i in order]
+        assert decoded[:-1] == [None] * (len(order) - 1)
+        assert decoded[-1] == UdpDatagram(("192.0.2.10", 5060), ("198.51.100.20", 5060), payload)
+        assert not reassembler.pending
+
+
+def test_reassembly_is_bounded() -> None:
+    from pinhole.pcap import Reassembler
+
+    reassembler = Reassembler()
+    for identification in range(Reassembler.MAX_PENDING + 10):  # first pieces only: never complete
+        decode_udp(fragments_of(b"x" * 2000, [1480, 528], identification)[0], reassembler)
+    assert len(reassembler.pending) == Reassembler.MAX_PENDING and reassembler.dropped == 10
+    beyond = fragments_of(b"y" * 16, [8, 16], identification=1)[1]
+    far = bytearray(beyond)
+    struct.pack_into("!H", far, 14 + 6, 8191)  # an offset of 65,528 bytes: past any IPv4 packet
+    assert decode_udp(bytes(far), reassembler) is None and reassembler.dropped == 11
+
+
+def test_later_fragments_already_translated_by_the_nat_still_join_the_first() -> None:
+    """Captured on a NAT's inside link, the second and later fragments can carry the translated source
+    (measured here): they are matched by identification, and the datagram has the first one's addresses."""
+    from pinhole.pcap import Reassembler
+
+    payload = b"INVITE " * 500
+    frames = [bytearray(f) for f in fragments_of(payload, [1480, 1480, 563])]
+    for frame in frames[1:]:
+        frame[14 + 12 : 14 + 16] = bytes([203, 0, 113, 1])  # the NAT's outside address
+    reassembler = Reassembler()
+    decoded = [decode_udp(bytes(f), reassembler) for f in frames]
+    assert decoded[-1] == UdpDatagram(("192.0.2.10", 5060), ("198.51.100.20", 5060), payload)
