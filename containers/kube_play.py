@@ -48,6 +48,13 @@ Adaptations of the rendered YAML (`adapt`), each one needed on Podman 4.3.1 (all
      same port number (conmon listens there), even on an internal network; a second pod with the same port
      then fails to start ("bind: address already in use"). In Kubernetes they are informational; the
      named ones (Services' targetPorts) are resolved first (A5), the probes name numbers.
+  A10 the control plane's certificates: the Job pinhole-lab-ca of k8s/base makes them as Secrets through the
+     API, which kube play has not (a Job is not played, A7, and the Secret it would write does not exist).
+     Its code does the same here (pinhole.labca.issue_lab: a new CA, a server certificate per node whose
+     pod mounts a <node>-grpc-tls Secret, the controller's client certificate), and each `secret` volume
+     becomes a hostPath directory holding what the Secret would (ca.crt, tls.crt, tls.key, root:10001
+     mode 0440: what defaultMode 0440 and fsGroup 10001 make in a pod). So the controller's pod drives every
+     service over mutual TLS, as in a cluster.
 envFrom ConfigMaps need no adaptation when the ConfigMap is in the same YAML: Podman 4.3 applies them then
 (without it the play fails, "configmap ... not found").
 
@@ -55,7 +62,10 @@ What kube play cannot check (each seen on Podman 4.3.1 here; tests/test_kube_pla
   - Services: no ClusterIP, no kube-proxy, no Endpoints, no cluster DNS. The headless "-underlay" Services
     (and publishNotReadyAddresses) and the ClusterIP ones are stood in for by /etc/hosts (A5): their
     selectors and ports are checked by this file's resolution only, not by a cluster.
-  - NetworkPolicies: the kind is ignored (A8), nothing is enforced (the lab has none yet either).
+  - NetworkPolicies: the kind is ignored (A8), nothing is enforced: every pod reaches every port of every other
+    (the internal network keeps them from anything else). The control plane's mutual TLS is enforced (A10):
+    tests/test_kube_play.py shows a lab pod's own certificate refused by the NAT's control plane.
+  - The CA Job and its RBAC: not played (A7, A10); its code runs in this process instead.
   - Probes: gRPC readiness and liveness probes are not run (the containers get no healthcheck, nothing
     restarts a hung service, no Ready condition gates anything). The harness performs each readinessProbe's
     gRPC health check once itself (`podman exec` in the container, against the pod IP and the probe's port).
@@ -96,6 +106,8 @@ from typing import Any
 
 import yaml
 
+from pinhole import labca
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "containers"
 K8S = ROOT / "k8s"
@@ -110,6 +122,8 @@ CLUSTER_DOMAIN = "cluster.local"
 LAB_SUBNET = "10.10.1.0/24"  # Alice's side of the NAT, on the VXLAN link: must not be the pod network
 FIRST_HOST = 10  # pod IPs from the network's .11 on (a /24), in NODES order, then the controller
 SERVICE_USER = 10001  # the images' unprivileged user (Dockerfile), owner of the controller's /out
+# the Secrets the Job pinhole-lab-ca makes (k8s/base/lab-ca.yaml): Secret name -> node, or the controller's
+LAB_SECRETS = {labca.secret_name(node): node for node in (*NODES, labca.CONTROLLER)}
 PODMAN_TIMEOUT = 120.0
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Kubernetes' readinessProbe grpc, performed once from inside the container (Podman does not run it):
@@ -186,6 +200,7 @@ class Plan:
     pods: dict[str, str]  # node -> the pod name Podman gives it
     volumes: list[str] = field(default_factory=list)  # named volumes the plays create that outlive pods
     host_aliases: list[dict[str, Any]] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # Secret name -> the host directory standing in (A10)
 
 
 def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -249,12 +264,20 @@ def _adapt_pod_spec(
     config_maps: dict[str, dict[str, Any]],
     host_aliases: list[dict[str, Any]],
     volumes: list[str],
+    secrets: dict[str, str],
+    secrets_dir: Path,
 ) -> set[str]:
-    """Adapt one pod spec in place (A1, A2, A3, A5, A6); returns the ConfigMaps it uses (original names)."""
+    """Adapt one pod spec in place (A1, A2, A3, A5, A6, A10); returns the ConfigMaps it uses (original names)."""
     used: set[str] = set()
     renamed_volumes: dict[str, str] = {}
     for volume in spec.get("volumes", []):
-        if "emptyDir" in volume:  # A1: per pod, prefixed (Podman shares emptyDirs of the same name)
+        if "secret" in volume:  # A10: the directory the Secret's files are issued into
+            name = volume.pop("secret")["secretName"]
+            if name not in LAB_SECRETS:
+                raise KubePlayError(f"Secret {name}: kube play stands in only for the lab CA's ({sorted(LAB_SECRETS)})")
+            secrets[name] = str(secrets_dir / name)
+            volume["hostPath"] = {"path": secrets[name], "type": "Directory"}
+        elif "emptyDir" in volume:  # A1: per pod, prefixed (Podman shares emptyDirs of the same name)
             renamed_volumes[volume["name"]] = f"{prefix}-{node}-{volume['name']}"
         elif "configMap" in volume:  # A1: the volume Podman creates is named after the ConfigMap
             used.add(volume["configMap"]["name"])
@@ -309,8 +332,13 @@ def adapt(
     run_label: str,
     namespace: str = NAMESPACE,
     controller_args: tuple[str, ...] = (),
+    secrets_dir: Path | None = None,
 ) -> Plan:
-    """The rendered lab and controller, made playable by `podman kube play` (A1-A9 of the module doc)."""
+    """The rendered lab and controller, made playable by `podman kube play` (A1-A10 of the module doc).
+
+    `secrets_dir`: where A10 puts each Secret's directory (default: next to `out_dir`); nothing is written
+    here, `KubePlay.prepare` issues the certificates into it (issue_certificates).
+    """
     network = ipaddress.ip_network(subnet)
     hosts = list(network.hosts())
     if len(hosts) < FIRST_HOST + len(NODES) + 1:
@@ -331,6 +359,7 @@ def adapt(
     selectable = dict(workloads) | {CONTROLLER_NAME: jobs[CONTROLLER_NAME]}
     host_aliases = _service_aliases(services, selectable, ips, namespace)
     plan = Plan(prefix=prefix, ips=ips, plays={}, pods={}, host_aliases=host_aliases)
+    secrets_dir = out_dir.parent / "secrets" if secrets_dir is None else secrets_dir
 
     for node in NODES:
         deployment = copy.deepcopy(workloads[node])
@@ -356,6 +385,8 @@ def adapt(
             config_maps=config_maps,
             host_aliases=host_aliases,
             volumes=plan.volumes,
+            secrets=plan.secrets,
+            secrets_dir=secrets_dir,
         )
         plan.plays[node] = [*_config_map_docs(used, config_maps, prefix), deployment]  # A8
         plan.pods[node] = pod_name
@@ -390,11 +421,22 @@ def adapt(
         config_maps=config_maps,
         host_aliases=host_aliases,
         volumes=plan.volumes,
+        secrets=plan.secrets,
+        secrets_dir=secrets_dir,
     )
     plan.plays[CONTROLLER_NAME] = [*_config_map_docs(used, config_maps, prefix), pod]
     plan.pods[CONTROLLER_NAME] = pod_name
     plan.volumes = sorted(set(plan.volumes))
     return plan
+
+
+def issue_certificates(plan: Plan, namespace: str = NAMESPACE) -> None:
+    """A10: the certificates the Job pinhole-lab-ca would put in the Secrets the plan mounts, written into the
+    directories standing in for them (its code: a new CA, one server certificate per node, the controller's)."""
+    nodes = sorted(LAB_SECRETS[name] for name in plan.secrets if LAB_SECRETS[name] != labca.CONTROLLER)
+    for name, tls in labca.issue_lab(nodes, namespace).items():
+        if name in plan.secrets:  # as a Secret volume shows them with defaultMode 0440 and fsGroup 10001
+            labca.write_tls_dir(tls, Path(plan.secrets[name]), uid=0, gid=SERVICE_USER, mode=0o440)
 
 
 # --------------------------------------------------------------------------- Podman
@@ -490,7 +532,9 @@ class KubePlay:
             out_dir=self.out_dir,
             run_label=self.run_id,
             controller_args=self.controller_args,
+            secrets_dir=self.work_dir / "secrets",
         )
+        issue_certificates(self.plan)
         plays = self.work_dir / "plays"
         plays.mkdir(exist_ok=True)
         for node, docs in self.plan.plays.items():

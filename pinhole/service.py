@@ -3,7 +3,9 @@
 A service is wiring: config in, gRPC server up (with the standard health service and server
 reflection, so grpcurl-style tools can drive it), library objects driven, evidence out. The
 gRPC server listens on a unix socket at a file path: reachable from the controller in any
-namespace without touching the lab's data plane.
+namespace without touching the lab's data plane. In Kubernetes it listens on TCP instead, with
+mutual TLS that admits the controller alone (`control_plane`, pinhole.labca), and the kubelet's
+probes ask a plaintext server that offers the health service and nothing else (`health_only`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import logging
 import math
@@ -18,13 +21,14 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pinhole import capture as link_capture
-from pinhole import pcapng, telemetry
+from pinhole import labca, pcapng, telemetry
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import capture_pb2, capture_pb2_grpc, events_pb2
 
@@ -57,8 +61,13 @@ async def serve(
     `servicers` are (add_XServicer_to_server, servicer, full service name) triples. The
     health service reports SERVING for each of them only once the server is listening,
     so readiness can be awaited with a health Watch instead of a sleep.
+
+    From the environment (a pod's manifest): PINHOLE_GRPC_TLS_DIR, the mounted Secret that makes a TCP
+    `address` mutual TLS for the controller alone (`control_plane`); PINHOLE_GRPC_HEALTH, the address of
+    a plaintext server of the health service alone for the kubelet's probes (`health_only`).
     """
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE)])
+    tls_dir = os.environ.get(labca.TLS_DIR_ENV)
+    server, _ = control_plane(address, tls_dir)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -70,11 +79,17 @@ async def serve(
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    server.add_insecure_port(address)
+    health_address = os.environ.get(HEALTH_ENV)
+    health_server = health_only(health_address, health_servicer)[0] if health_address else None
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC listening on %s", address)
+    mutual = tls_dir and not address.startswith("unix:")
+    log.info("gRPC listening on %s%s", address, f" (mutual TLS: {labca.CONTROLLER} only)" if mutual else "")
+    if health_server is not None:
+        log.info("gRPC health alone, plaintext, on %s", health_address)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,7 +103,104 @@ async def serve(
     if on_stop is not None:
         await on_stop()
     await server.stop(grace=1.0)
+    if health_server is not None:
+        await health_server.stop(grace=None)
     await asyncio.to_thread(telemetry.shutdown)  # flushes: a SIGTERM loses no span
+
+
+HEALTH_ENV = "PINHOLE_GRPC_HEALTH"  # address of a plaintext server of the health service alone (kubelet probes)
+
+
+def control_plane(address: str, tls_dir: str | os.PathLike[str] | None = None) -> tuple[grpc.aio.Server, int]:
+    """The control plane's gRPC server bound to `address`, not started; returns it and its port (0: a unix socket).
+
+    A unix socket stays plaintext whatever `tls_dir` says: it lies in the lab's run directory, which only
+    root may enter, and that directory is a local lab's access control. On TCP with `tls_dir` (a mounted
+    kubernetes.io/tls Secret: ca.crt, tls.crt, tls.key, see pinhole.labca) it is mutual TLS: a client must
+    show a certificate of the lab CA for the TLS handshake to succeed (require_client_auth), and every call
+    is then refused unless that certificate is the controller's (ControllerOnly). On TCP without it, plaintext:
+    whoever reaches the port drives the service, which is said in the log.
+    """
+    options = [("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE)]
+    if address.startswith("unix:"):
+        server = grpc.aio.server(options=options)
+        return server, server.add_insecure_port(address)
+    if not tls_dir:
+        log.warning(
+            "gRPC on %s without TLS (%s unset): whoever reaches it drives this service", address, labca.TLS_DIR_ENV
+        )
+        server = grpc.aio.server(options=options)
+        return server, server.add_insecure_port(address)
+    tls = labca.read_tls_dir(tls_dir)
+    credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True)
+    server = grpc.aio.server(interceptors=[ControllerOnly()], options=options)
+    return server, server.add_secure_port(address, credentials)
+
+
+def health_only(address: str, servicer: health.aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server of the health service alone, bound to `address` and not started, and its port: for the
+    kubelet's gRPC probes, which can show no client certificate. It answers whether the service is SERVING and
+    nothing else; in Kubernetes no NetworkPolicy admits a pod to it, and traffic from the pod's own node (the
+    kubelet) always is admitted."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server, server.add_insecure_port(address)
+
+
+class ControllerOnly(grpc.aio.ServerInterceptor):
+    """Every call must come from the controller's certificate (pinhole.labca): the lab CA signs every service's
+    certificate too, and a lab pod taken over must not drive another's control plane. The TLS handshake
+    has verified the chain by then; this checks whose certificate it is, before the method runs."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        return None if handler is None else _controller_only(handler)
+
+
+async def _refuse_unless_controller(context: grpc.aio.ServicerContext) -> None:
+    auth = context.auth_context()
+    if not labca.is_controller(auth):
+        names = ", ".join(labca.peer_names(auth)) or "none"
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"only the controller's certificate ({labca.CONTROLLER}) may call this service; the caller's: {names}",
+        )
+
+
+def _controller_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with the controller check before its behaviour (aio behaviours: coroutines, async generators)."""
+
+    def unary_reply(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _refuse_unless_controller(context)
+            reply = behaviour(request, context)
+            return await reply if inspect.isawaitable(reply) else reply
+
+        return guarded
+
+    def streamed_replies(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _refuse_unless_controller(context)
+            replies = behaviour(request, context)
+            if inspect.isawaitable(replies):  # a coroutine that writes with context.write
+                await replies
+            elif hasattr(replies, "__aiter__"):
+                async for reply in replies:
+                    yield reply
+            else:
+                for reply in replies:
+                    yield reply
+
+        return guarded
+
+    codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_reply(handler.unary_unary), **codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_reply(handler.stream_unary), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streamed_replies(handler.unary_stream), **codecs)
+    return grpc.stream_stream_rpc_method_handler(streamed_replies(handler.stream_stream), **codecs)
 
 
 def parse_hostport(value: str, what: str) -> tuple[str, int]:

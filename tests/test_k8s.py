@@ -5,7 +5,9 @@ component, the overlays and k8s/controller; every rendered document is validated
 oldest and newest Kubernetes schemas that PyPI kubernetes-validate bundles; Deployments, Services, Jobs
 (and the rest) are parsed into the typed models of the `kubernetes` client, which reject unknown fields
 and wrong types; then the project's own rules: images are skaffold artifacts built from Dockerfile
-targets, probes and resources everywhere, NET_ADMIN only where the NAT needs it.
+targets, probes and resources everywhere, NET_ADMIN only where the NAT needs it, the control plane over
+mutual TLS with the lab CA Job's certificates, and NetworkPolicies that admit what the lab needs and no more
+(evaluated here with Kubernetes' semantics, pod by pod: no cluster enforces anything in these tests).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from pinhole import labca
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests (pip install pyyaml)")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +34,9 @@ COMPONENTS = sorted(p.parent.name for p in (K8S / "components").glob("*/kustomiz
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 NAMESPACE = "pinhole"
 OLDEST_KUBERNETES = "1.25"
+GRPC_PORT, HEALTH_PORT = 50051, 50052  # the control plane (mutual TLS), the kubelet's probes (health alone)
+TLS_DIR = "/etc/pinhole/grpc-tls"
+LAB_LABEL = {"app.kubernetes.io/component": "lab"}
 
 # the lab: node of pinhole/lab/topology.toml -> image target (Dockerfile) and UDP ports of its Service
 LAB = {
@@ -158,7 +165,7 @@ def test_base_has_the_lab(renders: dict[str, list[dict[str, Any]]]):
         ports = {(p["protocol"], p["port"]) for p in service["spec"]["ports"]}
         assert ports == {("TCP", 50051)} | {("UDP", port) for port in udp_ports}, f"Service {name}"
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == 50051, f"{name} {probe}"
+            assert container[probe]["grpc"]["port"] == HEALTH_PORT, f"{name} {probe}"
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/run/pinhole", "/tmp"} <= mounts
     # Alice is behind the NAT: her lab address is on the VXLAN link, the NAT's WAN is its pod IP
@@ -197,11 +204,13 @@ def test_components_change_what_they_say(renders: dict[str, list[dict[str, Any]]
         assert {("Deployment", name), ("Service", name)} <= tracing
     assert ("ConfigMap", "otel-collector") in tracing
     # an external caller: the controller may exec in the lab's pods, and nothing more than that
-    (role,) = [d for d in renders["component:external-caller"] if d["kind"] == "Role"]
+    (role,) = [
+        d for d in renders["component:external-caller"] if d["kind"] == "Role" and "exec" in d["metadata"]["name"]
+    ]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]
     assert not any(d["kind"] == "Role" and d["metadata"]["name"] == role["metadata"]["name"] for d in renders["base"])
-    # every lab service reads the telemetry ConfigMap
-    for doc, pod in pod_specs(renders["base"]):
+    # every lab service reads the telemetry ConfigMap (the CA Job is no service)
+    for doc, pod in pod_specs([d for d in renders["base"] if d["kind"] == "Deployment"]):
         refs = [e["configMapRef"]["name"] for e in pod["containers"][0].get("envFrom", [])]
         assert "pinhole-telemetry" in refs, doc["metadata"]["name"]
 
@@ -254,6 +263,7 @@ def typed_model(kind: str) -> Any:
         "Namespace": "V1Namespace",
         "Role": "V1Role",
         "RoleBinding": "V1RoleBinding",
+        "NetworkPolicy": "V1NetworkPolicy",
     }
     return getattr(client, names[kind])
 
@@ -413,3 +423,258 @@ def test_controller_rbac_is_read_only(renders: dict[str, list[dict[str, Any]]]):
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["pinhole"] and container["args"][0] == "cluster-run"
     assert {"configMapRef": {"name": "pinhole-scenario"}} in container["envFrom"]
+
+
+# --------------------------------------------------------------------------- the control plane's mutual TLS
+
+
+def _env(container: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _tls_mount(pod: dict[str, Any], container: dict[str, Any], secret: str) -> str:
+    """Where the container mounts Secret `secret` (read-only, 0440), asserting it does."""
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret]
+    assert volume["secret"]["defaultMode"] == 0o440, secret  # root and the pod's fsGroup only
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount.get("readOnly") is True, secret
+    return mount["mountPath"]
+
+
+@pytest.mark.parametrize("which", [w for w in RENDERS if w != "controller"])
+def test_every_service_serves_its_control_plane_over_mutual_tls(which: str, renders: dict[str, list[dict[str, Any]]]):
+    """Each lab Deployment mounts its own Secret of the lab CA and passes it to the service
+    (PINHOLE_GRPC_TLS_DIR); its probes ask the plaintext health port, which is not the control plane's."""
+    deployments = {d["metadata"]["name"]: d for d in renders[which] if d["kind"] == "Deployment"}
+    for name in LAB:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert env[labca.TLS_DIR_ENV] == _tls_mount(pod, container, labca.secret_name(name)) == TLS_DIR, name
+        assert env["PINHOLE_GRPC_HEALTH"] == f"0.0.0.0:{HEALTH_PORT}", name
+        ports = {p["name"]: (p["protocol"], p["containerPort"]) for p in container["ports"]}
+        assert ports["grpc"] == ("TCP", GRPC_PORT) and ports["grpc-health"] == ("TCP", HEALTH_PORT), name
+        assert all(container[p]["grpc"]["port"] == HEALTH_PORT for p in ("readinessProbe", "livenessProbe"))
+    # the NAT's own filter on its WAN (its pod IP) lets the kubelet's probes in
+    args = deployments["natgw"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    allowed = {args[i + 1] for i, a in enumerate(args) if a == "--wan-allow"}
+    assert {f"tcp/{GRPC_PORT}", f"tcp/{HEALTH_PORT}"} <= allowed
+
+
+def test_the_controller_job_calls_with_its_own_certificate(renders: dict[str, list[dict[str, Any]]]):
+    (job,) = [d for d in renders["controller"] if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounted = _tls_mount(pod, container, labca.secret_name(labca.CONTROLLER))
+    assert _env(container)[labca.TLS_DIR_ENV] == mounted == TLS_DIR
+
+
+def test_the_lab_ca_job_issues_what_the_pods_mount(renders: dict[str, list[dict[str, Any]]]):
+    """The Job pinhole-lab-ca (k8s/base) issues a certificate for each node whose pod mounts one, and the
+    controller's; its Role may create Secrets and read or replace those, nothing else."""
+    docs = renders["base"]
+    jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
+    job = jobs["pinhole-lab-ca"]["spec"]["template"]
+    (container,) = job["spec"]["containers"]
+    assert container["image"] == "localhost/pinhole-controller"  # pinhole and the Kubernetes client
+    assert container["command"] == ["python", "-m", "pinhole.labca"]
+    args = container["args"]
+    assert args[:3] == ["secrets", "--namespace", "$(POD_NAMESPACE)"] and set(args[3:]) == set(LAB)
+    mounted = {
+        v["secret"]["secretName"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for v in d["spec"]["template"]["spec"].get("volumes", [])
+        if "secret" in v
+    }
+    controller = labca.secret_name(labca.CONTROLLER)
+    assert mounted == {labca.secret_name(node) for node in args[3:]}
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "pinhole-lab-ca"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get", "update"],
+            "resourceNames": sorted(mounted) + [controller],
+        },
+    ]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "pinhole-lab-ca"]
+    account = {"kind": "ServiceAccount", "name": job["spec"]["serviceAccountName"], "namespace": NAMESPACE}
+    assert binding["subjects"] == [account]
+    # the lab's pods are no Job's: the CA Job is not a lab pod (its egress reaches the API server)
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] != LAB_LABEL["app.kubernetes.io/component"]
+
+
+def test_the_lab_ca_job_runs_labca_as_written(renders: dict[str, list[dict[str, Any]]], tmp_path: Path):
+    """The Job's arguments, with `files` for `secrets`, make what the Secrets would hold."""
+    job = next(d for d in renders["base"] if d["kind"] == "Job" and d["metadata"]["name"] == "pinhole-lab-ca")
+    nodes = job["spec"]["template"]["spec"]["containers"][0]["args"][3:]
+    assert labca.main(["files", "--out", str(tmp_path), *nodes]) == 0
+    for name in [*nodes, labca.CONTROLLER]:
+        tls = labca.read_tls_dir(tmp_path / labca.secret_name(name))
+        assert tls.ca and b"BEGIN CERTIFICATE" in tls.cert and b"PRIVATE KEY" in tls.key
+
+
+# --------------------------------------------------------------------------- NetworkPolicies
+
+POLICIES = {"default-deny-ingress", "lab-control-plane", "lab-udp", "lab-egress"}
+# pods that are not in the manifests: the cluster's DNS, another kube-system pod, a pod of another namespace
+# that copies the controller's labels, and an address outside the cluster (no pod, no namespace)
+KUBE_DNS = {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
+KUBE_PROXY = {"name": "kube-proxy", "namespace": "kube-system", "labels": {"k8s-app": "kube-proxy"}}
+IMPOSTOR = {
+    "name": "impostor",
+    "namespace": "elsewhere",
+    "labels": {"app.kubernetes.io/name": "pinhole-controller", "app.kubernetes.io/component": "controller"},
+}
+OUTSIDE = {"name": "the internet", "namespace": None, "labels": None}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str] | None) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"this evaluator knows matchLabels only: {selector}"
+    return labels is not None and selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer(rule_peer: dict[str, Any], peer: dict[str, Any], namespace: str) -> bool:
+    """A `from`/`to` entry against a peer: a podSelector alone means this namespace's pods."""
+    assert "ipBlock" not in rule_peer, "no policy of the lab names addresses"
+    if peer["labels"] is None:
+        return False
+    if "namespaceSelector" in rule_peer:
+        in_namespace = _selects(rule_peer["namespaceSelector"], {"kubernetes.io/metadata.name": peer["namespace"]})
+    else:
+        in_namespace = peer["namespace"] == namespace
+    return in_namespace and _selects(rule_peer.get("podSelector", {}), peer["labels"])
+
+
+def _port(ports: list[dict[str, Any]] | None, protocol: str, port: int) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        assert isinstance(entry.get("port", 0), int), "named ports: not used by the lab's policies"
+        if entry.get("protocol", "TCP") == protocol and (
+            "port" not in entry or entry["port"] <= port <= entry.get("endPort", entry["port"])
+        ):
+            return True
+    return False
+
+
+def _allows(policies: list[dict[str, Any]], direction: str, pod: dict[str, Any], peer: dict, proto: str, port: int):
+    """Whether `pod`'s policies let traffic in from (or out to) `peer`: a pod no policy selects for that
+    direction is open; a selected one takes the union of the selecting policies' rules."""
+    kind, rules_key, peers_key = {"in": ("Ingress", "ingress", "from"), "out": ("Egress", "egress", "to")}[direction]
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == pod["namespace"]
+        and kind in p["spec"]["policyTypes"]
+        and _selects(p["spec"]["podSelector"], pod["labels"])
+    ]
+    if not selecting:
+        return True
+    return any(
+        (not rule.get(peers_key) or any(_peer(x, peer, p["metadata"]["namespace"]) for x in rule[peers_key]))
+        and _port(rule.get("ports"), proto, port)
+        for p in selecting
+        for rule in p["spec"].get(rules_key, [])
+    )
+
+
+def reaches(policies: list[dict[str, Any]], source: dict, destination: dict, proto: str, port: int) -> bool:
+    """Both ends agree: the source's egress and the destination's ingress (the node's traffic is not modelled:
+    Kubernetes always lets a pod's own node in, which is how the kubelet's probes arrive)."""
+    out = OUTSIDE is source or _allows(policies, "out", source, destination, proto, port)
+    return out and (destination is OUTSIDE or _allows(policies, "in", destination, source, proto, port))
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        doc["metadata"]["name"]: {
+            "name": doc["metadata"]["name"],
+            "namespace": doc["metadata"]["namespace"],
+            "labels": doc["spec"]["template"]["metadata"]["labels"],
+        }
+        for doc in docs
+        if doc["kind"] in ("Deployment", "Job")
+    }
+
+
+@pytest.mark.parametrize("which", [w for w in RENDERS if w != "controller"])
+def test_every_lab_render_has_the_network_policies(which: str, renders: dict[str, list[dict[str, Any]]]):
+    policies = {d["metadata"]["name"]: d["spec"] for d in renders[which] if d["kind"] == "NetworkPolicy"}
+    assert POLICIES <= set(policies), which
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for name in POLICIES - {"default-deny-ingress"}:
+        assert policies[name]["podSelector"] == {"matchLabels": LAB_LABEL}, name
+    (rule,) = policies["lab-control-plane"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": GRPC_PORT}]
+    # the lab's pods are the ones the policies select, every one of them
+    for name in LAB:
+        (pod,) = [p for n, p in _pods(renders[which]).items() if n == name]
+        assert LAB_LABEL.items() <= pod["labels"].items(), name
+
+
+@pytest.mark.parametrize("lab", ["base", "overlay:tracing"])
+def test_network_policies_admit_what_the_lab_needs_and_nothing_else(lab: str, renders):
+    docs = renders[lab] + renders["controller"]  # applied together: the lab, then the controller's Job
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = _pods(docs)
+    controller, ca_job = pods["pinhole-controller"], pods["pinhole-lab-ca"]
+    lab_pods = [pods[name] for name in LAB]
+    for destination in lab_pods:
+        # the control plane: the controller alone, not even from a pod that copies its labels elsewhere
+        assert reaches(policies, controller, destination, "TCP", GRPC_PORT), destination["name"]
+        for stranger in (ca_job, IMPOSTOR, OUTSIDE, *(p for p in lab_pods if p is not destination)):
+            assert not reaches(policies, stranger, destination, "TCP", GRPC_PORT), (stranger["name"], destination)
+        # the health port: no pod at all (the kubelet comes from the node)
+        for anyone in (controller, *lab_pods):
+            assert not reaches(policies, anyone, destination, "TCP", HEALTH_PORT), (anyone["name"], destination)
+        for source in lab_pods:
+            if source is destination:
+                continue
+            for port in (5060, 3478, 4789, 40000, 65535):  # SIP, STUN, VXLAN, media and NAT mappings
+                assert reaches(policies, source, destination, "UDP", port), (source["name"], destination, port)
+            assert not reaches(policies, source, destination, "TCP", 5060)
+            assert not reaches(policies, source, destination, "UDP", 53)
+        for stranger in (controller, ca_job, IMPOSTOR, OUTSIDE):
+            assert not reaches(policies, stranger, destination, "UDP", 5060), (stranger["name"], destination)
+    for source in lab_pods:
+        # out of the lab: the controller's OTLP port and the cluster's DNS, nothing else
+        assert reaches(policies, source, controller, "TCP", 4317)
+        assert not reaches(policies, source, controller, "TCP", GRPC_PORT)
+        assert reaches(policies, source, KUBE_DNS, "UDP", 53) and reaches(policies, source, KUBE_DNS, "TCP", 53)
+        assert not reaches(policies, source, KUBE_DNS, "TCP", 443)
+        assert not reaches(policies, source, KUBE_PROXY, "UDP", 53)
+        for proto, port in (("TCP", 443), ("UDP", 5060), ("UDP", 53), ("UDP", 3478)):
+            assert not reaches(policies, source, OUTSIDE, proto, port), (source["name"], proto, port)
+            assert not reaches(policies, source, IMPOSTOR, proto, port)
+    # the controller's OTLP receiver: the lab's pods (and the collector), no stranger
+    for stranger in (IMPOSTOR, OUTSIDE, ca_job):
+        assert not reaches(policies, stranger, controller, "TCP", 4317)
+    if lab == "overlay:tracing":
+        collector, jaeger = pods["otel-collector"], pods["jaeger"]
+        assert all(reaches(policies, source, collector, "TCP", 4317) for source in lab_pods)
+        assert reaches(policies, collector, jaeger, "TCP", 4317)
+        assert reaches(policies, collector, controller, "TCP", 4317)
+        assert not any(reaches(policies, source, jaeger, "TCP", 4317) for source in lab_pods)
+    else:
+        assert "otel-collector" not in pods
+
+
+def test_the_policy_evaluation_sees_mistakes(renders: dict[str, list[dict[str, Any]]]):
+    """The evaluation above can fail: a control plane opened to the lab, an egress rule without `to`, no policy."""
+    docs = renders["base"] + renders["controller"]
+    pods = _pods(docs)
+    alice, natgw = pods["alice"], pods["natgw"]
+    policies = [copy.deepcopy(d) for d in docs if d["kind"] == "NetworkPolicy"]
+    by_name = {p["metadata"]["name"]: p for p in policies}
+    assert not reaches(policies, alice, natgw, "TCP", GRPC_PORT)
+    by_name["lab-control-plane"]["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": LAB_LABEL}})
+    assert not reaches(policies, alice, natgw, "TCP", GRPC_PORT)  # her egress still says UDP only
+    by_name["lab-egress"]["spec"]["egress"][0]["ports"].append({"protocol": "TCP", "port": GRPC_PORT})
+    assert reaches(policies, alice, natgw, "TCP", GRPC_PORT)
+    assert not reaches(policies, alice, OUTSIDE, "TCP", 443)
+    by_name["lab-egress"]["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 443}]})
+    assert reaches(policies, alice, OUTSIDE, "TCP", 443)
+    assert reaches([], IMPOSTOR, natgw, "TCP", GRPC_PORT)  # no policy: everything is open

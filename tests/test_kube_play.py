@@ -1,18 +1,21 @@
 """`podman kube play` of the rendered manifests (containers/kube_play.py): the §7.3 lab as pods.
 
 Two parts. Offline, always: the adaptations of the rendered YAML that kube play needs (no downward API,
-no `$(VAR)` expansion, no Services, host ports published, ...) are made and only those. With root and
+no `$(VAR)` expansion, no Services, host ports published, no Secrets, ...) are made and only those. With root and
 Podman (marker `containers`; deselect with -m "not containers"): the images are built from this tree,
 every Deployment of the ci overlay (short timers) is played as a pod on an internal network of its own,
 each pod must run with the image, user, capabilities and limits its manifest asks for, the init
 containers must have made the VXLAN link between Alice's pod and the gateway's, the controller Job's pod
-must judge the §7.3 call over that link a PASS, and nothing may be left behind.
+must judge the §7.3 call over that link a PASS (driving every service over mutual TLS with the lab CA's
+certificates), a lab pod's own certificate must be refused by the NAT's control plane (no NetworkPolicy is
+enforced here, so the pod does reach it), and nothing may be left behind.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests (pip install pyyaml)")
 
@@ -28,6 +32,7 @@ from conftest import IMAGE_BUILD  # noqa: E402
 
 from containers import kube_play  # noqa: E402
 from containers.kube_play import CONTROLLER_NAME, NODES, KubePlay  # noqa: E402
+from pinhole import labca  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPABILITIES = {"NET_ADMIN": 1 << 12, "NET_RAW": 1 << 13}  # bits of /proc/PID/status CapEff (linux/capability.h)
@@ -52,8 +57,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, A
 @pytest.fixture(scope="module")
 def plan(rendered, tmp_path_factory: pytest.TempPathFactory) -> kube_play.Plan:
     lab, controller = rendered
-    out = tmp_path_factory.mktemp("out")
-    return kube_play.adapt(lab, controller, prefix="ph-kp-test", subnet=SUBNET, out_dir=out, run_label="test")
+    out, secrets = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("secrets")
+    return kube_play.adapt(
+        lab, controller, prefix="ph-kp-test", subnet=SUBNET, out_dir=out, run_label="test", secrets_dir=secrets
+    )
 
 
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +156,41 @@ def test_the_controller_job_becomes_a_pod_with_every_node(plan: kube_play.Plan, 
     scenario = next(d for d in plan.plays[CONTROLLER_NAME] if d["kind"] == "ConfigMap")
     assert scenario["data"]["PINHOLE_TIMERS"] == "short"  # the ci overlay
     assert container["envFrom"] == [{"configMapRef": {"name": scenario["metadata"]["name"]}}]
+
+
+def test_secrets_become_directories_of_the_lab_cas_certificates(plan: kube_play.Plan, rendered):
+    """A10: each Secret volume is a hostPath directory, filled by the CA Job's code (pinhole.labca)."""
+    wanted = {labca.secret_name(name): name for name in (*NODES, labca.CONTROLLER)}
+    assert set(plan.secrets) == set(wanted)
+    for node, docs in plan.plays.items():
+        spec = _pod_spec(docs[-1])
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "grpc-tls"]
+        name = labca.secret_name(labca.CONTROLLER if node == CONTROLLER_NAME else node)
+        assert volume == {"name": "grpc-tls", "hostPath": {"path": plan.secrets[name], "type": "Directory"}}
+        (container,) = spec["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert env[labca.TLS_DIR_ENV] == mounts["grpc-tls"]
+    if os.geteuid() != 0:
+        return  # the files are made root:10001, as in a pod
+    kube_play.issue_certificates(plan)
+    cas = set()
+    for name, path in plan.secrets.items():
+        tls = labca.read_tls_dir(path)
+        cas.add(tls.ca)
+        for file in ("ca.crt", "tls.crt", "tls.key"):
+            status = (Path(path) / file).stat()
+            assert (status.st_uid, status.st_gid, status.st_mode & 0o777) == (0, kube_play.SERVICE_USER, 0o440)
+        cert = x509.load_pem_x509_certificate(tls.cert)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert wanted[name] in names.get_values_for_type(x509.DNSName)
+    assert len(cas) == 1  # one CA, as the Job makes it
+    lab, controller = rendered
+    lab = json.loads(json.dumps(lab))
+    alice = next(d for d in lab if d["kind"] == "Deployment" and d["metadata"]["name"] == "alice")
+    alice["spec"]["template"]["spec"]["volumes"].append({"name": "mine", "secret": {"secretName": "my-secret"}})
+    with pytest.raises(kube_play.KubePlayError, match="Secret my-secret: kube play stands in only for the lab CA's"):
+        kube_play.adapt(lab, controller, prefix="ph-kp-test", subnet=SUBNET, out_dir=Path("/none"), run_label="t")
 
 
 def test_expand_is_kubernetes_expansion():
@@ -392,3 +434,52 @@ def test_what_kube_play_leaves_out(played: KubePlay):
     assert played.plan is not None
     natgw = played.plan.ips["natgw"]
     assert probe.stdout.split() == ["natgw-underlay.pinhole.svc", natgw, "kubernetes.default.svc", "none"]
+
+
+# the NAT's control plane asked from Bob's pod: its plaintext health port, then 50051 with Bob's own
+# certificate and with none (argv: natgw's pod IP, the health port, the control plane's port)
+IMPOSTOR_SCRIPT = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+ip, health_port, grpc_port = sys.argv[1:4]
+def check(channel):
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError as error:
+        return error.code().name
+read = lambda name: open("/etc/pinhole/grpc-tls/" + name, "rb").read()
+options = [("grpc.ssl_target_name_override", "natgw")]
+own = grpc.ssl_channel_credentials(read("ca.crt"), read("tls.key"), read("tls.crt"))
+none = grpc.ssl_channel_credentials(read("ca.crt"))
+print("health", check(grpc.insecure_channel(f"{ip}:{health_port}")))
+print("own-certificate", check(grpc.secure_channel(f"{ip}:{grpc_port}", own, options)))
+print("no-certificate", check(grpc.secure_channel(f"{ip}:{grpc_port}", none, options)))
+"""
+
+
+@pytest.mark.containers
+def test_a_lab_pod_cannot_drive_the_nats_control_plane(played: KubePlay):
+    """No NetworkPolicy is enforced under kube play, so Bob's pod reaches the NAT's port 50051; mutual TLS
+    refuses it there, with its own certificate (a server's) and with none. Its Secret's files are as a pod
+    has them (root:10001, 0440), and the NAT's plaintext health port answers anyone (the kubelet's probes)."""
+    assert played.plan is not None
+    bob = played.container_name("bob", "bob")
+    ownership = _podman("exec", bob, "stat", "-L", "-c", "%u:%g %a", "/etc/pinhole/grpc-tls/tls.key").stdout.strip()
+    assert ownership == f"0:{kube_play.SERVICE_USER} 440"
+    manifest = next(d for d in played.rendered["lab"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "natgw")
+    (natgw,) = manifest["spec"]["template"]["spec"]["containers"]
+    health = natgw["readinessProbe"]["grpc"]["port"]
+    grpc_port = next(p["containerPort"] for p in natgw["ports"] if p["name"] == "grpc")
+    result = _podman(
+        "exec", bob, "python", "-c", IMPOSTOR_SCRIPT, played.plan.ips["natgw"], str(health), str(grpc_port)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "health",
+        "SERVING",
+        "own-certificate",
+        "UNAVAILABLE",
+        "no-certificate",
+        "UNAVAILABLE",
+    ]

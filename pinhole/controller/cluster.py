@@ -11,6 +11,11 @@ pod has CAP_NET_RAW): its two links show every datagram of Alice's; what only cr
 captured is judged on the services' own word, and the verdict says so.
 
 Where there is no API (podman kube play, a laptop), `--service NODE=IP` names each pod instead.
+
+The control planes are mutual TLS when PINHOLE_GRPC_TLS_DIR names the controller's certificate (Secret
+pinhole-controller-grpc-tls of the k8s/base Job pinhole-lab-ca, mounted by k8s/controller): each service
+admits that certificate alone, and the controller checks each service's certificate for its node's name
+(pinhole.labca, services.control_channel).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from urllib.parse import urlparse
 
 import grpc
 
-from pinhole import pcapng, telemetry
+from pinhole import labca, pcapng, telemetry
 from pinhole.controller import verdict
 from pinhole.controller.otlp import OtlpReceiver, write_otlp_json
 from pinhole.controller.run import (
@@ -323,9 +328,7 @@ class PodExternals:
     the Kubernetes exec API (the controller's Role then needs pods/exec: k8s/components/external-caller).
     Offers what drive_call asks of run's Externals."""
 
-    def __init__(
-        self, namespace: str, dial: str, hangup: str, variables: dict[str, str], api: Any = None
-    ) -> None:
+    def __init__(self, namespace: str, dial: str, hangup: str, variables: dict[str, str], api: Any = None) -> None:
         self.namespace, self.api = namespace, api
         self.commands = {
             name: tuple(render(part, variables, f"PINHOLE_EXTERNAL_{name.upper()}") for part in shlex.split(text))
@@ -481,6 +484,7 @@ def cluster_run(
     external_dial: str = "",
     external_hangup: str = "",
     externals: Any = None,
+    grpc_tls_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[verdict.Verdict, Path]:
     """Run one scenario against running services; returns the verdict and the run's artifact directory.
 
@@ -494,8 +498,15 @@ def cluster_run(
     skip discovery entirely: that is how a local lab's unix sockets are driven the cluster's way.
     `receiver`: an OTLP receiver already running where the services export (else one is started on
     `otlp_listen` for this run). `nat`: the gateway's behaviour (default: §7.3's, see nat_config_from_env).
+    `grpc_tls_dir`: the controller's certificate (ca.crt, tls.crt, tls.key) for mutual TLS with the services
+    over TCP (default $PINHOLE_GRPC_TLS_DIR; unset: plaintext, as unix sockets always are).
     """
     scenario = SCENARIOS[scenario_name]
+    tls_dir = grpc_tls_dir or os.environ.get(labca.TLS_DIR_ENV)
+    try:
+        tls = labca.read_tls_dir(tls_dir) if tls_dir else None
+    except labca.LabCaError as error:
+        raise ClusterError(f"the controller's certificate: {error}") from None
     external = dict(external or {})
     if external:  # the user's pods: a proxy, or the callee (each judged from the wire)
         scenario = replace(
@@ -534,13 +545,16 @@ def cluster_run(
             targets = targets or found_targets
             measurements["discover_s"] = round(time.monotonic() - started, 3)
         targets = {node: target for node, target in targets.items() if node not in external}
-        show.stage("waiting for every service to be SERVING: " + ", ".join(f"{n} {t}" for n, t in targets.items()))
+        how = f" (mutual TLS as {labca.CONTROLLER})" if tls is not None else ""
+        show.stage(
+            f"waiting for every service to be SERVING{how}: " + ", ".join(f"{n} {t}" for n, t in targets.items())
+        )
         # Ready pods are SERVING (gRPC readiness probes), but the path from here may lag: never less than 30 s
         left = max(wait - (time.monotonic() - started), min(wait, 30.0))
-        wait_healthy(targets, timeout=left, logs="its pod's log")
+        wait_healthy(targets, timeout=left, logs="its pod's log", tls=tls)
         measurements["healthy_s"] = round(time.monotonic() - started, 3)
         kinds = {node: KINDS[node] for node in targets}
-        clients = ServiceClients(targets, kinds)
+        clients = ServiceClients(targets, kinds, tls=tls)
         tracer_provider, tracer = telemetry.run_tracer(local_endpoint(receiver.endpoint or ""))
         show.stage(f"configuring services (NAT: {measurements['nat']})")
         configure(clients, endpoints, scenario, timers, nat=nat)

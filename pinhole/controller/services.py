@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pinhole import labca
 from pinhole.lab import Lab, Node, Topology
 from pinhole.rpc.v1 import (
     capture_pb2,
@@ -125,6 +126,23 @@ class _NameFailures(grpc.UnaryUnaryClientInterceptor):
         return outcome
 
 
+def control_channel(target: str, node: str, tls: labca.TlsFiles | None = None) -> grpc.Channel:
+    """A channel to a node's control plane at `target`.
+
+    A unix socket is plaintext: it lies in the lab's run directory, which only root may enter, and that is a
+    local lab's access control. A TCP target with `tls` (the controller's mounted Secret, pinhole.labca) is
+    mutual TLS: the service must show a certificate of the lab CA issued for the node's name (not for the pod
+    IP, which nobody knew when the certificate was made: grpc.ssl_target_name_override), and the controller
+    shows its own, the only one a service admits.
+    """
+    if tls is None or target.startswith("unix:"):
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+    )
+    return grpc.secure_channel(target, credentials, options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node)])
+
+
 def channel(run_dir: Path, node: str) -> grpc.Channel:
     """A channel to a node's control plane in a local lab (its unix socket in the lab's run directory)."""
     return grpc.insecure_channel(local_target(run_dir, node), options=CHANNEL_OPTIONS)
@@ -227,16 +245,18 @@ def wait_healthy(
     timeout: float = 60.0,
     pids: dict[str, int] | None = None,
     logs: Path | str = "the service's log",
+    tls: labca.TlsFiles | None = None,
 ) -> None:
     """Block until every node's health service says SERVING (health Watch), or raise naming the laggards.
 
     `targets`: node -> gRPC target; `pids`: host PIDs whose exit means the service died starting;
-    `logs`: where to look when it did (a directory holding <node>.log, or a hint).
+    `logs`: where to look when it did (a directory holding <node>.log, or a hint); `tls`: the controller's
+    certificate for TCP targets (control_channel).
     """
     deadline = time.monotonic() + timeout
     where = (lambda node: logs / f"{node}.log") if isinstance(logs, Path) else (lambda node: logs)  # noqa: E731
     for node, target in targets.items():
-        health_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        health_channel = control_channel(target, node, tls)
         try:
             stub = health_pb2_grpc.HealthStub(health_channel)
             while True:
@@ -265,12 +285,14 @@ def wait_healthy(
 class ServiceClients:
     """gRPC stubs for every service of a running lab, whichever backend runs it.
 
-    `targets`: node -> gRPC target ("unix:/run/pinhole/ph-lab/alice.sock", "10.244.1.7:50051").
+    `targets`: node -> gRPC target ("unix:/run/pinhole/ph-lab/alice.sock", "10.244.1.7:50051"); `tls`: the
+    controller's certificate, for TCP targets (control_channel).
     """
 
     targets: dict[str, str]
     kinds: dict[str, str]
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    tls: labca.TlsFiles | None = None
 
     @classmethod
     def local(cls, run_dir: Path, kinds: dict[str, str]) -> ServiceClients:
@@ -278,8 +300,8 @@ class ServiceClients:
 
     def stub(self, node: str) -> Any:
         if node not in self.channels:
-            plain = grpc.insecure_channel(self.targets[node], options=CHANNEL_OPTIONS)
-            self.channels[node] = grpc.intercept_channel(plain, _NameFailures(node))
+            direct = control_channel(self.targets[node], node, self.tls)
+            self.channels[node] = grpc.intercept_channel(direct, _NameFailures(node))
         return STUBS[self.kinds[node]](self.channels[node])
 
     def not_serving(self, timeout: float = 5.0) -> list[str]:
@@ -287,7 +309,7 @@ class ServiceClients:
         with a service stopped is named node by node before any call is tried on it."""
         problems = []
         for node, target in self.targets.items():
-            with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            with control_channel(target, node, self.tls) as channel:
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
                 except grpc.RpcError as error:
