@@ -9,6 +9,7 @@ From), the outbound proxy (Route) and the PlaceCall target (Request-URI, To).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -36,6 +37,7 @@ def with_user_agent(body: Callable[[useragent_pb2_grpc.UserAgentStub], Awaitable
         agent = UserAgent(
             name="alice", sip_address=("127.0.0.1", 0), media_ip="127.0.0.1", events=events, counters=counters
         )
+        await agent.start()  # its SIP socket on 127.0.0.1: a call can be placed (and fail)
         server = grpc.aio.server()
         useragent_pb2_grpc.add_UserAgentServicer_to_server(UserAgentServicer(agent), server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -107,6 +109,29 @@ def test_place_call_refuses_a_target_that_would_break_the_wire(target: str, reas
         return await stub.PlaceCall(useragent_pb2.PlaceCallRequest(target=target))
 
     assert refusal(place) == (grpc.StatusCode.INVALID_ARGUMENT, f"target: {reason.format(target)}")
+
+
+def test_a_call_whose_stun_requests_all_go_unanswered_is_placed_and_fails() -> None:
+    """Under loss Alice's STUN requests to the STUN server can all be lost: PlaceCall still names the call,
+    which failed (its state and reason say why); a control-plane error would make the run broken."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never read: every request is lost
+    silent.bind(("127.0.0.1", 0))
+    timers = useragent_pb2.Timers(sip_t1_seconds=0.01, stun_rto_seconds=0.01)
+
+    async def place(stub: useragent_pb2_grpc.UserAgentStub) -> useragent_pb2.CallStatus:
+        stun_server = "%s:%d" % silent.getsockname()
+        config = useragent_pb2.UserAgentConfig(aor=AOR, outbound_proxy="127.0.0.1:9", stun_server=stun_server)
+        await stub.Configure(useragent_pb2.UserAgentConfig(**{**_fields(config), "timers": timers}))
+        handle = await stub.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"))
+        return await stub.GetCall(useragent_pb2.GetCallRequest(call_id=handle.call_id))
+
+    with silent:
+        status = with_user_agent(place)
+    assert status.state == "failed" and status.reason.startswith("could not prepare the call: "), status
+
+
+def _fields(message: useragent_pb2.UserAgentConfig) -> dict[str, object]:
+    return {field.name: value for field, value in message.ListFields()}
 
 
 def proxy_refusal(route: proxy_pb2.ProxyRoute) -> tuple[grpc.StatusCode, str]:

@@ -504,3 +504,58 @@ def test_stranger_steps_parse_and_refuse_what_cannot_be_sent(tmp_path):
         text = f"name: a\nstrangers: [{{node: natgw, after: {{node: alice, event: media.open}}, {fields}}}]\n"
         with pytest.raises(ScenarioError, match=message):
             load(write(tmp_path, text + "expect: {outcome: works}\n"))
+
+
+def test_identity_key_parses_with_its_defaults_and_refuses_what_cannot_be_staged(tmp_path):
+    """`identity:` (RFC 8224): true is Alice signing, Bob verifying and requiring; lists name parties of the call."""
+    from pinhole.controller.scenario import Identity
+
+    (shipped,) = load(ROOT / "scenarios" / "rfc8224-identity.yaml")
+    assert shipped.identity == Identity(("alice",), ("bob",), True) and shipped.expect.outcome == "works"
+    for value, identity in {
+        "true": Identity(),
+        "false": None,
+        "{verify: [bob, bob2]}": Identity(("alice",), ("bob", "bob2"), True),
+        "{sign: [], verify: [bob]}": Identity((), ("bob",), True),  # every INVITE unsigned: 428
+        "{sign: [alice, bob], require: false}": Identity(("alice", "bob"), ("bob",), False),
+    }.items():
+        (scenario,) = load(write(tmp_path, f"name: a\nidentity: {value}\nexpect: {{outcome: works}}\n"))
+        assert scenario.identity == identity, value
+    (plain,) = load(write(tmp_path, "name: a\nexpect: {outcome: works}\n"))
+    assert plain.identity is None
+    bad = {
+        "yes-please": r"\.identity: true, false or \{sign: \[PARTY, \.\.\.\], verify",
+        "{sign: [carol]}": r"\.identity\.sign: \['carol'\]: a list of parties \(alice, bob, bob2\)",
+        "{verify: bob}": r"\.identity\.verify: 'bob': a list of parties",
+        "{sign: [alice, alice]}": r"\.identity\.sign: \['alice', 'alice'\] names a party twice",
+        "{verify: [], require: true}": r"\.identity\.require: only a party that verifies",
+        "{sign: [], verify: [], require: false}": r"\.identity: nobody signs and nobody verifies",
+        "{require: maybe}": r"\.identity\.require: expected true or false",
+        "{trust: [bob]}": r"\.identity: true, false or",
+    }
+    for value, message in bad.items():
+        with pytest.raises(ScenarioError, match=message):
+            load(write(tmp_path, f"name: a\nidentity: {value}\nexpect: {{outcome: works}}\n"))
+
+
+def test_identity_gives_signers_a_key_and_certificate_and_verifiers_the_lab_ca(tmp_path):
+    from cryptography.x509 import verification
+
+    from pinhole.controller.run import TIMERS, Endpoints, service_configs
+    from pinhole.lab import load_topology
+    from pinhole.sip.identity import load_certificates, load_signing_key, signer_problem
+
+    (scenario,) = load(ROOT / "scenarios" / "rfc8224-identity.yaml")
+    endpoints = Endpoints.of_topology(load_topology())
+    configs = service_configs(endpoints, scenario, TIMERS["short"])
+    alice, bob = configs["alice"].identity, configs["bob"].identity
+    key, chain = load_signing_key(alice.signing_key_pem), load_certificates(alice.certificate_chain_pem)
+    assert signer_problem(key, chain, "sip:alice@a.example") == ""
+    assert not alice.trust_anchors_pem and not alice.require
+    assert not bob.signing_key_pem and bob.require
+    store = verification.Store(load_certificates(bob.trust_anchors_pem))
+    verification.PolicyBuilder().store(store).build_client_verifier().verify(chain[0], [])  # Bob trusts Alice's CA
+    again = service_configs(endpoints, scenario, TIMERS["short"])  # a restarted service is configured the same
+    assert again["alice"].identity == alice and again["bob"].identity == bob
+    (plain,) = load(ROOT / "scenarios" / "rfc5763-7.3.yaml")
+    assert not service_configs(endpoints, plain, TIMERS["short"])["alice"].HasField("identity")

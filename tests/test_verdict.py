@@ -153,6 +153,22 @@ def test_no_call_on_the_wire_is_broken_not_a_failure():
     assert result.outcome == "broken" and "no call on the wire" in result.broken
 
 
+def test_a_caller_that_gave_up_before_its_invite_fails_message_1_not_broken():
+    """Under loss every STUN request of Alice's can be lost before she could write her offer: the call was
+    tried and failed (her word, since nothing of the call is on the wire), the lab did its part."""
+    capture, reports = load("rfc5763-7.3")
+    call_id = wire.decode(capture).info.get("call_id")
+    gave_up = {"service": "alice", "kind": "call.failed", "call_id": call_id, "t": 1.0, "attrs": {}}
+    gave_up["attrs"]["reason"] = "could not prepare the call: STUN Binding to 203.0.113.30:3478 timed out"
+    no_sip = edit(capture, lambda p, s, d: None if p[:1].isalpha() else p)
+    result = verdict_of(no_sip, [gave_up])
+    assert result.outcome == "fail" and not result.broken
+    (check,) = result.checks
+    assert (check.message, check.evidence) == ("1", "wire + self-reported")
+    assert "alice gave up before sending it (self-reported: could not prepare the call" in check.detail
+    assert verdict_of(no_sip, [{**gave_up, "service": "bob"}]).outcome == "broken"  # the caller's word only
+
+
 # --------------------------------------------------------------------------- each check fails
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,17 @@ def default_nat() -> natgw_pb2.NatConfig:
     )
 
 
+@lru_cache(maxsize=1)
+def _lab_identities(run: str, signers: tuple[tuple[str, str], ...]) -> tuple[bytes, dict[str, Any]]:
+    """RFC 8224 credentials for one run (`run` names it): a lab CA made in memory, whose key is never written,
+    and for each signing node a P-256 key and a certificate for its AoR. Kept for the run's next
+    service_configs, so a restarted user agent is configured with the same ones."""
+    from pinhole import labca
+
+    authority = labca.Authority("pinhole lab identity CA", days=1)
+    return authority.ca_pem, {node: labca.issue_identity(authority, aor) for node, aor in signers}
+
+
 def service_configs(
     endpoints: Endpoints,
     scenario: Scenario,
@@ -325,6 +336,14 @@ def service_configs(
         configs["bob2"] = useragent_pb2.UserAgentConfig(
             **{**bob_config, "display_name": "Bob2", **scenario.bob2}, deviations=deviations.get("bob2", ())
         )
+    if scenario.identity is not None:  # RFC 8224: signers get a key and certificate, verifiers the CA
+        plan = scenario.identity
+        signers = tuple((node, configs[node].aor) for node in plan.sign if node in configs)
+        ca_pem, issued = _lab_identities(f"{scenario.source}:{scenario.name}", signers)
+        for node, tls in issued.items():
+            configs[node].identity.signing_key_pem, configs[node].identity.certificate_chain_pem = tls.key, tls.cert
+        for node in (n for n in plan.verify if n in configs):
+            configs[node].identity.trust_anchors_pem, configs[node].identity.require = ca_pem, plan.require
     return configs
 
 

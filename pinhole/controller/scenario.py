@@ -173,6 +173,17 @@ class Stranger:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """RFC 8224 in the call (`identity:`): the parties that sign their INVITEs (the run's lab CA issues each a
+    certificate for its AoR), those that verify them (they trust that CA), and whether those answer an
+    unsigned INVITE 428."""
+
+    sign: tuple[str, ...] = ("alice",)
+    verify: tuple[str, ...] = ("bob",)
+    require: bool = True
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One variant of the call Alice -> Bob, with what it is expected to give.
 
@@ -198,6 +209,7 @@ class Scenario:
     bob2: dict[str, Any] | None = None  # forking (RFC 5763 §6.3): proxy-b forks to bob and bob2, set like this
     deviations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> pinhole.deviations it runs
     external: dict[str, External] = field(default_factory=dict)  # node -> the third party's program run there
+    identity: Identity | None = None  # RFC 8224: who signs, who verifies (None: nobody)
 
     def deviations_text(self) -> str:
         """ "bob:tamper-answer-fingerprint, proxy-b:proxy-rewrite-sdp": the run span's pinhole.deviations."""
@@ -237,6 +249,7 @@ SCENARIO_KEYS = {
     "rtcp_mux",
     "deviations",
     "external",
+    "identity",
     "expect",
     "faults",
     "fault_seed",
@@ -396,6 +409,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         bob2=_fork_side(fork, bob),
         deviations=deviated,
         external=settings.get("external", {}),
+        identity=settings.get("identity"),
     )
 
 
@@ -446,7 +460,36 @@ def _settings(data: dict[str, Any], where: str, *, axes: bool = False) -> dict[s
         clash = sorted(set(out["external"]) & set(out.get("deviations", {})))
         if clash:
             raise _fail(f"{where}.deviations.{clash[0]}", "an external node runs no pinhole service to deviate")
+    if "identity" in data:
+        out["identity"] = parse_identity(data["identity"], f"{where}.identity")
+        staged = set(out["identity"].sign + out["identity"].verify) if out["identity"] else set()
+        clash = sorted(staged & set(out.get("external", {})))
+        if clash:
+            raise _fail(f"{where}.identity", f"{clash[0]} is external: no pinhole user agent there signs or verifies")
     return out
+
+
+def parse_identity(value: Any, where: str) -> Identity | None:
+    """`identity: true` (Alice signs, Bob verifies and requires), `false`, or `{sign: [...], verify: [...],
+    require: bool}` naming parties of the call (unset lists keep those defaults; require defaults to true)."""
+    if isinstance(value, bool):
+        return Identity() if value else None
+    if not isinstance(value, dict) or set(value) - {"sign", "verify", "require"}:
+        raise _fail(where, f"true, false or {{sign: [PARTY, ...], verify: [PARTY, ...], require: bool}}, not {value!r}")
+    lists = {}
+    for key in ("sign", "verify"):
+        parties = value.get(key, list(getattr(Identity(), key)))
+        if not isinstance(parties, list) or any(not _one_of(p, PARTIES) for p in parties):
+            raise _fail(f"{where}.{key}", f"{parties!r}: a list of parties ({', '.join(PARTIES)})")
+        if len(set(parties)) != len(parties):
+            raise _fail(f"{where}.{key}", f"{parties!r} names a party twice")
+        lists[key] = tuple(parties)
+    require = _bool(value.get("require", True), f"{where}.require")
+    if not lists["sign"] and not lists["verify"]:
+        raise _fail(where, "nobody signs and nobody verifies: leave identity out")
+    if require and not lists["verify"]:
+        raise _fail(f"{where}.require", "only a party that verifies (verify: [...]) can require an Identity")
+    return Identity(lists["sign"], lists["verify"], require)
 
 
 PARTIES = ("alice", "bob", "bob2")  # the user agents of the call; the other nodes are the lab's

@@ -1370,9 +1370,18 @@ def judge(
     ev = Evidence(wire, call_id, reports)
     scenario = scenario or wire.info.get("scenario", "") or "capture"
     if ev.call is None:
-        return Verdict(
-            scenario, False, [], [], broken="no call on the wire: no SIP message of it was captured", flow=flow
-        )
+        wanted = call_id or ev.info.get("call_id")
+        gave_up = [e for e in ev.reported(ev.caller, "call.failed") if e.get("call_id") == wanted]
+        if not gave_up:
+            return Verdict(
+                scenario, False, [], [], broken="no call on the wire: no SIP message of it was captured", flow=flow
+            )
+        # the caller tried and gave up before its INVITE (its STUN requests all lost, say): a failed call
+        message, title, rfc, _, _ = FLOWS[flow][0]
+        reason = gave_up[0].get("attrs", {}).get("reason", "")
+        detail = f"no INVITE on the wire: {ev.caller} gave up before sending it (self-reported: {reason})"
+        checks = [Check(message, title, rfc, False, detail, gave_up[0]["t"], RFC, SELF_REPORTED)]
+        return Verdict(scenario, False, checks, list(_notes(ev)), flow=flow)
     checks = []
     for message, title, rfc, evidence, fn in FLOWS[flow]:
         try:
@@ -1409,4 +1418,39 @@ def _notes(ev: Evidence) -> Iterable[str]:
             yield f"deviation on purpose: {node} runs {', '.join(names)} (pinhole's own misbehaviour, not a fault)"
     yield from _strangers(ev)
     yield "SIP runs over UDP: the signalling is not integrity-protected (RFC 5763 §5 SHOULD use TLS)"
-    yield "no Identity header: the authentication service of RFC 4474/8224 is not staged"
+    # RFC 8224 as the wire shows it (unverified here: the callee's answer says what its verification made of it)
+    from pinhole.sip import identity
+
+    sent, arrived = _sip(ev.invite_sent), _sip(ev.invite_at_callee)
+    if not isinstance(sent, Request):
+        yield "no INVITE on the wire: whether it carried an Identity header (RFC 8224) is not known"
+        return
+    values = sent.headers.get_all("Identity")
+    if not values:
+        yield "no Identity header: the authentication service of RFC 8224 is not staged"
+        return
+    claims = identity.peek(values[0])
+    what = "an Identity header that does not decode"
+    if claims is not None:
+        what = f"PASSporT from {claims.orig} to {', '.join(claims.dest)}, " + (
+            f"mky over {len(claims.mky)} fingerprint(s)" if claims.mky else "no mky"
+        )
+    if not isinstance(arrived, Request):
+        reached = f"it is not seen reaching {ev.callee}"
+    else:
+        kept = arrived.headers.get_all("Identity") == values
+        reached = f"it reached {ev.callee} " + ("with that Identity" if kept else "with its Identity changed or gone")
+        try:
+            offered = {str(f) for f in identity.body_fingerprints(arrived.body)}
+        except (sdp.SdpError, ValueError):
+            offered = None
+        if claims is not None:
+            same = offered == set(claims.mky)
+            reached += ", its a=fingerprint " + ("the one mky signs" if same else "not the one mky signs (rewritten)")
+    finals = [
+        m
+        for d in (ev.call.messages(cseq_method="INVITE", cseq=ev.invite_cseq) if ev.call is not None else [])
+        if isinstance(m := d.sip, Response) and m.status_code >= 200 and ev.left(d, ev.callee) is not None
+    ]
+    answer = f"{finals[0].status_code} {finals[0].reason}" if finals else "nothing final on the wire"
+    yield f"Identity (RFC 8224): {ev.caller}'s INVITE was signed ({what}); {reached}; {ev.callee} answered {answer}"

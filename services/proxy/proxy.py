@@ -536,6 +536,8 @@ class StatefulProxy:
         call_id = message.headers.get("Call-ID") or ""
         if isinstance(message, Request) and message.method == "BYE":
             self.mitm.end(call_id, "BYE")
+        elif isinstance(message, Response) and message.status_code >= 300 and message.cseq.method == "INVITE":
+            self.mitm.end(call_id, f"INVITE answered {message.status_code}")  # no dialog: the box closes
         elif not message.body:
             return
         elif isinstance(message, Request) and message.method == "INVITE" and message.to.tag is None:

@@ -21,7 +21,7 @@ from pinhole.service import (
     serve,
     setup_observability,
 )
-from pinhole.sip import SipParseError, SipTimers
+from pinhole.sip import SipParseError, SipTimers, identity
 from pinhole.sip.message import check_display_name, check_sip_uri
 from services.useragent.agent import (
     AgentConfig,
@@ -29,6 +29,7 @@ from services.useragent.agent import (
     CallStateError,
     ConfigError,
     Fork,
+    IdentityPolicy,
     Modification,
     ReinviteSetup,
     UserAgent,
@@ -73,6 +74,7 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         deviations = checked(request.deviations, USER_AGENT)
     except DeviationError as error:
         raise ConfigError(str(error)) from None
+    policy = identity_from_proto(request.identity, request.aor)
     try:
         outbound = parse_hostport(request.outbound_proxy, "outbound_proxy") if request.outbound_proxy else None
         stun_server = parse_hostport(request.stun_server, "stun_server") if request.stun_server else None
@@ -99,7 +101,39 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         latching=request.latching,  # unset: off, RFC 5763 sends to the SDP address
         rtcp_mux=request.rtcp_mux if request.HasField("rtcp_mux") else True,
         rtcp_mux_fallback=request.rtcp_mux_fallback if request.HasField("rtcp_mux_fallback") else True,
+        identity=policy,
     )
+
+
+def identity_from_proto(message: useragent_pb2.Identity, aor: str) -> IdentityPolicy:
+    """RFC 8224 credentials, each PEM field parsed and checked, and named when it does not fit: a key that
+    signs ES256 (P-256), a chain whose first certificate is that key's and covers the aor, trust anchors."""
+
+    def load(name: str, loader, pem: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return loader(pem)
+        except ValueError as error:
+            raise ConfigError(f"identity.{name}: {error}") from None
+
+    key, chain = None, []
+    if message.signing_key_pem or message.certificate_chain_pem:
+        if not message.signing_key_pem:
+            raise ConfigError("identity.signing_key_pem: a certificate chain to sign with needs its key")
+        if not message.certificate_chain_pem:
+            raise ConfigError("identity.certificate_chain_pem: a signing key needs its certificate (RFC 8224 §7)")
+        key = load("signing_key_pem", identity.load_signing_key, message.signing_key_pem)
+        chain = load("certificate_chain_pem", identity.load_certificates, message.certificate_chain_pem)
+        problem = identity.signer_problem(key, chain, aor)
+        if problem:
+            raise ConfigError(f"identity.certificate_chain_pem: {problem}")
+    anchors = (
+        load("trust_anchors_pem", identity.load_certificates, message.trust_anchors_pem)
+        if message.trust_anchors_pem
+        else []
+    )
+    if message.require and not anchors:
+        raise ConfigError("identity.require: an Identity can be required only with trust_anchors_pem to verify it")
+    return IdentityPolicy(key, tuple(chain), tuple(anchors), message.require)
 
 
 REINVITE_SETUPS = {
@@ -286,6 +320,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
         effective.latching = config.latching  # explicit even when left unset: the default is off
         effective.rtcp_mux = config.rtcp_mux  # the defaults (on) made explicit too
         effective.rtcp_mux_fallback = config.rtcp_mux_fallback
+        if effective.HasField("identity"):
+            effective.identity.ClearField("signing_key_pem")  # a private key is not echoed
         return useragent_pb2.ConfigureReply(effective=effective)
 
     async def PlaceCall(self, request, context):  # noqa: N802

@@ -41,6 +41,13 @@ Bob ends with BYE, ends alone (its dialog gets a BYE); the call fails only when 
 HangUp sends BYE on every confirmed dialog. Forking needs rtcp-mux (an answer that declines it
 fails its fork, beyond the first) and is not offered to a re-INVITE (a forked call cannot be
 modified). A call that does not fork runs exactly as without this: its one dialog is `dialog`.
+
+Identity (RFC 8224, `IdentityPolicy`; off by default). With a signing key the UA is its own authentication
+service (RFC 8224 §5 allows a UA to be one): every INVITE and re-INVITE it sends gets a Date and an Identity
+whose PASSporT's mky carries the offer's a=fingerprint values (RFC 5763 §8). With trust anchors it is its own
+verification service: an INVITE that carries Identity (or, with `require`, any INVITE) is verified before
+anything else, and a failure is answered with RFC 8224 §6.2's response (428, 436, 437, 438 or 403): no 180,
+no 200, no DTLS. A re-INVITE refused so leaves the session as it was. pinhole.sip.identity does the work.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.context import Context
 
 from pinhole import dtls, sdp, stun
@@ -71,6 +80,7 @@ from pinhole.sip import (
     SipTimeout,
     SipTimers,
     SipTransactionError,
+    identity,
     make_cancel,
     make_response,
     new_call_id,
@@ -93,6 +103,16 @@ class CallStateError(RuntimeError):
     """The call is not in a state where that action makes sense."""
 
 
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """RFC 8224 at this UA: what it signs its INVITEs with, what it verifies incoming ones against."""
+
+    key: ec.EllipticCurvePrivateKey | None = None  # P-256: sign with ES256 (authentication service)
+    chain: tuple[x509.Certificate, ...] = ()  # the key's certificate (covering the aor) first
+    trust_anchors: tuple[x509.Certificate, ...] = ()  # verify INVITEs that carry Identity (verification service)
+    require: bool = False  # with trust anchors: an INVITE without Identity gets 428
+
+
 @dataclass
 class AgentConfig:
     aor: str = ""
@@ -110,6 +130,7 @@ class AgentConfig:
     latching: bool = False  # send media where the peer's packets come from (MediaSession), not the SDP address
     rtcp_mux: bool = True  # RFC 5761: RTP and RTCP on one port and one DTLS association
     rtcp_mux_fallback: bool = True  # offers with rtcp-mux reserve an RTCP port too, named in a=rtcp
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)  # RFC 8224: sign, verify, or neither
 
 
 class ReinviteSetup(str, Enum):
@@ -280,6 +301,9 @@ class UserAgent:
             latching=config.latching,
             rtcp_mux=config.rtcp_mux,
             rtcp_mux_fallback=config.rtcp_mux_fallback,
+            identity_signs=config.identity.key is not None,
+            identity_verifies=bool(config.identity.trust_anchors),
+            identity_require=config.identity.require,
         )
 
     # -- evidence ---------------------------------------------------------------------------------
@@ -365,8 +389,10 @@ class UserAgent:
                 if self.sip_reflexive is None:
                     self.sip_reflexive = await self._learn_sip_reflexive(call.call_id)
         except (OSError, TimeoutError, stun.StunError) as error:
+            # the call was tried and failed (under loss its STUN requests can all be lost): that is the
+            # call's outcome, in its events, not a failure of the control plane
             self._fail(call, f"could not prepare the call: {error}")
-            raise
+            return call.call_id
         call.advertised, call.advertised_rtcp = advertised, advertised_rtcp
         self._media_opened(call)
         if "early-srtp-before-verify" in self.config.deviations:
@@ -389,6 +415,11 @@ class UserAgent:
         self._deviate_sdp(call, offer)
         call.offer_media = sdp.read_offer(offer)
         invite = self._new_request("INVITE", target, call.call_id, body=sdp.serialize(offer).encode())
+        try:
+            self._sign(call.call_id, invite)
+        except (identity.IdentityError, ValueError) as error:
+            self._fail(call, f"could not sign the INVITE (RFC 8224 §5): {error}")
+            raise ConfigError(f"identity: {error}") from None
         call.invite_time = time.time()
         asyncio.get_running_loop().create_task(self._run_invite(call, invite))
         return call.call_id
@@ -715,6 +746,7 @@ class UserAgent:
         )
         offer_media = sdp.read_offer(offer)
         request, destination = call.dialog.create_request("INVITE", sdp.serialize(offer).encode())
+        self._sign(call_id, request)
         call.sdp_version += 1
         modification = Modification("sent", offered_setup.value, new_certificate=new_certificate)
         call.modifications.append(modification)
@@ -805,6 +837,16 @@ class UserAgent:
             call.dialog.receive_request(request)
         except DialogError as error:
             transaction.respond(make_response(request, 500, f"Server Internal Error ({error})"[:120]))
+            return
+        try:
+            self._identity_verified(call.call_id, self._verify_identity(request))
+        except identity.IdentityError as error:  # RFC 8224 §6.2: refused; the session stays as it was (§14.1)
+            self._identity_rejected(call.call_id, error)
+            modification = Modification("received", "", status_code=error.status)
+            modification.reason = f"Identity refused: {error}; the session continues unchanged"
+            call.modifications.append(modification)
+            transaction.respond(make_response(request, error.status, error.reason))
+            self._modified(call, modification)
             return
         if len(call.forks) > 1:  # the offer would reach every fork's session on our port, not this dialog's
             self.counters["reinvites_refused"] += 1
@@ -1020,6 +1062,11 @@ class UserAgent:
                 return
             transaction.respond(make_response(request, 491, "Request Pending"))
             return
+        try:  # RFC 8224 §6.2 comes first: a request that fails it is not a call to answer
+            verified = self._verify_identity(request)
+        except identity.IdentityError as error:
+            self._refuse_identity(transaction, error)
+            return
         try:
             offer_sdp = sdp.parse(request.body)
             offer = sdp.read_offer(offer_sdp)
@@ -1036,12 +1083,24 @@ class UserAgent:
         call.peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)]
         self.calls[call_id] = call
         self.events.start_call(call_id, direction="incoming", **self._deviations())  # under the INVITE's receive span
+        self._identity_verified(call_id, verified)
         self.events.emit(
             "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
         )
         if self.config.auto_answer:
             with contextlib.suppress(sdp.SdpError):  # answered 488 and failed the call already
                 await self.answer(call_id)
+
+    def _refuse_identity(self, transaction: ServerTransaction, error: identity.IdentityError) -> None:
+        """An INVITE whose Identity fails is answered with RFC 8224 §6.2's response, no 180, no 200, no DTLS;
+        the call is recorded (failed) so that its events say why."""
+        request = transaction.request
+        call = Call(call_id=request.call_id, direction="incoming", invite_time=time.time())
+        self.calls[call.call_id] = call
+        self.events.start_call(call.call_id, direction="incoming", **self._deviations())
+        self._identity_rejected(call.call_id, error)
+        transaction.respond(make_response(request, error.status, error.reason))
+        self._fail(call, f"Identity refused (RFC 8224 §6.2): {error}")
 
     async def answer(self, call_id: str) -> None:
         """Answer a ringing call: DTLS first (as the active side, the ClientHello leaves before the
@@ -1192,6 +1251,52 @@ class UserAgent:
             await transaction.final_response()
         except SipTimeout:
             self.events.emit("sip.timeout", call_id, method="BYE")
+
+    # -- Identity (RFC 8224) ----------------------------------------------------------------------
+
+    def _sign(self, call_id: str, request: Request) -> None:
+        """RFC 8224 §5: with a key, this UA is the authentication service of the INVITEs it sends."""
+        policy = self.config.identity
+        if policy.key is None:
+            return
+        signed = identity.authenticate(request, policy.key, policy.chain, time.time())
+        self.counters["identity_signed"] += 1
+        self.events.emit(
+            "identity.signed",
+            call_id,
+            method=request.method,
+            orig=signed.orig,
+            dest=",".join(signed.dest),
+            iat=signed.iat,
+            mky=",".join(signed.mky),
+            size=len(signed.field),
+        )
+
+    def _verify_identity(self, request: Request) -> identity.Assertion | None:
+        """RFC 8224 §6.2 with this UA's trust anchors; None without them, or for an unsigned INVITE none requires."""
+        policy = self.config.identity
+        if not policy.trust_anchors:
+            return None
+        return identity.verify(request, policy.trust_anchors, time.time(), require=policy.require)
+
+    def _identity_verified(self, call_id: str, verified: identity.Assertion | None) -> None:
+        if verified is None:
+            return
+        self.counters["identity_verified"] += 1
+        self.events.emit(
+            "identity.verified",
+            call_id,
+            orig=verified.orig,
+            dest=",".join(verified.dest),
+            iat=verified.iat,
+            mky=",".join(verified.mky),
+            signer=verified.signer,
+            form="compact" if verified.compact else "full",
+        )
+
+    def _identity_rejected(self, call_id: str, error: identity.IdentityError) -> None:
+        self.counters["identity_rejected"] += 1
+        self.events.emit("identity.rejected", call_id, status=error.status, reason=error.reason, detail=error.detail)
 
     # -- helpers ----------------------------------------------------------------------------------
 
