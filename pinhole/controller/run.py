@@ -484,9 +484,9 @@ class Restarter:
 
 
 def _restart_steps(
+    restarter: Restarter,
     collector: EventCollector,
     scenario: Scenario,
-    restarter: Restarter,
     tracer: Any,
     run_context: Any,
     stop: threading.Event,
@@ -630,26 +630,19 @@ def drive_call(
         else:
             call_id = _dial(externals, collector, capture, endpoints, agents, budget)  # type: ignore[arg-type]
         run_span.set_attribute("pinhole.call_id", call_id)
-        restarting = None
-        if scenario.restarts:
-            if restarter is None:
-                raise ValueError(f"{scenario.name}: this backend cannot restart services")
-            restarting = threading.Thread(
-                target=_restart_steps,
-                args=(collector, scenario, restarter, tracer, run_context, call_over, restarts),
-                daemon=True,
+        if (scenario.restarts or scenario.strangers) and restarter is None:
+            raise ValueError(f"{scenario.name}: this backend cannot restart services or run commands in its nodes")
+        steps = [  # each kind of step alongside the call, on its own thread and triggers
+            threading.Thread(target=run_steps, args=(*hands, collector, scenario, tracer, run_context, call_over, done))
+            for wanted, run_steps, hands, done in (
+                (scenario.restarts, _restart_steps, (restarter,), restarts),
+                (scenario.strangers, _stranger_steps, (restarter.lab if restarter else None,), stranger_steps),
             )
-            restarting.start()
-        sending = None
-        if scenario.strangers:
-            if restarter is None:
-                raise ValueError(f"{scenario.name}: this backend cannot run commands in its nodes")
-            sending = threading.Thread(
-                target=_stranger_steps,
-                args=(restarter.lab, collector, scenario, tracer, run_context, call_over, stranger_steps),
-                daemon=True,
-            )
-            sending.start()
+            if wanted
+        ]
+        for thread in steps:
+            thread.daemon = True
+            thread.start()
         if scenario.reinvites:
             modify_session(clients, collector, scenario, call_id, timers, run_context, show)
         show.stage(f"call {call_id[:12]}: waiting for media or failure (up to {budget:.0f}s)")
@@ -680,14 +673,11 @@ def drive_call(
                 ),
                 timeout=10,
             )
-        if restarting is not None:  # a restart still waiting for its trigger has none left to wait for
+        if steps:  # a step still waiting for its trigger has none left to wait for
             call_over.set()
             collector.wake()
-            restarting.join()  # every service it killed is up again before the evidence is asked for
-        if sending is not None:
-            call_over.set()
-            collector.wake()
-            sending.join()
+            for thread in steps:
+                thread.join()  # every service a restart killed is up again before the evidence is asked for
         if lost():  # a service that died during the call would only make each question wait out its deadline
             raise RunInterrupted(
                 f"the call: {lost()[0]} (its event stream ended)",

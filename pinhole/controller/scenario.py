@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -594,61 +595,59 @@ def parse_trigger(value: Any, where: str) -> Trigger:
     attrs = value.get("attrs", {})
     if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
         raise _fail(f"{where}.attrs", f"{attrs!r}: a mapping of attribute names to values")
-    count = value.get("count", 1)
+    attributes = tuple(sorted((k, str(v)) for k, v in attrs.items()))
+    return Trigger(value["node"], value["event"], attributes, _count(value, where))
+
+
+def _steps(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """Each item of a list of steps (`restart:`, `strangers:`), with where it is, once its keys are checked:
+    every `required` one present, none but those and `optional`, and `node` a node name."""
+    keys = ", ".join(required + optional)
+    if not isinstance(value, list) or not value:
+        raise _fail(where, f"a list of {{{keys}}}")
+    for index, item in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict) or not set(required) <= set(item):
+            raise _fail(here, f"expected {{{keys}}} with {', '.join(required)}")
+        unknown = set(item) - set(required) - set(optional)
+        if unknown:
+            raise _fail(here, f"unknown key(s) {sorted(unknown)} ({keys})")
+        if not isinstance(item["node"], str) or not NODE_RE.match(item["node"]):
+            raise _fail(f"{here}.node", f"{item['node']!r} is not a node name")
+        yield here, item
+
+
+def _count(item: dict, here: str) -> int:
+    count = item.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
-        raise _fail(f"{where}.count", f"{count!r}: a whole number, 1..100")
-    return Trigger(value["node"], value["event"], tuple(sorted((k, str(v)) for k, v in attrs.items())), count)
+        raise _fail(f"{here}.count", f"{count!r}: a whole number, 1..100")
+    return count
 
 
 def parse_restarts(value: Any, where: str) -> tuple[Restart, ...]:
     """`restart: [{node, crash, kill_after: TRIGGER, start_after: TRIGGER}, ...]`"""
-    if not isinstance(value, list) or not value:
-        raise _fail(where, "a list of {node, crash, kill_after: {node, event, ...}, start_after: {...}}")
-    steps = []
-    for index, item in enumerate(value):
-        here = f"{where}[{index}]"
-        if not isinstance(item, dict) or not {"node", "kill_after", "start_after"} <= set(item):
-            raise _fail(here, "expected {node, crash, kill_after: {...}, start_after: {...}}")
-        unknown = set(item) - {"node", "crash", "kill_after", "start_after"}
-        if unknown:
-            raise _fail(here, f"unknown key(s) {sorted(unknown)} (node, crash, kill_after, start_after)")
-        if not isinstance(item["node"], str) or not NODE_RE.match(item["node"]):
-            raise _fail(f"{here}.node", f"{item['node']!r} is not a node name")
-        steps.append(
-            Restart(
-                item["node"],
-                parse_trigger(item["kill_after"], f"{here}.kill_after"),
-                parse_trigger(item["start_after"], f"{here}.start_after"),
-                _bool(item.get("crash", True), f"{here}.crash"),
-            )
+    return tuple(
+        Restart(
+            item["node"],
+            parse_trigger(item["kill_after"], f"{here}.kill_after"),
+            parse_trigger(item["start_after"], f"{here}.start_after"),
+            _bool(item.get("crash", True), f"{here}.crash"),
         )
-    return tuple(steps)
+        for here, item in _steps(value, where, ("node", "kill_after", "start_after"), ("crash",))
+    )
 
 
 def parse_strangers(value: Any, where: str) -> tuple[Stranger, ...]:
     """`strangers: [{node, send, after: TRIGGER, to, count}, ...]`"""
-    if not isinstance(value, list) or not value:
-        raise _fail(where, "a list of {node, send, after: {node, event, ...}, to, count}")
     steps = []
-    for index, item in enumerate(value):
-        here = f"{where}[{index}]"
-        if not isinstance(item, dict) or not {"node", "send", "after"} <= set(item):
-            raise _fail(here, "expected {node, send, after: {...}, to, count}")
-        unknown = set(item) - {"node", "send", "after", "to", "count"}
-        if unknown:
-            raise _fail(here, f"unknown key(s) {sorted(unknown)} (node, send, after, to, count)")
-        for key in ("node", "to"):
-            if key in item and (not isinstance(item[key], str) or not NODE_RE.match(item[key])):
-                raise _fail(f"{here}.{key}", f"{item[key]!r} is not a node name")
-        if item.get("to", "alice") not in PARTIES:
-            raise _fail(f"{here}.to", f"{item['to']!r}: the stranger aims at a party's media: {', '.join(PARTIES)}")
+    for here, item in _steps(value, where, ("node", "send", "after"), ("to", "count")):
+        to = item.get("to", "alice")
+        if not isinstance(to, str) or to not in PARTIES:
+            raise _fail(f"{here}.to", f"{to!r}: the stranger aims at a party's media: {', '.join(PARTIES)}")
         if not _one_of(item["send"], stranger.KINDS):
             raise _fail(f"{here}.send", f"{item['send']!r} is not one of {', '.join(sorted(stranger.KINDS))}")
-        count = item.get("count", 1)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
-            raise _fail(f"{here}.count", f"{count!r}: a whole number, 1..100")
         after = parse_trigger(item["after"], f"{here}.after")
-        steps.append(Stranger(item["node"], after, item["send"], item.get("to", "alice"), count))
+        steps.append(Stranger(item["node"], after, item["send"], to, _count(item, here)))
     return tuple(steps)
 
 
