@@ -155,6 +155,8 @@ def cmd_cluster_run(args: argparse.Namespace) -> int:
         print(f"pinhole cluster-run: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     _report(result, out_dir)
+    if result.broken:  # the lab did not run the scenario (or saw only part of the wire): no verdict
+        print(f"pinhole cluster-run: broken: {result.broken}", file=sys.stderr)
     return {"pass": 0, "fail": 1}.get(result.outcome, 2)
 
 

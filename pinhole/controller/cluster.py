@@ -41,6 +41,7 @@ from pinhole.controller.run import (
     TIMERS,
     Endpoints,
     Progress,
+    RunInterrupted,
     configure,
     default_nat,
     drive_call,
@@ -563,8 +564,11 @@ def cluster_run(
         if "alice" in external and externals is None:
             variables = external_variables(load_topology(), endpoints, "alice")
             externals = PodExternals(namespace, external_dial, external_hangup, variables, api)
+        broken = ""
         try:
             record = drive_call(clients, kinds, scenario, timers, tracer, show, endpoints, externals=externals)
+        except RunInterrupted as stop:  # a service failed the run: judged on what it gathered, and broken
+            record, broken = stop.record, stop.why
         finally:
             capture, capture_problems = stop_captures(clients, capturing)
         tracer_provider.shutdown()  # exports the run's own span
@@ -582,6 +586,7 @@ def cluster_run(
             capture_problems=capture_problems,
             measurements=measurements,
             forward_to=forward_to,
+            broken=broken,
         )
     except Exception:
         # leave what there is for the post-mortem: the error and every span received so far
