@@ -530,6 +530,17 @@ def _restart_steps(
                     record["error"] = f"{record.get('error', '')}; starting {step.node} again failed: {error}"
 
 
+def _unless_unknown(ask: Callable[[], Any]) -> Any:
+    """A user agent's answer about the call (GetCall, GetKeyLog); None where it never saw the call (under
+    loss the INVITE may never reach it): that is evidence about the call, not a failure of the lab."""
+    try:
+        return ask()
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
 def _stranger_steps(
     lab: Lab,
     collector: EventCollector,
@@ -689,12 +700,13 @@ def drive_call(
         flushed = collector.snapshot()
         for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
-        calls = {ua: to_dict(clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id))) for ua in agents}
-        key_log = [
-            line
-            for ua in agents
-            for line in clients.stub(ua).GetKeyLog(useragent_pb2.GetKeyLogRequest(call_id=call_id)).lines
-        ]
+        calls, key_log = {}, []
+        for ua in agents:
+            stub = clients.stub(ua)
+            status = _unless_unknown(lambda stub=stub: stub.GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
+            keys = _unless_unknown(lambda stub=stub: stub.GetKeyLog(useragent_pb2.GetKeyLogRequest(call_id=call_id)))
+            calls[ua] = to_dict(status) if status is not None else {}
+            key_log += keys.lines if keys is not None else []
         key_log += externals.key_log() if externals else []
         mappings = to_dict(clients.stub("natgw").ListMappings(natgw_pb2.ListMappingsRequest())).get("mappings", [])
         counters = {
