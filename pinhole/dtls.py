@@ -837,6 +837,14 @@ class DtlsEndpoint:
         self._deadline = now + self._interval
         return self._resend_flight()
 
+    def resend_for_peer_media(self, now: float) -> list[bytes]:
+        """The peer already sends SRTP, protected with keys we do not have yet: its side of the handshake
+        is done, so its last flight to us was lost. Resend ours now, which makes the peer resend its
+        last flight (RFC 6347 §4.2.4: a node in FINISHED answers the peer's retransmitted flight), rather
+        than at our backed-off timer, which under loss can be 32 s away while the call's media flows by
+        undecrypted. Same bounds as resend_for_new_path, whose once-per-flight allowance it shares."""
+        return self.resend_for_new_path(now)
+
     def set_peer_fingerprints(self, fingerprints: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
         """The peer's a=fingerprint values arrived (RFC 5763 §5). A certificate already accepted
         tentatively is checked now; on a mismatch this fails the association and returns the fatal

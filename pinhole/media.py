@@ -716,7 +716,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 peer=fmt(self.remote),
                 local=fmt(self.local_address),
                 cause=cause,
-                retransmission=cause in ("timer", "latched", "check"),
+                retransmission=cause in ("timer", "latched", "check", "peer-media"),
             )
             self._send(datagram, self.remote)
         if self._dtls_timer is not None:
@@ -855,6 +855,8 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         if self.srtp_session is None:
             self.stats.before_handshake += 1
+            if endpoint is not None and endpoint.state == "handshaking" and not elsewhere:
+                self._dtls_output(endpoint.resend_for_peer_media(self._now()), cause="peer-media")
             if self.stats.before_handshake == 1:
                 self._emit(
                     "srtp.dropped",

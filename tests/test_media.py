@@ -228,3 +228,40 @@ def test_a_strangers_bad_client_hello_before_the_answer_fails_alone():
                 session.teardown("test over")
 
     asyncio.run(scenario())
+
+
+def test_the_peers_media_before_our_handshake_completes_resends_our_last_flight():
+    """Alice's last flight (ChangeCipherSpec, Finished) is lost on its way to Bob; she is done and sends SRTP.
+    Bob resends his flight at once on her SRTP (RFC 6347 §4.2.4: she answers it with hers), not at his
+    timer, backed off to seconds by then."""
+    slow = MediaTimers(dtls=dtls.RetransmitTimer(initial=5.0, maximum=10.0, max_transmissions=6), stun_rto=0.05)
+
+    async def scenario():
+        alice, bob = await pair()
+        bob.timers = alice.timers = slow
+        lost: list[bytes] = []
+        delivered = bob.datagram_received
+
+        def lossy(data: bytes, addr: tuple[str, int]) -> None:
+            records = dtls.parse_records(data) if data[:1] == b"\x16" or data[:1] == b"\x14" else []
+            if not lost and any(r.epoch == 1 for r in records):
+                lost.append(data)  # Alice's Finished, once
+                return
+            delivered(data, addr)
+
+        bob.datagram_received = lossy  # type: ignore[method-assign]
+        try:
+            alice.start_dtls(dtls.Role.SERVER, bob.local_address)
+            bob.start_dtls(dtls.Role.CLIENT, alice.local_address)
+            await wait(alice.connected)
+            alice.start_media(50, ptime=0.01)
+            await wait(bob.connected)
+            resent = [e for e in bob.events.since() if e.kind == "dtls.send" and e.attributes["cause"] == "peer-media"]
+            assert lost and len(resent) == 1
+            assert bob.endpoint.retransmissions == 1  # that one: the 5 s timer never fired
+            await until(lambda: bob.stats.srtp_received > 0)
+        finally:
+            alice.teardown("test over")
+            bob.teardown("test over")
+
+    asyncio.run(scenario())
