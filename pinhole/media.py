@@ -811,7 +811,11 @@ class MediaSession(asyncio.DatagramProtocol):
             self._dtls_timer.cancel()
             self._dtls_timer = None
         self.endpoint, self.role, self.remote, self._evidence = None, None, None, None
+        self.srtp_session, self._srtp_association, self._held = None, 0, []  # nothing of it reaches the call
+        self.connected.clear()
         self.stats.unexpected_source += 1
+        if sum(r.state == "failed" for r in self.associations) >= MAX_SESSIONS_PER_PORT:
+            self.accept_early_client_hello = False  # bounded, as forks are: the answer's peer still gets in
         self._emit(
             "dtls.failed_alone",
             reason=f"{endpoint.failure_reason}: an early ClientHello no answer vouches for fails alone",
@@ -855,7 +859,12 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         if self.srtp_session is None:
             self.stats.before_handshake += 1
-            if endpoint is not None and endpoint.state == "handshaking" and not elsewhere:
+            if (
+                endpoint is not None
+                and endpoint.state == "handshaking"
+                and endpoint.peer_certificate_der is not None  # the peer's flight came: keys may be its now
+                and not elsewhere
+            ):
                 self._dtls_output(endpoint.resend_for_peer_media(self._now()), cause="peer-media")
             if self.stats.before_handshake == 1:
                 self._emit(

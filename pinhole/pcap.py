@@ -178,9 +178,10 @@ class Reassembler:
     Not by source and destination as RFC 791 has it: on a NAT's inside link the capture shows the second
     and later fragments with the addresses already translated (measured here: the kernel defragments
     for conntrack and NAT rewrites the buffer the capture's copy shares), so the addresses are those of
-    the first fragment. Bounded: at most MAX_PENDING packets in reassembly (the oldest is dropped first)
-    and none above 65,535 bytes; overlapping pieces keep the first copy. `dropped` counts what never
-    completed or broke those bounds."""
+    the first fragment. A new first fragment under a key still pending starts that packet afresh (the
+    identification was reused: what was pending never completed). Bounded: at most MAX_PENDING packets in
+    reassembly (the oldest is dropped first) and none above 65,535 bytes. Where pieces overlap, the one
+    starting lower wins. `dropped` counts the packets given up for those bounds."""
 
     MAX_PENDING = 256
 
@@ -197,7 +198,10 @@ class Reassembler:
         if offset + len(data) > 65535 - ihl:
             self.dropped += 1
             self.pending.pop(key, None)
+            self.headers.pop(key, None)
             return None
+        if offset == 0 and key in self.headers:  # the identification came round again
+            self.pending.pop(key, None)
         if key not in self.pending and len(self.pending) >= self.MAX_PENDING:
             oldest = next(iter(self.pending))
             del self.pending[oldest]

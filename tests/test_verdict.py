@@ -498,3 +498,43 @@ def test_the_outcome_on_the_wire_is_the_outcome_these_runs_had(run, works, reaso
     on_the_wire = load_wire(RUNS / run)
     outcome = outcome_on_wire(on_the_wire, on_the_wire.info.get("call_id"))
     assert (outcome.works, outcome.reason.startswith(reason)) == (works, True), outcome.reason
+
+
+# --------------------------------------------------------------------------- e2e (RFC 5763 §8)
+
+
+def rewritten_at_proxy_b(new_fingerprint: Callable[[bytes], bytes]):
+    """A change() making proxy-b forward the INVITE with its a=fingerprint line rewritten (what Bob got)."""
+
+    def change(payload: bytes, src: tuple, dst: tuple) -> bytes | None:
+        if not payload.startswith(b"INVITE ") or src[0] != "203.0.113.20":
+            return payload
+        message = parse_message(payload)
+        lines = message.body.split(b"\r\n")
+        message.body = b"\r\n".join(new_fingerprint(x) if x.startswith(b"a=fingerprint:") else x for x in lines)
+        return message.encode()
+
+    return change
+
+
+def test_e2e_names_the_node_that_rewrote_the_offers_fingerprint():
+    capture, reports = load("rfc5763-7.3")
+    other = b"a=fingerprint:sha-256 " + b":".join(b"AB" for _ in range(32))
+    result = verdict_of(edit(capture, rewritten_at_proxy_b(lambda line: other)), reports)
+    detail = {c.message: c.detail for c in result.checks if not c.passed}["e2e"]
+    assert detail.startswith("a man in the middle: the offer's a=fingerprint") and "rewritten by proxy-b" in detail
+
+
+def test_e2e_reads_the_fingerprint_values_not_how_they_are_written():
+    """A proxy that only lower-cases the hex changed the body (check 2 says so), not the fingerprint."""
+    capture, reports = load("rfc5763-7.3")
+    result = verdict_of(edit(capture, rewritten_at_proxy_b(lambda line: line[:22] + line[22:].lower())), reports)
+    failed = {c.message for c in result.checks if not c.passed}
+    assert "2" in failed and "e2e" not in failed, result.render()
+
+
+def test_e2e_cannot_pass_when_the_offer_is_not_seen_at_the_callee():
+    capture, reports = load("rfc5763-7.3")
+    result = verdict_of(edit(capture, lambda p, s, d: None if p.startswith(b"INVITE ") and s[0] == "203.0.113.20" else p))
+    e2e = next(c for c in result.checks if c.message == "e2e")
+    assert not e2e.passed and "the INVITE was not seen reaching bob" in e2e.detail

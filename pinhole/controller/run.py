@@ -613,6 +613,7 @@ def drive_call(
     call_over = threading.Event()  # tells the restart steps that no trigger is coming any more
     budget = timers.handshake_budget() + 64 * timers.sip_t1 + MEDIA_PACKETS * 0.02 + 10
     call_id, placed = "", time.time()
+    steps: list[threading.Thread] = []
     restarts: list[dict[str, Any]] = []
     stranger_steps: list[dict[str, Any]] = []
 
@@ -643,7 +644,7 @@ def drive_call(
         run_span.set_attribute("pinhole.call_id", call_id)
         if (scenario.restarts or scenario.strangers) and restarter is None:
             raise ValueError(f"{scenario.name}: this backend cannot restart services or run commands in its nodes")
-        steps = [  # each kind of step alongside the call, on its own thread and triggers
+        steps += [  # each kind of step alongside the call, on its own thread and triggers
             threading.Thread(target=run_steps, args=(*hands, collector, scenario, tracer, run_context, call_over, done))
             for wanted, run_steps, hands, done in (
                 (scenario.restarts, _restart_steps, (restarter,), restarts),
@@ -719,6 +720,9 @@ def drive_call(
     finally:
         call_over.set()
         collector.wake()
+        for thread in steps:  # a restart midway finishes (the lab stays whole) before anything else runs
+            if thread.is_alive():
+                thread.join(timeout=60)
         collector.stop()
         if run_span is not None:
             run_span.end()
@@ -754,8 +758,11 @@ def _hang_up(
     alone."""
     for ua in ("alice", "bob"):
         if ua in agents:
-            state = clients.stub(ua).GetCall(useragent_pb2.GetCallRequest(call_id=call_id)).state
-            if state not in ("failed", "terminated"):  # its own state, not an event still in flight
+            stub = clients.stub(ua)
+            status = _unless_unknown(lambda stub=stub: stub.GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
+            if status is None:  # it never saw the call (its INVITE lost): nothing of it to end
+                continue
+            if status.state not in ("failed", "terminated"):  # its own state, not an event still in flight
                 show.stage(f"hanging up ({ua})")
                 clients.stub(ua).HangUp(
                     useragent_pb2.HangUpRequest(call_id=call_id), metadata=telemetry.grpc_metadata(context)
@@ -906,7 +913,7 @@ def judge_call(
         export(trace_request, forward_to)
     result = verdict.judge(on_the_wire, call_id=call_id, reports=traced["events"], scenario=scenario.name)
     result.notes += notes or []  # what the run saw beside the call (an external program's stragglers)
-    result.broken = broken  # the run stopped short (a service failed it): judged, but no verdict
+    result.broken = broken or result.broken  # the run stopped short (a service failed it): judged, but no verdict
     verdict_s = time.perf_counter() - started
     evidence = {
         "scenario": scenario.name,
@@ -952,7 +959,8 @@ def judge_call(
     )
     if lost and not result.broken:  # every span the services said they made must be in the trace
         result.broken = f"{len(lost)} spans of the call never reached the trace (first: {lost[0]})"
-    unsent = [f"stranger step from {s['node']}: {s['error']}" for s in record.strangers if s.get("error")]
+    unsent = [f"stranger step from {s['node']}: {s.get('error', 'not carried out')}" for s in record.strangers]
+    unsent = [why for why, step in zip(unsent, record.strangers, strict=True) if "sent" not in step]
     if unsent and not result.broken:  # the scenario did not happen as written
         result.broken = unsent[0]
     if capture_problems and not result.broken:  # judged on part of the wire is no verdict

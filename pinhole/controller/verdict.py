@@ -38,6 +38,7 @@ Event = dict[str, Any]  # a self-report: {"t", "service", "kind", "call_id", "at
 DEFAULT_FLOW = "rfc5763-7.3"  # the figure a run is judged against unless its scenario names another
 RFC, FIGURE = "rfc", "figure"  # what a failing check broke: an RFC requirement, or the figure's expectation
 WIRE, SELF_REPORTED = "wire", "wire + self-reported"  # what a check reads
+BEFORE_INVITE = "could not prepare the call"  # how a user agent's call.failed says it gave up before its INVITE
 
 #: RFC 6347 §4.2.4.1 timer judgement of a retransmission: no sooner than the timer (less this share,
 #: and this much for the capture's and the scheduler's jitter); later than twice the timer is noted only
@@ -1270,15 +1271,15 @@ check("11", "ACK for the 200 OK reaches Bob along the route set", "RFC 3261 §13
 # --------------------------------------------------------------------------- RFC 5763 §8, both figures
 
 
-def _sdp_as_sent(facts: sdp.Facts) -> tuple[str, frozenset[str]]:
-    """What a man in the middle must change: the media address and the a=fingerprint set."""
-    return facts.media, frozenset(facts.fingerprints)
+def _fingerprints(facts: sdp.Facts) -> frozenset[tuple[str, bytes]]:
+    """The a=fingerprint set as values (hash function, digest): how it is written (case) does not count."""
+    return frozenset((f.hash_function.lower(), f.value) for f in facts.parsed_fingerprints())
 
 
 def _rewritten_by(ev: Evidence, chain: list[Datagram]) -> str:
-    """The node that sent the first datagram of `chain` whose SDP differs from the previous one's."""
+    """The node that sent the first datagram of `chain` whose a=fingerprint set differs from the previous one's."""
     for before, after in zip(chain, chain[1:], strict=False):
-        if _sdp_as_sent(ev.facts(before)) != _sdp_as_sent(ev.facts(after)):
+        if _fingerprints(ev.facts(before)) != _fingerprints(ev.facts(after)):
             return ev.wire.node(after.own_src) or fmt(after.own_src)
     return "a node the capture does not cover"
 
@@ -1292,25 +1293,30 @@ def _change(what: str, sent: sdp.Facts, got: sdp.Facts, to: str, where: str) -> 
 
 def _end_to_end(ev: Evidence) -> tuple[str, float | None]:
     """RFC 5763 §8: each side verifies the other's certificate only if the fingerprints arrive as sent.
-    From the wire: the offer and the answer reach the other side with the media address and the
-    a=fingerprint set they were sent with; if not, whether the callee refused the offer (RFC 8224:
-    an integrity-protected offer exposes the rewrite) or both handshakes ran with a box in the middle."""
+    From the wire: the offer and the answer reach the other side with the a=fingerprint set they were
+    sent with (a media relay may change the address; it cannot change the fingerprints unless it ends
+    DTLS). If not: an RFC 8224 refusal by the callee (the rewrite exposed, no answer reached the caller)
+    stops the man in the middle; anything else is one, with the handshakes it ran."""
+    if ev.invite_at_callee is None and not ev.wire.covers(ev.callee):  # a cluster: only some links captured
+        return f"not shown: {ev.callee}'s link is not in the capture, so what reached {ev.callee} is not either", None
+    if ev.invite_at_callee is None:
+        raise Failure(f"the INVITE was not seen reaching {ev.callee}: the offer cannot be shown to arrive as sent")
+    answer_sent = ev.facts(_origin(ev, ev.ok_at_caller)) if ev.ok_at_caller is not None else sdp.Facts()
+    if ev.ok_at_caller is not None and answer_sent.error:
+        raise Failure(f"the 200 OK that reached {ev.caller} was not seen leaving its sender: end to end not shown")
     changes = []
     offer_got = ev.facts(ev.invite_at_callee)
-    if ev.invite_at_callee is not None and _sdp_as_sent(ev.offer) != _sdp_as_sent(offer_got):
+    if _fingerprints(ev.offer) != _fingerprints(offer_got):
         changes.append(_change("offer", ev.offer, offer_got, ev.callee, _rewritten_by(ev, ev.invite_hops)))
-    answer_sent = ev.facts(ev.ok_sent)
-    if ev.ok_sent is not None and ev.ok_at_caller is not None and _sdp_as_sent(answer_sent) != _sdp_as_sent(ev.answer):
-        assert ev.call is not None and ev.invite_cseq is not None
-        oks = [
-            d for d in ev.call.messages(status=200, cseq_method="INVITE", cseq=ev.invite_cseq) if d.t >= ev.ok_sent.t
-        ]
-        changes.append(_change("answer", answer_sent, ev.answer, ev.caller, _rewritten_by(ev, oks)))
+    if ev.ok_at_caller is not None and _fingerprints(answer_sent) != _fingerprints(ev.answer):
+        changes.append(
+            _change("answer", answer_sent, ev.answer, ev.caller, _rewritten_by(ev, _chain(ev, ev.ok_at_caller)))
+        )
     if not changes:
-        return "the offer and the answer reached the other side as sent (media address and a=fingerprint)", None
+        return "the offer's and the answer's a=fingerprint reached the other side as sent", None
     when = _when(ev.invite_at_callee)
     refusal = _callee_refusal(ev)
-    if refusal and ev.ok_sent is None:
+    if refusal and ev.ok_at_caller is None:
         return f"{'; '.join(changes)}; {ev.callee} refused it ({refusal}): the man in the middle was stopped", when
     callee_media = ev.wire.own((answer_sent.address, answer_sent.port)) if answer_sent.address else None
     peers = []
@@ -1333,15 +1339,37 @@ def _end_to_end(ev: Evidence) -> tuple[str, float | None]:
     )
 
 
+IDENTITY_REFUSALS = (428, 436, 437, 438)  # RFC 8224 §6.2.2: the verifier's answers to a bad or missing Identity
+
+
 def _callee_refusal(ev: Evidence) -> str:
-    """The callee's final non-2xx answer to the INVITE, as "438 Invalid Identity Header" ("" if none)."""
+    """The callee's RFC 8224 refusal of the INVITE, as "438 Invalid Identity Header" ("" if none)."""
     if ev.call is None or ev.invite_cseq is None:
         return ""
     for d in ev.call.messages(cseq_method="INVITE", cseq=ev.invite_cseq):
         m = d.sip
-        if isinstance(m, Response) and m.status_code >= 300 and ev.left(d, ev.callee) is not None:
+        if isinstance(m, Response) and m.status_code in IDENTITY_REFUSALS and ev.left(d, ev.callee) is not None:
             return f"{m.status_code} {m.reason}"
     return ""
+
+
+def _chain(ev: Evidence, arrived: Datagram) -> list[Datagram]:
+    """The datagrams that carried one response (same To tag, same CSeq) up to `arrived`, in time order."""
+    m = arrived.sip
+    assert ev.call is not None and isinstance(m, Response)
+    same = [
+        d
+        for d in ev.call.messages(status=m.status_code, cseq_method=m.cseq.method, cseq=m.cseq.number)
+        if isinstance(d.sip, Response) and d.sip.to.tag == m.to.tag and d.t <= arrived.t
+    ]
+    return same
+
+
+def _origin(ev: Evidence, arrived: Datagram) -> Datagram | None:
+    """The first datagram of `arrived`'s response as its sender sent it (its To tag names the dialog, so a
+    forked call's other 2xx is never taken for it)."""
+    chain = _chain(ev, arrived)
+    return chain[0] if chain else None
 
 
 END_TO_END = (
@@ -1371,7 +1399,11 @@ def judge(
     scenario = scenario or wire.info.get("scenario", "") or "capture"
     if ev.call is None:
         wanted = call_id or ev.info.get("call_id")
-        gave_up = [e for e in ev.reported(ev.caller, "call.failed") if e.get("call_id") == wanted]
+        gave_up = [  # only before its INVITE: a later failure means the capture lacks what was sent
+            e
+            for e in ev.reported(ev.caller, "call.failed")
+            if e.get("call_id") == wanted and e.get("attrs", {}).get("reason", "").startswith(BEFORE_INVITE)
+        ]
         if not gave_up:
             return Verdict(
                 scenario, False, [], [], broken="no call on the wire: no SIP message of it was captured", flow=flow
@@ -1381,7 +1413,7 @@ def judge(
         reason = gave_up[0].get("attrs", {}).get("reason", "")
         detail = f"no INVITE on the wire: {ev.caller} gave up before sending it (self-reported: {reason})"
         checks = [Check(message, title, rfc, False, detail, gave_up[0]["t"], RFC, SELF_REPORTED)]
-        return Verdict(scenario, False, checks, list(_notes(ev)), flow=flow)
+        return Verdict(scenario, False, checks, list(_notes(ev)), broken="; ".join(wire.problems()), flow=flow)
     checks = []
     for message, title, rfc, evidence, fn in FLOWS[flow]:
         try:

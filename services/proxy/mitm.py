@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pinhole import dtls, sdp
 from pinhole.events import EventLog
@@ -50,14 +50,16 @@ def rewrite(body: bytes, address: str, port: int, fingerprint: sdp.Fingerprint) 
 
 @dataclass
 class _Box:
-    """The media box of one call: a session toward each side, the offer as it came, the bodies as sent on."""
+    """The media box of one call: a session toward each side, the offer as it came, the bodies as sent on,
+    and which answer it rewrites: the 2xx to the initial INVITE (its CSeq) from the first dialog (To tag)."""
 
     toward_caller: MediaSession
     toward_callee: MediaSession
     offer: sdp.DtlsSrtpMedia
     offer_sent: bytes
+    cseq: int
     answer_sent: bytes = b""
-    sockets: list[socket.socket] = field(default_factory=list)
+    dialog: str = ""  # the To tag of the 2xx the box answers for
 
 
 class MediaInTheMiddle:
@@ -70,14 +72,14 @@ class MediaInTheMiddle:
         self.certificate = dtls.Certificate.generate("mallory")
         self.fingerprint = sdp.certificate_fingerprint(self.certificate.der)
         self.boxes: dict[str, _Box] = {}
+        self.tasks: set[asyncio.Task[object]] = set()  # sockets being attached to their sessions
 
-    def _open(self, call_id: str, box: list[socket.socket]) -> tuple[MediaSession, int]:
+    def _open(self, call_id: str) -> tuple[MediaSession, int]:
         """A media session on a fresh port of the proxy's address; the socket is bound now (its port goes
-        in the SDP at once), the asyncio transport attached as soon as the loop runs."""
+        in the SDP at once), the asyncio transport attached as soon as the loop runs (kept in `tasks`)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((self.address, 0))
         sock.setblocking(False)
-        box.append(sock)
         session = MediaSession(
             certificate=self.certificate,
             events=self.events,
@@ -86,10 +88,12 @@ class MediaInTheMiddle:
             srtp_profiles=PROFILES,
         )
         loop = asyncio.get_running_loop()
-        loop.create_task(loop.create_datagram_endpoint(lambda: session, sock=sock))
+        task = loop.create_task(loop.create_datagram_endpoint(lambda: session, sock=sock))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return session, sock.getsockname()[1]
 
-    def offer(self, call_id: str, body: bytes) -> bytes:
+    def offer(self, call_id: str, body: bytes, cseq: int) -> bytes:
         """The offer on its way to the callee: the caller's address and fingerprint become ours."""
         if call_id in self.boxes:  # a retransmission: the same rewrite
             return self.boxes[call_id].offer_sent
@@ -99,14 +103,13 @@ class MediaInTheMiddle:
             return body
         if not offer.rtcp_mux:
             return body
-        sockets: list[socket.socket] = []
-        toward_caller, _ = self._open(call_id, sockets)
-        toward_callee, callee_port = self._open(call_id, sockets)
+        toward_caller, _ = self._open(call_id)
+        toward_callee, callee_port = self._open(call_id)
         toward_callee.accept_early_client_hello = True  # actpass: the callee's ClientHello may beat its answer
         toward_caller.set_peer_fingerprints([(f.hash_function, f.value) for f in offer.fingerprints])
         toward_caller.relay_to, toward_callee.relay_to = toward_callee, toward_caller
         sent = rewrite(body, self.address, callee_port, self.fingerprint)
-        self.boxes[call_id] = _Box(toward_caller, toward_callee, offer, sent, sockets=sockets)
+        self.boxes[call_id] = _Box(toward_caller, toward_callee, offer, sent, cseq)
         self.events.emit(
             "mitm.offer_rewritten",
             call_id,
@@ -117,11 +120,13 @@ class MediaInTheMiddle:
         )
         return sent
 
-    def answer(self, call_id: str, body: bytes) -> bytes:
+    def answer(self, call_id: str, body: bytes, cseq: int, dialog: str) -> bytes:
         """The answer on its way back: the callee's address and fingerprint become ours, and each side's
-        handshake starts in the role the answer gives it (RFC 4145)."""
+        handshake starts in the role the answer gives it (RFC 4145). Only the initial INVITE's first
+        dialog: a re-INVITE's answer or another fork's goes on as it came (the box holds one association
+        per side)."""
         box = self.boxes.get(call_id)
-        if box is None:
+        if box is None or cseq != box.cseq or (box.dialog and dialog != box.dialog):
             return body
         if box.answer_sent:  # a retransmitted 2xx
             return box.answer_sent
@@ -139,6 +144,7 @@ class MediaInTheMiddle:
             box.toward_callee.start_dtls(ours, callee)
         caller = (box.offer.address, box.offer.port)
         box.toward_caller.start_dtls(callee_role, caller)  # to the caller we are the callee, in its role
+        box.dialog = dialog
         box.answer_sent = rewrite(body, self.address, box.toward_caller.local_address[1], self.fingerprint)
         self.events.emit(
             "mitm.answer_rewritten",

@@ -487,6 +487,7 @@ class StatefulProxy:
         if chosen.vias and chosen.top_via.sent_by == self.address:
             self._send_upstream(forwarded, chosen, branch)
         elif not forwarded.server.final_sent and forwarded.server.can_respond(chosen.status_code):
+            self._man_in_the_middle(chosen)  # the mitm deviation's box closes: no dialog came
             forwarded.server.respond(chosen)  # our own 408 for a branch that timed out
 
     def _send_upstream(self, forwarded: _Forwarded, response: Response, branch: _Branch) -> None:
@@ -518,6 +519,8 @@ class StatefulProxy:
             return
         upstream = response.copy()
         upstream.headers.remove_first("Via")
+        self._deviate_body(upstream)  # a late 2xx retransmission carries what the first one did
+        self._man_in_the_middle(upstream)
         destination = response_destination(vias[1])
         self.endpoint.send_stateless(upstream, destination)
         self.stats["responses_forwarded"] += 1
@@ -541,9 +544,10 @@ class StatefulProxy:
         elif not message.body:
             return
         elif isinstance(message, Request) and message.method == "INVITE" and message.to.tag is None:
-            message.body = self.mitm.offer(call_id, message.body)
+            message.body = self.mitm.offer(call_id, message.body, message.cseq.number)
         elif isinstance(message, Response) and 200 <= message.status_code < 300 and message.cseq.method == "INVITE":
-            message.body = self.mitm.answer(call_id, message.body)  # Content-Length follows on encoding (§20.14)
+            answered = self.mitm.answer(call_id, message.body, message.cseq.number, message.to.tag or "")
+            message.body = answered  # Content-Length follows on encoding (§20.14)
 
     def _deviate_body(self, message: Request | Response) -> None:
         """proxy-rewrite-sdp: every a=fingerprint of the body replaced with one of no certificate at all, the

@@ -488,6 +488,8 @@ class UserAgent:
         finally:
             if call.media is not None:
                 call.media.opener.accept_forks = False  # no 2xx can come any more
+                for session in call.media.socket_sessions:  # nor an answer that a ClientHello could beat
+                    session.accept_early_client_hello = False
             if call.state == "established" and call.forks and all(f.state != "established" for f in call.forks):
                 self._fail(call, "every fork of the call failed (RFC 5763 §6.3)")
 
