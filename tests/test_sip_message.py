@@ -734,3 +734,19 @@ def test_identifiers() -> None:
     assert len(branches) == 100 and all(b.startswith("z9hG4bK") and len(b) > 7 + 8 for b in branches)
     assert len(new_tag()) >= 8 and new_tag() != new_tag()
     assert new_call_id("alice.example").endswith("@alice.example")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"SIP/2.0\r\n", b"SIP/" + b"9" * 5000 + b".0\r\n"),  # int() refuses 4,300+ digits with its own error
+        (b"CSeq: 63104", b"CSeq: " + b"7" * 5000),
+        (b"Max-Forwards: 70", b"Max-Forwards: " + b"0" * 5000 + b"70x"),
+        (b";branch=", b";rport=1\xc2\xb2;branch="),  # a superscript two: str.isdigit() says yes, int() says no
+    ],
+)
+def test_numbers_in_headers_are_refused_as_sip_errors_whatever_their_digits(old: bytes, new: bytes) -> None:
+    """Found by fuzz/: each raised a bare ValueError (the transport logged a traceback instead of a 400)."""
+    assert old in GOOD_OPTIONS
+    with pytest.raises(SipParseError):
+        parse_message(GOOD_OPTIONS.replace(old, new, 1))

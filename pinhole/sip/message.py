@@ -130,6 +130,15 @@ class SipParseError(ValueError):
     """A SIP message, header or URI is malformed; the message says what and where."""
 
 
+def _number(text: str, what: str, maximum: int) -> int:
+    """ASCII digits, at most `maximum`: a number a header may carry. Checked before int(), which refuses
+    thousands of digits with a ValueError of its own (and would spend time on them)."""
+    digits = text.lstrip("0") or "0"
+    if not text.isdigit() or not text.isascii() or len(digits) > len(str(maximum)) or int(digits) > maximum:
+        raise SipParseError(f"{what}: {text[:20]!r}{'...' if len(text) > 20 else ''} is not a number up to {maximum}")
+    return int(digits)
+
+
 def reason_phrase(status_code: int) -> str:
     """RFC 3261 §21 phrase for a code, falling back on its class (§8.1.3.2: unknown codes act as x00)."""
     return REASON_PHRASES.get(status_code) or REASON_PHRASES.get(status_code // 100 * 100, "")
@@ -300,9 +309,9 @@ def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
     host, port_text = match.group(1), match.group(2)
     port = None
     if port_text is not None:
+        if len(port_text.lstrip("0")) > 5 or not 0 < int(port_text) <= 65535:  # int() of 5 digits at most
+            raise SipParseError(f"{what}: port {port_text[:20]} out of range 1-65535")
         port = int(port_text)
-        if not 0 < port <= 65535:
-            raise SipParseError(f"{what}: port {port_text} out of range 1-65535")
     if host.startswith("["):
         host = host[1:-1]
     return host, port
@@ -555,7 +564,7 @@ class Via:
         if key is None:
             return None
         value = self.params[key]
-        return int(value) if value else True
+        return _number(value, "Via: rport", 65535) if value else True
 
     @property
     def sent_by(self) -> tuple[str, int]:
@@ -600,6 +609,8 @@ def parse_via(text: str) -> Via:
             raise SipParseError(f"Via: rport {value!r} is not a port number")
         if key.lower() == "branch" and value is None:
             raise SipParseError("Via: branch parameter without a value")
+        if key.lower() == "rport" and value is not None:
+            _number(value, "Via: rport", 65535)  # RFC 3581 §4: a port, read when the response is routed
     return Via(transport.upper(), host, port, params)
 
 
@@ -622,9 +633,9 @@ def parse_cseq(text: str) -> CSeq:
     number_text, method = parts
     if not number_text.isdigit() or not number_text.isascii():
         raise SipParseError(f"CSeq: sequence number {number_text!r} is not a number")
+    if len(number_text.lstrip("0")) > len(str(MAX_CSEQ)) or int(number_text) > MAX_CSEQ:
+        raise SipParseError(f"CSeq: sequence number {number_text[:40]} exceeds 2**32-1")
     number = int(number_text)
-    if number > MAX_CSEQ:
-        raise SipParseError(f"CSeq: sequence number {number_text} exceeds 2**32-1")
     if not _is_token(method):
         raise SipParseError(f"CSeq: method {method!r} is not a token")
     return CSeq(number, method)
@@ -634,10 +645,9 @@ def _parse_max_forwards(text: str) -> int:
     value = text.strip()
     if not value.isdigit() or not value.isascii():
         raise SipParseError(f"Max-Forwards is not a number: {value!r}")
-    number = int(value)
-    if number > 255:
-        raise SipParseError(f"Max-Forwards {value} exceeds 255")
-    return number
+    if len(value.lstrip("0")) > 3 or int(value) > 255:
+        raise SipParseError(f"Max-Forwards {value[:20]} exceeds 255")
+    return int(value)
 
 
 # -- Headers -----------------------------------------------------------------------------------------
@@ -943,7 +953,7 @@ def _check_version(text: str, where: str) -> None:
     match = re.fullmatch(r"SIP/([0-9]+)\.([0-9]+)", text, re.IGNORECASE)
     if not match:
         raise SipParseError(f"{where}: malformed SIP version {text!r}")
-    if (int(match.group(1)), int(match.group(2))) != (2, 0):
+    if (match.group(1).lstrip("0"), match.group(2).lstrip("0") or "0") != ("2", "0"):
         raise SipParseError(f"{where}: SIP version {text} not supported")
 
 
@@ -1025,6 +1035,8 @@ def parse_message(data: bytes) -> Request | Response:
         text = lengths[0][1].strip()
         if not text.isdigit() or not text.isascii():
             raise SipParseError(f"Content-Length {text!r} is not a non-negative integer")
+        if len(text.lstrip("0")) > len(str(len(rest))) or int(text) > len(rest):
+            raise SipParseError(f"Content-Length {text[:20]} exceeds body length {len(rest)}")
         length = int(text)
         if length > len(rest):
             raise SipParseError(f"Content-Length {length} exceeds body length {len(rest)}")
