@@ -960,16 +960,19 @@ class MediaSession(asyncio.DatagramProtocol):
         if self.stats.relayed == 1:
             self._emit("srtp.relayed", peer=fmt(self.remote), rtcp=is_rtcp)
 
-    def start_media(self, packets: int, ptime: float = 0.02) -> None:
+    def start_media(self, packets: int, ptime: float = 0.02, *, keep_on: bool = False) -> None:
         """Send `packets` SRTP packets of PCMU silence, `ptime` apart, under the current keys (unless a stream
-        is being sent already: an agent that started media early does not start a second one)."""
+        is being sent already: an agent that started media early does not start a second one). With
+        `keep_on`, go on after them until the session closes, as a call's media does: a peer whose
+        handshake completes late (its last flight lost, its timer backed off) still gets some."""
         if self._media_task is None or self._media_task.done():
-            self._media_task = self._loop.create_task(self._send_media(packets, ptime))
+            self._media_task = self._loop.create_task(self._send_media(packets, ptime, keep_on))
 
-    async def _send_media(self, packets: int, ptime: float) -> None:
+    async def _send_media(self, packets: int, ptime: float, keep_on: bool) -> None:
         await self.connected.wait()
         stream = self.stream = rtp.RtpStream(ssrc=int.from_bytes(os.urandom(4), "big"), payload_type=0)
-        for _ in range(packets):
+        sent = 0
+        while sent < packets or keep_on:
             if self.closed:
                 return
             await self.connected.wait()
@@ -989,8 +992,10 @@ class MediaSession(asyncio.DatagramProtocol):
                     peer=fmt(self.remote),
                     profile=self.srtp_session.profile,
                 )
+            sent += 1
+            if sent == packets:  # the stream asked for is out (what the run waits on); a call's goes on
+                self._emit("srtp.sent", packets=self.stats.srtp_sent, peer=fmt(self.remote))
             await asyncio.sleep(ptime)
-        self._emit("srtp.sent", packets=self.stats.srtp_sent, peer=fmt(self.remote))
 
     # -- RTCP on its own component (no rtcp-mux) ---------------------------------------------------
 

@@ -396,7 +396,8 @@ class UserAgent:
         call.advertised, call.advertised_rtcp = advertised, advertised_rtcp
         self._media_opened(call)
         if "early-srtp-before-verify" in self.config.deviations:
-            call.media.start_media(self.config.media_packets)  # the deviation: media once keys exist, verified or not
+            # the deviation: media once keys exist, verified or not
+            call.media.start_media(self.config.media_packets, keep_on=True)
         active = "offer-setup-active" in self.config.deviations  # the deviation: not actpass
         offer = sdp.build_offer(
             address=advertised[0],
@@ -600,7 +601,7 @@ class UserAgent:
             session.set_peer_fingerprints(fingerprints)
         if role == dtls.Role.SERVER:
             self._stun_check(call, session, remote)
-        session.start_media(self.config.media_packets)
+        session.start_media(self.config.media_packets, keep_on=True)
 
     def _claim_session(
         self, call: Call, remote: Address, fingerprints: list[tuple[str, bytes]], *, first: bool = False
@@ -671,7 +672,7 @@ class UserAgent:
 
     def _start_media(self, call: Call) -> None:
         assert call.media is not None
-        call.media.start_media(self.config.media_packets)
+        call.media.start_media(self.config.media_packets, keep_on=True)
         if call.rtcp is not None:
             call.rtcp.start_rtcp(call.media)
 
