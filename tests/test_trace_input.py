@@ -173,3 +173,11 @@ def test_the_ladder_of_a_run_without_its_trace_is_broken_not_a_traceback(
     assert cli.main(["trace", "ladder", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert err == f"pinhole trace: broken: {run_dir / 'trace.json'}: cannot read: No such file or directory\n"
+
+
+def test_a_number_too_long_for_int_is_a_trace_error(tmp_path):
+    """Found by fuzz/: json's int() refuses 4,300+ digits with a ValueError of its own."""
+    path = tmp_path / "trace.json"
+    path.write_text('{"resourceSpans": [{"x": ' + "9" * 5000 + "}]}")
+    with pytest.raises(TraceError, match="not a trace: Exceeds the limit"):
+        from_trace.load(path)

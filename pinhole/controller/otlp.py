@@ -503,8 +503,12 @@ def read_otlp_json(path: str | os.PathLike[str]) -> ExportTraceServiceRequest:
 def _parse_otlp_text(text: str) -> ExportTraceServiceRequest:
     try:
         return from_otlp_json(json.loads(text))
+    except TraceError:
+        raise
     except json.JSONDecodeError as error:
         whole = error
+    except ValueError as error:  # json's int() refuses numbers of 4,300+ digits with its own ValueError
+        raise TraceError(f"not a trace: {error}") from None
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if len(lines) < 2 or not _is_json(lines[0][1]):  # one document, broken: say where in it
         raise TraceError(f"not JSON: {whole}")
@@ -512,10 +516,10 @@ def _parse_otlp_text(text: str) -> ExportTraceServiceRequest:
     for number, line in lines:
         try:
             merged.resource_spans.extend(from_otlp_json(json.loads(line)).resource_spans)
-        except json.JSONDecodeError as error:
-            raise TraceError(f"line {number}: not JSON: {error}") from None
         except TraceError as error:
             raise TraceError(f"line {number}: {error}") from None
+        except ValueError as error:  # JSONDecodeError, or json's int() refusing thousands of digits
+            raise TraceError(f"line {number}: not JSON: {error}") from None
     return merged
 
 
