@@ -300,10 +300,24 @@ def _fields(value: str, count: int | None, line: int, what: str) -> list[str]:
 def _number(text: str, line: int, what: str, maximum: int | None = None) -> int:
     if not text.isascii() or not text.isdigit():
         raise SdpError(_at(line, f"{what}: {text!r} is not a number (RFC 4566 §5)"))
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits(), 4300 by default)
+        raise SdpError(_at(line, f"{what}: a number of {len(text)} digits is too long")) from None
     if maximum is not None and value > maximum:
         raise SdpError(_at(line, f"{what}: {value} is larger than {maximum}"))
     return value
+
+
+def _int(text: str) -> int | None:
+    """The value of a string of ASCII digits, else None. ``str.isdigit`` also takes "²", which int() refuses,
+    and int() refuses more than 4300 digits (sys.get_int_max_str_digits): both raised ValueError."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _parse_bandwidth(value: str, line: int) -> tuple[str, int]:
@@ -565,9 +579,9 @@ def _dtls_proto_via_capneg(
     tcaps += [(lines[("m", mi, "a", k)], v) for k, (n, v) in enumerate(sd.media[mi].attributes) if n == "tcap"]
     for line, value in tcaps:
         parts = (value or "").split(" ")
-        if len(parts) < 2 or not parts[0].isdigit() or not all(parts[1:]):
+        first = _int(parts[0])
+        if len(parts) < 2 or first is None or not all(parts[1:]):
             raise SdpError(_at(line, f"a=tcap:{value}: expected '<number> <proto> ...' (RFC 5939 §3.4.2)"))
-        first = int(parts[0])
         for offset, proto in enumerate(parts[1:]):
             transports[first + offset] = proto
     configs: list[tuple[int, int, str]] = []
@@ -576,16 +590,17 @@ def _dtls_proto_via_capneg(
             continue
         line = lines[("m", mi, "a", k)]
         parts = (value or "").split(" ")
-        if not parts[0].isdigit():
+        config = _int(parts[0])
+        if config is None:
             raise SdpError(_at(line, f"a=pcfg:{value}: expected '<config-number> <pot-cfg-list>' (RFC 5939 §3.5.1)"))
         for part in parts[1:]:
             if part.startswith("t="):
-                configs.append((int(parts[0]), line, part[2:]))
+                configs.append((config, line, part[2:]))
     for config, line, alternatives in sorted(configs):
         for alternative in alternatives.split("|"):
-            if not alternative.isdigit():
+            number = _int(alternative)
+            if number is None:
                 raise SdpError(_at(line, f"a=pcfg t={alternatives}: {alternative!r} is not a number (RFC 5939 §3.5.1)"))
-            number = int(alternative)
             if number not in transports:
                 raise SdpError(
                     _at(line, f"a=pcfg:{config} t={alternatives} refers to no a=tcap {number} (RFC 5939 §3.5.1)")
@@ -670,15 +685,15 @@ def _read(
 def read_rtcp_attribute(line: int, value: str | None) -> tuple[int, str]:
     """``a=rtcp:<port> [<nettype> <addrtype> <connection-address>]`` (RFC 3605 §2.1): (port, address or "")."""
     parts = (value or "").split(" ")
-    port_text = parts[0]
-    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535) or len(parts) not in (1, 4):
+    port = _int(parts[0])
+    if port is None or port > 65535 or len(parts) not in (1, 4):
         raise SdpError(_at(line, f"a=rtcp:{value}: expected '<port> [<nettype> <addrtype> <address>]' (RFC 3605 §2.1)"))
     address = ""
     if len(parts) == 4:
         nettype, addrtype, address = parts[1:]
         if nettype != "IN" or addrtype not in ("IP4", "IP6") or not address:
             raise SdpError(_at(line, f"a=rtcp:{value}: expected 'IN IP4|IP6 <address>' after the port (RFC 3605 §2.1)"))
-    return int(port_text), address.split("/")[0]
+    return port, address.split("/")[0]
 
 
 def _rtcp_attribute(rtcp: tuple[str, int], address: str) -> tuple[str, str]:

@@ -29,6 +29,11 @@ class SrtpAuthError(SrtpError):
     """A received packet failed authentication or the replay check (RFC 3711 §3.3.2, §3.4)."""
 
 
+# What pylibsrtp raises: its Error for what libsrtp refuses, ValueError for a packet longer than its
+# 1500-byte buffer (checked before libsrtp sees it). Either way the packet cannot be processed.
+_LIBSRTP_ERRORS = (pylibsrtp.Error, ValueError)
+
+
 def _profile(name: str) -> tuple[int, int, int]:
     try:
         return PROFILES[name]
@@ -121,26 +126,26 @@ class SrtpSession:
         """RTP -> SRTP (RFC 3711 §3.3)."""
         try:
             return self._tx.protect(rtp)
-        except pylibsrtp.Error as exc:
+        except _LIBSRTP_ERRORS as exc:
             raise SrtpError(f"SRTP protect failed: {exc}") from None
 
     def unprotect(self, srtp: bytes) -> bytes:
         """SRTP -> RTP; SrtpAuthError with libsrtp's reason on an authentication or replay failure."""
         try:
             return self._rx.unprotect(srtp)
-        except pylibsrtp.Error as exc:
+        except _LIBSRTP_ERRORS as exc:
             raise SrtpAuthError(f"SRTP unprotect failed: {exc}") from None
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
         """RTCP -> SRTCP (RFC 3711 §3.4)."""
         try:
             return self._tx.protect_rtcp(rtcp)
-        except pylibsrtp.Error as exc:
+        except _LIBSRTP_ERRORS as exc:
             raise SrtpError(f"SRTCP protect failed: {exc}") from None
 
     def unprotect_rtcp(self, srtcp: bytes) -> bytes:
         """SRTCP -> RTCP; SrtpAuthError with libsrtp's reason on an authentication or replay failure."""
         try:
             return self._rx.unprotect_rtcp(srtcp)
-        except pylibsrtp.Error as exc:
+        except _LIBSRTP_ERRORS as exc:
             raise SrtpAuthError(f"SRTCP unprotect failed: {exc}") from None

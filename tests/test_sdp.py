@@ -785,3 +785,57 @@ def test_select_fingerprints() -> None:
 def test_setup_values() -> None:
     assert [s.value for s in Setup] == ["active", "passive", "actpass", "holdconn"]
     assert Setup("actpass") is Setup.ACTPASS and isinstance(Setup.ACTIVE, str) and Setup.ACTIVE.value == "active"
+
+
+# -- found by fuzzing (python -m fuzz --target sdp): each raised ValueError, not SdpError, before ----------
+
+HUGE_T_STOP = (  # t= stop of 70,001 digits: more than int() converts
+    b"v=0\r\no=- 6418913922105372816 2105372818 IN IP4 ua2.example.com\r\ns=example2\r\nc=IN IP4 ua2.example.com\r\n"
+    b"t=0 0" + b"9" * 70000 + b"\r\na=setup:active\r\n"
+    b"a=fingerprint:sha-1 FF:FF:FF:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB\r\n"
+    b"m=audio 12000 UDP/TLS/RTP/SAVP 0\r\na=acfg:1 t=1\r\n"
+)
+SUPERSCRIPT_PCFG = (  # "1²" passes str.isdigit(), not int()
+    b"v=0\r\no=- 1181923068 1181923196 IN IP4 ua1.example.com\r\ns=example1\r\nc=IN IP4 ua1.example.com\r\nt=0 0\r\n"
+    b"a=setup:actpass\r\na=fingerprint:sha-1 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB\r\n"
+    b"m=audio 6056 RTP/AVP 0\r\na=sendrecv\r\na=tcap:1 UDP/TLS/RTP/SAVP RTP/AVP\r\na=pcfg:1 t=1\xc2\xb2\r\n"
+)
+HUGE_RTCP_PORT = (  # a=rtcp port of 70,005 digits
+    b"v=0\r\no=alice 1796636604 1796636604 IN IP4 203.0.113.1\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\n"
+    b"m=audio 45645 UDP/TLS/RTP/SAVP 0\r\na=setup:actpass\r\na=fingerprint:sha-256 75:83:7D:38:1F:11:AB:97:3C:52:77:1A:"
+    b"95:DA:CA:AC:62:43:E8:5F:A1:74:F7:B9:A7:B9:4C:67:7F:47:9A:B2\r\na=rtcp-mux\r\n"
+    b"a=rtcp:54" + b"9" * 70000 + b"052\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+)
+
+
+def test_a_number_too_long_for_int_is_an_sdp_error() -> None:
+    message = "line 5: t= stop: a number of 70001 digits is too long"
+    assert sdp.facts(HUGE_T_STOP).error == message
+    with pytest.raises(SdpError) as excinfo:
+        sdp.parse(HUGE_T_STOP)
+    assert str(excinfo.value) == message
+
+
+def test_a_unicode_digit_in_capneg_is_not_a_number() -> None:
+    assert sdp.facts(SUPERSCRIPT_PCFG).capneg is False
+    with pytest.raises(SdpError) as excinfo:
+        sdp.read_offer(sdp.parse(SUPERSCRIPT_PCFG))
+    assert str(excinfo.value) == "line 11: a=pcfg t=1²: '1²' is not a number (RFC 5939 §3.5.1)"
+
+
+@pytest.mark.parametrize("value", ["1²", "١", "9" * 5000])
+@pytest.mark.parametrize(
+    "extra", [("a=tcap:{} UDP/TLS/RTP/SAVP", "a=pcfg:1 t=1"), ("a=tcap:1 UDP/TLS/RTP/SAVP", "a=pcfg:{} t=1")]
+)
+def test_capneg_numbers_are_ascii_digits_int_converts(extra: tuple[str, ...], value: str) -> None:
+    with pytest.raises(SdpError, match=r"^line (9|10): a=(tcap|pcfg):"):
+        offer_of(capneg_offer(*(line.format(value) for line in extra)))
+
+
+def test_an_rtcp_port_too_long_for_int_is_an_sdp_error() -> None:
+    with pytest.raises(SdpError) as excinfo:
+        sdp.read_offer(sdp.parse(HUGE_RTCP_PORT))
+    assert str(excinfo.value).startswith("line 10: a=rtcp:54999") and str(excinfo.value).endswith(
+        "052: expected '<port> [<nettype> <addrtype> <address>]' (RFC 3605 §2.1)"
+    )

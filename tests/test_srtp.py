@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import struct
+import zlib
 
 import pytest
 
@@ -119,6 +121,36 @@ def test_replayed_packet_is_refused() -> None:
     bob.unprotect(protected)
     with pytest.raises(SrtpAuthError, match=r"^SRTP unprotect failed: replay check failed \(bad index\)$"):
         bob.unprotect(protected)
+
+
+# Found by fuzzing (python -m fuzz --target srtp), zlib+base64 of the exact inputs: pylibsrtp refuses a packet
+# longer than its 1500-byte buffer (less the room for the tag) with a ValueError, which got past SrtpSession.
+OVERSIZED_SRTP = zlib.decompress(
+    base64.b64decode(  # 10,846 bytes, sha1 a7626444a2691e27f759af9334bd204be6e01561
+        "eNprYHh6Mjnf51SkXGWKvJ8sZ8JWQ3N3JfmPWot/my3c8Zu1/aBZSI/qUaeHLheFbae66RZ8OLnz26G2Dwnyf9c1Otv8T+DQj/J2XJTb91Ew"
+        "quCSQcXUNrV3r4UD1SI2a94LdpzPz72y4pOH+hqHCSILfTZHqrh7Zl2dWblWRDbE+8yTytWHGb4GF0Y/kpnc6pXJtLek8ufMXX+jWe977vl6"
+        "zyDzifjOmU3buFmNdxXK//319dvVyZus70nb+TMY89iIL/+ez2J9w6+9xUnm+oNPIIdyEeHQzEHh0iETpKMOHXXoqENHHTrq0FGHjjp01KGj"
+        "Dh116KhDRx066tBRh446dNShow4ddeioQ0cdOurQUYeOOnTUoaMOHXXoqENHHTrq0FGHjjp01KGjDh116KhDRx066tBRh446dAQ6FACsmnox"
+    )
+)
+OVERSIZED_RTP = zlib.decompress(
+    base64.b64decode(  # 1,448 bytes, sha1 5fb28a6ff6910169612e00cb920faa5a69f08ee2
+        "eNprYJhtv+D6krY7XUYbWi69ncJd7CxoIH5826rJovvn2WjM2lH0VqV7YUdgv6Vdjfy0GC/z1PDOI2lfa26cP+594EjyE0b7G9N97L5e+fz9"
+        "YH5FlXrilqpFPEqMRfujPpSeZIg2WXjaV/+Asv5BoytdfY9fWb15cVr1Vu0C43sMkY95t8gnTHE/OCP5RFnwLv252verNnH/X8vX0bh53qbL"
+        "7hcXvLX4lR9UcNsw0SJUyWxF8BJbqS2TcgN3XJ+yypZlx7RtjxxKR9086uZRN4+6eSS4GQC9Otk6"
+    )
+)
+
+
+def test_a_packet_too_long_for_libsrtp_is_an_srtp_error() -> None:
+    """unprotect raises the error its callers drop a received packet on (media.py catches SrtpAuthError)."""
+    session = SrtpSession(keys_for("SRTP_AES128_CM_SHA1_80"))
+    for unprotect in (session.unprotect, session.unprotect_rtcp):
+        with pytest.raises(SrtpAuthError, match=r"^SRTC?P unprotect failed: packet is too long$"):
+            unprotect(OVERSIZED_SRTP)
+    for protect in (session.protect, session.protect_rtcp):
+        with pytest.raises(SrtpError, match=r"^SRTC?P protect failed: packet is too long$"):
+            protect(OVERSIZED_RTP)
 
 
 def test_wrong_direction_keys_do_not_decrypt() -> None:
