@@ -9,7 +9,7 @@ STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 GEN       := pinhole/rpc/v1/.generated
 
-.PHONY: setup run test unit proto clean lab-up lab-down lint bench
+.PHONY: setup run test unit proto clean lab-up lab-down lint bench fuzz
 
 setup: $(STAMP_APT) $(STAMP_PIP) $(GEN)
 
@@ -71,7 +71,16 @@ clean:
 ## lint: ruff over the library, services, lab and tests
 lint: setup
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check pinhole services netns containers bench tests
+	$(VENV)/bin/ruff check pinhole services netns containers bench tests fuzz
+
+## fuzz: every parser, FUZZ_INPUTS inputs or FUZZ_SECONDS s each (atheris if it installs); crashes in fuzz/crashes
+FUZZ_INPUTS  ?= 1000000
+FUZZ_SECONDS ?= 600
+FUZZ_SEED    ?= 0
+FUZZ_ENGINE  ?= auto
+fuzz: setup
+	@$(PY) -m pip install -q atheris || echo "atheris does not install here: the deterministic mutator runs instead"
+	$(PY) -m fuzz --target all --inputs $(FUZZ_INPUTS) --max-seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --engine $(FUZZ_ENGINE)
 
 ## bench: speed targets against a named peer measured in the same run (root)
 bench: setup images
