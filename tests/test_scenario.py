@@ -559,3 +559,16 @@ def test_identity_gives_signers_a_key_and_certificate_and_verifiers_the_lab_ca(t
     assert again["alice"].identity == alice and again["bob"].identity == bob
     (plain,) = load(ROOT / "scenarios" / "rfc5763-7.3.yaml")
     assert not service_configs(endpoints, plain, TIMERS["short"])["alice"].HasField("identity")
+
+
+def test_keys_that_are_not_text_are_named_not_crashed_on(tmp_path):
+    """Found by fuzz/: a YAML key that is a number made sorted() of the unknown keys raise TypeError."""
+    with pytest.raises(ScenarioError, match=r"unknown key\(s\) \['1', 'foo'\]"):
+        load(write(tmp_path, "name: x\n1: a\nfoo: b\n"))
+    with pytest.raises(ScenarioError, match="is not in 1..65535"):  # and a peer port of '²' (isdigit, not int)
+        load(
+            write(
+                tmp_path,
+                "name: x\nfaults: [{name: a, peer: '203.0.113.1:\u00b2', action: drop}]\nexpect: {outcome: works}\n",
+            )
+        )

@@ -742,6 +742,7 @@ def test_identifiers() -> None:
         (b"SIP/2.0\r\n", b"SIP/" + b"9" * 5000 + b".0\r\n"),  # int() refuses 4,300+ digits with its own error
         (b"CSeq: 63104", b"CSeq: " + b"7" * 5000),
         (b"Max-Forwards: 70", b"Max-Forwards: " + b"0" * 5000 + b"70x"),
+        (b"Content-Length: 0", b"Content-Length: " + b"0" * 5000 + b"1"),  # 1 byte, past the body
         (b";branch=", b";rport=1\xc2\xb2;branch="),  # a superscript two: str.isdigit() says yes, int() says no
     ],
 )

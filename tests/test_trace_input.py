@@ -181,3 +181,11 @@ def test_a_number_too_long_for_int_is_a_trace_error(tmp_path):
     path.write_text('{"resourceSpans": [{"x": ' + "9" * 5000 + "}]}")
     with pytest.raises(TraceError, match="not a trace: Exceeds the limit"):
         from_trace.load(path)
+
+
+def test_a_key_protobuf_cannot_encode_is_a_trace_error(tmp_path):
+    """Found by fuzz/: a lone surrogate in a key makes upb raise SystemError."""
+    path = tmp_path / "trace.json"
+    path.write_text('{"resourceSpans": [{"\\ud800": 1}]}')
+    with pytest.raises(TraceError, match="not an OTLP/JSON document"):
+        from_trace.load(path)

@@ -291,7 +291,7 @@ def parse_nat(value: Any, where: str) -> Nat:
     keys = ("behaviour", "mapping", "filtering", "mapping_timeout", "port_preservation", "hairpinning")
     unknown = set(value) - set(keys)
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)} ({', '.join(keys)})")
+        raise _fail(where, f"unknown key(s) {sorted(map(str, unknown))} ({', '.join(keys)})")
     nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
     untranslated = {"mapping", "filtering", "port_preservation", "hairpinning"}
     contradicting = sorted(untranslated & set(value)) if not nat.translate else []
@@ -333,7 +333,7 @@ def parse_expect(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> Ex
         raise _fail(where, f"expected a mapping with outcome (works|fails), not {value!r}")
     unknown = set(value) - {"outcome", "why", "verdict", "failing", "forks"}
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)} (outcome, why, verdict, failing, forks)")
+        raise _fail(where, f"unknown key(s) {sorted(map(str, unknown))} (outcome, why, verdict, failing, forks)")
     forks = value.get("forks", {})
     if not isinstance(forks, dict) or any(k not in ("bob", "bob2") or v not in OUTCOMES for k, v in forks.items()):
         raise _fail(f"{where}.forks", f"{forks!r}: {{bob: works|fails, bob2: works|fails}}")
@@ -530,7 +530,7 @@ def parse_reinvites(value: Any, where: str) -> tuple[Reinvite, ...]:
             raise _fail(here, f"expected {{by, new_certificate, setup}}, not {item!r}")
         unknown = set(item) - {"by", "new_certificate", "setup"}
         if unknown:
-            raise _fail(here, f"unknown key(s) {sorted(unknown)} (by, new_certificate, setup)")
+            raise _fail(here, f"unknown key(s) {sorted(map(str, unknown))} (by, new_certificate, setup)")
         by = item.get("by", "alice")
         if by not in ("alice", "bob"):
             raise _fail(f"{here}.by", f"{by!r} is not alice or bob")
@@ -587,7 +587,7 @@ def parse_trigger(value: Any, where: str) -> Trigger:
         raise _fail(where, "expected {node: NODE, event: KIND, attrs: {...}, count: N}")
     unknown = set(value) - {"node", "event", "attrs", "count"}
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)} (node, event, attrs, count)")
+        raise _fail(where, f"unknown key(s) {sorted(map(str, unknown))} (node, event, attrs, count)")
     if not isinstance(value["node"], str) or not NODE_RE.match(value["node"]):
         raise _fail(f"{where}.node", f"{value['node']!r} is not a node name")
     if not isinstance(value["event"], str) or not EVENT_RE.match(value["event"]):
@@ -611,7 +611,7 @@ def _steps(value: Any, where: str, required: tuple[str, ...], optional: tuple[st
             raise _fail(here, f"expected {{{keys}}} with {', '.join(required)}")
         unknown = set(item) - set(required) - set(optional)
         if unknown:
-            raise _fail(here, f"unknown key(s) {sorted(unknown)} ({keys})")
+            raise _fail(here, f"unknown key(s) {sorted(map(str, unknown))} ({keys})")
         if not isinstance(item["node"], str) or not NODE_RE.match(item["node"]):
             raise _fail(f"{here}.node", f"{item['node']!r} is not a node name")
         yield here, item
@@ -823,7 +823,7 @@ def load(path: Path) -> list[Scenario]:
         raise _fail(where, "a scenario file is a mapping (name, description, ...)")
     unknown = set(data) - SCENARIO_KEYS
     if unknown:
-        raise _fail(where, f"unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(SCENARIO_KEYS))}")
+        raise _fail(where, f"unknown key(s) {sorted(map(str, unknown))}; known: {', '.join(sorted(SCENARIO_KEYS))}")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise _fail(f"{where}.name", f"{name!r}: lower-case letters, digits, '.', '+', '-' (at most 64)")

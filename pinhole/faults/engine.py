@@ -428,7 +428,7 @@ def _peer(value: str) -> tuple[str, int | None]:
         raise FaultError(f"{value!r}: {host!r} is not an IPv4 address (expected IP or IP:PORT)") from None
     if not colon:
         return ip, None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
         raise FaultError(f"{value!r}: port {port!r} is not in 1..65535")
     return ip, int(port)
 

@@ -1035,9 +1035,10 @@ def parse_message(data: bytes) -> Request | Response:
         text = lengths[0][1].strip()
         if not text.isdigit() or not text.isascii():
             raise SipParseError(f"Content-Length {text!r} is not a non-negative integer")
-        if len(text.lstrip("0")) > len(str(len(rest))) or int(text) > len(rest):
+        digits = text.lstrip("0") or "0"  # int() refuses 4,300+ digits, leading zeros too
+        if len(digits) > len(str(len(rest))) or int(digits) > len(rest):
             raise SipParseError(f"Content-Length {text[:20]} exceeds body length {len(rest)}")
-        length = int(text)
+        length = int(digits)
         if length > len(rest):
             raise SipParseError(f"Content-Length {length} exceeds body length {len(rest)}")
         body = rest[:length]
