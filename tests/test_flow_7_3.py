@@ -56,7 +56,8 @@ def _check(result, message):
 def test_section_7_3_passes(lab, tmp_path):
     result, out_dir, evidence = _run(lab, tmp_path, "rfc5763-7.3")
     assert result.passed, result.render()
-    assert [c.message for c in result.checks] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12"]
+    messages = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12", "e2e"]  # e2e: RFC 5763 §8
+    assert [c.message for c in result.checks] == messages
     # the wire: the first ClientHello crossed Bob's link and the NAT's outside only, a later one every link
     hellos = [d for d in evidence["wire"] if "ClientHello" in d.get("summary", "")]
     assert [link.split()[0] for link in hellos[0]["links"]] == ["bob:eth0", "natgw:wan0"]

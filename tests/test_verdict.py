@@ -535,6 +535,7 @@ def test_e2e_reads_the_fingerprint_values_not_how_they_are_written():
 
 def test_e2e_cannot_pass_when_the_offer_is_not_seen_at_the_callee():
     capture, reports = load("rfc5763-7.3")
-    result = verdict_of(edit(capture, lambda p, s, d: None if p.startswith(b"INVITE ") and s[0] == "203.0.113.20" else p))
+    lost_at_proxy_b = lambda p, s, d: None if p.startswith(b"INVITE ") and s[0] == "203.0.113.20" else p  # noqa: E731
+    result = verdict_of(edit(capture, lost_at_proxy_b))
     e2e = next(c for c in result.checks if c.message == "e2e")
     assert not e2e.passed and "the INVITE was not seen reaching bob" in e2e.detail
