@@ -33,7 +33,7 @@ from pinhole.controller.externals import Externals
 from pinhole.controller.ladder_html import write_html
 from pinhole.controller.otlp import OtlpReceiver, export, write_otlp_json
 from pinhole.controller.outcome import outcome_on_wire
-from pinhole.controller.scenario import SCENARIOS, Scenario, ScenarioError, fault_links, fault_plans
+from pinhole.controller.scenario import SCENARIOS, Scenario, ScenarioError, Trigger, fault_links, fault_plans
 from pinhole.controller.services import (
     EventCollector,
     ServiceClients,
@@ -483,6 +483,12 @@ class Restarter:
             self.after_start(node)
 
 
+def _reached(collector: EventCollector, trigger: Trigger, stop: threading.Event, since: float = 0.0) -> bool:
+    """Wait until `trigger` happens (True) or the call is over without it (`stop`: False)."""
+    collector.wait_for(lambda ev: stop.is_set() or trigger.reached(ev, since), timeout=None)
+    return trigger.reached(collector.snapshot(), since)
+
+
 def _restart_steps(
     restarter: Restarter,
     collector: EventCollector,
@@ -500,8 +506,7 @@ def _restart_steps(
         record["start_after"] = step.start_after.label()
         done.append(record)
         try:
-            collector.wait_for(lambda ev, step=step: stop.is_set() or step.kill_after.reached(ev), timeout=None)
-            if not step.kill_after.reached(collector.snapshot()):
+            if not _reached(collector, step.kill_after, stop):
                 record["error"] = f"{step.kill_after.label()} never happened"
                 return
             with tracer.start_as_current_span(
@@ -509,9 +514,7 @@ def _restart_steps(
             ):
                 record["killed"] = time.time()
                 restarter.kill(step.node, step.crash)
-            after_kill = partial(step.start_after.reached, since=record["killed"])
-            collector.wait_for(lambda ev, after_kill=after_kill: stop.is_set() or after_kill(ev), timeout=None)
-            if not after_kill(collector.snapshot()):
+            if not _reached(collector, step.start_after, stop, since=record["killed"]):
                 record["error"] = f"{step.start_after.label()} never happened after the kill"
                 return
             with tracer.start_as_current_span(f"pinhole.start {step.node}", context=run_context):
@@ -557,11 +560,10 @@ def _stranger_steps(
         record: dict[str, Any] = {"node": step.node, "send": step.send, "to": step.to, "count": step.count}
         record["after"] = step.after.label()
         done.append(record)
-        collector.wait_for(lambda ev, step=step: stop.is_set() or step.after.reached(ev), timeout=None)
-        events = collector.snapshot()
-        if not step.after.reached(events):
+        if not _reached(collector, step.after, stop):
             record["error"] = f"{step.after.label()} never happened"
             return
+        events = collector.snapshot()
         opened = [e["attrs"].get("local") for e in events if e["service"] == step.to and e["kind"] == "media.open"]
         if not opened or not opened[-1]:
             record["error"] = f"{step.to} opened no media socket to aim at"
