@@ -97,6 +97,10 @@ BAD_TRACES = {
     ),
     "nested-deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply to be a trace"),  # RecursionError
     "second-line-broken": (json.dumps(SMALL) + "\n{\n", "line 2: not JSON"),  # JSONDecodeError
+    "time-1e999": (  # OverflowError, from int(inf) in json_format (found by fuzz/)
+        json.dumps(SMALL).replace('"kind": 1', '"kind": 1e999'),
+        "not an OTLP/JSON document: cannot convert float infinity to integer",
+    ),
 }
 
 

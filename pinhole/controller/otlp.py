@@ -475,6 +475,8 @@ def from_otlp_json(doc: dict[str, Any]) -> ExportTraceServiceRequest:
         raise TraceError(" ".join(str(error).split())) from None
     except SystemError as error:  # upb on a key it cannot encode (a lone surrogate): not a trace either
         raise TraceError(f"not an OTLP/JSON document: {error}") from None
+    except OverflowError as error:  # a number like 1e999, which Python's json reads as infinity
+        raise TraceError(f"not an OTLP/JSON document: {error}") from None
 
 
 def write_otlp_json(request_or_resource_spans: Any, path: str | os.PathLike[str]) -> Path:
