@@ -145,7 +145,7 @@ def reason_phrase(status_code: int) -> str:
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(ch in TOKEN_CHARS for ch in text)
+    return bool(text) and TOKEN_CHARS.issuperset(text)
 
 
 # -- lexical helpers ---------------------------------------------------------------------------------
@@ -153,6 +153,8 @@ def _is_token(text: str) -> bool:
 
 def _split_outside_quotes(text: str, separator: str, *, angle: bool = False) -> list[str]:
     """Split on ``separator`` outside quoted strings (with quoted-pairs) and, if asked, outside <>."""
+    if '"' not in text and not (angle and "<" in text):  # nothing to step over: the common case, in C
+        return text.split(separator)
     parts: list[str] = []
     current: list[str] = []
     in_quotes = False
