@@ -655,6 +655,7 @@ class RetransmitTimer:
 
 State = Literal["new", "handshaking", "connected", "failed", "closed"]
 
+
 def _ssl_error_text(exc: SSL.Error) -> str:
     parts: list[str] = []
     for arg in exc.args:
@@ -852,8 +853,10 @@ class DtlsEndpoint:
         self._peer_fingerprints = self._check_fingerprints(fingerprints)
         if self.peer_certificate_der is None or self.state in ("failed", "closed"):
             return []
-        reason = None if "skip-fingerprint-check" in self.deviations else self._fingerprint_mismatch(
-            self.peer_certificate_der
+        reason = (
+            None
+            if "skip-fingerprint-check" in self.deviations
+            else self._fingerprint_mismatch(self.peer_certificate_der)
         )
         if reason is None:
             self.fingerprint_verified = True

@@ -68,7 +68,7 @@ class EventLog:
         )
         self.last_context = self._span(event, parent)
         self._events.append(event)
-        if len(self._events) > self.limit:
+        if len(self._events) > self.limit + self.limit // 8:  # trimmed in batches: one shift per limit/8 events
             del self._events[: len(self._events) - self.limit]
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -131,7 +131,11 @@ class EventLog:
     # -- reading -----------------------------------------------------------------------------------
 
     def since(self, after_sequence: int = 0) -> list[events_pb2.Event]:
-        return [e for e in self._events if e.sequence > after_sequence]
+        """The events after `after_sequence`: a slice, since sequences are consecutive (each follower asks
+        at every new event; a scan of the whole log made followers quadratic under load)."""
+        if not self._events:
+            return []
+        return self._events[max(0, after_sequence - self._events[0].sequence + 1) :]
 
     async def follow(
         self, after_sequence: int = 0, follow: bool = True, since_unix_nano: int = 0

@@ -52,7 +52,6 @@ def lab():
         assert not alive, f"processes left behind by lab {name}: {alive}"
 
 
-
 @pytest.fixture(scope="module")
 def clients(lab):
     """gRPC stubs for the module's lab; afterwards the gateway is as §7.3 has it again (no faults, its
@@ -71,6 +70,7 @@ def clients(lab):
             stubs.stub("natgw").Configure(default_nat(), timeout=10)
         finally:
             stubs.close()
+
 
 def _running(pid: int) -> bool:
     """True for a live process (a zombie waiting to be reaped has already ended)."""

@@ -235,8 +235,14 @@ def test_bridge_ports_name_the_link_and_direction_of_a_bridged_packet() -> None:
         {
             "rules": [
                 {"name": "to-bob", "link": "bob", "direction": "inbound", "what": "sip:INVITE", "action": "drop"},
-                {"name": "from-bob", "link": "bob", "direction": "outbound", "peer": "203.0.113.20", "action": "delay",
-                 "seconds": 0.5},
+                {
+                    "name": "from-bob",
+                    "link": "bob",
+                    "direction": "outbound",
+                    "peer": "203.0.113.20",
+                    "action": "delay",
+                    "seconds": 0.5,
+                },
             ]
         }
     )
@@ -466,7 +472,6 @@ def test_queue_rules_render() -> None:
         nfqueue.render_queue_rules(9, [("lan 0", "wan0")])
 
 
-
 def test_bridged_packets_carry_their_ports_and_bridged_queue_rules_render() -> None:
     """br_netfilter queues a bridged packet with its bridge ports as NFQA_IFINDEX_PHYSINDEV/PHYSOUTDEV (7, 8)."""
     message = _packet_message(44, b"\x45", indev=3, outdev=3)
@@ -483,6 +488,7 @@ def test_bridged_packets_carry_their_ports_and_bridged_queue_rules_render() -> N
     ]
     with pytest.raises(nfqueue.QueueRuleError, match="'' is not an interface name"):
         nfqueue.render_queue_rules(2, [("", "wan0")])  # only bridge ports may be left open
+
 
 # --------------------------------------------------------------------------- the driver, on a fake queue
 
@@ -541,9 +547,7 @@ def test_injector_schedules_verdicts() -> None:
                 ]
             }
         )
-        injector = FaultInjector(
-            queue, FaultEngine(plan, GATEWAY), on_fault=events.append, expire=expire
-        )  # type: ignore[arg-type]
+        injector = FaultInjector(queue, FaultEngine(plan, GATEWAY), on_fault=events.append, expire=expire)  # type: ignore[arg-type]
         hello, again = _client_hellos(2)
         for number, payload, outbound in [
             (1, RTP, True),

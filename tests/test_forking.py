@@ -30,8 +30,9 @@ async def forked(
 ) -> AsyncIterator[tuple[UserAgent, UserAgent, UserAgent]]:
     """Alice, Bob, Bob2 and a proxy whose route for bob@b.example forks to both Bobs."""
     agents = [
-        UserAgent(name=name, sip_address=("127.0.0.1", 0), media_ip="127.0.0.1", events=EventLog(name),
-                  counters=Counters())  # fmt: skip
+        UserAgent(
+            name=name, sip_address=("127.0.0.1", 0), media_ip="127.0.0.1", events=EventLog(name), counters=Counters()
+        )  # fmt: skip
         for name in ("alice", "bob", "bob2")
     ]
     proxy_endpoint = await SipEndpoint.create(("127.0.0.1", 0), timers=SipTimers.scaled(0.05))
@@ -77,9 +78,11 @@ def test_two_forks_two_dialogs_two_associations_on_one_port() -> None:
             call_id = await alice.place_call("sip:bob@b.example")
             call = alice.calls[call_id]
             await until(
-                lambda: len(call.forks) == 2
-                and all(f.media is not None and f.media.stats.srtp_received > 0 for f in call.forks)
-                and all(call_id in b.calls and b.calls[call_id].media.stats.srtp_received > 0 for b in (bob, bob2))  # type: ignore[union-attr]
+                lambda: (
+                    len(call.forks) == 2
+                    and all(f.media is not None and f.media.stats.srtp_received > 0 for f in call.forks)
+                    and all(call_id in b.calls and b.calls[call_id].media.stats.srtp_received > 0 for b in (bob, bob2))
+                )  # type: ignore[union-attr]
             )
             # the second ClientHello came from a new address before its answer: a new association on
             # the same port, claimed later by the answer its certificate matches
@@ -116,9 +119,11 @@ def test_a_fork_whose_certificate_matches_no_answer_fails_alone(tampered: str) -
             call_id = await alice.place_call("sip:bob@b.example")
             call = alice.calls[call_id]
             await until(
-                lambda: len(call.forks) == 2
-                and any(f.state == "failed" for f in call.forks)
-                and any(f.media is not None and f.media.stats.srtp_received > 0 for f in call.forks)
+                lambda: (
+                    len(call.forks) == 2
+                    and any(f.state == "failed" for f in call.forks)
+                    and any(f.media is not None and f.media.stats.srtp_received > 0 for f in call.forks)
+                )
             )
             failed = next(f for f in call.forks if f.state == "failed")
             working = next(f for f in call.forks if f.state == "established")

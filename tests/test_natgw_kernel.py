@@ -276,7 +276,9 @@ def test_render_only_builds_what_the_behaviour_needs() -> None:
     assert sets(NatBehaviour(filtering=adf)) == ["inbound_mappings", "contacted_addresses"]
     assert sets(NatBehaviour()) == ["inbound_mappings"]
     assert sets(NatBehaviour(mapping=adm)) == ["address_dependent_mappings", "inbound_mappings"]
-    assert "chain prerouting" not in render(NatBehaviour(mapping=adm, hairpinning=False), wan_address=WAN, lan_prefix=LAN)
+    assert "chain prerouting" not in render(
+        NatBehaviour(mapping=adm, hairpinning=False), wan_address=WAN, lan_prefix=LAN
+    )
 
 
 def test_render_keeps_wan_services_out_of_the_filtering_dnat() -> None:

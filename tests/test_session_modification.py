@@ -18,6 +18,7 @@ from pinhole.events import Counters, EventLog
 from pinhole.media import RTCP, MediaSession, MediaTimers
 from pinhole.rpc.v1 import useragent_pb2
 from pinhole.sip import SipTimers
+from services.useragent import agent as agent_module
 from services.useragent.__main__ import call_status, config_from_proto
 from services.useragent.agent import AgentConfig, CallStateError, ReinviteSetup, UserAgent
 
@@ -394,3 +395,37 @@ def test_configure_defaults_rtcp_mux_and_its_fallback_on():
         useragent_pb2.UserAgentConfig(aor="sip:a@a.example", rtcp_mux=False, rtcp_mux_fallback=False)
     )
     assert not config.rtcp_mux and not config.rtcp_mux_fallback
+
+
+def test_ended_calls_are_forgotten_beyond_the_kept_ones_once_their_transactions_are_over(monkeypatch) -> None:
+    """A UA under load must not keep every call (issue: 1,000 calls and memory never released): beyond
+    FINISHED_CALLS_KEPT, the oldest ended calls go once 64*T1 has passed since they ended, not before."""
+    monkeypatch.setattr(agent_module, "FINISHED_CALLS_KEPT", 2)
+
+    async def scenario() -> None:
+        async with agents() as (alice, bob):
+            ended = []
+            for _ in range(4):
+                call_id = await established(alice, bob)
+                await alice.hang_up(call_id)
+                await until(lambda call_id=call_id: bob.calls[call_id].state == "terminated")
+                ended.append(call_id)
+            assert all(c in alice.calls and c in bob.calls for c in ended)  # within 64*T1: all still there
+            await asyncio.sleep(64 * alice.config.sip_timers.t1)  # the RFC timer itself is the condition
+            last = await established(alice, bob)
+            await alice.hang_up(last)
+            await until(lambda: bob.calls[last].state == "terminated")
+            for ua in (alice, bob):
+                assert [c for c in [*ended, last] if c in ua.calls] == ended[-1:] + [last], ua.name
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_event_log_replays_exactly_what_came_after_a_sequence_and_stays_bounded() -> None:
+    log = EventLog("x", limit=8)
+    for number in range(1, 31):
+        log.emit("e", n=number)
+    kept = [e.sequence for e in log.since()]
+    assert 8 <= len(kept) <= 9 and kept == list(range(31 - len(kept), 31))
+    assert [e.sequence for e in log.since(27)] == [28, 29, 30]
+    assert log.since(30) == [] and [e.sequence for e in log.since(-3)] == kept

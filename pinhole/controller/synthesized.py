@@ -27,9 +27,10 @@ def _run_span(request: Any, call_id: str) -> Span | None:
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
             for span in ss.spans:
-                if span.name.startswith("pinhole.run ") and attributes_to_dict(span.attributes).get(
-                    "pinhole.call_id"
-                ) == call_id:
+                if (
+                    span.name.startswith("pinhole.run ")
+                    and attributes_to_dict(span.attributes).get("pinhole.call_id") == call_id
+                ):
                     return span
     return None
 

@@ -232,9 +232,7 @@ def rendered(external: External, variables: dict[str, str], config_dir: Path) ->
 # --------------------------------------------------------------------------- readiness
 
 
-def wait_ready(
-    ready: Ready, *, netns: str, address: str, log: Path, alive: Callable[[], bool], what: str
-) -> float:
+def wait_ready(ready: Ready, *, netns: str, address: str, log: Path, alive: Callable[[], bool], what: str) -> float:
     """Block until the program is ready as `ready` says; returns the seconds it took. Raises ExternalError
     when it exits first or `ready.timeout` passes (naming its log)."""
     started = time.monotonic()

@@ -25,7 +25,6 @@ NODE_KINDS = ("host", "router", "switch")
 NODE_KEYS = ("kind", "service", "interfaces", "routes", "sysctls", "bridge")
 
 
-
 class TopologyError(ValueError):
     """The topology file is malformed; the message names the file, the key and the problem."""
 
@@ -187,8 +186,7 @@ def parse_topology(data: dict[str, Any], *, source: str = "topology") -> Topolog
             elif ifname not in node.interfaces:
                 raise fail(
                     f"{where}.endpoints",
-                    f"{end!r}: interface {ifname!r} is not declared in "
-                    f"nodes.{node_name}.interfaces",
+                    f"{end!r}: interface {ifname!r} is not declared in nodes.{node_name}.interfaces",
                 )
             if (node_name, ifname) in used:
                 previous = used[(node_name, ifname)]

@@ -93,6 +93,7 @@ from pinhole.sip.describe import record_message
 log = logging.getLogger("useragent")
 
 DEFAULT_PROFILES = ("SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
+FINISHED_CALLS_KEPT = 1_000  # ended calls GetCall/GetKeyLog still answer for; older ones are forgotten
 
 
 class ConfigError(ValueError):
@@ -251,6 +252,7 @@ class UserAgent:
         self.config = AgentConfig()
         self.certificate = dtls.Certificate.generate(common_name=name)
         self.calls: dict[str, Call] = {}
+        self._finished: dict[str, float] = {}  # ended calls, oldest first: when each ended (monotonic)
         self.endpoint: SipEndpoint | None = None
         self.sip_reflexive: Address | None = None
         self._sip_stun = stun.BindingClient(self._send_from_sip_socket, on_send=self._sip_stun_sent)
@@ -1408,6 +1410,7 @@ class UserAgent:
         self.events.end_call(call.call_id, state="failed", reason=reason)
         for session in call.sessions():
             session.teardown(reason)
+        self._finished_call(call)
 
     def _end(self, call: Call, state: str, reason: str) -> None:
         if call.ok_retransmitter is not None:
@@ -1418,6 +1421,21 @@ class UserAgent:
             self._set_state(call, state, reason)
         self.events.emit("call.terminated", call.call_id, reason=reason)
         self.events.end_call(call.call_id, state=call.state, reason=reason)
+        self._finished_call(call)
+
+    def _finished_call(self, call: Call) -> None:
+        """Remember when `call` ended; forget the oldest ended calls beyond FINISHED_CALLS_KEPT once their
+        transactions are over (64*T1: Timers B, F, H, J), so a UA under load holds only what it can still use.
+        A request for a forgotten call is answered as for any unknown dialog (481)."""
+        now = time.monotonic()
+        self._finished.setdefault(call.call_id, now)
+        linger = 64 * self.config.sip_timers.t1
+        while len(self._finished) > FINISHED_CALLS_KEPT:
+            oldest, ended = next(iter(self._finished.items()))
+            if now - ended < linger:
+                break
+            del self._finished[oldest]
+            self.calls.pop(oldest, None)
 
 
 def _certificate_matches(der: bytes, fingerprints: list[tuple[str, bytes]]) -> bool:
