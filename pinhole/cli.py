@@ -103,6 +103,40 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return 0 if all(c.matched for c in cells) else 1
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Exit 0 when at least --min-success % of the calls pass, 1 below, 2 when the lab could not run the load."""
+    _require_root()
+    from pinhole.controller.load import LoadPlan, render, run_load
+
+    try:
+        plan = LoadPlan(
+            calls=args.calls,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            duration=args.duration,
+            ramp=args.ramp,
+            media=args.media,
+            min_success=args.min_success,
+        )
+    except ValueError as error:
+        print(f"pinhole load: {error}", file=sys.stderr)
+        return 2
+    scenario = _scenario(args.scenario)
+    result, out_dir = run_load(
+        plan, scenario, timers_name=args.timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
+    )
+    print(render(result))
+    print(f"artifacts: {out_dir} (load.json; capture.pcapng: pinhole verdict --call-id ID {out_dir})")
+    if result["broken"]:
+        print(f"pinhole load: broken: {result['broken']}", file=sys.stderr)
+        return 2
+    success = result["summary"]["success_percent"]
+    if success < plan.min_success:
+        print(f"pinhole load: {success} % of the calls passed, below --min-success {plan.min_success:g} %")
+        return 1
+    return 0
+
+
 def _report(result: verdict.Verdict, out_dir: Path) -> None:
     """The ladder, the verdict, what was measured and where the artifacts are."""
     print((out_dir / "ladder.txt").read_text())
@@ -406,6 +440,29 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     matrix.add_argument("--out", default="out", help="artifact root; the matrix writes out/<id>-matrix/")
     matrix.set_defaults(func=cmd_matrix)
+
+    load_p = sub.add_parser(
+        "load",
+        help="many calls of a scenario at once, each traced and judged on the wire",
+        description="Place calls on Alice up to --concurrency at once (and at --rate per second for --duration "
+        "seconds, climbing over --ramp), hold each --media seconds once SRTP flows both ways, hang up, then judge "
+        "every call from the capture. A live line shows calls placed, up and done and INVITE->media latency; the "
+        "end, a summary and out/<id>/load.json. Exit 0 when at least --min-success %% of the calls pass, 1 below, "
+        "2 when the lab could not run it.",
+    )
+    load_p.add_argument("scenario", nargs="?", default="rfc5763-7.3", help="the call template (a name or a file)")
+    load_p.add_argument("--calls", type=int, default=100, help="calls in all (with --rate: at most)")
+    load_p.add_argument("--concurrency", type=int, default=10, help="calls in progress at once, at most")
+    load_p.add_argument("--rate", type=float, default=0.0, help="new calls per second (0: as concurrency allows)")
+    load_p.add_argument("--duration", type=float, default=0.0, help="with --rate: seconds to place calls for")
+    load_p.add_argument("--ramp", type=float, default=0.0, help="seconds over which the rate climbs to --rate")
+    load_p.add_argument("--media", type=float, default=1.0, help="seconds each call is held with SRTP flowing")
+    load_p.add_argument("--min-success", type=float, default=100.0, help="percent of calls that must pass")
+    load_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS))
+    load_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
+    load_p.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
+    load_p.add_argument("--out", default="out", help="artifact root; the load writes out/<id>/")
+    load_p.set_defaults(func=cmd_load)
 
     judge = sub.add_parser(
         "verdict",
