@@ -128,6 +128,7 @@ class Load:
         self.clients, self.plan = clients, plan
         self.timers = TIMERS[timers_name]
         self.calls: list[LoadCall] = []
+        self.active: list[LoadCall] = []  # placed and not done
         self.by_id: dict[str, LoadCall] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}  # call id -> its events, for the verdict
         self.decrypting: dict[str, set[str]] = {}
@@ -162,20 +163,18 @@ class Load:
             while True:
                 now = time.monotonic()
                 with self.lock:
-                    active = sum(c.state != "done" for c in self.calls)
                     while (
                         len(self.calls) < self.plan.total
-                        and active < self.plan.concurrency
+                        and len(self.active) < self.plan.concurrency
                         and len(self.calls) < self.plan.due(now - start)
                     ):
                         self._place(alice)
-                        active += 1
-                    self.peak = max(self.peak, active)
-                    for call in self.calls:
-                        if call.state != "done":
-                            self._advance(call, now)
-                    finished = len(self.calls) >= self.plan.total and active == 0
-                if show and (finished or now - last_shown >= 1):
+                    self.peak = max(self.peak, len(self.active))
+                    for call in self.active:
+                        self._advance(call, now)
+                    self.active = [c for c in self.active if c.state != "done"]
+                    finished = len(self.calls) >= self.plan.total and not self.active
+                if show and (finished or now - last_shown >= (1 if sys.stderr.isatty() else 10)):  # a log: every 10 s
                     self._show(now - start, final=finished)
                     last_shown = now
                 if finished:
@@ -190,6 +189,7 @@ class Load:
     def _place(self, alice: Any) -> None:
         call = LoadCall(len(self.calls) + 1, time.time(), hang_up_at=time.monotonic() + self.up_budget)
         self.calls.append(call)
+        self.active.append(call)
         future = self._hold(alice.PlaceCall.future(useragent_pb2.PlaceCallRequest(target=AORS["bob"]), timeout=90))
 
         def placed(done: Any) -> None:
@@ -248,7 +248,7 @@ class Load:
 
     def _show(self, elapsed: float, *, final: bool) -> None:
         done = [c for c in self.calls if c.state == "done"]
-        up = sum(c.state == "up" for c in self.calls)
+        up = sum(c.state == "up" for c in self.active)
         failed = sum(c.up_s is None for c in done)
         p50, p95 = percentile(self.up_times, 50), percentile(self.up_times, 95)
         line = (
