@@ -172,3 +172,32 @@ def test_proxy_configure_refuses_a_route_that_would_break_the_request_uri(domain
     code, details = proxy_refusal(route)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith(reason), details
+
+
+def test_a_place_call_beyond_max_calls_is_resource_exhausted_at_once_and_says_the_limit() -> None:
+    """The filed defect: 1,000 concurrent PlaceCall answered 490 CANCELLED. Past what it carries, the agent
+    refuses at once with a status a client can act on; the calls within the limit are placed."""
+
+    async def body(stub: useragent_pb2_grpc.UserAgentStub) -> tuple[list[str], int]:
+        # an outbound proxy nobody answers on: each call stays in progress (calling) while the burst lands
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            reply = await stub.Configure(
+                useragent_pb2.UserAgentConfig(
+                    aor=AOR, outbound_proxy="127.0.0.1:%d" % silent.getsockname()[1], max_calls=3
+                )
+            )
+            burst = [stub.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example")) for _ in range(20)]
+            outcomes = await asyncio.gather(*burst, return_exceptions=True)
+        finally:
+            silent.close()
+        return [
+            o.code().name if isinstance(o, grpc.aio.AioRpcError) else "OK" for o in outcomes
+        ], reply.effective.max_calls
+
+    codes, effective = with_user_agent(body)
+    assert effective == 3
+    assert codes.count("OK") == 3 and codes.count("RESOURCE_EXHAUSTED") == 17, codes
+    code, details = refusal(lambda stub: stub.Configure(useragent_pb2.UserAgentConfig(aor=AOR, max_calls=100_001)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("max_calls: 100001 is above"), details

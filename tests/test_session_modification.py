@@ -429,3 +429,24 @@ def test_an_event_log_replays_exactly_what_came_after_a_sequence_and_stays_bound
     assert 8 <= len(kept) <= 9 and kept == list(range(31 - len(kept), 31))
     assert [e.sequence for e in log.since(27)] == [28, 29, 30]
     assert log.since(30) == [] and [e.sequence for e in log.since(-3)] == kept
+
+
+def test_an_invite_beyond_the_callees_max_calls_gets_503_with_retry_after() -> None:
+    """Past what it carries, the callee answers at once with 503 and when to retry (RFC 3261 §21.5.4, §20.33),
+    and the caller's call fails on it; the call in progress goes on."""
+
+    async def scenario() -> None:
+        async with agents(bob_config={"max_calls": 1}) as (alice, bob):
+            first = await established(alice, bob)
+            second = await alice.place_call("sip:bob@b.example")
+            await until(lambda: alice.calls[second].state == "failed")
+            assert "503" in alice.calls[second].reason, alice.calls[second].reason
+            (refused,) = kinds(bob.events, "call.refused")
+            assert refused["reason"] == "max_calls 1 in progress" and bob.counters["calls_refused_over_limit"] == 1
+            answers = [e for e in bob.events.since() if e.kind == "sip.send" and e.call_id == second]
+            assert [(e.attributes["sip.status_code"], e.attributes["sip.retry_after"]) for e in answers] == [
+                ("503", "1")
+            ]
+            assert alice.calls[first].state == "established" and second not in bob.calls
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -80,6 +80,8 @@ def message_event(
         attrs["sip.status_code"] = str(message.status_code)
         attrs["sip.reason"] = message.reason
         attrs["summary"] = f"{message.status_code} {message.reason} ({cseq_method})"
+        if headers.get("Retry-After"):  # an overloaded or unavailable peer says when to come back (§20.33)
+            attrs["sip.retry_after"] = headers.get("Retry-After") or ""
     attrs["sip.record_route_count"] = str(len(headers.get_all("Record-Route")))
     if headers.get("traceparent"):
         attrs["sip.traceparent"] = headers.get("traceparent") or ""

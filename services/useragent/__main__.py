@@ -24,8 +24,10 @@ from pinhole.service import (
 from pinhole.sip import SipParseError, SipTimers, identity
 from pinhole.sip.message import check_display_name, check_sip_uri
 from services.useragent.agent import (
+    MAX_CALLS,
     AgentConfig,
     Call,
+    CallLimitError,
     CallStateError,
     ConfigError,
     Fork,
@@ -68,6 +70,8 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         raise ConfigError(f"timers.dtls_maximum_seconds: {maximum} is below dtls_initial_seconds {initial}")
     if request.answer_setup not in SETUPS:
         raise ConfigError(f"answer_setup: unknown value {request.answer_setup}")
+    if request.max_calls > 100_000:
+        raise ConfigError(f"max_calls: {request.max_calls} is above 100000 (each call holds sockets and a handshake)")
     if not 0 <= request.ring_seconds <= 60:  # also refuses NaN
         raise ConfigError(f"ring_seconds: {request.ring_seconds} is not between 0 and 60")
     try:
@@ -88,6 +92,7 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         answer_setup=SETUPS[request.answer_setup],
         auto_answer=request.auto_answer,
         ring_seconds=request.ring_seconds,
+        max_calls=request.max_calls or MAX_CALLS,
         deviations=deviations,
         srtp_profiles=tuple(request.srtp_profiles) or AgentConfig.srtp_profiles,
         sip_timers=SipTimers.scaled(t.sip_t1_seconds) if t.sip_t1_seconds else SipTimers(),
@@ -320,6 +325,7 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
         effective.latching = config.latching  # explicit even when left unset: the default is off
         effective.rtcp_mux = config.rtcp_mux  # the defaults (on) made explicit too
         effective.rtcp_mux_fallback = config.rtcp_mux_fallback
+        effective.max_calls = config.max_calls  # and the limit in force
         if effective.HasField("identity"):
             effective.identity.ClearField("signing_key_pem")  # a private key is not echoed
         return useragent_pb2.ConfigureReply(effective=effective)
@@ -342,6 +348,8 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target: {error}")
         except ConfigError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except CallLimitError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except (TimeoutError, OSError) as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not prepare the call: {error}")
         return useragent_pb2.CallHandle(call_id=call_id)

@@ -94,6 +94,8 @@ log = logging.getLogger("useragent")
 
 DEFAULT_PROFILES = ("SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
 FINISHED_CALLS_KEPT = 1_000  # ended calls GetCall/GetKeyLog still answer for; older ones are forgotten
+MAX_CALLS = 1_000  # calls in progress at once, unless configured (UserAgentConfig.max_calls)
+RETRY_AFTER_S = 1  # what a 503 beyond max_calls asks the caller to wait (RFC 3261 §20.33)
 
 
 class ConfigError(ValueError):
@@ -102,6 +104,10 @@ class ConfigError(ValueError):
 
 class CallStateError(RuntimeError):
     """The call is not in a state where that action makes sense."""
+
+
+class CallLimitError(RuntimeError):
+    """max_calls calls are in progress: a new one is refused, not tried."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class AgentConfig:
     answer_setup: sdp.Setup = sdp.Setup.ACTIVE
     auto_answer: bool = True
     ring_seconds: float = 0.0  # auto-answer after ringing this long; DTLS and early media start at once
+    max_calls: int = MAX_CALLS  # calls in progress at once, at most
     deviations: frozenset[str] = frozenset()  # pinhole.deviations: misbehaviour on purpose, by name
     srtp_profiles: tuple[str, ...] = DEFAULT_PROFILES
     sip_timers: SipTimers = field(default_factory=SipTimers)
@@ -366,6 +373,11 @@ class UserAgent:
             raise ConfigError("outbound_proxy: not configured")
         parse_uri(target)
         assert self.endpoint is not None
+        if self.in_progress() >= self.config.max_calls:
+            self.counters["calls_refused_over_limit"] += 1
+            raise CallLimitError(
+                f"{self.in_progress()} calls in progress, the most this agent takes (max_calls {self.config.max_calls})"
+            )
         call = Call(call_id=new_call_id(self.sip_address[0]), direction="outgoing", invite_time=time.time())
         call.certificate = self.certificate
         self.calls[call.call_id] = call
@@ -1067,6 +1079,13 @@ class UserAgent:
                 return
             transaction.respond(make_response(request, 491, "Request Pending"))
             return
+        if self.in_progress() >= self.config.max_calls:  # overload: refuse at once, say when to retry
+            self.counters["calls_refused_over_limit"] += 1
+            busy = make_response(request, 503, "Service Unavailable")
+            busy.headers.add("Retry-After", str(RETRY_AFTER_S))
+            transaction.respond(busy)
+            self.events.emit("call.refused", call_id, reason=f"max_calls {self.config.max_calls} in progress")
+            return
         try:  # RFC 8224 §6.2 comes first: a request that fails it is not a call to answer
             verified = self._verify_identity(request)
         except identity.IdentityError as error:
@@ -1422,6 +1441,10 @@ class UserAgent:
         self.events.emit("call.terminated", call.call_id, reason=reason)
         self.events.end_call(call.call_id, state=call.state, reason=reason)
         self._finished_call(call)
+
+    def in_progress(self) -> int:
+        """Calls not ended yet (placing, ringing, established)."""
+        return len(self.calls) - len(self._finished)
 
     def _finished_call(self, call: Call) -> None:
         """Remember when `call` ended; forget the oldest ended calls beyond FINISHED_CALLS_KEPT once their
