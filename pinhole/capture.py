@@ -37,7 +37,8 @@ SOL_PACKET = 263
 PACKET_STATISTICS = 6  # struct tpacket_stats {u32 tp_packets, tp_drops}; reading resets it
 PACKET_OUTGOING = 4
 FRAME_BUFFER = 262144
-SOCKET_RCVBUF = 4 * 1024 * 1024
+SOCKET_RCVBUF = 64 * 1024 * 1024  # a burst of a load's media waits here while the reader is busy
+SO_RCVBUFFORCE = 33  # as root, past net.core.rmem_max (which caps SO_RCVBUF: 208 KB by default)
 DRAIN_BATCH = 4096
 
 
@@ -67,7 +68,10 @@ def _open(point: CapturePoint) -> socket.socket:
         # protocol 0 receives nothing until bind() sets ETH_P_ALL on this one interface
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
+        except PermissionError:  # not root: as much as rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             sock.bind((point.device, ETH_P_ALL))
