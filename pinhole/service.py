@@ -121,7 +121,13 @@ def control_plane(address: str, tls_dir: str | os.PathLike[str] | None = None) -
     is then refused unless that certificate is the controller's (ControllerOnly). On TCP without it, plaintext:
     whoever reaches the port drives the service, which is said in the log.
     """
-    options = [("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE)]
+    options = [
+        ("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE),
+        # a request waits for the service's event loop to take it up to here, not gRPC's 30 s (then CANCELLED):
+        # longer than any deadline the controller sets, so a busy service answers late, or the caller's own
+        # deadline says DEADLINE_EXCEEDED, never an unexplained CANCELLED
+        ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_WAIT_S),
+    ]
     if address.startswith("unix:"):
         server = grpc.aio.server(options=options)
         return server, server.add_insecure_port(address)
@@ -276,6 +282,7 @@ class EvidenceServicer:
 
 
 MAX_CAPTURE_MESSAGE = 64 * 1024 * 1024  # a StopCapture reply carries every frame of a call
+UNREQUESTED_WAIT_S = 120  # seconds a request may wait for a busy service (the longest controller deadline: 90)
 
 
 class CaptureServicer(capture_pb2_grpc.LinkCaptureServicer):

@@ -94,7 +94,7 @@ log = logging.getLogger("useragent")
 
 DEFAULT_PROFILES = ("SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
 FINISHED_CALLS_KEPT = 1_000  # ended calls GetCall/GetKeyLog still answer for; older ones are forgotten
-MAX_CALLS = 1_000  # calls in progress at once, unless configured (UserAgentConfig.max_calls)
+MAX_CALLS = 200  # calls in progress at once, unless configured: at 300 with media a 2-core lab saturates
 RETRY_AFTER_S = 1  # what a 503 beyond max_calls asks the caller to wait (RFC 3261 §20.33)
 
 
