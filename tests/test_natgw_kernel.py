@@ -864,6 +864,10 @@ def test_parse_flow_counts_reads_both_directions():
     )
     (count,) = parse_flow_counts(inbound, "203.0.113.1")  # Bob opened it: his packets are the original direction
     assert (count.mapping.inbound, count.outbound_packets, count.inbound_packets) == (True, 5, 7)
+    table = "\n".join([line, inbound.replace("40000", "40002").replace("50000", "50002")])
+    assert [c.mapping.external[1] for c in parse_flow_counts(table, "203.0.113.1", ports={50000})] == [40000]
+    assert [c.mapping.external[1] for c in parse_flow_counts(table, "203.0.113.1", ports={40002})] == [40002]
+    assert parse_flow_counts(table, "203.0.113.1", ports={4000, 500}) == []  # whole tokens, not prefixes
 
 
 def test_wan_services_are_admitted_before_the_unsolicited_drop():

@@ -173,7 +173,8 @@ class NatGateway:
         addresses = set(self.calls.addresses_of(call_id))
         flow = self.calls.lookup(*addresses)  # the call's trace context, before we let the call go
         try:
-            counts = await asyncio.to_thread(conntrack.flow_counts, self.wan_address)
+            ports = {port for _, port in addresses}
+            counts = await asyncio.to_thread(conntrack.flow_counts, self.wan_address, ports=ports)
         except Exception as error:  # a report must never take the gateway down
             self.events.emit("nat.error", call_id, reason=f"{type(error).__name__}: {error}")
             return
