@@ -50,14 +50,19 @@ def run_labs(plan: list[tuple[float, int]], timers: str, lab: str, labs: int) ->
     wait on its timers, so several labs at once use the machine while each call keeps RFC timing."""
     with tempfile.TemporaryDirectory(prefix="pinhole-loss-shards-") as tmp:
         jobs = []
-        for index in range(labs):
+        for index in range(min(labs, len(plan))):
             path = Path(tmp) / f"{index}.json"
             argv = [sys.executable, __file__, "--shard", f"{index}/{labs}", "--shard-out", str(path)]
-            argv += ["--timers", timers, "--lab", f"{lab}{index}", "--plan", json.dumps(plan[index::labs])]
+            share = plan[index :: min(labs, len(plan))]
+            argv += ["--timers", timers, "--lab", f"{lab}{index}", "--plan", json.dumps(share)]
             jobs.append((subprocess.Popen(argv), path))
         rows: list[dict[str, object]] = []
         for process, path in jobs:
             if process.wait() != 0 or not path.exists():
+                for other, _ in jobs:  # the other shards stop too (each takes its own lab down on SIGTERM)
+                    if other.poll() is None:
+                        other.terminate()
+                        other.wait()
                 raise SystemExit(f"bench/loss.py: broken: shard {path.stem} exited {process.returncode}")
             rows += json.loads(path.read_text())
     return rows

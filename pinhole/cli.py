@@ -106,7 +106,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     """Exit 0 when at least --min-success % of the calls pass, 1 below, 2 when the lab could not run the load."""
     _require_root()
-    from pinhole.controller.load import LoadPlan, render, run_load
+    from pinhole.controller.load import LoadPlan, passed_enough, render, run_load
 
     try:
         plan = LoadPlan(
@@ -122,17 +122,19 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(f"pinhole load: {error}", file=sys.stderr)
         return 2
     scenario = _scenario(args.scenario)
+    timers = args.timers or scenario.timers or "rfc"
     result, out_dir = run_load(
-        plan, scenario, timers_name=args.timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
+        plan, scenario, timers_name=timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
     )
     print(render(result))
     print(f"artifacts: {out_dir} (load.json; capture.pcapng: pinhole verdict --call-id ID {out_dir})")
     if result["broken"]:
         print(f"pinhole load: broken: {result['broken']}", file=sys.stderr)
         return 2
-    success = result["summary"]["success_percent"]
-    if success < plan.min_success:
-        print(f"pinhole load: {success} % of the calls passed, below --min-success {plan.min_success:g} %")
+    if not passed_enough(result, plan.min_success):
+        summary = result["summary"]
+        passed, calls = summary["passed"], summary["calls"]
+        print(f"pinhole load: {passed} of {calls} calls passed, below --min-success {plan.min_success:g} %")
         return 1
     return 0
 
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     load_p.add_argument("--ramp", type=float, default=0.0, help="seconds over which the rate climbs to --rate")
     load_p.add_argument("--media", type=float, default=1.0, help="seconds each call is held with SRTP flowing")
     load_p.add_argument("--min-success", type=float, default=100.0, help="percent of calls that must pass")
-    load_p.add_argument("--timers", default="rfc", choices=sorted(TIMERS))
+    load_p.add_argument("--timers", choices=sorted(TIMERS), help="default: the scenario's, else rfc")
     load_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
     load_p.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     load_p.add_argument("--out", default="out", help="artifact root; the load writes out/<id>/")

@@ -125,7 +125,7 @@ def control_plane(address: str, tls_dir: str | os.PathLike[str] | None = None) -
         ("grpc.max_send_message_length", MAX_CAPTURE_MESSAGE),
         # a request waits for the service's event loop to take it up to here, not gRPC's 30 s (then CANCELLED):
         # longer than any deadline the controller sets, so a busy service answers late, or the caller's own
-        # deadline says DEADLINE_EXCEEDED, never an unexplained CANCELLED
+        # deadline says DEADLINE_EXCEEDED (a few of a burst are still CANCELLED when a blocked loop comes back)
         ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_WAIT_S),
     ]
     if address.startswith("unix:"):

@@ -10,19 +10,30 @@ import json
 
 import pytest
 
-from pinhole.controller.load import LoadPlan, percentile, run_load
+from pinhole.controller.load import LoadPlan, passed_enough, percentile, run_load
 from pinhole.controller.scenario import SCENARIOS
 
 
 def test_a_plan_paces_calls_with_a_linear_ramp_and_refuses_what_cannot_be() -> None:
     plan = LoadPlan(calls=1000, rate=10, duration=30, ramp=4)
-    assert plan.total == 300
+    assert plan.total == 280  # placing ends with the duration: the ramp's half-rate seconds place fewer
+    assert LoadPlan(calls=1000, rate=0.29, duration=100).total == 29  # not 28 (0.29 * 100 in floating point)
     assert plan.due(0) == 0 and plan.due(2) == pytest.approx(5) and plan.due(4) == pytest.approx(20)
     assert plan.due(10) == pytest.approx(80)  # after the ramp: 10/s, the ramp's area behind
     assert LoadPlan(calls=7).due(0) == float("inf") and LoadPlan(calls=7).total == 7
-    for bad in ({"calls": 0}, {"rate": 5}, {"media": -1}, {"min_success": 101}, {"concurrency": 0}):
+    nan = float("nan")
+    bad_plans = ({"calls": 0}, {"rate": 5}, {"media": -1}, {"min_success": 101}, {"concurrency": 0},
+                 {"rate": 0.01, "duration": 10}, {"rate": nan, "duration": 1}, {"media": float("inf")})  # fmt: skip
+    for bad in bad_plans:
         with pytest.raises(ValueError):
             LoadPlan(**bad)  # type: ignore[arg-type]
+
+
+def test_the_success_bar_is_compared_exactly() -> None:
+    """99.995 % rounds to 100.00 but is not 100 %: one failed call in 20,001 fails --min-success 100."""
+    assert not passed_enough({"summary": {"passed": 20_000, "calls": 20_001}}, 100.0)
+    assert passed_enough({"summary": {"passed": 99, "calls": 100}}, 99.0)
+    assert not passed_enough({"summary": {"passed": 0, "calls": 1}}, 0.1)
 
 
 def test_percentiles_by_nearest_rank() -> None:

@@ -64,6 +64,9 @@ class LoadPlan:
     min_success: float = 100.0  # percent of the calls that must pass; below it the load fails (exit 1)
 
     def __post_init__(self) -> None:
+        numbers = (self.rate, self.duration, self.ramp, self.media, self.min_success)
+        if not all(math.isfinite(x) for x in numbers):
+            raise ValueError("rate, duration, ramp, media and min_success must be finite numbers")
         if self.calls < 1 or self.concurrency < 1:
             raise ValueError("calls and concurrency must be at least 1")
         if self.rate < 0 or self.duration < 0 or self.ramp < 0 or self.media < 0:
@@ -72,10 +75,13 @@ class LoadPlan:
             raise ValueError("a rate needs a duration (--duration)")
         if not 0 <= self.min_success <= 100:
             raise ValueError("min_success is a percentage (0 to 100)")
+        if self.total < 1:
+            raise ValueError(f"{self.rate:g} calls/s for {self.duration:g} s (ramp {self.ramp:g} s) is no call")
 
     @property
     def total(self) -> int:
-        return min(self.calls, int(self.rate * self.duration)) if self.rate else self.calls
+        """The calls placed: `calls`, or with a rate those due by the end of `duration` (the ramp included)."""
+        return min(self.calls, math.floor(round(self.due(self.duration), 6))) if self.rate else self.calls
 
     def due(self, elapsed: float) -> float:
         """How many calls should have started `elapsed` seconds in (rate-paced, the ramp linear)."""
@@ -100,7 +106,6 @@ class LoadCall:
     hang_up_at: float = 0.0  # monotonic: when to hang up (or give up on it)
     verdict: str = ""  # pass, fail, broken
     failing: str = ""  # the first failing check, with its RFC section
-    key_log: list[str] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -139,6 +144,7 @@ class Load:
         self.up_budget = self.timers.handshake_budget() + 64 * self.timers.sip_t1 + 10
         self.peak = 0  # calls in progress at once, at most
         self._inflight: set[Any] = set()  # RPC futures until done: grpc cancels a future nobody holds
+        self.key_futures: list[Any] = []
 
     # -- events (the collector's threads, under its lock) ------------------------------------------
 
@@ -178,13 +184,12 @@ class Load:
                     self._show(now - start, final=finished)
                     last_shown = now
                 if finished:
-                    for future in list(self._inflight):  # the last calls' key logs
-                        future.exception()
                     return
                 with self.lock:
                     self.lock.wait(timeout=0.05)  # woken by each event; the pace and the hold are timed
-        finally:
+        except BaseException:
             self.collector.stop()
+            raise
 
     def _place(self, alice: Any) -> None:
         call = LoadCall(len(self.calls) + 1, time.time(), hang_up_at=time.monotonic() + self.up_budget)
@@ -200,6 +205,9 @@ class Load:
                     call.state = "ringing"
                 except grpc.RpcError as error:
                     call.refused = f"PlaceCall: {error.code().name}: {error.details()}"
+                    call.state = "done"
+                except Exception as error:  # noqa: BLE001  (a cancelled future): the call is over, said why
+                    call.refused = f"PlaceCall: {type(error).__name__}: {error}"
                     call.state = "done"
                 self.lock.notify_all()
 
@@ -223,6 +231,9 @@ class Load:
         if call.state == "hanging-up" and (len(ended) == len(AGENTS) or now >= call.hang_up_at):
             call.ended = dict(ended)
             call.state = "done"
+            for agent in AGENTS:  # a side that never ended (its BYE lost) must not hold one of its max_calls
+                if agent not in ended:
+                    self._hang_up(call, agent)
             self._keys(call)
 
     def _hold(self, future: Any) -> Any:
@@ -230,21 +241,24 @@ class Load:
         future.add_done_callback(self._inflight.discard)
         return future
 
-    def _hang_up(self, call: LoadCall) -> None:
+    def _hang_up(self, call: LoadCall, agent: str = "alice") -> None:
         request = useragent_pb2.HangUpRequest(call_id=call.call_id)
-        self._hold(self.clients.stub("alice").HangUp.future(request, timeout=30))
+        self._hold(self.clients.stub(agent).HangUp.future(request, timeout=30))
 
     def _keys(self, call: LoadCall) -> None:
-        """Each agent's key log lines for the call, asked for at once (an agent forgets old calls)."""
+        """Each agent's key log lines for the call, asked for at once (an agent forgets old calls); read by
+        `key_log()` at the end."""
         for agent in AGENTS:
-            future = self._hold(
-                self.clients.stub(agent).GetKeyLog.future(
-                    useragent_pb2.GetKeyLogRequest(call_id=call.call_id), timeout=30
-                )
-            )
-            future.add_done_callback(
-                lambda done: call.key_log.extend(done.result().lines) if done.exception() is None else None
-            )
+            request = useragent_pb2.GetKeyLogRequest(call_id=call.call_id)
+            self.key_futures.append(self._hold(self.clients.stub(agent).GetKeyLog.future(request, timeout=30)))
+
+    def key_log(self) -> str:
+        """Every call's key log lines, each once (a call an agent no longer knows has none)."""
+        lines: dict[str, None] = {}
+        for future in self.key_futures:
+            if future.exception() is None:
+                lines.update(dict.fromkeys(future.result().lines))
+        return "".join(f"{line}\n" for line in lines)
 
     def _show(self, elapsed: float, *, final: bool) -> None:
         done = [c for c in self.calls if c.state == "done"]
@@ -324,6 +338,7 @@ def run_load(
     the artifact directory."""
     scenario = scenario or SCENARIOS["rfc5763-7.3"]
     scenario = dataclasses.replace(scenario, name=f"load-{scenario.name}")
+    frames = FRAMES_PER_CALL * plan.total
     _, out_dir = new_run_dir(out_root, scenario)
     owned = lab_name not in list_labs(backend)
     if owned:
@@ -331,32 +346,40 @@ def run_load(
     else:
         topology = load_topology()
         lab = open_lab(lab_name, backend, topology)
-    receiver = _RECEIVERS[lab_name] if owned else receiver_for(lab)  # lab_up started the lab's own
-    if not owned:
-        receiver.start()
-    receiver.clear()
-    kinds = service_kinds(topology, lab)
-    clients = ServiceClients.local(lab.run_dir, kinds)
-    endpoints = Endpoints.of_topology(topology)
-    capture = LinkCapture(lab.capture_points(), max_packets=FRAMES_PER_CALL * plan.total, max_seconds=86_400)
-    load = Load(clients, plan, timers_name, kinds)
-    started = time.monotonic()
+    broken = ""
+    seconds = 0.0
     try:
-        capture.start()
-        configure(clients, endpoints, scenario, TIMERS[timers_name])
-        load.run(progress)
-        for node in kinds:
-            clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
-    finally:
-        seconds = time.monotonic() - started
-        captured = capture.stop()
-        clients.close()
-        trace_request = receiver.request()
+        receiver = _RECEIVERS[lab_name] if owned else receiver_for(lab)  # lab_up started the lab's own
         if not owned:
-            receiver.stop()
+            receiver.start()
+        receiver.clear()
+        kinds = service_kinds(topology, lab)
+        clients = ServiceClients.local(lab.run_dir, kinds)
+        endpoints = Endpoints.of_topology(topology)
+        capture = LinkCapture(lab.capture_points(), max_packets=frames, max_seconds=86_400)
+        load = Load(clients, plan, timers_name, kinds)
+        started = time.monotonic()
+        try:
+            capture.start()
+            configure(clients, endpoints, scenario, TIMERS[timers_name])
+            load.run(progress)
+            for node in kinds:  # every span reaches the receiver, and every event the collector
+                clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
+        except grpc.RpcError as error:  # a service failed the load: judged on what was gathered, broken
+            broken = f"the load: {error}"
+        finally:
+            seconds = time.monotonic() - started
+            load.collector.stop()
+            broken = broken or "; ".join(load.collector.errors)
+            key_log = load.key_log()
+            captured = capture.stop()
+            clients.close()
+            trace_request = receiver.request()
+            if not owned:
+                receiver.stop()
+    finally:
         if owned:
             lab_down(lab, keep_logs=out_dir)
-    key_log = "".join(f"{line}\n" for line in dict.fromkeys(x for c in load.calls for x in c.key_log))
     captured.comments = [run_info(endpoints, scenario, TIMERS[timers_name], timers_name, "").comment()]
     captured.secrets = [(pcapng.SECRETS_TLS_KEY_LOG, key_log.encode())] if key_log else []
     write_pcapng(out_dir / "capture.pcapng", captured)
@@ -364,18 +387,24 @@ def run_load(
     write_otlp_json(trace_request, out_dir / "trace.json")
     on_the_wire = wire.decode(pcapng.read_pcapng(out_dir / "capture.pcapng"))
     judge(load, on_the_wire, endpoints.address_map(), out_dir, scenario.name)
-    problems = capture.problems()
     lost = from_trace.lost_spans(trace_request, [e for events in load.events.values() for e in events])
+    broken = broken or "; ".join(capture.problems()) or (f"{len(lost)} spans never reached the trace" if lost else "")
     result = {
         "plan": dataclasses.asdict(plan),
         "scenario": scenario.name,
         "timers": timers_name,
         "summary": summary(load, seconds),
-        "broken": "; ".join(problems) or (f"{len(lost)} spans never reached the trace" if lost else ""),
+        "broken": broken,
         "calls": [c.row() for c in load.calls],
     }
     (out_dir / "load.json").write_text(json.dumps(result, indent=1))
     return result, out_dir
+
+
+def passed_enough(result: dict[str, Any], min_success: float) -> bool:
+    """At least `min_success` % of the calls passed, compared exactly (99.995 % is not 100 %)."""
+    s = result["summary"]
+    return s["passed"] * 100 >= min_success * s["calls"]
 
 
 def render(result: dict[str, Any]) -> str:
