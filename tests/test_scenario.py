@@ -401,6 +401,20 @@ BAD_FILES = {
     "tag-that-lies": ("name: a\nring: !!bool maybe\n" + EXPECT, "s.yaml: not YAML: a value that is not"),  # KeyError
     "billion-laughs": ("name: a\ndescription: " + laughs(8) + "\n" + EXPECT, "once its aliases are expanded"),  # no end
     "yaml-error-on-lines": ("name: a\nfoo: [\n", "s.yaml: not YAML: while parsing a flow node: expected the node"),
+    # found by fuzz/: PyYAML's scanner took 1-4 s (quadratic) on 2,000 unclosed '['; a NUL in a template path
+    # raised ValueError; a number among a fault rule's keys raised TypeError sorting them
+    "nested-unclosed": (
+        "name: " + "[" * 2000 + "\n" + EXPECT,
+        "s.yaml: nested too deeply to be a scenario ([ or { more than 100 deep)",
+    ),
+    "template-path-nul": (
+        'name: a\nexternal:\n  alice: {role: ua, program: [x], files: {config: "a\\0b"}}\n' + EXPECT,
+        "s.yaml.external.alice.files.config: cannot read template",
+    ),
+    "fault-rule-numeric-key": (
+        "name: a\nfaults: [{what: stun, action: drop, 7: x, y: z}]\n" + EXPECT,
+        "s.yaml.faults: rules[0].7: unknown field",
+    ),
 }
 
 

@@ -797,6 +797,18 @@ def _rules(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> list[Rul
     return rules
 
 
+def _flow_depth(text: str) -> int:
+    """How deep [ and { nest (quotes and comments not told apart: an upper bound), in one pass."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def load(path: Path) -> list[Scenario]:
     """The scenarios of one file: one, or every cell of its matrix (each with its expectation)."""
     import yaml
@@ -808,6 +820,8 @@ def load(path: Path) -> list[Scenario]:
         raise _fail(where, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise _fail(where, error.strerror or str(error)) from None
+    if _flow_depth(text) > MAX_FLOW_DEPTH:  # PyYAML's scanner is quadratic in it: 2,000 '[' took 4 s
+        raise _fail(where, f"nested too deeply to be a scenario ([ or {{ more than {MAX_FLOW_DEPTH} deep)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -869,6 +883,7 @@ def load(path: Path) -> list[Scenario]:
 
 
 MAX_VALUES = 100_000  # a scenario file holds a few hundred
+MAX_FLOW_DEPTH = 100  # [ and { levels; a scenario file uses two or three
 
 
 def _one_line(error: Exception) -> str:

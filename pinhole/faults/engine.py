@@ -707,7 +707,7 @@ def _rule_from_dict(index: int, item: object) -> FaultRule:
     if action_name not in ACTIONS:
         raise FaultError(f"{where}.action: {action_name!r} is not one of {', '.join(ACTIONS)}")
     allowed = RULE_FIELDS | ACTION_FIELDS.get(action_name, set())
-    unknown = sorted(set(item) - allowed)
+    unknown = sorted((str(key) for key in set(item) - allowed), key=str)  # YAML keys need not be strings
     if unknown:
         other = [name for name, fields in ACTION_FIELDS.items() if unknown[0] in fields]
         hint = f" (a parameter of {other[0]}, not of {action_name})" if other else ""

@@ -146,8 +146,8 @@ def parse(node: str, spec: Any, where: str, base: Path) -> External:
             raise _fail(f"{where}.files", f"{name!r}: a plain file name (it lands in the node's config directory)")
         try:
             files[name] = (base / str(path)).read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise _fail(f"{where}.files.{name}", f"cannot read template {base / str(path)}: {error}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as error:  # ValueError: a NUL in the path
+            raise _fail(f"{where}.files.{name}", f"cannot read template {base / str(path)!r}: {error}") from None
     env = spec.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in env.items()):
         raise _fail(f"{where}.env", "a mapping NAME: VALUE")
