@@ -135,10 +135,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 class Authority:
     """A CA whose key stays in this object: it issues the lab's certificates, then is dropped."""
 
-    def __init__(self, common_name: str = "pinhole lab CA", *, days: int = DAYS) -> None:
+    def __init__(
+        self, common_name: str = "pinhole lab CA", *, days: int = DAYS, now: datetime.datetime | None = None
+    ) -> None:
+        """`now`: the time the CA's validity is reckoned from (default the clock's; tests pass their own)."""
         self.days = days
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.timezone.utc)
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pinhole"), _cn(common_name)])
         public = self._key.public_key()
         self.certificate = (

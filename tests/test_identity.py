@@ -45,7 +45,11 @@ class Lab:
     """A lab CA and Alice's signing credentials from it."""
 
     def __init__(self, aor: str = ALICE, **issue: object) -> None:
-        self.authority = labca.Authority("identity test CA", days=1)
+        # valid around NOW, the tests' clock, however long after collection (when NOW is read) the tests run
+        issued = datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc)
+        self.authority = labca.Authority("identity test CA", days=1, now=issued)
+        issue.setdefault("not_before", issued - labca.CLOCK_SKEW)
+        issue.setdefault("not_after", issued + datetime.timedelta(days=1))
         tls = labca.issue_identity(self.authority, aor, **issue)  # type: ignore[arg-type]
         self.key = load_signing_key(tls.key) if issue.get("key") is None else issue["key"]
         self.chain = load_certificates(tls.cert)
