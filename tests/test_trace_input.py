@@ -13,41 +13,13 @@ from typing import Any
 import pytest
 from test_scenario import mutate
 
+from fuzz.corpus import otlp_json as otlp_doc  # the trace.json a run writes, holding given events
 from pinhole import cli
 from pinhole.controller import from_trace
 from pinhole.controller.from_trace import TraceError
 
 DATA = Path(__file__).parent / "data"
 EVIDENCE = json.loads((DATA / "evidence" / "rfc5763-7.3.json").read_text())  # a saved run's events, from its trace
-
-
-def otlp_doc(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The OTLP/JSON trace.json a run writes, holding `events` (the services' span convention)."""
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for e in events:
-        attrs = {**e["attrs"], "pinhole.call_id": e["call_id"]}
-        span = {
-            "traceId": e["trace_id"],
-            "spanId": e["span_id"],
-            "name": e["kind"],
-            "kind": 1,
-            "startTimeUnixNano": str(round(e["t"] * 1e9)),
-            "endTimeUnixNano": str(round(e["t"] * 1e9)),
-            "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attrs.items()],
-        }
-        if e["parent_span_id"]:
-            span["parentSpanId"] = e["parent_span_id"]
-        by_service.setdefault(e["service"], []).append(span)
-    return {
-        "resourceSpans": [
-            {
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-                "scopeSpans": [{"scope": {"name": "pinhole"}, "spans": spans}],
-            }
-            for service, spans in by_service.items()
-        ]
-    }
-
 
 SMALL = otlp_doc(EVIDENCE["events"][:16])  # the run span, Alice's STUN, the NAT's mapping, the INVITE: quick to parse
 

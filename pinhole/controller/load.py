@@ -134,7 +134,6 @@ class Load:
         self.timers = TIMERS[timers_name]
         self.calls: list[LoadCall] = []
         self.active: list[LoadCall] = []  # placed and not done
-        self.by_id: dict[str, LoadCall] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}  # call id -> its events, for the verdict
         self.decrypting: dict[str, set[str]] = {}
         self.ended: dict[str, dict[str, str]] = {}
@@ -201,7 +200,6 @@ class Load:
             with self.lock:
                 try:
                     call.call_id = done.result().call_id
-                    self.by_id[call.call_id] = call
                     call.state = "ringing"
                 except grpc.RpcError as error:
                     call.refused = f"PlaceCall: {error.code().name}: {error.details()}"
