@@ -556,17 +556,29 @@ class Wire:
                     counts[d.sip.call_id] += 1
         return sorted(counts, key=lambda c: -counts[c])
 
+    @cached_property
+    def _index(self) -> tuple[dict[str, list[Datagram]], dict[Address, list[int]]]:
+        """SIP datagrams by Call-ID and media datagrams (positions) by own address, built once: a load judges
+        hundreds of calls on one capture, and a scan per call made that quadratic."""
+        sip_by_call: dict[str, list[Datagram]] = defaultdict(list)
+        media_at: dict[Address, list[int]] = defaultdict(list)
+        for index, d in enumerate(self.datagrams):
+            if d.kind == "sip" and d.sip is not None:
+                with contextlib.suppress(SipParseError, ValueError):
+                    sip_by_call[d.sip.call_id].append(d)
+            elif d.kind in ("stun", "dtls", "rtp", "rtcp"):
+                media_at[d.own_src].append(index)
+                if d.own_dst != d.own_src:
+                    media_at[d.own_dst].append(index)
+        return dict(sip_by_call), dict(media_at)
+
     def call(self, call_id: str | None = None) -> Call | None:
         """The call with this Call-ID (default: the one with the most SIP), media and associations included."""
         call_id = call_id or next(iter(self.call_ids()), None)
         if call_id is None:
             return None
-        sip_datagrams = []
-        for d in self.datagrams:
-            if d.kind == "sip" and d.sip is not None:
-                with contextlib.suppress(SipParseError, ValueError):
-                    if d.sip.call_id == call_id:
-                        sip_datagrams.append(d)
+        sip_by_call, media_at = self._index
+        sip_datagrams = sip_by_call.get(call_id, [])
         if not sip_datagrams:
             return None
         endpoints: set[Address] = set()
@@ -581,15 +593,12 @@ class Wire:
                             rtcp_port = int(facts.rtcp.split(" ")[0]) if facts.rtcp else rtcp_port
                         endpoints.add(self.own((facts.address, rtcp_port)))
         media, strangers = [], []
-        for d in self.datagrams:
-            if d.kind not in ("stun", "dtls", "rtp", "rtcp"):
-                continue
-            src, dst = d.own_src, d.own_dst
-            if src in endpoints or dst in endpoints:
-                media.append(d)
-                if dst in endpoints and src not in endpoints and d.kind != "stun":
-                    strangers.append(d)  # STUN answers come back from servers the endpoint asked
-        associations = _associations([d for d in media if d not in strangers], self.keys)
+        for index in sorted({i for address in endpoints for i in media_at.get(address, ())}):
+            d = self.datagrams[index]
+            media.append(d)
+            if d.own_dst in endpoints and d.own_src not in endpoints and d.kind != "stun":
+                strangers.append(d)  # STUN answers come back from servers the endpoint asked
+        associations = _associations([d for d in media if d.own_src in endpoints or d.kind == "stun"], self.keys)
         return Call(call_id, sip_datagrams, endpoints, media, associations, strangers)
 
     def node(self, address: Address | None) -> str:
