@@ -11,6 +11,7 @@ The controller can therefore judge a call from the events over gRPC or from the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import Counter as _Counter
 from collections.abc import AsyncIterator, Mapping
@@ -24,15 +25,25 @@ from pinhole.rpc.v1 import events_pb2
 _SPAN_KINDS = {"send": SpanKind.PRODUCER, "recv": SpanKind.CONSUMER}
 
 
+def _sequence(event: events_pb2.Event) -> int:
+    return event.sequence
+
+
 class EventLog:
-    """Append-only, bounded log of one service's events with live followers."""
+    """Append-only log of one service's events with live followers, bounded per call: it keeps the events of
+    the `calls` most recent calls and the latest `limit` events that belong to no call, so memory stays flat
+    however many calls a service carries (an agent answers for its last 1,000 ended calls, the same)."""
 
     CALLS_KEPT = 10_000  # trace contexts of the most recent calls
 
-    def __init__(self, service: str, *, limit: int = 200_000, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self, service: str, *, calls: int = 1_000, limit: int = 5_000, tracer: trace.Tracer | None = None
+    ) -> None:
         self.service = service
-        self.limit = limit
+        self.calls, self.limit = calls, limit
         self._events: list[events_pb2.Event] = []
+        self._logged: dict[str, None] = {}  # Call-IDs with events in the log, oldest first
+        self._callless = 0  # events in the log with no Call-ID
         self._sequence = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._tracer = tracer or trace.get_tracer("pinhole")  # the process's provider unless given one
@@ -68,8 +79,12 @@ class EventLog:
         )
         self.last_context = self._span(event, parent)
         self._events.append(event)
-        if len(self._events) > self.limit + self.limit // 8:  # trimmed in batches: one shift per limit/8 events
-            del self._events[: len(self._events) - self.limit]
+        if call_id:
+            self._logged[call_id] = None
+        else:
+            self._callless += 1
+        if len(self._logged) > self.calls + self.calls // 8 or self._callless > self.limit + self.limit // 8:
+            self._trim()  # in batches: one pass per calls/8 calls or limit/8 call-less events
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -128,14 +143,30 @@ class EventLog:
         for call_id in list(self._call_spans):
             self.end_call(call_id, ended_by="service stop")
 
+    def _trim(self) -> None:
+        """Forget the events of the oldest calls beyond `calls`, and the oldest call-less beyond `limit`."""
+        over = len(self._logged) - self.calls
+        forgotten = set(list(self._logged)[:over]) if over > 0 else set()
+        for call_id in forgotten:
+            del self._logged[call_id]
+        callless_over = max(0, self._callless - self.limit)
+        kept = []
+        for event in self._events:
+            if event.call_id:
+                if event.call_id in forgotten:
+                    continue
+            elif callless_over:
+                callless_over -= 1
+                continue
+            kept.append(event)
+        self._events, self._callless = kept, min(self._callless, self.limit)
+
     # -- reading -----------------------------------------------------------------------------------
 
     def since(self, after_sequence: int = 0) -> list[events_pb2.Event]:
-        """The events after `after_sequence`: a slice, since sequences are consecutive (each follower asks
-        at every new event; a scan of the whole log made followers quadratic under load)."""
-        if not self._events:
-            return []
-        return self._events[max(0, after_sequence - self._events[0].sequence + 1) :]
+        """The events after `after_sequence`: a slice found by bisection (each follower asks at every new
+        event; a scan of the whole log made followers quadratic under load)."""
+        return self._events[bisect.bisect_right(self._events, after_sequence, key=_sequence) :]
 
     async def follow(
         self, after_sequence: int = 0, follow: bool = True, since_unix_nano: int = 0

@@ -431,6 +431,22 @@ def test_an_event_log_replays_exactly_what_came_after_a_sequence_and_stays_bound
     assert log.since(30) == [] and [e.sequence for e in log.since(-3)] == kept
 
 
+def test_an_event_log_keeps_the_events_of_its_latest_calls_whole_however_many_calls_pass() -> None:
+    """Bounded per call: the oldest calls' events go together, a busy call-less stream does not push out a
+    call's, and followers still replay by sequence across the gaps."""
+    log = EventLog("x", calls=8, limit=8)
+    for call in range(1, 101):
+        for step in range(3):
+            log.emit("e", f"c{call}", n=step)
+        log.emit("noise")
+    kept = log.since()
+    calls = [e.call_id for e in kept if e.call_id]
+    assert 8 <= len(set(calls)) <= 9 and set(calls) == {f"c{n}" for n in range(101 - len(set(calls)), 101)}
+    assert all(calls.count(c) == 3 for c in set(calls)) and sum(not e.call_id for e in kept) <= 9
+    last_three = [e.sequence for e in kept][-3:]
+    assert [e.sequence for e in log.since(last_three[0] - 1)] == last_three
+
+
 def test_an_invite_beyond_the_callees_max_calls_gets_503_with_retry_after() -> None:
     """Past what it carries, the callee answers at once with 503 and when to retry (RFC 3261 §21.5.4, §20.33),
     and the caller's call fails on it; the call in progress goes on."""
