@@ -3,7 +3,7 @@
 Both labs are up side by side in the same run; calls alternate between them with short timers.
 Measured: bringing the lab up (networks, then every service SERVING), the two timer-free intervals
 of a call (INVITE -> 180 Ringing through both proxies; the ClientHello that passes -> first SRTP
-decrypted, see tracing_cost.py), and bringing it down. Needs the images (`make images`); run with
+decrypted: the handshake, key export and SRTP), and bringing it down. Needs the images (`make images`); run with
 `make bench` (root).
 """
 
@@ -13,12 +13,37 @@ import statistics
 import sys
 import time
 
-from tracing_cost import one_call
-
 from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
-from pinhole.controller.services import ServiceClients
+from pinhole.controller.services import EventCollector, ServiceClients
+from pinhole.rpc.v1 import useragent_pb2
 
 CALLS = 6
+
+
+def one_call(clients: ServiceClients) -> tuple[float, float]:
+    """(INVITE -> 180 at Alice, ClientHello at Alice -> first SRTP she decrypts), in seconds."""
+    collector = EventCollector(clients, ["alice", "bob"], since=time.time())
+    collector.start()
+    try:
+        alice = clients.stub("alice")
+        call_id = alice.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), timeout=20).call_id
+
+        def media(ev: list[dict]) -> bool:
+            return any(e["service"] == "alice" and e["kind"] == "srtp.first_received" for e in ev)
+
+        if not collector.wait_for(media, 30):
+            raise RuntimeError("no media")
+        events = collector.snapshot()
+        alice_events = [e for e in events if e["service"] == "alice"]
+        invite = next(e for e in alice_events if e["kind"] == "sip.send" and e["attrs"].get("sip.method") == "INVITE")
+        ringing = next(e for e in alice_events if e["attrs"].get("sip.status_code") == "180")
+        hello = next(e for e in alice_events if e["kind"] == "dtls.recv")
+        first = next(e for e in alice_events if e["kind"] == "srtp.first_received")
+        alice.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=20)
+        collector.wait_for(lambda ev: any(e["service"] == "bob" and e["kind"] == "call.terminated" for e in ev), 30)
+        return ringing["t"] - invite["t"], first["t"] - hello["t"]
+    finally:
+        collector.stop()
 
 
 def main() -> int:

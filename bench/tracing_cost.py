@@ -1,82 +1,70 @@
-"""Benchmark: what tracing costs a call, with and without it, in intervals no timer waits in.
+"""Benchmark: what tracing costs the services per call, under load, against the same lab with it off.
 
-Two labs run side by side in the same run: one with every service tracing (spans exported to
-the lab's receiver), the named peer with the OpenTelemetry SDK disabled (OTEL_SDK_DISABLED,
-the standard switch). Calls alternate between them. INVITE to first SRTP would include Bob's
-DTLS retransmission timer (his first ClientHello always dies at the NAT), so two timer-free
-intervals are measured: the SIP path (INVITE sent -> 180 Ringing received, through both proxies)
-and the media path (the ClientHello that passes reaches Alice -> her first SRTP decrypted:
-handshake, key export, SRTP). Run with `make bench` (root).
+Two labs are up side by side in the same run: one with every service tracing (spans exported to the lab's
+receiver), the named peer with the OpenTelemetry SDK disabled (OTEL_SDK_DISABLED, the standard switch).
+The same `pinhole load` runs on each in turn, `--rounds` times, so both see the same machine; charged to a
+lab is the CPU its services spent (from /proc), divided by its calls. The controller's share (capture,
+judging, receiving spans) is printed apart. Run with `make bench` (root). Goal: at most 1.15x.
 """
 
 from __future__ import annotations
 
-import statistics
+import argparse
 import sys
-import time
+from pathlib import Path
 
-from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
-from pinhole.controller.services import EventCollector, ServiceClients
-from pinhole.rpc.v1 import useragent_pb2
+import procstat
 
-CALLS = 8
+from pinhole.controller.load import LoadPlan, passed_enough, run_load
+from pinhole.controller.run import lab_down, lab_up
 
-
-def one_call(clients: ServiceClients) -> tuple[float, float]:
-    """(INVITE -> 180 at Alice, ClientHello at Alice -> first SRTP she decrypts), in seconds."""
-    collector = EventCollector(clients, ["alice", "bob"], since=time.time())
-    collector.start()
-    try:
-        alice = clients.stub("alice")
-        call_id = alice.PlaceCall(useragent_pb2.PlaceCallRequest(target="sip:bob@b.example"), timeout=20).call_id
-
-        def media(ev: list[dict]) -> bool:
-            return any(e["service"] == "alice" and e["kind"] == "srtp.first_received" for e in ev)
-
-        if not collector.wait_for(media, 30):
-            raise RuntimeError("no media")
-        events = collector.snapshot()
-        alice_events = [e for e in events if e["service"] == "alice"]
-        invite = next(e for e in alice_events if e["kind"] == "sip.send" and e["attrs"].get("sip.method") == "INVITE")
-        ringing = next(e for e in alice_events if e["attrs"].get("sip.status_code") == "180")
-        hello = next(e for e in alice_events if e["kind"] == "dtls.recv")
-        first = next(e for e in alice_events if e["kind"] == "srtp.first_received")
-        alice.HangUp(useragent_pb2.HangUpRequest(call_id=call_id), timeout=20)
-        collector.wait_for(lambda ev: any(e["service"] == "bob" and e["kind"] == "call.terminated" for e in ev), 30)
-        return ringing["t"] - invite["t"], first["t"] - hello["t"]
-    finally:
-        collector.stop()
+LABS = {"tracing": ("ph-btron", None), "no tracing": ("ph-btroff", {"OTEL_SDK_DISABLED": "true"})}
+GOAL = 1.15
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=60, help="calls per round and lab")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--media", type=float, default=1.0)
+    args = parser.parse_args()
+    plan = LoadPlan(calls=args.calls, concurrency=args.concurrency, media=args.media)
     labs = {}
+    spent = {label: {"services": 0.0, "controller": 0.0, "calls": 0, "passed": 0} for label in LABS}
     try:
-        for label, env in (("tracing", None), ("no tracing", {"OTEL_SDK_DISABLED": "true"})):
-            lab, topology, _ = lab_up("ph-bt" + ("on" if env is None else "off"), extra_env=env)
-            clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
-            labs[label] = (lab, clients, [])  # registered first: torn down even if configuring fails
-            configure(
-                clients,
-                Endpoints.of_topology(topology),
-                Scenario("bench", "", alice={"media_packets": 3}, bob={"media_packets": 3}),
-                TIMERS["short"],
-            )
-        for _ in range(CALLS):
-            for _, clients, times in labs.values():
-                times.append(one_call(clients))
+        for label, (name, env) in LABS.items():
+            labs[label] = lab_up(name, extra_env=env)[0]
+        for _ in range(args.rounds):
+            for label, (name, _) in LABS.items():
+                before, controller = procstat.services(labs[label]), procstat.controller_cpu_s()
+                result, _ = run_load(
+                    plan, lab_name=name, out_root=Path("out/bench/tracing"), progress=False,
+                    spans=label == "tracing",
+                )  # fmt: skip
+                after = procstat.services(labs[label])
+                totals = spent[label]
+                totals["services"] += sum(procstat.cpu_between(before, after).values())
+                totals["controller"] += procstat.controller_cpu_s() - controller
+                totals["calls"] += result["summary"]["calls"]
+                totals["passed"] += result["summary"]["passed"]
+                if not passed_enough(result, 100.0) or result["broken"]:
+                    print(f"{label}: {result['summary']['failing'] or result['broken']}", flush=True)
     finally:
-        for lab, clients, _ in labs.values():
-            clients.close()
+        for lab in labs.values():
             lab_down(lab)
-    for index, interval in enumerate(
-        ("INVITE -> 180 Ringing (SIP, 2 proxies)", "ClientHello -> first SRTP (DTLS+SRTP)")
-    ):
-        on = statistics.median(t[index] for t in labs["tracing"][2])
-        off = statistics.median(t[index] for t in labs["no tracing"][2])
+    per_call = {label: {k: t[k] / max(t["calls"], 1) for k in ("services", "controller")} for label, t in spent.items()}
+    for label, t in spent.items():
         print(
-            f"{interval}, median of {CALLS}: tracing {on * 1000:.1f} ms, no tracing {off * 1000:.1f} ms, "
-            f"ratio tracing/no-tracing {on / off:.2f}"
+            f"{label}: {t['passed']}/{t['calls']} calls passed; CPU per call: services "
+            f"{1000 * per_call[label]['services']:.0f} ms, controller {1000 * per_call[label]['controller']:.0f} ms"
         )
+    on, off = per_call["tracing"], per_call["no tracing"]
+    print(
+        f"services' CPU per call under load ({args.concurrency} at once, {args.media:g} s of media), "
+        f"ratio tracing/no-tracing {on['services'] / off['services']:.2f} (goal <= {GOAL})"
+    )
+    print(f"controller's CPU per call, ratio tracing/no-tracing {on['controller'] / off['controller']:.2f}")
     return 0
 
 
