@@ -40,6 +40,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -148,6 +149,43 @@ _FROM_PEER = {
 
 
 MAX_SESSIONS_PER_PORT = 8  # forks (RFC 5763 §6.3) one port takes DTLS state for; more ClientHellos are dropped
+
+
+class MediaClock:
+    """One timer per event loop and packet time that sends every stream's next packet: a task per stream
+    woke the loop once per packet, and the wake-up cost about as much CPU as the packet it sent."""
+
+    _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, MediaClock]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ptime: float) -> None:
+        self.loop, self.ptime = loop, ptime
+        self.senders: dict[object, Callable[[], bool]] = {}  # a stream's send: False once it is done
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, ptime: float) -> MediaClock:
+        clocks = cls._clocks.setdefault(loop, {})
+        return clocks.setdefault(ptime, cls(loop, ptime))
+
+    def add(self, key: object, send: Callable[[], bool]) -> None:
+        """Send a first packet now, then one per tick until `send` returns False or `remove(key)`."""
+        if not send():
+            return
+        self.senders[key] = send
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run())
+
+    def remove(self, key: object) -> None:
+        self.senders.pop(key, None)
+
+    async def _run(self) -> None:
+        due = self.loop.time()
+        while self.senders:
+            due = max(due + self.ptime, self.loop.time() - self.ptime)  # late ticks are not made up in a burst
+            await asyncio.sleep(max(0.0, due - self.loop.time()))
+            for key, send in list(self.senders.items()):
+                if key in self.senders and not send():
+                    self.senders.pop(key, None)
 
 
 class MediaSession(asyncio.DatagramProtocol):
@@ -969,33 +1007,60 @@ class MediaSession(asyncio.DatagramProtocol):
             self._media_task = self._loop.create_task(self._send_media(packets, ptime, keep_on))
 
     async def _send_media(self, packets: int, ptime: float, keep_on: bool) -> None:
+        """The stream's life: it starts once connected, the clock of its packet time sends it, and this task
+        ends when it is done (what RTCP and the agent wait on) or cancelled (teardown)."""
         await self.connected.wait()
         stream = self.stream = rtp.RtpStream(ssrc=int.from_bytes(os.urandom(4), "big"), payload_type=0)
+        done: asyncio.Future[None] = self._loop.create_future()
         sent = 0
-        while sent < packets or keep_on:
-            if self.closed:
-                return
-            await self.connected.wait()
-            assert self.srtp_session is not None and self.remote is not None
-            packet = stream.next_packet(b"\xff" * 160)
-            self._send(self.srtp_session.protect(packet.encode()), self.remote)
-            self.stats.srtp_sent += 1
-            record = self.associations[self._srtp_association - 1]
-            record.srtp_sent += 1
-            if self.stats.srtp_sent == 1:
-                self.stats.first_srtp_sent = time.time()
-            if record.srtp_sent == 1:  # the first packet under each association's keys
-                self._emit(
-                    "srtp.first_sent",
-                    {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
-                    association=record.index,
-                    peer=fmt(self.remote),
-                    profile=self.srtp_session.profile,
-                )
+
+        def send() -> bool:
+            nonlocal sent
+            if self.closed or done.done():
+                return False
+            if sent >= packets and not keep_on:
+                done.set_result(None)
+                return False
+            if not self.connected.is_set():
+                return True  # keys being renewed: no packet this tick
+            try:
+                self._send_packet(stream)
+            except Exception as error:  # this stream ends; the clock's other streams go on
+                done.set_exception(error)
+                return False
             sent += 1
             if sent == packets:  # the stream asked for is out (what the run waits on); a call's goes on
                 self._emit("srtp.sent", packets=self.stats.srtp_sent, peer=fmt(self.remote))
-            await asyncio.sleep(ptime)
+            return True
+
+        clock = MediaClock.of(self._loop, ptime)
+        try:
+            clock.add(self, send)
+            if not done.done() and not self.closed and self in clock.senders:
+                await done
+            elif done.done():
+                done.result()
+        finally:
+            clock.remove(self)
+
+    def _send_packet(self, stream: rtp.RtpStream) -> None:
+        """One SRTP packet of PCMU silence under the current keys."""
+        assert self.srtp_session is not None and self.remote is not None
+        packet = stream.next_packet(b"\xff" * 160)
+        self._send(self.srtp_session.protect(packet.encode()), self.remote)
+        self.stats.srtp_sent += 1
+        record = self.associations[self._srtp_association - 1]
+        record.srtp_sent += 1
+        if self.stats.srtp_sent == 1:
+            self.stats.first_srtp_sent = time.time()
+        if record.srtp_sent == 1:  # the first packet under each association's keys
+            self._emit(
+                "srtp.first_sent",
+                {"rtp.ssrc": f"0x{packet.ssrc:08x}"},
+                association=record.index,
+                peer=fmt(self.remote),
+                profile=self.srtp_session.profile,
+            )
 
     # -- RTCP on its own component (no rtcp-mux) ---------------------------------------------------
 
