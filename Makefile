@@ -82,12 +82,16 @@ fuzz: setup
 	@$(PY) -m pip install -q atheris || echo "atheris does not install here: the deterministic mutator runs instead"
 	$(PY) -m fuzz --target all --inputs $(FUZZ_INPUTS) --max-seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --engine $(FUZZ_ENGINE)
 
-## bench: speed targets against a named peer measured in the same run (root)
+## bench: speed targets against a named peer measured in the same run (root; about an hour, the 10,000 calls
+## of bench/memory.py most of it)
 bench: setup images
 	$(PY) bench/lab_build.py
-	$(PY) bench/tracing_cost.py
 	$(PY) bench/backends.py
 	$(PY) bench/sip_parsing.py
+	$(PY) bench/sip_proxies.py
+	$(PY) bench/tracing_cost.py
+	$(PY) bench/capacity.py
+	$(PY) bench/memory.py
 
 ## images: one Podman image per service (localhost/pinhole-<service>), built offline (root; podman, debootstrap)
 IMAGE_APT_PKGS := podman buildah runc iptables debootstrap

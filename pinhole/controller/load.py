@@ -384,7 +384,7 @@ def run_load(
     captured.secrets = [(pcapng.SECRETS_TLS_KEY_LOG, key_log.encode())] if key_log else []
     write_pcapng(out_dir / "capture.pcapng", captured)
     (out_dir / "keys.log").write_text(key_log)
-    write_otlp_json(trace_request, out_dir / "trace.json")
+    write_otlp_json(trace_request, out_dir / "trace.json", indent=None)
     on_the_wire = wire.decode(pcapng.read_pcapng(out_dir / "capture.pcapng"))
     judge(load, on_the_wire, endpoints.address_map(), out_dir, scenario.name)
     lost = from_trace.lost_spans(trace_request, [e for events in load.events.values() for e in events]) if spans else []

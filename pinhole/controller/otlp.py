@@ -479,10 +479,11 @@ def from_otlp_json(doc: dict[str, Any]) -> ExportTraceServiceRequest:
         raise TraceError(f"not an OTLP/JSON document: {error}") from None
 
 
-def write_otlp_json(request_or_resource_spans: Any, path: str | os.PathLike[str]) -> Path:
-    """Write spans as an OTLP/JSON file that Jaeger/collector tooling can load; returns the path."""
+def write_otlp_json(request_or_resource_spans: Any, path: str | os.PathLike[str], *, indent: int | None = 1) -> Path:
+    """Write spans as an OTLP/JSON file that Jaeger/collector tooling can load; returns the path. A load's
+    trace is written with `indent` None: json's C encoder serves only unindented output (5x faster here)."""
     path = Path(path)
-    path.write_text(json.dumps(to_otlp_json(request_or_resource_spans), indent=1) + "\n")
+    path.write_text(json.dumps(to_otlp_json(request_or_resource_spans), indent=indent) + "\n")
     return path
 
 
