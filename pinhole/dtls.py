@@ -760,12 +760,13 @@ class DtlsEndpoint:
             context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         if on_key_log is not None:  # NSS key log lines (CLIENT_RANDOM ...): what decrypts the handshake offline
             context.set_keylog_callback(lambda _connection, line: on_key_log(line.decode("ascii", "replace")))
-        self._connection = SSL.Connection(context, None)
-        self._connection.set_ciphertext_mtu(mtu)
+        self._connection: SSL.Connection | None = SSL.Connection(context, None)
+        self._released_client_random: bytes | None = None
+        self._tls.set_ciphertext_mtu(mtu)
         if self.role is Role.CLIENT:
-            self._connection.set_connect_state()
+            self._tls.set_connect_state()
         else:
-            self._connection.set_accept_state()
+            self._tls.set_accept_state()
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -786,7 +787,7 @@ class DtlsEndpoint:
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         """Feed one received datagram; returns the datagrams to send. Never raises on bad input."""
-        if self.state in ("failed", "closed"):
+        if self.state in ("failed", "closed") or self._connection is None:  # over, or released
             return []
         if self.state == "new":
             if self.role is Role.CLIENT:
@@ -810,7 +811,7 @@ class DtlsEndpoint:
 
     def on_deadline(self, now: float) -> list[bytes]:
         """Timer expiry: resend the last flight with a doubled timer, or give up (RFC 6347 §4.2.4.1)."""
-        if self.state != "handshaking" or self._deadline is None or now < self._deadline:
+        if self.state != "handshaking" or self._deadline is None or now < self._deadline or self._connection is None:
             return []
         if self._timer_sends >= self.timer.max_transmissions:
             self._fail(f"handshake timed out after {self._timer_sends} transmissions")
@@ -871,7 +872,7 @@ class DtlsEndpoint:
             self.state = "closed"
             self._deadline = None
             try:
-                self._connection.shutdown()
+                self._tls.shutdown()
             except SSL.Error:
                 pass
             return self._send(self._read_output()[0])
@@ -895,10 +896,26 @@ class DtlsEndpoint:
     @property
     def client_random(self) -> bytes | None:
         """The ClientHello random of this association (ours as client, the peer's as server), once known."""
+        if self._connection is None:
+            return self._released_client_random
         try:
             return self._connection.client_random()
         except SSL.Error:
             return None
+
+    def release(self) -> None:
+        """Free OpenSSL's state once nothing drives this association any more (its media session is over):
+        some 100 KB each, and an agent answers for its last 1,000 calls. What the association was (state,
+        keys, client random, counters) stays for whoever asks."""
+        if self._connection is not None:
+            self._released_client_random = self.client_random
+            self._connection = None
+
+    @property
+    def _tls(self) -> SSL.Connection:
+        if self._connection is None:
+            raise DtlsError(f"the association ({self.state}) was released: it takes no more datagrams")
+        return self._connection
 
     def exporter_digest(self) -> str:
         """SHA-256 hex of the exported keying material: equal on both sides, safe to log."""
@@ -962,13 +979,13 @@ class DtlsEndpoint:
         completed = False
         try:
             if datagram is not None:
-                self._connection.bio_write(datagram)
+                self._tls.bio_write(datagram)
             if self.state == "handshaking":
-                self._connection.do_handshake()
+                self._tls.do_handshake()
                 completed = True
             else:
                 while True:  # DTLS-SRTP carries no application data (RFC 5764 §4.1): drain alerts
-                    self._connection.recv(65536)
+                    self._tls.recv(65536)
         except SSL.WantReadError:
             pass
         except SSL.ZeroReturnError:
@@ -1013,7 +1030,7 @@ class DtlsEndpoint:
         return self._send(records)
 
     def _on_handshake_complete(self, now: float) -> list[DtlsRecord] | None:
-        profile = self._connection.get_selected_srtp_profile().decode()
+        profile = self._tls.get_selected_srtp_profile().decode()
         if profile not in self.srtp_profiles:
             self._fail(
                 f"no SRTP protection profile negotiated (offered {':'.join(self.srtp_profiles)}, "
@@ -1021,7 +1038,7 @@ class DtlsEndpoint:
             )
             return self._alert_records(AlertLevel.fatal, AlertDescription.handshake_failure)
         self.selected_profile = profile
-        self._keying_material = self._connection.export_keying_material(EXPORTER_LABEL, keying_material_length(profile))
+        self._keying_material = self._tls.export_keying_material(EXPORTER_LABEL, keying_material_length(profile))
         if self.peer_certificate_der is None and "no-certificate-request" in self.deviations:
             self.fingerprint_verified = True  # the deviation: it goes on with a client it never authenticated
         self.state = "connected"
@@ -1034,7 +1051,7 @@ class DtlsEndpoint:
         data = b""
         while True:
             try:
-                data += self._connection.bio_read(65536)
+                data += self._tls.bio_read(65536)
             except SSL.WantReadError:
                 break
         if not data:
@@ -1155,10 +1172,10 @@ class DtlsEndpoint:
         pyOpenSSL has no call to send an alert, so after the handshake a fatal alert is built here
         from the session's master secret. Used only once the association is abandoned, so the
         sequence number cannot collide with a later OpenSSL record."""
-        suite = next((s for s in CIPHER_SUITES.values() if s.name == self._connection.get_cipher_name()), None)
-        master_secret = self._connection.master_key()
-        client_random = self._connection.client_random()
-        server_random = self._connection.server_random()
+        suite = next((s for s in CIPHER_SUITES.values() if s.name == self._tls.get_cipher_name()), None)
+        master_secret = self._tls.master_key()
+        client_random = self._tls.client_random()
+        server_random = self._tls.server_random()
         if suite is None or not master_secret or client_random is None or server_random is None:
             return None
         client, server = write_keys(suite, master_secret, client_random, server_random)

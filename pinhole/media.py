@@ -1115,6 +1115,9 @@ class MediaSession(asyncio.DatagramProtocol):
         if self.endpoint is not None and self.endpoint.state == "connected" and self.remote is not None:
             for datagram in self.endpoint.close(self._now()):
                 self._send(datagram, self.remote)
+        if self.endpoint is not None:
+            self.endpoint.release()  # nothing drives it any more; an agent keeps ended calls to answer for them
+        self._held.clear()
         if self.associations and self.associations[-1].state in ("handshaking", "connected"):
             self.associations[-1].state, self.associations[-1].ended = "closed", reason
         self.closed = True

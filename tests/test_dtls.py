@@ -229,6 +229,20 @@ def test_handshake_agrees_on_profile_and_keys(
     ]
 
 
+def test_a_released_association_keeps_what_it_was_and_takes_no_more_datagrams(
+    bob_cert: Certificate, alice_cert: Certificate
+) -> None:
+    """An ended call's association frees OpenSSL's state (an agent keeps 1,000 ended calls) and still answers
+    for its state, keys and client random; a datagram or a timer reaching it does nothing."""
+    client, server = pair(bob_cert, alice_cert)
+    Link(client, server).run()
+    random, keys = client.client_random, client.srtp_keys()
+    hello = Link(*pair(bob_cert, alice_cert)).client.start(0.0)[0]
+    client.release()
+    assert (client.state, client.client_random, client.srtp_keys()) == ("connected", random, keys)
+    assert client.receive(hello, 1.0) == [] and client.on_deadline(99.0) == []
+
+
 def test_server_prefers_first_offered_profile(bob_cert: Certificate, alice_cert: Certificate) -> None:
     client, server = pair(bob_cert, alice_cert)  # defaults: GCM first, then AES-CM-80
     link = Link(client, server).run()
