@@ -539,6 +539,27 @@ def test_endpoint_server_transaction_absorbs_retransmissions() -> None:
     run(main())
 
 
+def test_a_retransmitted_request_is_the_same_bytes_its_trace_context_included() -> None:
+    """Each transmission is its own event and span, but the wire carries the first one's traceparent: a
+    retransmission is the same request (RFC 3261 §17.1.1.2), and peers that compare copies (SIPp) see one."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    async def main() -> None:
+        events = EventLog("uac", tracer=TracerProvider().get_tracer("test"))
+        uac = SipEndpoint(timers=SHORT, on_message=lambda d, m, peer: record_message(events, d, m, peer))
+        wire = RecordingWire()
+        uac.connection_made(cast(asyncio.DatagramTransport, wire))
+        uac.send_request(options(), ("127.0.0.1", 9))
+        while len(wire.sent) < 3:  # Timer E: 20 ms, then 40 ms
+            await asyncio.sleep(SHORT.t1)
+        sends = [e for e in events.since() if e.kind == "sip.send"]
+        assert len({data for data, _ in wire.sent}) == 1 and b"traceparent: 00-" in wire.sent[0][0].lower()
+        assert len(sends) >= 3 and len({e.span_id for e in sends}) == len(sends)
+        uac.close()
+
+    run(main())
+
+
 def test_endpoint_invite_timeout_over_udp_to_a_black_hole() -> None:
     async def main() -> None:
         hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+from pinhole.sip.describe import TRACE_HEADERS
 from pinhole.sip.message import (
     Request,
     Response,
@@ -305,7 +306,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Encode and send one message (the transport layer of §18); used by transactions."""
         if self._transport is None:
             return
+        sent_with = [(name, message.headers.get(name)) for name in TRACE_HEADERS] if retransmission else []
         self._trace("send", message, destination)  # first: it adds the traceparent, and the peer may log first
+        for name, value in sent_with:  # a retransmission is the same message (§17.1.1.2): its first trace context
+            if value is not None:
+                message.headers.set(name, value)
         self._transport.sendto(message.encode(), destination)
         self.stats["sent"] += 1
         if retransmission:
