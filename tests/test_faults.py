@@ -10,9 +10,10 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -22,6 +23,7 @@ from pinhole.faults import nfqueue
 from pinhole.faults.engine import (
     DUP_MARK_MASK,
     BridgePorts,
+    Bypassed,
     Decision,
     Delay,
     Direction,
@@ -463,10 +465,16 @@ def test_packet_messages_parse_and_odd_ones_are_counted() -> None:
         nfqueue.parse_packet(struct.pack("!BBH", 2, 0, 3))
 
 
+QUEUE_CHAIN = "PINHOLE_FAULTS_NFQUEUE"
+QUEUE_RULE = ["-t", "mangle", "-A", QUEUE_CHAIN, "-j", "NFQUEUE", "--queue-num"]
+
+
 def test_queue_rules_render() -> None:
+    """The queue rule alone in a chain of its own (its counter: every packet sent to the queue),
+    then the rules choosing what jumps there."""
     assert nfqueue.render_queue_rules(9, [("lan0", "wan0")]) == [
-        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-i", "lan0", "-o", "wan0", "-p", "udp"]
-        + ["-j", "NFQUEUE", "--queue-num", "9", "--queue-bypass"]
+        [*QUEUE_RULE, "9", "--queue-bypass"],
+        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-i", "lan0", "-o", "wan0", "-p", "udp", "-j", QUEUE_CHAIN],
     ]
     with pytest.raises(nfqueue.QueueRuleError, match="'lan 0' is not an interface name"):
         nfqueue.render_queue_rules(9, [("lan 0", "wan0")])
@@ -481,10 +489,11 @@ def test_bridged_packets_carry_their_ports_and_bridged_queue_rules_render() -> N
     assert (packet.indev, packet.outdev, packet.physindev, packet.physoutdev) == (3, 3, 11, 12)
     assert nfqueue.parse_packet(_packet_message(45, b"x")[16:]).physindev == 0  # routed: no port
     assert nfqueue.render_queue_rules(2, [("", ""), ("p-bob", "")], bridged=True) == [
+        [*QUEUE_RULE, "2", "--queue-bypass"],
         ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-m", "physdev", "--physdev-is-bridged", "-p", "udp"]
-        + ["-j", "NFQUEUE", "--queue-num", "2", "--queue-bypass"],
+        + ["-j", QUEUE_CHAIN],
         ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-m", "physdev", "--physdev-is-bridged", "--physdev-in", "p-bob"]
-        + ["-p", "udp", "-j", "NFQUEUE", "--queue-num", "2", "--queue-bypass"],
+        + ["-p", "udp", "-j", "PINHOLE_FAULTS_NFQUEUE"],
     ]
     with pytest.raises(nfqueue.QueueRuleError, match="'' is not an interface name"):
         nfqueue.render_queue_rules(2, [("", "wan0")])  # only bridge ports may be left open
@@ -494,10 +503,13 @@ def test_bridged_packets_carry_their_ports_and_bridged_queue_rules_render() -> N
 
 
 class FakeQueue:
+    queue = 0
+    max_length = nfqueue.DEFAULT_MAX_LENGTH
+
     def __init__(self) -> None:
         self.verdicts: list[tuple[int, str, int | None, float]] = []
         self.pending: dict[int, float] = {}
-        self.missed = self.overruns = self.verdict_errors = self.odd = 0
+        self.received = self.missed = self.overruns = self.verdict_errors = self.odd = 0
 
     def accept(self, packet_id: int, *, mark: int | None = None) -> None:
         self.pending.pop(packet_id, None)
@@ -659,6 +671,8 @@ class Path_:
     ns: str
     events: list[Injected]
     injector: FaultInjector | None = None
+    bypasses: list[Bypassed] = field(default_factory=list)
+    bypass_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
     def udp(self, node: str, port: int) -> socket.socket:
         with in_netns(self.lab.ns(node)):
@@ -684,9 +698,44 @@ class Path_:
             engine,
             on_fault=self.events.append,
             expire=lambda internal: asyncio.to_thread(_expire_in, internal, ns),
+            rule_hits=lambda: nfqueue.queue_rule_hits(netns=ns),
+            on_bypass=self._bypassed,
         )
         self.injector.start()
         return self.injector
+
+    def _bypassed(self, bypassed: Bypassed) -> None:
+        self.bypasses.append(bypassed)
+        self.bypass_seen.set()
+
+    def flood(self, count: int, rate: float, port: int) -> subprocess.Popen[bytes]:
+        """A process of its own sending `count` RTP-sized datagrams from Alice to Bob's `port`, `rate`
+        a second (0: as fast as it can); it stops by itself, or early once its stdin is closed."""
+        argv = [sys.executable, "-c", FLOOD, str(count), str(rate), self.lab.address("bob"), str(port)]
+        return subprocess.Popen(["ip", "netns", "exec", self.lab.ns("alice"), *argv], stdin=subprocess.PIPE)
+
+    async def clear(self, injector: FaultInjector) -> int:
+        """As a service clears its plan: the queue rules go (their final count), the engine judges
+        what is queued and stops, then the tables go. Returns the rule's count."""
+        rule_hits = await asyncio.to_thread(ruleset.remove_faults, netns=self.ns, hooks=False)
+        assert rule_hits is not None
+        injector.stop(rule_hits)
+        self.injector = None
+        await asyncio.to_thread(ruleset.remove_faults, netns=self.ns)
+        return rule_hits
+
+
+FLOOD = """\
+import select, socket, sys, time
+count, rate, address = int(sys.argv[1]), float(sys.argv[2]), (sys.argv[3], int(sys.argv[4]))
+sock, payload, start = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), bytes([0x80, 0]) + bytes(170), time.monotonic()
+for n in range(count):
+    if rate:
+        time.sleep(max(0.0, start + n / rate - time.monotonic()))
+    sock.sendto(payload, address)
+    if n % 1000 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+        break
+"""
 
 
 def _expire_in(internal: tuple[str, int], ns: str) -> int:
@@ -734,8 +783,8 @@ async def _recv_all(sock: socket.socket, until: bytes) -> list[bytes]:
     return got
 
 
-def _run(coro):  # noqa: ANN001, ANN202
-    return asyncio.run(asyncio.wait_for(coro, 20))
+def _run(coro, timeout: float = 20):  # noqa: ANN001, ANN202
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @needs_kernel
@@ -869,7 +918,7 @@ def test_a_stopped_engine_never_blackholes_the_path(path: Path_) -> None:
     assert _run(go()) == [b"still here"]
     assert path.events == []
     rules = subprocess.run(
-        ["ip", "netns", "exec", path.ns, nfqueue.iptables_tool(), "-t", "mangle", "-S", "PINHOLE_FAULTS"],
+        ["ip", "netns", "exec", path.ns, nfqueue.iptables_tool(), "-t", "mangle", "-S", "PINHOLE_FAULTS_NFQUEUE"],
         capture_output=True,
         text=True,
         check=True,
@@ -909,6 +958,28 @@ def test_held_packets_are_released_on_stop_and_the_path_is_removed(path: Path_) 
 
 
 @needs_kernel
+def test_a_held_packet_outlives_a_new_plan_and_is_let_go_when_cleared(path: Path_) -> None:
+    """Deleting or reloading a table with a hook makes the kernel drop every queued packet (checked):
+    a new plan keeps the dup table, and clearing deletes the tables only once the engine let go."""
+
+    async def go() -> tuple[bytes, FaultInjector]:
+        injector = path.start({"name": "forever", "what": "any", "action": "delay", "seconds": 30})
+        alice, bob = path.udp("alice", 40008), path.udp("bob", 5008)
+        with alice, bob:
+            alice.sendto(b"held", ("198.51.100.40", 5008))
+            while injector.stats()["faults_injected"] == 0:
+                await asyncio.sleep(0.01)
+            both = ruleset.FaultPath(QUEUE, {"inbound", "outbound"})
+            await asyncio.to_thread(ruleset.apply_faults, both, lan_if="lan0", wan_if="wan0", netns=path.ns)
+            assert (nfqueue.kernel_stats(QUEUE, netns=path.ns) or {}).get("held") == 1
+            await path.clear(injector)
+            return (await _recv(bob))[0], injector
+
+    data, injector = _run(go())
+    assert data == b"held" and injector.queue.verdict_errors == 0
+
+
+@needs_kernel
 def test_queue_bind_conflict_and_unknown_verdicts(path: Path_) -> None:
     with NfQueue(QUEUE + 1, netns=path.ns) as first:
         with pytest.raises(NfqueueError, match=f"NFQUEUE {QUEUE + 1}: bind refused"):
@@ -926,7 +997,8 @@ def test_decision_defaults() -> None:
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_a_full_queue_fails_open_or_closed(path: Path_, fail_open: bool) -> None:
     """The queue holds one packet at most: a second one is accepted past the engine (fail-open, the
-    gateway's choice) or dropped by the kernel and counted (fail-closed)."""
+    gateway's choice: counted by the queue rule's counter only, the kernel gives it no id) or dropped
+    by the kernel and counted (fail-closed)."""
 
     async def go() -> list[bytes]:
         outbound = ruleset.FaultPath(QUEUE, {"outbound"})
@@ -946,12 +1018,126 @@ def test_a_full_queue_fails_open_or_closed(path: Path_, fail_open: bool) -> None
                         assert time.monotonic() < deadline, nfqueue.kernel_stats(QUEUE, netns=path.ns)
                         await asyncio.sleep(0.01)
                 assert queue.read() == []  # the engine never saw the second one
+                if fail_open:
+                    assert nfqueue.kernel_stats(QUEUE, netns=path.ns) == {
+                        "held": 1,
+                        "queue_dropped": 0,
+                        "user_dropped": 0,
+                        "id_sequence": 1,
+                    }
+                    assert queue.bypassed(nfqueue.queue_rule_hits(netns=path.ns) or 0) == 1
                 queue.accept(held.packet_id)
                 got.append((await _recv(bob))[0])
                 return got
 
     expected = [b"overflow", b"held"] if fail_open else [b"held"]
     assert _run(go()) == expected
+
+
+@needs_kernel
+def test_a_full_receive_buffer_fails_open_and_is_counted(path: Path_) -> None:
+    """Messages the socket has no room for: fail-open accepts their packets, which had ids (a gap in
+    the ids the engine reads next), and the kernel's user_dropped stays 0."""
+
+    async def go() -> tuple[NfQueue, list[bytes], list[int]]:
+        ruleset.apply_faults(ruleset.FaultPath(QUEUE, {"outbound"}), lan_if="lan0", wan_if="wan0", netns=path.ns)
+        with NfQueue(QUEUE, netns=path.ns) as queue:
+            queue._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the least the kernel allows
+            alice, bob = path.udp("alice", 40012), path.udp("bob", 5012)
+            with alice, bob:
+                for n in range(5):
+                    alice.sendto(b"p%d" % n, ("198.51.100.40", 5012))
+                deadline = time.monotonic() + 5
+                while nfqueue.queue_rule_hits(netns=path.ns) != 5:  # all five met the rule: queued or passed
+                    assert time.monotonic() < deadline
+                queued = queue.read()
+                assert 0 < len(queued) < 5
+                passed = [(await _recv(bob))[0] for _ in range(5 - len(queued))]
+                alice.sendto(b"after", ("198.51.100.40", 5012))
+                later = await asyncio.to_thread(queue.wait, 2.0)
+                for packet in queued + later:
+                    queue.accept(packet.packet_id)
+                assert (nfqueue.kernel_stats(QUEUE, netns=path.ns) or {}).get("user_dropped") == 0
+                rule_hits = nfqueue.queue_rule_hits(netns=path.ns)
+                assert rule_hits == 6 and queue.bypassed(rule_hits) == rule_hits - queue.received == len(passed)
+                return queue, passed, [p.packet_id for p in queued + later]
+
+    queue, passed, ids = _run(go())
+    assert ids == [*range(1, 6 - len(passed)), 6] and queue.overruns >= 1  # ids given to the lost ones too
+    assert passed == [b"p%d" % n for n in range(5 - len(passed), 5)]
+
+
+def test_bypass_reports_only_growth_once_per_check() -> None:
+    """Each check is one sample of the rule's counter; a report (and an event) only when the count grew."""
+
+    async def scenario() -> tuple[list[Bypassed], int]:
+        queue = FakeQueue()
+        queue.received = 100
+        queue.bypassed = lambda hits: hits - 100  # type: ignore[attr-defined]
+        samples = iter([100, 105, 105, 103, 120])
+        reports: list[Bypassed] = []
+        injector = FaultInjector(
+            queue,  # type: ignore[arg-type]
+            engine(),
+            on_fault=lambda _: None,
+            rule_hits=lambda: next(samples),
+            on_bypass=reports.append,
+        )
+        for _ in range(5):
+            await injector.check_bypass()
+        return reports, injector.stats()["faults_queue_bypassed"]
+
+    reports, counted = asyncio.run(scenario())
+    assert [(r.bypassed, r.new, r.received) for r in reports] == [(5, 5, 100), (20, 15, 100)] and counted == 20
+    assert reports[0].event_attributes()["summary"].startswith("5 more packets passed the fault engine unjudged")
+
+
+@needs_kernel
+def test_a_flood_above_the_engines_rate_is_counted_not_silent(path: Path_) -> None:
+    """Far above the rate the engine judges (nfqueue.py), fail-open lets packets by: each is counted
+    (rule counter minus what the engine received), reported while the flood goes on, and nowhere in
+    the kernel's own queue counters."""
+
+    async def go() -> tuple[FaultInjector, int, dict[str, int]]:
+        injector = path.start({"name": "lose-checks", "what": "stun-request", "action": "drop"})
+        with path.udp("bob", 5030):  # a sink: no ICMP back
+            flood = path.flood(1_000_000, 0, 5030)
+            try:
+                await asyncio.wait_for(path.bypass_seen.wait(), 60)
+            finally:
+                assert flood.stdin is not None
+                flood.stdin.close()
+                await asyncio.to_thread(flood.wait, 20)
+            kernel = nfqueue.kernel_stats(QUEUE, netns=path.ns)
+            assert kernel is not None
+            return injector, await path.clear(injector), kernel
+
+    injector, rule_hits, kernel = _run(go(), 90)
+    stats = injector.stats()
+    assert stats["faults_queue_bypassed"] == rule_hits - stats["faults_queue_received"] > 0
+    assert path.bypasses[0].new == path.bypasses[0].bypassed > 0  # first seen during the flood
+    assert path.bypasses[-1].bypassed == stats["faults_queue_bypassed"]
+    assert stats["faults_untouched"] == stats["faults_queue_received"]  # every packet received was judged
+    assert kernel["queue_dropped"] == kernel["user_dropped"] == 0  # the kernel counts none of them
+
+
+@needs_kernel
+def test_a_flow_below_the_engines_rate_is_judged_whole(path: Path_) -> None:
+    """1,500 packets/s, far below the rate: every packet judged, none bypassed. Fewer packets than
+    the queue holds, so not even a machine that stalls the engine meanwhile can make one pass."""
+
+    async def go() -> tuple[FaultInjector, int]:
+        injector = path.start({"name": "lose-checks", "what": "stun-request", "action": "drop"})
+        with path.udp("bob", 5031):
+            flood = path.flood(3000, 1500, 5031)
+            await asyncio.to_thread(flood.wait, 30)
+            assert flood.returncode == 0
+            return injector, await path.clear(injector)
+
+    injector, rule_hits = _run(go(), 60)
+    stats = injector.stats()
+    assert rule_hits == stats["faults_queue_received"] == stats["faults_untouched"] == 3000
+    assert stats["faults_queue_bypassed"] == 0 and path.bypasses == []
 
 
 # --------------------------------------------------------------------------- the gRPC contract (pure)
@@ -1051,11 +1237,11 @@ def test_render_faults() -> None:
     script, rules = ruleset.render_faults(ruleset.FaultPath(3, {"inbound"}), lan_if="lan0", wan_if="wan0")
     assert script == render_dup_table()
     assert rules == [
-        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-i", "wan0", "-o", "lan0", "-p", "udp"]
-        + ["-j", "NFQUEUE", "--queue-num", "3", "--queue-bypass"]
+        [*QUEUE_RULE, "3", "--queue-bypass"],
+        ["-t", "mangle", "-A", "PINHOLE_FAULTS", "-i", "wan0", "-o", "lan0", "-p", "udp", "-j", QUEUE_CHAIN],
     ]
     _, both = ruleset.render_faults(ruleset.FaultPath(3, {"inbound", "outbound"}))
-    assert [rule[4:8] for rule in both] == [["-i", "lan0", "-o", "wan0"], ["-i", "wan0", "-o", "lan0"]]
+    assert [rule[4:8] for rule in both[1:]] == [["-i", "lan0", "-o", "wan0"], ["-i", "wan0", "-o", "lan0"]]
     with pytest.raises(ruleset.RulesetError, match="fault directions"):
         ruleset.FaultPath(3, set())
     with pytest.raises(ruleset.RulesetError, match="fault queue 70000"):

@@ -99,6 +99,7 @@ __all__ = [
     "FaultRule",
     "Injected",
     "BridgePorts",
+    "Bypassed",
     "Crossing",
     "LinkMap",
     "Match",
@@ -980,6 +981,26 @@ class Injected:
         }
 
 
+@dataclass(frozen=True)
+class Bypassed:
+    """Packets sent to the queue that the engine never judged (NFQUEUE fail-open: queue or receive
+    buffer full; or no socket bound): what a service turns into a `fault.bypassed` event."""
+
+    queue: int
+    bypassed: int  # in all, since the engine started
+    new: int  # since the previous report
+    received: int  # packets the engine did get
+
+    def event_attributes(self) -> dict[str, str]:
+        return {
+            "queue": str(self.queue),
+            "bypassed": str(self.bypassed),
+            "new": str(self.new),
+            "received": str(self.received),
+            "summary": f"{self.new} more packets passed the fault engine unjudged (NFQUEUE fail-open)",
+        }
+
+
 @dataclass
 class _Held:
     packet: QueuedPacket
@@ -999,8 +1020,15 @@ class FaultInjector:
     given, sees every UDP packet before it is decided (the switch learns calls from the SIP). `counts`
     holds faults_* counters: packets queued / passed untouched / not UDP, injected faults in all
     and per action and rule, reorder holds released by the next packet or by their timeout,
-    expiries that failed, and the queue's own (missed, overruns, verdict errors).
+    expiries that failed, and the queue's own (received, bypassed, missed, overruns, verdict errors).
+
+    `rule_hits()`, if given, reads the queue rule's counter (nfqueue.queue_rule_hits; run in a worker
+    thread): then every BYPASS_CHECK_INTERVAL the packets that went past the engine unjudged are
+    counted (faults_queue_bypassed, NfQueue.bypassed) and, when their number grew, `on_bypass` gets
+    a `Bypassed`: one report per interval at most, whatever the packet rate.
     """
+
+    BYPASS_CHECK_INTERVAL = 1.0  # seconds
 
     def __init__(
         self,
@@ -1012,10 +1040,15 @@ class FaultInjector:
         settle: Callable[[Address], Awaitable[int]] | None = None,
         counts: Counter[str] | None = None,
         observe: Callable[[QueuedPacket, PacketView], None] | None = None,
+        rule_hits: Callable[[], int | None] | None = None,
+        on_bypass: Callable[[Bypassed], None] | None = None,
     ) -> None:
         self.queue = queue
         self.engine = engine
         self.on_fault = on_fault
+        self.rule_hits = rule_hits
+        self.on_bypass = on_bypass
+        self.bypassed = 0  # the highest count seen (each a lower bound; exact at stop)
         self.expire = expire or (lambda internal: asyncio.to_thread(expire_mapping, internal))
         self.settle = settle
         self.observe = observe
@@ -1025,10 +1058,13 @@ class FaultInjector:
         self._reordered: dict[tuple[Address, Address], list[_Held]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.queue.fileno(), self._readable)
+        if self.rule_hits is not None:
+            self._watch = self._loop.create_task(self._watch_bypass())
 
     def replace(self, engine: FaultEngine) -> None:
         """A new plan for the packets to come (those held now keep their fate)."""
@@ -1047,11 +1083,20 @@ class FaultInjector:
         injector.start()
         return injector
 
-    def stop(self) -> None:
-        """Stop reading; every packet still held is accepted at once; the queue is closed."""
+    def stop(self, rule_hits: int | None = None) -> None:
+        """Stop reading; what is queued is judged first, then every packet still held is accepted at
+        once; the queue is closed. `rule_hits`: the queue rule's final count (nfqueue.remove_queue_rules:
+        nothing feeds the queue any more), which makes the bypass count exact."""
+        if self._watch is not None:
+            self._watch.cancel()
         if self._loop is not None:
             self._loop.remove_reader(self.queue.fileno())
+            drained = 0  # what crossed while the plan was set is judged (at most a queue's worth: a rule may feed it)
+            while self._loop.is_running() and drained < self.queue.max_length and (read := self._readable()):
+                drained += read
             self._loop = None
+        if rule_hits is not None:  # drained: whatever the rule sent that did not arrive was never judged
+            self._note_bypass(rule_hits - self.queue.received)
         for task in list(self._tasks):
             task.cancel()
         for held in list(self._held.values()) + [h for hs in self._reordered.values() for h in hs]:
@@ -1064,6 +1109,8 @@ class FaultInjector:
 
     def stats(self) -> Counter[str]:
         out = Counter(self.counts)
+        out["faults_queue_received"] = self.queue.received
+        out["faults_queue_bypassed"] = self.bypassed
         out["faults_queue_missed"] = self.queue.missed
         out["faults_queue_overruns"] = self.queue.overruns
         out["faults_queue_verdict_errors"] = self.queue.verdict_errors
@@ -1071,8 +1118,9 @@ class FaultInjector:
         out["faults_held"] = len(self.queue.pending)
         return out
 
-    def _readable(self) -> None:
-        for packet in self.queue.read():
+    def _readable(self) -> int:
+        packets = self.queue.read()
+        for packet in packets:
             try:
                 self.handle(packet)
             except Exception:  # a verdict must never be lost: accept what could not be decided
@@ -1080,6 +1128,35 @@ class FaultInjector:
                 with contextlib.suppress(OSError):
                     if packet.packet_id in self.queue.pending:
                         self.queue.accept(packet.packet_id)
+        return len(packets)
+
+    async def check_bypass(self) -> int:
+        """Count the packets that went past the engine unjudged until now (faults_queue_bypassed)."""
+        if self.rule_hits is not None:
+            count = await asyncio.to_thread(self._count_bypass)
+            if count is not None:
+                self._note_bypass(count)
+        return self.bypassed
+
+    def _count_bypass(self) -> int | None:
+        assert self.rule_hits is not None
+        hits = self.rule_hits()  # before the ids the kernel gave: the count is never too high
+        return None if hits is None else self.queue.bypassed(hits)
+
+    async def _watch_bypass(self) -> None:
+        while True:
+            await asyncio.sleep(self.BYPASS_CHECK_INTERVAL)
+            try:
+                await self.check_bypass()
+            except Exception:  # iptables or /proc unreadable for a moment: try again next time
+                self.counts["faults_bypass_check_failed"] += 1
+
+    def _note_bypass(self, count: int) -> None:
+        if count <= self.bypassed:
+            return
+        new, self.bypassed = count - self.bypassed, count
+        if self.on_bypass is not None:
+            self.on_bypass(Bypassed(self.queue.queue, count, new, self.queue.received))
 
     def handle(self, packet: QueuedPacket) -> Decision | None:
         self.counts["faults_queued"] += 1

@@ -7,7 +7,9 @@ observes: every inbound packet the ruleset drops arrives here over NFLOG and is 
 
 It also injects faults when asked (SetFaults): loss, delay, duplication, reordering and expired
 mappings on the packets of Alice's path, decided packet by packet from an NFQUEUE (pinhole/faults/); each
-injected fault is a `fault.injected` event in the call's trace, correlated like the drops.
+injected fault is a `fault.injected` event in the call's trace, correlated like the drops. Packets that
+crossed unjudged (NFQUEUE fail-open, above the rate the engine keeps up with) are counted
+(faults_queue_bypassed) and reported as `fault.bypassed`, at most once a second.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pinhole.calls import CallDirectory
 from pinhole.events import Counters, EventLog
 from pinhole.faults import engine as faults
 from pinhole.faults import nfqueue
-from pinhole.faults.engine import FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
+from pinhole.faults.engine import Bypassed, FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
 from pinhole.faults.rpc import FaultsServicer
 from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
 from pinhole.pcap import decode_ipv4_udp
@@ -296,6 +298,8 @@ class NatGateway:
             expire=self._expire_mapping,
             settle=self._forget_mapping,
             counts=self.fault_counts,
+            rule_hits=nfqueue.queue_rule_hits,
+            on_bypass=self._fault_bypassed,
         )
         path = ruleset.FaultPath(self.fault_queue, {d.value for d in plan.directions()})
         try:
@@ -314,20 +318,26 @@ class NatGateway:
         )
 
     async def clear_faults(self) -> None:
-        """Nothing is queued or copied any more; what is held is let go at once."""
+        """Nothing is queued or copied any more; what is held is let go at once, before the fault
+        tables go (deleting their hooks would drop it)."""
+        rule_hits = await asyncio.to_thread(ruleset.remove_faults, hooks=False)
+        had = self._stop_faults(rule_hits)
         await asyncio.to_thread(ruleset.remove_faults)
-        had = self._stop_faults()
         self.fault_plan = FaultPlan()
         if had:
-            self.events.emit("nat.faults_cleared", injected=self.fault_counts["faults_injected"])
+            self.events.emit(
+                "nat.faults_cleared",
+                injected=self.fault_counts["faults_injected"],
+                bypassed=self.fault_counts["faults_queue_bypassed"],
+            )
 
-    def _stop_faults(self) -> bool:
+    def _stop_faults(self, rule_hits: int | None = None) -> bool:
         if self.injector is None:
             return False
+        self.injector.stop(rule_hits)
         for name, value in self.injector.stats().items():  # the queue's own counts, kept past its end
             if name.startswith("faults_queue_"):
                 self.fault_counts[name] += value
-        self.injector.stop()
         self.injector = None
         return True
 
@@ -348,6 +358,10 @@ class NatGateway:
     async def _forget_mapping(self, internal: tuple[str, int]) -> int:
         """The sets again once the packet passed: an outbound one renews them in postrouting."""
         return await asyncio.to_thread(ruleset.forget_mapping, internal, self.behaviour)
+
+    def _fault_bypassed(self, bypassed: Bypassed) -> None:
+        """Packets that crossed unjudged (NFQUEUE fail-open): at most one event per check interval."""
+        self.events.emit("fault.bypassed", attributes=bypassed.event_attributes())
 
     def _fault_injected(self, injected: Injected) -> None:
         """One fault, as an event in the trace of the call it hit: a SIP message names its call; a media
@@ -520,6 +534,8 @@ class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGat
         )
 
     async def collect_counters(self) -> Counters:
+        if self.gateway.injector is not None:
+            await self.gateway.injector.check_bypass()
         counters = Counters(self.gateway.counters)
         counters.update(self.gateway.fault_stats())
         for name, values in (await asyncio.to_thread(ruleset.read_counters)).items():

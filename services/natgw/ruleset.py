@@ -765,22 +765,31 @@ def render_faults(path: FaultPath, *, lan_if: str = "lan0", wan_if: str = "wan0"
 
 
 def apply_faults(path: FaultPath, *, lan_if: str, wan_if: str, netns: str | None = None) -> None:
-    """Load the dup table, then (re)load the queue rules (idempotent: a new plan replaces the old path)."""
+    """Load the dup table unless it is there, then (re)load the queue rules (idempotent: a new plan
+    replaces the old path). The dup table never changes, and reloading it would re-register its hook,
+    which makes the kernel drop every packet queued (held by the plan before) in the namespace."""
     from pinhole.faults import engine as faults
     from pinhole.faults import nfqueue
 
-    _nft(["-f", "-"], faults.render_dup_table(), netns)
+    try:
+        _nft(["list", "table", "ip", faults.DUP_TABLE], None, netns)
+    except NftError:
+        _nft(["-f", "-"], faults.render_dup_table(), netns)
     nfqueue.install_queue_rules(path.queue, _fault_paths(path, lan_if, wan_if), netns=netns)
 
 
-def remove_faults(*, netns: str | None = None) -> None:
+def remove_faults(*, netns: str | None = None, hooks: bool = True) -> int | None:
     """Queue nothing and copy nothing any more (idempotent; the queue rules first, so that no packet
-    is queued after the engine has gone)."""
+    is queued after the engine has gone). Returns the queue rule's final count (remove_queue_rules).
+    `hooks=False`: the queue rules only, while the engine still holds packets (deleting the tables'
+    hooks would drop them); then again, once it has let them go."""
     from pinhole.faults import engine as faults
     from pinhole.faults import nfqueue
 
-    nfqueue.remove_queue_rules(netns=netns)
-    _nft(["-f", "-"], f"table ip {faults.DUP_TABLE}\ndelete table ip {faults.DUP_TABLE}\n", netns)
+    rule_hits = nfqueue.remove_queue_rules(netns=netns, prune=hooks)
+    if hooks:
+        _nft(["-f", "-"], f"table ip {faults.DUP_TABLE}\ndelete table ip {faults.DUP_TABLE}\n", netns)
+    return rule_hits
 
 
 def forget_mapping(internal: tuple[str, int], behaviour: NatBehaviour, *, netns: str | None = None) -> int:

@@ -12,7 +12,9 @@ Every injected fault is a `fault.injected` event in the trace of the call it hit
 carries its Call-ID and traceparent; media is matched by the addresses the call's SDP announced,
 which the switch learns from the SIP its queue sees (every bridged datagram is queued while a plan
 is set, so it sees the whole SIP path, whatever links the rules name). The switch carries out drop,
-delay and reorder; duplicate and expire-mapping are the NAT gateway's.
+delay and reorder; duplicate and expire-mapping are the NAT gateway's. Packets that crossed unjudged
+(NFQUEUE fail-open, above the rate the engine keeps up with: pinhole/faults/nfqueue.py) are counted
+(faults_queue_bypassed) and reported as `fault.bypassed`, at most once a second.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import grpc
 from pinhole.calls import CallDirectory
 from pinhole.events import Counters, EventLog
 from pinhole.faults import nfqueue
-from pinhole.faults.engine import BridgePorts, FaultEngine, FaultInjector, FaultPlan, Injected, PacketView
+from pinhole.faults.engine import BridgePorts, Bypassed, FaultEngine, FaultInjector, FaultPlan, Injected, PacketView
 from pinhole.faults.rpc import FaultsServicer
 from pinhole.rpc.v1 import switch_pb2, switch_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
@@ -107,6 +109,8 @@ class Switch:
             on_fault=self._fault_injected,
             observe=self._observe,
             counts=self.fault_counts,
+            rule_hits=nfqueue.queue_rule_hits,
+            on_bypass=self._fault_bypassed,
         )
         try:
             await asyncio.to_thread(nfqueue.install_queue_rules, self.fault_queue, [("", "")], bridged=True)
@@ -124,17 +128,23 @@ class Switch:
         )
 
     async def clear_faults(self) -> None:
-        """Nothing is queued any more; what is held is let go at once."""
-        await asyncio.to_thread(nfqueue.remove_queue_rules)
+        """Nothing is queued any more; what is held is let go at once, before the rule's table goes
+        (deleting its hooks would drop it)."""
+        rule_hits = await asyncio.to_thread(nfqueue.remove_queue_rules, prune=False)
         self.fault_plan = FaultPlan()
-        if self.injector is None:
-            return
-        for name, value in self.injector.stats().items():  # the queue's own counts, kept past its end
-            if name.startswith("faults_queue_"):
-                self.fault_counts[name] += value
-        self.injector.stop()
-        self.injector = None
-        self.events.emit("switch.faults_cleared", injected=self.fault_counts["faults_injected"])
+        injector, self.injector = self.injector, None
+        if injector is not None:
+            injector.stop(rule_hits)
+            for name, value in injector.stats().items():  # the queue's own counts, kept past its end
+                if name.startswith("faults_queue_"):
+                    self.fault_counts[name] += value
+        await asyncio.to_thread(nfqueue.remove_queue_rules)  # the table too, now that nothing is queued
+        if injector is not None:
+            self.events.emit(
+                "switch.faults_cleared",
+                injected=self.fault_counts["faults_injected"],
+                bypassed=self.fault_counts["faults_queue_bypassed"],
+            )
 
     def fault_stats(self) -> Counter[str]:
         out = Counter(self.fault_counts)
@@ -149,6 +159,10 @@ class Switch:
         seen = self.calls.observe(packet.payload)
         if seen is not None and seen[1] in ("BYE", "rejected"):
             self.calls.forget(seen[0])
+
+    def _fault_bypassed(self, bypassed: Bypassed) -> None:
+        """Packets that crossed unjudged (NFQUEUE fail-open): at most one event per check interval."""
+        self.events.emit("fault.bypassed", attributes=bypassed.event_attributes())
 
     def _fault_injected(self, injected: Injected) -> None:
         """One fault, as an event in the trace of the call it hit (see the module's docstring)."""
@@ -196,6 +210,8 @@ class SwitchServicer(FaultsServicer, EvidenceServicer, switch_pb2_grpc.SwitchSer
         return self.switch
 
     async def collect_counters(self) -> Counters:
+        if self.switch.injector is not None:
+            await self.switch.injector.check_bypass()
         counters = Counters(self.switch.counters)
         counters.update(self.switch.fault_stats())
         return counters
