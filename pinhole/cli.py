@@ -123,9 +123,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 2
     scenario = _scenario(args.scenario)
     timers = args.timers or scenario.timers or "rfc"
-    result, out_dir = run_load(
-        plan, scenario, timers_name=timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
-    )
+    try:
+        result, out_dir = run_load(
+            plan, scenario, timers_name=timers, lab_name=args.lab, backend=args.backend, out_root=Path(args.out)
+        )
+    except ValueError as error:  # a template the load cannot carry out: refused before the lab is touched
+        print(f"pinhole load: {error}", file=sys.stderr)
+        return 2
     print(render(result))
     print(f"artifacts: {out_dir} (load.json; capture.pcapng: pinhole verdict --call-id ID {out_dir})")
     if result["broken"]:

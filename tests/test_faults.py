@@ -1298,3 +1298,12 @@ def test_expire_mapping_also_forgets_what_endpoint_independent_filtering_admits(
     finally:
         ruleset.remove(netns=path.ns)
         subprocess.run(["ip", "netns", "exec", path.ns, "nft", "-f", "-"], input=NAT, text=True, check=True)
+
+
+def test_a_run_whose_fault_engine_let_packets_through_unjudged_is_broken() -> None:
+    """Its faults reached only part of the traffic: the verdict would be another run's (judge_call's `broken`)."""
+    from pinhole.controller.run import faults_bypassed
+
+    assert faults_bypassed({"natgw": {"faults_queue_bypassed": 0, "faults_queue_received": 9}, "alice": {}}) == ""
+    why = faults_bypassed({"natgw": {"faults_queue_bypassed": 12}, "public": {"faults_queue_bypassed": 3}})
+    assert "natgw 12, public 3" in why and "not applied" in why

@@ -7,11 +7,12 @@ fail under load too)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from pinhole.controller.load import LoadPlan, passed_enough, percentile, run_load
-from pinhole.controller.scenario import SCENARIOS
+from pinhole.controller.scenario import SCENARIOS, load
 
 
 def test_a_plan_paces_calls_with_a_linear_ramp_and_refuses_what_cannot_be() -> None:
@@ -34,6 +35,15 @@ def test_the_success_bar_is_compared_exactly() -> None:
     assert not passed_enough({"summary": {"passed": 20_000, "calls": 20_001}}, 100.0)
     assert passed_enough({"summary": {"passed": 99, "calls": 100}}, 99.0)
     assert not passed_enough({"summary": {"passed": 0, "calls": 1}}, 0.1)
+
+
+@pytest.mark.parametrize("template", ["fault-media-loss", "restart-proxy-mid-call", "stranger-client-hello"])
+def test_a_template_whose_faults_restarts_or_strangers_a_load_would_leave_out_is_refused(template, tmp_path) -> None:
+    """Calls placed without them would be judged as if they had them: refused before any lab is touched."""
+    (scenario,) = load(Path(__file__).parent.parent / "scenarios" / f"{template}.yaml")
+    with pytest.raises(ValueError, match="a load does not carry out"):
+        run_load(LoadPlan(calls=1), scenario, lab_name="ph-never", out_root=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_percentiles_by_nearest_rank() -> None:

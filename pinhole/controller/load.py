@@ -48,6 +48,7 @@ from pinhole.rpc.v1 import events_pb2, useragent_pb2
 
 AGENTS = ("alice", "bob")
 LADDERS_KEPT = 5  # failed calls whose ladder is drawn
+NOT_IN_A_LOAD = ("faults", "restarts", "strangers", "reinvites", "external")  # what a call template cannot have
 FRAMES_PER_CALL = 2_000  # capture room per call: signalling, handshakes and a few seconds of SRTP on every link
 
 
@@ -336,6 +337,11 @@ def run_load(
     """Run the load on a local lab (brought up and down here unless it is up); returns load.json's dict and
     the artifact directory. `spans` False: the services trace nothing (OpenTelemetry off), none is missed."""
     scenario = scenario or SCENARIOS["rfc5763-7.3"]
+    left_out = [part for part in NOT_IN_A_LOAD if getattr(scenario, part)]
+    if left_out:  # judged as written, calls without them would pass or fail for the wrong reason
+        raise ValueError(
+            f"{scenario.name}: a load does not carry out a scenario's {', '.join(left_out)} (pinhole run does)"
+        )
     scenario = dataclasses.replace(scenario, name=f"load-{scenario.name}")
     frames = FRAMES_PER_CALL * plan.total
     _, out_dir = new_run_dir(out_root, scenario)

@@ -870,6 +870,18 @@ def run_info(endpoints: Endpoints, scenario: Scenario, timers: Timers, timers_na
     )
 
 
+def faults_bypassed(counters: dict[str, dict[str, int]]) -> str:
+    """Why a run is broken when a fault engine let packets through unjudged (NFQUEUE fail-open, faster than it
+    judges): the scenario's faults reached only part of the traffic, so its verdict would be another run's."""
+    bypassed = {node: c["faults_queue_bypassed"] for node, c in counters.items() if c.get("faults_queue_bypassed")}
+    if not bypassed:
+        return ""
+    counts = ", ".join(f"{node} {count}" for node, count in sorted(bypassed.items()))
+    return (
+        f"the fault engine let packets through unjudged (faults_queue_bypassed: {counts}): the faults were not applied"
+    )
+
+
 def judge_call(
     trace_request: Any,
     record: CallRecord,
@@ -965,6 +977,9 @@ def judge_call(
     unsent = [why for why, step in zip(unsent, record.strangers, strict=True) if "sent" not in step]
     if unsent and not result.broken:  # the scenario did not happen as written
         result.broken = unsent[0]
+    bypassed = faults_bypassed(record.counters)
+    if bypassed and not result.broken:  # nor did it when its faults missed packets
+        result.broken = bypassed
     if capture_problems and not result.broken:  # judged on part of the wire is no verdict
         result.broken = "; ".join(capture_problems)
     drawing = ladder.render(evidence)
