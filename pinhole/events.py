@@ -32,9 +32,8 @@ def _sequence(event: events_pb2.Event) -> int:
 class EventLog:
     """Append-only log of one service's events with live followers, bounded per call: it keeps the events of
     the `calls` most recent calls and the latest `limit` events that belong to no call, so memory stays flat
-    however many calls a service carries (an agent answers for its last 1,000 ended calls, the same)."""
-
-    CALLS_KEPT = 10_000  # trace contexts of the most recent calls
+    however many calls a service carries (an agent answers for its last 1,000 ended calls, the same). The trace
+    contexts of calls are kept for as many calls: each holds its call's latest span."""
 
     def __init__(
         self, service: str, *, calls: int = 1_000, limit: int = 5_000, tracer: trace.Tracer | None = None
@@ -116,9 +115,13 @@ class EventLog:
     def bind_call(self, call_id: str, context: Context | None) -> None:
         """Make `context` the parent of this call's later spans here, unless the call has one."""
         if call_id and context is not None and call_id not in self._calls:
-            self._calls[call_id] = context
-            if len(self._calls) > self.CALLS_KEPT:  # junk Call-IDs must not grow this forever
-                del self._calls[next(iter(self._calls))]
+            self._remember(call_id, context)
+
+    def _remember(self, call_id: str, context: Context) -> None:
+        """The call's context, the oldest forgotten beyond `calls` (junk Call-IDs must not grow this forever)."""
+        self._calls[call_id] = context
+        if len(self._calls) > self.calls:
+            del self._calls[next(iter(self._calls))]
 
     def start_call(self, call_id: str, parent: Context | None = None, **attributes: object) -> Context:
         """Open the long "call" span (child of the bound context, else of `parent`: the context
@@ -129,8 +132,9 @@ class EventLog:
             attributes={"pinhole.call_id": call_id, **{k: str(v) for k, v in attributes.items()}},
         )
         self._call_spans[call_id] = span
-        self._calls[call_id] = trace.set_span_in_context(span)
-        return self._calls[call_id]
+        context = trace.set_span_in_context(span)
+        self._remember(call_id, context)
+        return context
 
     def end_call(self, call_id: str, **attributes: object) -> None:
         span = self._call_spans.pop(call_id, None)

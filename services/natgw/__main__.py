@@ -65,6 +65,7 @@ HAIRPINNINGS = {  # RFC 4787 REQ-9: a MUST, so UNSPECIFIED is on (and what trans
     natgw_pb2.HAIRPINNING_OFF: False,
 }
 PR_SET_PDEATHSIG = 1
+DROPS_KEPT = 1_000  # the latest drops WatchDrops replays: a call's own are among them, and memory stays flat
 
 
 class NatGateway:
@@ -260,7 +261,7 @@ class NatGateway:
             attributes=description,
         )
         self.drops.append(drop)
-        del self.drops[:-10_000]
+        del self.drops[:-DROPS_KEPT]
         flow = self.calls.lookup(udp.dst, udp.src)
         self.events.emit(
             "nat.drop",
