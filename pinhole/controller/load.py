@@ -49,6 +49,7 @@ from pinhole.rpc.v1 import events_pb2, useragent_pb2
 AGENTS = ("alice", "bob")
 LADDERS_KEPT = 5  # failed calls whose ladder is drawn
 NOT_IN_A_LOAD = ("faults", "restarts", "strangers", "reinvites", "external")  # what a call template cannot have
+KEY_LOG_WAIT_S = 35.0  # longer than a GetKeyLog's own 30 s deadline
 FRAMES_PER_CALL = 2_000  # capture room per call: signalling, handshakes and a few seconds of SRTP on every link
 
 
@@ -252,11 +253,16 @@ class Load:
             self.key_futures.append(self._hold(self.clients.stub(agent).GetKeyLog.future(request, timeout=30)))
 
     def key_log(self) -> str:
-        """Every call's key log lines, each once (a call an agent no longer knows has none)."""
+        """Every call's key log lines, each once (a call an agent no longer knows has none). Waited for at
+        most KEY_LOG_WAIT_S in all: an interrupted load left requests that never completed, and hung here."""
         lines: dict[str, None] = {}
+        deadline = time.monotonic() + KEY_LOG_WAIT_S
         for future in self.key_futures:
-            if future.exception() is None:
-                lines.update(dict.fromkeys(future.result().lines))
+            try:
+                if future.exception(timeout=max(0.0, deadline - time.monotonic())) is None:
+                    lines.update(dict.fromkeys(future.result().lines))
+            except grpc.FutureTimeoutError:
+                future.cancel()
         return "".join(f"{line}\n" for line in lines)
 
     def _show(self, elapsed: float, *, final: bool) -> None:
