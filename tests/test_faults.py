@@ -926,15 +926,21 @@ def test_a_stopped_engine_never_blackholes_the_path(path: Path_) -> None:
     assert "--queue-bypass" in rules
 
 
+async def _one_held(path: Path_, alice: socket.socket, port: int) -> FaultInjector:
+    """A plan that holds every packet 30 s, and one datagram from Alice to Bob's `port` held by it."""
+    injector = path.start({"name": "forever", "what": "any", "action": "delay", "seconds": 30})
+    alice.sendto(b"held", ("198.51.100.40", port))
+    while injector.stats()["faults_injected"] == 0:
+        await asyncio.sleep(0.01)
+    return injector
+
+
 @needs_kernel
 def test_held_packets_are_released_on_stop_and_the_path_is_removed(path: Path_) -> None:
     async def go() -> tuple[bytes, float]:
-        injector = path.start({"name": "forever", "what": "any", "action": "delay", "seconds": 30})
         alice, bob = path.udp("alice", 40007), path.udp("bob", 5007)
         with alice, bob:
-            alice.sendto(b"held", ("198.51.100.40", 5007))
-            while injector.stats()["faults_injected"] == 0:
-                await asyncio.sleep(0.01)
+            injector = await _one_held(path, alice, 5007)
             assert len(injector.queue.pending) == 1
             stats = nfqueue.kernel_stats(QUEUE, netns=path.ns)
             assert stats is not None and stats["held"] == 1
@@ -963,12 +969,9 @@ def test_a_held_packet_outlives_a_new_plan_and_is_let_go_when_cleared(path: Path
     a new plan keeps the dup table, and clearing deletes the tables only once the engine let go."""
 
     async def go() -> tuple[bytes, FaultInjector]:
-        injector = path.start({"name": "forever", "what": "any", "action": "delay", "seconds": 30})
         alice, bob = path.udp("alice", 40008), path.udp("bob", 5008)
         with alice, bob:
-            alice.sendto(b"held", ("198.51.100.40", 5008))
-            while injector.stats()["faults_injected"] == 0:
-                await asyncio.sleep(0.01)
+            injector = await _one_held(path, alice, 5008)
             both = ruleset.FaultPath(QUEUE, {"inbound", "outbound"})
             await asyncio.to_thread(ruleset.apply_faults, both, lan_if="lan0", wan_if="wan0", netns=path.ns)
             assert (nfqueue.kernel_stats(QUEUE, netns=path.ns) or {}).get("held") == 1
