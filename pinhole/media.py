@@ -1036,10 +1036,10 @@ class MediaSession(asyncio.DatagramProtocol):
         clock = MediaClock.of(self._loop, ptime)
         try:
             clock.add(self, send)
-            if not done.done() and not self.closed and self in clock.senders:
+            if self in clock.senders:  # the first packet went and more are due
                 await done
             elif done.done():
-                done.result()
+                done.result()  # what the first send raised, if it did
         finally:
             clock.remove(self)
 
