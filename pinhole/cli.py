@@ -268,32 +268,79 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_nat_probe(args: argparse.Namespace) -> int:
-    """RFC 5780 behaviour discovery of a namespace lab's NAT from Alice (pinhole/natprobe.py)."""
+    """`pinhole nat probe`: RFC 5780 behaviour discovery of a namespace lab's NAT from Alice (bringing the lab
+    up and down if it is not running); with a NAT asked for, Configure the gateway first and check the probe
+    agrees. Exit 0 classified (and as configured), 1 undecided or disagreeing, 2 a NAT that cannot be."""
+    import grpc
+
     from pinhole import natprobe
+    from pinhole.controller.run import service_kinds
+    from pinhole.controller.services import ServiceClients
+    from pinhole.nat import NatBehaviour, NatError
 
     _require_root()
+    on_off = {None: None, "on": True, "off": False}
+    asked: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("mapping", args.mapping),
+            ("filtering", args.filtering),
+            ("port_preservation", on_off[args.port_preservation]),
+            ("hairpinning", on_off[args.hairpinning]),
+        )
+        if value is not None
+    }
     try:
         timers = natprobe.ProbeTimers(rto=args.rto, rc=args.rc, rm=args.rm)
-    except ValueError as error:
+        if args.no_translation and asked:
+            raise ValueError("--no-translation leaves no mapping, filtering, hairpinning or ports")
+        nat = NatBehaviour(translate=False) if args.no_translation else NatBehaviour(**asked) if asked else None
+    except (ValueError, NatError) as error:
         print(f"pinhole nat probe: {error}", file=sys.stderr)
         return 2
-    on_off = {None: None, "on": True, "off": False}
-    hairpinning, port_preservation = on_off[args.hairpinning], on_off[args.port_preservation]
-    if args.no_translation and (
-        args.mapping or args.filtering or hairpinning is not None or port_preservation is not None
-    ):
-        print("pinhole nat probe: --no-translation leaves no mapping, filtering, hairpinning or ports", file=sys.stderr)
-        return 2
-    return natprobe.probe_command(
-        args.lab,
-        mapping=args.mapping,
-        filtering=args.filtering,
-        hairpinning=hairpinning,
-        port_preservation=port_preservation,
-        translate=not args.no_translation,
-        timers=timers,
-        as_json=args.json,
-    )
+    wanted = None if nat is None else natprobe.expected(nat)
+    configured = "" if nat is None else nat.describe()
+    owned = args.lab not in list_labs("netns")
+    if owned:
+        print(f"building lab {args.lab} and starting its services", file=sys.stderr)
+        lab, topology, _ = lab_up(args.lab)
+    else:
+        topology = load_topology()
+        lab = open_lab(args.lab, "netns", topology)
+    clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
+    try:
+        if nat is not None:
+            try:
+                clients.stub("natgw").Configure(nat.to_proto(), timeout=30)
+            except grpc.RpcError as error:
+                print(
+                    f"pinhole nat probe: the NAT gateway refused {configured}: {error.code().name}: {error.details()}",
+                    file=sys.stderr,
+                )
+                return 2
+        print(f"probing the NAT of lab {args.lab} ({timers.describe()})", file=sys.stderr)
+        result = natprobe.probe_lab(lab, topology, timers=timers, natgw=clients.stub("natgw"))
+    finally:
+        clients.close()
+        if owned:
+            lab_down(lab)
+    agrees = None
+    if wanted is not None:
+        seen = natprobe.observed(result)
+        agrees = all(seen[key] == value for key, value in wanted.items())
+    if args.json:
+        data = result.to_dict()
+        if wanted is not None:
+            data["configured"] = wanted
+            data["agrees"] = agrees
+        print(json.dumps(data, indent=2))
+    else:
+        print(result.render())
+        if wanted is not None:
+            print(f"natgw configured with {configured}: {'the probe agrees' if agrees else 'the probe DISAGREES'}")
+            if not owned:
+                print(f"(lab {args.lab} keeps that NAT; every `pinhole run` configures §7.3's NAT again)")
+    return 1 if agrees is False or not result.complete else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--html", help="where to write the HTML ladder (default: next to the trace)")
     tracing.set_defaults(func=cmd_trace)
 
-    from pinhole.natprobe import Filtering, Mapping
+    from pinhole.nat import Filtering, Mapping
 
     nat = sub.add_parser("nat", help="the lab's NAT: RFC 5780 behaviour discovery")
     nat_sub = nat.add_subparsers(dest="nat_command", required=True)

@@ -48,14 +48,11 @@ from typing import Any
 
 from pinhole import stun
 from pinhole.lab import Lab, Topology
-from pinhole.nat import Filtering, Hairpinning, Mapping
+from pinhole.nat import Filtering, Hairpinning, Mapping, NatBehaviour
 
 __all__ = [
     "Decision",
     "Exchange",
-    "Filtering",
-    "Hairpinning",
-    "Mapping",
     "NatProbe",
     "ProbeError",
     "ProbeResult",
@@ -672,45 +669,15 @@ def probe_lab(
     return NatProbe(server, open_socket=open_socket, local_ip=local_ip, timers=timers, is_fresh=is_fresh).run()
 
 
-def nat_config(
-    mapping: str | None,
-    filtering: str | None,
-    hairpinning: bool | None = None,
-    port_preservation: bool | None = None,
-    translate: bool = True,
-) -> Any:
-    """A NatGateway.Configure request for RFC 4787 names (None: §7.3's NAT for that dimension; the gateway's
-    defaults: hairpinning on, ports preserved by endpoint-independent mapping only); translate=False: no NAT."""
-    from pinhole.controller.scenario import Nat
-
-    if not translate:
-        return Nat(translate=False).proto()
-    default = Nat()
-    mapping, filtering = Mapping(mapping or default.mapping).value, Filtering(filtering or default.filtering).value
-    return Nat(mapping, filtering, port_preservation=port_preservation, hairpinning=hairpinning).proto()
-
-
-def expected(
-    mapping: str | None,
-    filtering: str | None,
-    hairpinning: bool | None,
-    port_preservation: bool | None,
-    translate: bool = True,
-) -> dict[str, Any]:
-    """What the probe must classify for a gateway configured so (its defaults filled in)."""
-    if not translate:
+def expected(nat: NatBehaviour) -> dict[str, Any]:
+    """What the probe must classify for a gateway configured with `nat` (its defaults filled in); hairpinning
+    on is seen as an external source (RFC 4787 REQ-9 a)."""
+    if not nat.translate:
         return {"behind_nat": False}
-    from pinhole.controller.scenario import Nat
-
-    nat = Nat(
-        Mapping(mapping or Mapping.ENDPOINT_INDEPENDENT).value,
-        Filtering(filtering or Filtering.ADDRESS_AND_PORT_DEPENDENT).value,
-        port_preservation=port_preservation,
-    )
     return {
-        "mapping": nat.mapping,
-        "filtering": nat.filtering,
-        "hairpinning": expected_hairpinning(hairpinning),
+        "mapping": nat.mapping.value,
+        "filtering": nat.filtering.value,
+        "hairpinning": (Hairpinning.EXTERNAL_SOURCE if nat.hairpins else Hairpinning.NONE).value,
         "port_preserved": nat.preserves_ports,
     }
 
@@ -724,87 +691,3 @@ def observed(result: ProbeResult) -> dict[str, Any]:
         "port_preserved": result.port_preserved,
         "behind_nat": result.behind_nat,
     }
-
-
-def expected_hairpinning(hairpinning: bool | None) -> str:
-    """What the probe must see of a gateway configured with `hairpinning` (None: its default, on)."""
-    return (Hairpinning.NONE if hairpinning is False else Hairpinning.EXTERNAL_SOURCE).value
-
-
-def probe_command(
-    lab_name: str,
-    *,
-    mapping: str | None = None,
-    filtering: str | None = None,
-    hairpinning: bool | None = None,
-    port_preservation: bool | None = None,
-    translate: bool = True,
-    timers: ProbeTimers | None = None,
-    as_json: bool = False,
-) -> int:
-    """`pinhole nat probe`: probe a namespace lab's NAT from Alice (bringing the lab up and down if it is
-    not running); with `mapping`/`filtering`/`hairpinning`, Configure the NAT gateway first and check the
-    probe agrees (hairpinning on: an external source, RFC 4787 REQ-9 a).
-
-    Exit status: 0 classified (and, when configured, as configured); 1 undecided or disagreeing;
-    2 the gateway refused the configuration.
-    """
-    import json
-    import sys
-
-    import grpc
-
-    from pinhole.controller.run import lab_down, lab_up, service_kinds
-    from pinhole.controller.services import ServiceClients
-    from pinhole.lab import list_labs, load_topology, open_lab
-
-    timers = timers or ProbeTimers()
-    wanted = None
-    if mapping or filtering or hairpinning is not None or port_preservation is not None or not translate:
-        wanted = expected(mapping, filtering, hairpinning, port_preservation, translate)
-    configured = "" if wanted is None else ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in wanted.items())
-    owned = lab_name not in list_labs("netns")
-    if owned:
-        print(f"building lab {lab_name} and starting its services", file=sys.stderr)
-        lab, topology, _ = lab_up(lab_name)
-    else:
-        topology = load_topology()
-        lab = open_lab(lab_name, "netns", topology)
-    clients = ServiceClients.local(lab.run_dir, service_kinds(topology))
-    try:
-        if wanted is not None:
-            try:
-                config = nat_config(mapping, filtering, hairpinning, port_preservation, translate)
-                clients.stub("natgw").Configure(config, timeout=30)
-            except grpc.RpcError as error:
-                print(
-                    f"pinhole nat probe: the NAT gateway refused {configured}: {error.code().name}: {error.details()}",
-                    file=sys.stderr,
-                )
-                return 2
-        print(f"probing the NAT of lab {lab_name} ({timers.describe()})", file=sys.stderr)
-        result = probe_lab(lab, topology, timers=timers, natgw=clients.stub("natgw"))
-    finally:
-        clients.close()
-        if owned:
-            lab_down(lab)
-    agrees = None
-    if wanted is not None:
-        seen = observed(result)
-        agrees = all(seen[key] == value for key, value in wanted.items())
-    if as_json:
-        data = result.to_dict()
-        if wanted is not None:
-            data["configured"] = wanted
-            data["agrees"] = agrees
-        print(json.dumps(data, indent=2))
-    else:
-        print(result.render())
-        if wanted is not None:
-            verdict = "the probe agrees" if agrees else "the probe DISAGREES"
-            print(f"natgw configured with {configured}: {verdict}")
-            if not owned:
-                print(f"(lab {lab_name} keeps that NAT; every `pinhole run` configures §7.3's NAT again)")
-    if agrees is False or not result.complete:
-        return 1
-    return 0

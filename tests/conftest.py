@@ -56,8 +56,9 @@ def lab():
 def clients(lab):
     """gRPC stubs for the module's lab; afterwards the gateway is as §7.3 has it again (no faults, its
     default NAT), since the lab is shared by the module's tests."""
-    from pinhole.controller.run import default_nat, service_kinds
+    from pinhole.controller.run import service_kinds
     from pinhole.controller.services import ServiceClients
+    from pinhole.nat import NatBehaviour
     from pinhole.rpc.v1 import natgw_pb2
 
     running, topology, _ = lab
@@ -67,7 +68,7 @@ def clients(lab):
     finally:
         try:
             stubs.stub("natgw").ClearFaults(natgw_pb2.ClearFaultsRequest(), timeout=10)
-            stubs.stub("natgw").Configure(default_nat(), timeout=10)
+            stubs.stub("natgw").Configure(NatBehaviour().to_proto(), timeout=10)
         finally:
             stubs.close()
 

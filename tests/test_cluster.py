@@ -16,7 +16,8 @@ import pytest
 
 from pinhole import cli
 from pinhole.controller import cluster
-from pinhole.controller.run import Endpoints, default_nat
+from pinhole.controller.run import Endpoints
+from pinhole.nat import Mapping, NatBehaviour
 from pinhole.rpc.v1 import natgw_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,24 +198,21 @@ def test_nat_from_the_base_configmap_is_the_default_nat():
         "PINHOLE_NAT_FILTERING": "address-and-port-dependent",
         "PINHOLE_NAT_MAPPING_TIMEOUT": "300",
     }
-    assert cluster.nat_config_from_env(env) == default_nat()
-    assert cluster.nat_config_from_env({}) == default_nat()
-    assert cluster.nat_config() == default_nat()
+    assert cluster.nat_config_from_env(env) == NatBehaviour()
+    assert cluster.nat_config_from_env({}) == NatBehaviour()
+    assert cluster.nat_config() == NatBehaviour()
 
 
 def test_a_mapping_timeout_conntrack_cannot_keep_is_refused():
-    with pytest.raises(cluster.ClusterError, match="above the 2147483s conntrack keeps"):
+    with pytest.raises(cluster.ClusterError, match="at most 2147483 \\(what conntrack keeps\\)"):
         cluster.nat_config(mapping_timeout=str(2**32 - 1))
 
 
 def test_port_preservation_and_hairpinning_from_the_configmap():
     nat = cluster.nat_config_from_env({"PINHOLE_NAT_PORT_PRESERVATION": "off", "PINHOLE_NAT_HAIRPINNING": "off"})
-    assert (nat.port_preservation, nat.hairpinning) == (natgw_pb2.PORT_PRESERVATION_OFF, natgw_pb2.HAIRPINNING_OFF)
+    assert (nat.port_preservation, nat.hairpinning) == (False, False)
     nat = cluster.nat_config_from_env({"PINHOLE_NAT_PORT_PRESERVATION": "", "PINHOLE_NAT_HAIRPINNING": "on"})
-    assert (nat.port_preservation, nat.hairpinning) == (
-        natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
-        natgw_pb2.HAIRPINNING_ON,
-    )
+    assert (nat.port_preservation, nat.hairpinning) == (None, True)
 
 
 def test_nat_from_the_nat_behaviour_component():
@@ -225,17 +223,13 @@ def test_nat_from_the_nat_behaviour_component():
             "PINHOLE_NAT_MAPPING_TIMEOUT": "120",
         }
     )
-    assert nat == natgw_pb2.NatConfig(
-        mapping=natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
-        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-        mapping_timeout_seconds=120,
-    )
+    assert nat == NatBehaviour(Mapping.ADDRESS_AND_PORT_DEPENDENT, mapping_timeout=120)
 
 
 @pytest.mark.parametrize("name", ["endpoint-independent", "address-dependent", "address-and-port-dependent"])
 def test_every_rfc4787_name_maps_to_its_enum(name):
     enum = name.upper().replace("-", "_")
-    nat = cluster.nat_config(name, name)
+    nat = cluster.nat_config(name, name).to_proto()
     assert natgw_pb2.NatMappingBehaviour.Name(nat.mapping) == f"MAPPING_{enum}"
     assert natgw_pb2.NatFilteringBehaviour.Name(nat.filtering) == f"FILTERING_{enum}"
 
@@ -243,11 +237,11 @@ def test_every_rfc4787_name_maps_to_its_enum(name):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"mapping": "symmetric"}, "NAT mapping 'symmetric' is not one of: endpoint-independent, address-dependent"),
+        ({"mapping": "symmetric"}, "NAT mapping 'symmetric' is not one of endpoint-independent, address-dependent"),
         ({"mapping": "MAPPING_ENDPOINT_INDEPENDENT"}, "NAT mapping 'MAPPING_ENDPOINT_INDEPENDENT' is not one of"),
         ({"filtering": "port-restricted"}, "NAT filtering 'port-restricted' is not one of"),
         ({"mapping_timeout": "5m"}, "'5m' is not a whole number of seconds"),
-        ({"mapping_timeout": "60"}, "60s is below the 120s of RFC 4787 REQ-5"),
+        ({"mapping_timeout": "60"}, "NAT mapping timeout 60: at least 120 \\(RFC 4787 REQ-5\\)"),
         ({"hairpinning": "yes"}, "NAT hairpinning 'yes' is not on or off"),
         ({"port_preservation": "true"}, "NAT port preservation 'true' is not on or off"),
     ],
@@ -302,8 +296,8 @@ def test_cli_as_the_job_runs_it(captured, monkeypatch, capsys):
     ((args, kwargs),) = captured
     assert args == ("rfc5763-7.3", "short", "lab-ns", Path("/out"))
     assert kwargs["services"] == {} and kwargs["otlp_listen"] == "0.0.0.0:4317"
-    assert kwargs["nat"].mapping == natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT
-    assert kwargs["nat"].mapping_timeout_seconds == 120
+    assert kwargs["nat"].mapping == Mapping.ADDRESS_AND_PORT_DEPENDENT
+    assert kwargs["nat"].mapping_timeout == 120
     assert (kwargs["alice_address"], kwargs["nat_inside"]) == ("10.10.1.10", "10.10.1.1")
     assert "verdict: PASS" in capsys.readouterr().out
 
@@ -314,7 +308,7 @@ def test_cli_defaults_from_the_environment(captured, monkeypatch):
     assert cli.main(["cluster-run"]) == 0
     ((args, kwargs),) = captured
     assert args[:3] == ("no-stun-check", "rfc", "from-env")
-    assert kwargs["nat"] == default_nat()
+    assert kwargs["nat"] == NatBehaviour()
 
 
 def test_cli_service_overrides(captured):

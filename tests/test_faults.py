@@ -47,6 +47,7 @@ from pinhole.faults.engine import (
 )
 from pinhole.faults.nfqueue import NfQueue, NfqueueError, QueuedPacket
 from pinhole.lab import parse_topology
+from pinhole.nat import Filtering, NatBehaviour
 from pinhole.nsenter import in_netns
 from services.natgw import conntrack, ruleset
 
@@ -1255,7 +1256,7 @@ def test_render_faults() -> None:
 def test_expire_mapping_also_forgets_what_endpoint_independent_filtering_admits(path: Path_) -> None:
     """With the gateway's own ruleset (EIF: an nft map external port -> inside endpoint admits anyone),
     expiring the mapping must empty that map too, or the mapping would live on in it."""
-    behaviour = ruleset.NatBehaviour(filtering=ruleset.Filtering.ENDPOINT_INDEPENDENT)
+    behaviour = NatBehaviour(filtering=Filtering.ENDPOINT_INDEPENDENT)
     script = ruleset.render(behaviour, lan_if="lan0", wan_if="wan0", wan_address=WAN, lan_prefix="10.99.1.0/24")
     subprocess.run(["ip", "netns", "exec", path.ns, "nft", "delete", "table", "inet", "ph_fault_nat"], check=True)
     ruleset.apply(script, netns=path.ns)

@@ -18,7 +18,8 @@ import pytest
 
 from pinhole import natprobe, stun
 from pinhole.events import Counters, EventLog
-from pinhole.natprobe import Filtering, Hairpinning, Mapping, NatProbe, ProbeTimers
+from pinhole.nat import Filtering, Hairpinning, Mapping, NatBehaviour
+from pinhole.natprobe import NatProbe, ProbeTimers
 from pinhole.stun import AttributeType, ChangeRequest, MessageClass
 from services.stunserver.responder import Responder
 
@@ -326,27 +327,18 @@ def test_timers() -> None:
         assert str(excinfo.value) == message
 
 
-def test_nat_config_names() -> None:
-    from pinhole.rpc.v1 import natgw_pb2
-
-    config = natprobe.nat_config("address-dependent", None)
-    assert config.mapping == natgw_pb2.MAPPING_ADDRESS_DEPENDENT
-    assert config.filtering == natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT
-    with pytest.raises(ValueError):
-        natprobe.nat_config("full-cone", None)
-
-
-def test_nat_config_carries_hairpinning() -> None:
-    from pinhole.rpc.v1 import natgw_pb2
-
-    assert natprobe.nat_config(None, None).hairpinning == natgw_pb2.HAIRPINNING_UNSPECIFIED  # the gateway's: on
-    assert natprobe.nat_config(None, None, True).hairpinning == natgw_pb2.HAIRPINNING_ON
-    assert natprobe.nat_config("address-dependent", None, False).hairpinning == natgw_pb2.HAIRPINNING_OFF
-    assert [natprobe.expected_hairpinning(h) for h in (None, True, False)] == [
-        "external-source",
-        "external-source",
-        "none",
-    ]
+def test_expected_is_what_the_gateway_runs() -> None:
+    """What the probe must see of a NAT: the gateway's defaults filled in (ports preserved by endpoint-
+    independent mapping only, hairpinning on and seen as an external source), no NAT for a plain router."""
+    assert natprobe.expected(NatBehaviour()) == {
+        "mapping": "endpoint-independent",
+        "filtering": "address-and-port-dependent",
+        "hairpinning": "external-source",
+        "port_preserved": True,
+    }
+    adm = natprobe.expected(NatBehaviour(Mapping.ADDRESS_DEPENDENT, hairpinning=False))
+    assert (adm["hairpinning"], adm["port_preserved"]) == ("none", False)
+    assert natprobe.expected(NatBehaviour(translate=False)) == {"behind_nat": False}
 
 
 # -- the service: command line, and a second address it does not have ---------------------------------
@@ -573,7 +565,7 @@ def _counters(clients: Any, node: str) -> dict[str, int]:
 def test_lab_probe_agrees_with_the_configured_nat(lab_clients, mapping: str, filtering: str) -> None:
     """Every RFC 4787 behaviour the gateway offers (all nine) is classified as configured."""
     running, topology, clients = lab_clients
-    clients.stub("natgw").Configure(natprobe.nat_config(mapping, filtering), timeout=30)
+    clients.stub("natgw").Configure(NatBehaviour(mapping, filtering).to_proto(), timeout=30)
     result = natprobe.probe_lab(running, topology, timers=LAB_TIMERS, natgw=clients.stub("natgw"))
     print(result.render())
     assert result.complete, result.render()
@@ -613,7 +605,7 @@ def test_lab_probe_sees_hairpinning_turned_off(lab_clients, mapping: str, filter
 
     running, topology, clients = lab_clients
     natgw = clients.stub("natgw")
-    natgw.Configure(natprobe.nat_config(mapping, filtering, hairpinning=False), timeout=30)
+    natgw.Configure(NatBehaviour(mapping, filtering, hairpinning=False).to_proto(), timeout=30)
     try:
         result = natprobe.probe_lab(running, topology, timers=LAB_TIMERS, natgw=natgw)
     finally:
@@ -653,13 +645,15 @@ def test_lab_probe_sees_port_preservation_and_no_nat(lab_clients, mapping, port_
 
     running, topology, clients = lab_clients
     natgw = clients.stub("natgw")
-    natgw.Configure(natprobe.nat_config(mapping, None, None, port_preservation, translate), timeout=30)
+    mapping = mapping or Mapping.ENDPOINT_INDEPENDENT  # no NAT: the default, which means nothing there
+    nat = NatBehaviour(mapping, port_preservation=port_preservation, translate=translate)
+    natgw.Configure(nat.to_proto(), timeout=30)
     try:
         result = natprobe.probe_lab(running, topology, timers=LAB_TIMERS, natgw=natgw)
     finally:
         natgw.Configure(natgw_pb2.NatConfig(), timeout=30)
     print(result.render())
-    wanted = natprobe.expected(mapping, None, None, port_preservation, translate)
+    wanted = natprobe.expected(nat)
     seen = natprobe.observed(result)
     assert {key: seen[key] for key in wanted} == wanted, result.render()
     if not translate:

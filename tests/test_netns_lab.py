@@ -20,6 +20,7 @@ from netns import lab as lab_mod
 from netns.lab import NetnsLab, pids_in_netns
 from pinhole.capture import CaptureError, CapturePoint, LinkCapture
 from pinhole.lab import DEFAULT_TOPOLOGY, LabError, Link, Route, Topology, TopologyError, load_topology, parse_topology
+from pinhole.nat import NatBehaviour
 from pinhole.nsenter import in_netns
 from pinhole.pcap import decode_udp
 from pinhole.pcapng import DIRECTION_INBOUND, DIRECTION_OUTBOUND, read_pcapng, write_pcapng
@@ -238,7 +239,7 @@ def _sysctl(lab: NetnsLab, node: str, name: str) -> str:
 def _masquerade(lab: NetnsLab) -> None:
     from services.natgw import ruleset
 
-    script = ruleset.render(ruleset.NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24")
+    script = ruleset.render(NatBehaviour(), wan_address="203.0.113.1", lan_prefix="10.10.1.0/24")
     ruleset.apply(script, netns=lab.ns("natgw"))
 
 

@@ -14,8 +14,8 @@ import yaml
 
 from pinhole import cli
 from pinhole.controller.outcome import judge_outcome
-from pinhole.controller.scenario import NAT_ALIASES, Nat, ScenarioError, load, load_all, parse_nat
-from pinhole.nat import MAX_MAPPING_TIMEOUT
+from pinhole.controller.scenario import NAT_ALIASES, ScenarioError, load, load_all, parse_nat
+from pinhole.nat import MAX_MAPPING_TIMEOUT, NatBehaviour
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,8 @@ def test_deviations_are_checked_against_the_node_that_runs_them(tmp_path):
 
 
 def test_nat_in_rfc_4787_words_and_cone_aliases():
-    assert parse_nat("symmetric", "x") == Nat("address-and-port-dependent", "address-and-port-dependent")
-    assert parse_nat({"behaviour": "full-cone", "mapping_timeout": 600}, "x").proto() == natgw_pb2.NatConfig(
+    assert parse_nat("symmetric", "x") == NatBehaviour("address-and-port-dependent", "address-and-port-dependent")
+    assert parse_nat({"behaviour": "full-cone", "mapping_timeout": 600}, "x").to_proto() == natgw_pb2.NatConfig(
         mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
         filtering=natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT,
         mapping_timeout_seconds=600,
@@ -99,32 +99,32 @@ def test_mapping_expiry_cells_are_told_apart_by_port_preservation():
         "fault-mapping-expired[EIM+APDF+no-pp,no-latching]": "fails",
         "fault-mapping-expired[EIM+APDF+no-pp,latching]": "works",
     }
-    assert Nat().preserves_ports and not Nat("address-and-port-dependent").preserves_ports
-    assert not Nat(port_preservation=False).preserves_ports
+    assert NatBehaviour().preserves_ports and not NatBehaviour("address-and-port-dependent").preserves_ports
+    assert not NatBehaviour(port_preservation=False).preserves_ports
 
 
 def test_no_nat():
     """`nat: none` (RFC 5763 §7.1): the gateway only routes; nothing of a behaviour may come with it."""
     nat = parse_nat("none", "x")
     assert (nat.translate, nat.label()) == (False, "no NAT")
-    assert nat.proto() == natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=300)
-    assert parse_nat({"behaviour": "none", "mapping_timeout": 600}, "x").proto() == natgw_pb2.NatConfig(
+    assert nat.to_proto() == natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=300)
+    assert parse_nat({"behaviour": "none", "mapping_timeout": 600}, "x").to_proto() == natgw_pb2.NatConfig(
         translation_off=True, mapping_timeout_seconds=600
     )
     with pytest.raises(ScenarioError) as info:
         parse_nat({"behaviour": "none", "filtering": "endpoint-independent"}, "x.nat")
     assert str(info.value) == "x.nat: behaviour none (no translation) leaves nothing for filtering"
     (scenario,) = load(ROOT / "scenarios" / "rfc5763-7.1.yaml")
-    assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (Nat(translate=False), "short", "works")
+    assert (scenario.nat, scenario.timers, scenario.expect.outcome) == (NatBehaviour(translate=False), "short", "works")
     assert (scenario.flow, scenario.expect.verdict, scenario.bob["ring_seconds"]) == ("rfc5763-7.1", "pass", 0.3)
 
 
 def test_hairpinning_key(tmp_path):
     """RFC 4787 §6 hairpinning: left out, the gateway's default (on, REQ-9); said, it is sent and labelled."""
-    assert Nat().proto().hairpinning == natgw_pb2.HAIRPINNING_UNSPECIFIED
+    assert NatBehaviour().to_proto().hairpinning == natgw_pb2.HAIRPINNING_UNSPECIFIED
     off = parse_nat({"behaviour": "symmetric", "hairpinning": False}, "x")
-    assert off == Nat("address-and-port-dependent", "address-and-port-dependent", hairpinning=False)
-    assert off.proto() == natgw_pb2.NatConfig(
+    assert off == NatBehaviour("address-and-port-dependent", "address-and-port-dependent", hairpinning=False)
+    assert off.to_proto() == natgw_pb2.NatConfig(
         mapping=natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
         filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
         mapping_timeout_seconds=300,
@@ -132,9 +132,9 @@ def test_hairpinning_key(tmp_path):
     )
     assert off.label() == "APDM+APDF+no-hairpin"
     on = parse_nat({"hairpinning": True}, "x")
-    assert (on.proto().hairpinning, on.label()) == (natgw_pb2.HAIRPINNING_ON, "EIM+APDF+hairpin")
+    assert (on.to_proto().hairpinning, on.label()) == (natgw_pb2.HAIRPINNING_ON, "EIM+APDF+hairpin")
     (scenario,) = load(write(tmp_path, "name: a\nnat: {hairpinning: false}\nexpect: {outcome: works}\n"))
-    assert scenario.nat == Nat(hairpinning=False)
+    assert scenario.nat == NatBehaviour(hairpinning=False)
     for value, message in [
         ({"hairpinning": "on"}, "x.nat.hairpinning: expected true or false, not 'on'"),
         ({"hairpinning": 1}, "x.nat.hairpinning: expected true or false, not 1"),

@@ -43,19 +43,17 @@ from pinhole.controller.run import (
     Progress,
     RunInterrupted,
     configure,
-    default_nat,
     drive_call,
     external_variables,
     judge_call,
     link_last,
     new_run_dir,
 )
-from pinhole.controller.scenario import NAT_FILTERINGS, NAT_MAPPINGS
 from pinhole.controller.services import ServiceClients, wait_healthy
 from pinhole.lab import load_topology
 from pinhole.lab.external import External, render
-from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
-from pinhole.rpc.v1 import capture_pb2, natgw_pb2
+from pinhole.nat import NatBehaviour, NatError
+from pinhole.rpc.v1 import capture_pb2
 
 LABEL = "app.kubernetes.io/name"
 GRPC_PORT = 50051
@@ -76,8 +74,6 @@ NAT_LAN_IF, NAT_WAN_IF = "vxlan0", "eth0"
 SEGMENT = "cluster"  # what a pod's own interface leads to: the pod network
 EXEC_TIMEOUT = 10  # seconds a dial or hang-up command may take in its pod
 
-# RFC 4787 behaviours as the ConfigMap pinhole-scenario spells them (k8s/base/config.yaml) -> NatConfig enums
-
 
 class ClusterError(RuntimeError):
     """The cluster cannot run the scenario (pods missing, API refused, bad settings): exit 2, not a verdict."""
@@ -95,56 +91,31 @@ def nat_config(
     mapping_timeout: str | int | None = None,
     port_preservation: str | None = None,
     hairpinning: str | None = None,
-) -> natgw_pb2.NatConfig:
-    """The NatConfig for the ConfigMap's strings (None: §7.3's NAT, run.default_nat; port preservation and
-    hairpinning "on"/"off", else the gateway's defaults). A value the gateway does not know is an error,
-    never quietly the default."""
-    default = default_nat()
-
-    def on_off(kind: str, value: str | None) -> bool | None:
-        if value is None:
-            return None
-        if value.strip() not in ON_OFF:
-            raise ClusterError(f"NAT {kind} {value!r} is not on or off")
-        return ON_OFF[value.strip()]
-
-    def pick(kind: str, table: dict[str, int], value: str | None, fallback: int) -> int:
-        if value is None:
-            return fallback
-        if value.strip() not in table:
-            raise ClusterError(f"NAT {kind} {value!r} is not one of: {', '.join(table)}")
-        return table[value.strip()]
-
-    if mapping_timeout is None:
-        seconds = default.mapping_timeout_seconds
-    else:
+) -> NatBehaviour:
+    """The NAT the ConfigMap's strings ask for (None: §7.3's for that field; port preservation and hairpinning
+    "on"/"off", else the gateway's defaults). A value the gateway does not know is an error, never quietly
+    the default."""
+    fields: dict[str, Any] = {}
+    for name, value in (("port_preservation", port_preservation), ("hairpinning", hairpinning)):
+        if value is not None:
+            if value.strip() not in ON_OFF:
+                raise ClusterError(f"NAT {name.replace('_', ' ')} {value!r} is not on or off")
+            fields[name] = ON_OFF[value.strip()]
+    for name, value in (("mapping", mapping), ("filtering", filtering)):
+        if value is not None:
+            fields[name] = value.strip()
+    if mapping_timeout is not None:
         try:
-            seconds = int(str(mapping_timeout).strip())
+            fields["mapping_timeout"] = int(str(mapping_timeout).strip())
         except ValueError:
             raise ClusterError(f"NAT mapping timeout {mapping_timeout!r} is not a whole number of seconds") from None
-        if seconds < MIN_MAPPING_TIMEOUT:
-            raise ClusterError(f"NAT mapping timeout {seconds}s is below the {MIN_MAPPING_TIMEOUT}s of RFC 4787 REQ-5")
-        if seconds > MAX_MAPPING_TIMEOUT:
-            raise ClusterError(f"NAT mapping timeout {seconds}s is above the {MAX_MAPPING_TIMEOUT}s conntrack keeps")
-    preserve, hairpin = on_off("port preservation", port_preservation), on_off("hairpinning", hairpinning)
-    return natgw_pb2.NatConfig(
-        mapping=pick("mapping", NAT_MAPPINGS, mapping, default.mapping),
-        filtering=pick("filtering", NAT_FILTERINGS, filtering, default.filtering),
-        mapping_timeout_seconds=seconds,
-        port_preservation={
-            None: natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
-            True: natgw_pb2.PORT_PRESERVATION_ON,
-            False: natgw_pb2.PORT_PRESERVATION_OFF,
-        }[preserve],
-        hairpinning={
-            None: natgw_pb2.HAIRPINNING_UNSPECIFIED,
-            True: natgw_pb2.HAIRPINNING_ON,
-            False: natgw_pb2.HAIRPINNING_OFF,
-        }[hairpin],
-    )
+    try:
+        return NatBehaviour(**fields).require_req5()
+    except NatError as error:
+        raise ClusterError(f"NAT {error.field.replace('_', ' ')} {error}") from None
 
 
-def nat_config_from_env(env: Mapping[str, str] | None = None) -> natgw_pb2.NatConfig:
+def nat_config_from_env(env: Mapping[str, str] | None = None) -> NatBehaviour:
     """PINHOLE_NAT_MAPPING, PINHOLE_NAT_FILTERING, PINHOLE_NAT_MAPPING_TIMEOUT, PINHOLE_NAT_PORT_PRESERVATION,
     PINHOLE_NAT_HAIRPINNING (ConfigMap pinhole-scenario); unset or empty ones keep §7.3's NAT."""
     env = os.environ if env is None else env
@@ -154,30 +125,6 @@ def nat_config_from_env(env: Mapping[str, str] | None = None) -> natgw_pb2.NatCo
         env.get("PINHOLE_NAT_MAPPING_TIMEOUT") or None,
         env.get("PINHOLE_NAT_PORT_PRESERVATION") or None,
         env.get("PINHOLE_NAT_HAIRPINNING") or None,
-    )
-
-
-def nat_name(table: dict[str, int], value: int) -> str:
-    """The ConfigMap's name of an enum value ("unspecified": the gateway's own default)."""
-    return next((name for name, number in table.items() if number == value), "unspecified")
-
-
-def describe_nat(nat: natgw_pb2.NatConfig) -> str:
-    extras = [  # UNSPECIFIED (0): the gateway's default, not said
-        f"{what} {name.rpartition('_')[2].lower()}"
-        for what, name, value in (
-            ("port preservation", natgw_pb2.NatPortPreservation.Name(nat.port_preservation), nat.port_preservation),
-            ("hairpinning", natgw_pb2.NatHairpinning.Name(nat.hairpinning), nat.hairpinning),
-        )
-        if value
-    ]
-    return ", ".join(
-        [
-            f"mapping {nat_name(NAT_MAPPINGS, nat.mapping)}",
-            f"filtering {nat_name(NAT_FILTERINGS, nat.filtering)}",
-            f"timeout {nat.mapping_timeout_seconds}s",
-            *extras,
-        ]
     )
 
 
@@ -472,7 +419,7 @@ def cluster_run(
     services: Mapping[str, str] | None = None,
     alice_address: str = ALICE_ADDRESS,
     nat_inside: str = NAT_INSIDE,
-    nat: natgw_pb2.NatConfig | None = None,
+    nat: NatBehaviour | None = None,
     api: Any = None,
     wait: float = 300.0,
     span_wait: float = 15.0,
@@ -518,10 +465,10 @@ def cluster_run(
             },
         )
     timers = TIMERS[timers_name]
-    nat = default_nat() if nat is None else nat
+    nat = nat or NatBehaviour()
     show = Progress(progress)
     run_id, out_dir = new_run_dir(out_root, scenario)
-    measurements: dict[str, Any] = {"backend": "cluster", "nat": describe_nat(nat)}
+    measurements: dict[str, Any] = {"backend": "cluster", "nat": nat.describe()}
     owned = receiver is None
     if receiver is None:
         receiver = OtlpReceiver(otlp_listen)

@@ -43,6 +43,7 @@ from pinhole.controller.services import (
     wait_healthy,
 )
 from pinhole.lab import DEFAULT_BACKEND, Lab, LabError, Topology, list_labs, load_topology, open_lab
+from pinhole.nat import NatBehaviour
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
 from pinhole.sip.message import Request, Response
@@ -263,15 +264,6 @@ def external_variables(topology: Topology, endpoints: Endpoints, node: str) -> d
     return out
 
 
-def default_nat() -> natgw_pb2.NatConfig:
-    """The NAT of §7.3: endpoint-independent mapping, address-and-port-dependent filtering (RFC 4787)."""
-    return natgw_pb2.NatConfig(
-        mapping=natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT,
-        filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-        mapping_timeout_seconds=300,
-    )
-
-
 @lru_cache(maxsize=1)
 def _lab_identities(run: str, signers: tuple[tuple[str, str], ...]) -> tuple[bytes, dict[str, Any]]:
     """RFC 8224 credentials for one run (`run` names it): a lab CA made in memory, whose key is never written,
@@ -287,13 +279,11 @@ def service_configs(
     endpoints: Endpoints,
     scenario: Scenario,
     timers: Timers,
-    nat: natgw_pb2.NatConfig | None = None,
+    nat: NatBehaviour | None = None,
 ) -> dict[str, Any]:
     """Node -> the message its Configure takes to be in the scenario's state (the defaults are §7.3's)."""
     sip = endpoints.sip
-    if nat is None:
-        nat = scenario.nat.proto() if scenario.nat is not None else default_nat()
-    configs: dict[str, Any] = {"natgw": nat}
+    configs: dict[str, Any] = {"natgw": (nat or scenario.nat or NatBehaviour()).to_proto()}
     configs["proxy-a"] = proxy_pb2.ProxyConfig(
         sip_t1_seconds=timers.sip_t1,
         routes=[proxy_pb2.ProxyRoute(domain=_domain("bob"), next_hop=sip("proxy-b"))],
@@ -352,11 +342,11 @@ def configure(
     endpoints: Endpoints,
     scenario: Scenario,
     timers: Timers,
-    nat: natgw_pb2.NatConfig | None = None,
+    nat: NatBehaviour | None = None,
 ) -> None:
     """Put every service in the scenario's state (the defaults are those of §7.3).
 
-    `nat`: the gateway's RFC 4787 behaviour (default: the scenario's, else `default_nat()`; a cluster run
+    `nat`: the gateway's RFC 4787 behaviour (default: the scenario's, else §7.3's; a cluster run
     reads it from its ConfigMap).
     """
     for node, config in service_configs(endpoints, scenario, timers, nat).items():

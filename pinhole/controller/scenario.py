@@ -21,77 +21,23 @@ from pinhole.deviations import PROXY, USER_AGENT, DeviationError, checked
 from pinhole.lab import Topology, load_topology
 from pinhole.lab import external as external_spec
 from pinhole.lab.external import External
-from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT, Filtering, Mapping
+from pinhole.nat import Filtering, Mapping, NatBehaviour, NatError
 from pinhole.rpc.v1 import natgw_pb2, useragent_pb2
 
-NAT_MAPPINGS = {m.value: natgw_pb2.NatMappingBehaviour.Value(f"MAPPING_{m.name}") for m in Mapping}
-NAT_FILTERINGS = {f.value: natgw_pb2.NatFilteringBehaviour.Value(f"FILTERING_{f.name}") for f in Filtering}
 # RFC 3489's cone names (RFC 4787 §3 explains why they are not enough): aliases for (mapping, filtering)
 NAT_ALIASES = {
-    "full-cone": ("endpoint-independent", "endpoint-independent"),
-    "restricted-cone": ("endpoint-independent", "address-dependent"),
-    "port-restricted-cone": ("endpoint-independent", "address-and-port-dependent"),
-    "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+    "full-cone": (Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT),
+    "restricted-cone": (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT),
+    "port-restricted-cone": (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT),
+    "symmetric": (Mapping.ADDRESS_AND_PORT_DEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT),
 }
 NO_NAT = "none"  # no translation at all: the gateway as a plain router (RFC 5763 §7.1)
-SHORT = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
-DEFAULT_MAPPING_TIMEOUT = 300
 OUTCOMES = ("works", "fails")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 
 
 class ScenarioError(ValueError):
     """A scenario that cannot run as written: the message says where and why."""
-
-
-@dataclass(frozen=True)
-class Nat:
-    """An RFC 4787 behaviour of the gateway."""
-
-    mapping: str = "endpoint-independent"
-    filtering: str = "address-and-port-dependent"
-    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
-    port_preservation: bool | None = None  # None: the gateway's default (on for EIM, off otherwise)
-    translate: bool = True  # False (`nat: none`): no NAT at all, the gateway routes (RFC 5763 §7.1)
-    hairpinning: bool | None = None  # RFC 4787 §6; None: the gateway's default (on: REQ-9 is a MUST)
-
-    def proto(self) -> natgw_pb2.NatConfig:
-        if not self.translate:
-            return natgw_pb2.NatConfig(translation_off=True, mapping_timeout_seconds=self.mapping_timeout)
-        preservation = {
-            None: natgw_pb2.PORT_PRESERVATION_UNSPECIFIED,
-            True: natgw_pb2.PORT_PRESERVATION_ON,
-            False: natgw_pb2.PORT_PRESERVATION_OFF,
-        }[self.port_preservation]
-        return natgw_pb2.NatConfig(
-            mapping=NAT_MAPPINGS[self.mapping],
-            filtering=NAT_FILTERINGS[self.filtering],
-            mapping_timeout_seconds=self.mapping_timeout,
-            port_preservation=preservation,
-            hairpinning={
-                None: natgw_pb2.HAIRPINNING_UNSPECIFIED,
-                True: natgw_pb2.HAIRPINNING_ON,
-                False: natgw_pb2.HAIRPINNING_OFF,
-            }[self.hairpinning],
-        )
-
-    def label(self) -> str:
-        """EIM+APDF style, as RFC 4787 abbreviates; "no NAT" without translation."""
-        if not self.translate:
-            return "no NAT"
-        label = f"{SHORT[self.mapping]}M+{SHORT[self.filtering]}F"
-        if self.port_preservation is not None:  # said explicitly: part of what tells two cells apart
-            label += "+pp" if self.port_preservation else "+no-pp"
-        if self.hairpinning is not None:
-            label += "+hairpin" if self.hairpinning else "+no-hairpin"
-        return label
-
-    @property
-    def preserves_ports(self) -> bool:
-        """Port preservation as the gateway applies it (its default: on for endpoint-independent mapping)."""
-        if self.port_preservation is not None:
-            return self.port_preservation
-        return self.mapping == "endpoint-independent"
 
 
 @dataclass(frozen=True)
@@ -197,7 +143,7 @@ class Scenario:
     expect_pass: bool = True
     alice: dict[str, Any] = field(default_factory=dict)
     bob: dict[str, Any] = field(default_factory=dict)
-    nat: Nat | None = None
+    nat: NatBehaviour | None = None
     timers: str | None = None
     expect: Expectation | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -275,45 +221,34 @@ def _one_of(value: Any, table: Any) -> bool:
     return isinstance(value, str) and value in table
 
 
-def parse_nat(value: Any, where: str) -> Nat:
+def parse_nat(value: Any, where: str) -> NatBehaviour:
     """A NAT as a cone alias, `none` (no translation), or {behaviour|mapping, filtering, mapping_timeout,
-    port_preservation, hairpinning}."""
+    port_preservation, hairpinning}; NatBehaviour validates, and the timer must meet RFC 4787 REQ-5."""
     if value == NO_NAT:
-        return Nat(translate=False)
+        return NatBehaviour(translate=False)
     if isinstance(value, str):
         if value not in NAT_ALIASES:
             aliases = ", ".join([*NAT_ALIASES, NO_NAT])
             raise _fail(where, f"{value!r} is not a NAT alias ({aliases}); or give mapping and filtering")
-        mapping, filtering = NAT_ALIASES[value]
-        return Nat(mapping, filtering)
+        return NatBehaviour(*NAT_ALIASES[value])
     if not isinstance(value, dict):
         raise _fail(where, f"expected a NAT alias or a mapping with keys mapping/filtering, not {value!r}")
     keys = ("behaviour", "mapping", "filtering", "mapping_timeout", "port_preservation", "hairpinning")
     unknown = set(value) - set(keys)
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(map(str, unknown))} ({', '.join(keys)})")
-    nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else Nat()
+    nat = parse_nat(value["behaviour"], f"{where}.behaviour") if "behaviour" in value else NatBehaviour()
     untranslated = {"mapping", "filtering", "port_preservation", "hairpinning"}
     contradicting = sorted(untranslated & set(value)) if not nat.translate else []
     if contradicting:
         raise _fail(where, f"behaviour {NO_NAT} (no translation) leaves nothing for {', '.join(contradicting)}")
-    for key, table in (("mapping", NAT_MAPPINGS), ("filtering", NAT_FILTERINGS)):
+    for key in ("port_preservation", "hairpinning"):
         if key in value:
-            if not _one_of(value[key], table):
-                raise _fail(f"{where}.{key}", f"{value[key]!r} is not one of {', '.join(table)} (RFC 4787)")
-            nat = replace(nat, **{key: value[key]})
-    if "mapping_timeout" in value:
-        seconds = value["mapping_timeout"]
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_MAPPING_TIMEOUT:
-            raise _fail(f"{where}.mapping_timeout", f"{seconds!r}: whole seconds, at least 120 (RFC 4787 REQ-5)")
-        if seconds > MAX_MAPPING_TIMEOUT:
-            raise _fail(f"{where}.mapping_timeout", f"{seconds}: at most {MAX_MAPPING_TIMEOUT} (what conntrack keeps)")
-        nat = replace(nat, mapping_timeout=seconds)
-    if "port_preservation" in value:
-        nat = replace(nat, port_preservation=_bool(value["port_preservation"], f"{where}.port_preservation"))
-    if "hairpinning" in value:
-        nat = replace(nat, hairpinning=_bool(value["hairpinning"], f"{where}.hairpinning"))
-    return nat
+            _bool(value[key], f"{where}.{key}")
+    try:
+        return replace(nat, **{k: v for k, v in value.items() if k != "behaviour"}).require_req5()
+    except NatError as error:
+        raise _fail(f"{where}.{error.field}", str(error)) from None
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -386,7 +321,7 @@ def build(settings: dict[str, Any], where: str, *, name: str, description: str, 
         alice["media_packets"] = bob["media_packets"] = settings["media_packets"]
     if settings.get("rtcp_mux") is False:  # both sides: RTP and RTCP each on its own association (RFC 5764 §4)
         alice["rtcp_mux"] = bob["rtcp_mux"] = False
-    nat = settings.get("nat", Nat())
+    nat = settings.get("nat", NatBehaviour())
     knobs = {"nat": nat.label(), "answerer": answerer, "stun_check": stun_check, "latching": latching}
     if "rtcp_mux" in settings:
         knobs["rtcp_mux"] = settings["rtcp_mux"]
@@ -791,7 +726,7 @@ def _rules(value: Any, where: str, flow: str = figures.DEFAULT_FLOW) -> list[Rul
         if not isinstance(when, dict) or set(when) - set(WHEN_KEYS):
             raise _fail(f"{here}.when", f"keys must be among {', '.join(WHEN_KEYS)}, got {when!r}")
         for key in ("mapping", "filtering"):
-            if key in when and not _one_of(when[key], NAT_MAPPINGS):
+            if key in when and not _one_of(when[key], {m.value for m in Mapping}):
                 raise _fail(f"{here}.when.{key}", f"{when[key]!r} is not an RFC 4787 behaviour")
         rules.append(Rule(dict(when), parse_expect({k: v for k, v in item.items() if k != "when"}, here, flow)))
     return rules
@@ -863,10 +798,10 @@ def load(path: Path) -> list[Scenario]:
     cells = []
     for combination in itertools.product(*axes):
         settings = {**base, **dict(combination)}
-        nat = settings.get("nat", Nat())
+        nat = settings.get("nat", NatBehaviour())
         facts = {
-            "mapping": nat.mapping,
-            "filtering": nat.filtering,
+            "mapping": nat.mapping.value,
+            "filtering": nat.filtering.value,
             "port_preservation": nat.preserves_ports,
             "answerer": settings.get("answerer", "active"),
             "stun_check": settings.get("stun_check", True),

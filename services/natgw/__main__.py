@@ -33,7 +33,7 @@ from pinhole.faults import engine as faults
 from pinhole.faults import nfqueue
 from pinhole.faults.engine import Bypassed, FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
 from pinhole.faults.rpc import FaultsServicer
-from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT
+from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT, NatBehaviour, NatError
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
@@ -42,28 +42,6 @@ from services.natgw.nflog import LoggedPacket, NflogReader
 
 log = logging.getLogger("natgw")
 
-MAPPINGS = {
-    natgw_pb2.MAPPING_UNSPECIFIED: ruleset.Mapping.ENDPOINT_INDEPENDENT,
-    natgw_pb2.MAPPING_ENDPOINT_INDEPENDENT: ruleset.Mapping.ENDPOINT_INDEPENDENT,
-    natgw_pb2.MAPPING_ADDRESS_DEPENDENT: ruleset.Mapping.ADDRESS_DEPENDENT,
-    natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Mapping.ADDRESS_AND_PORT_DEPENDENT,
-}
-FILTERINGS = {
-    natgw_pb2.FILTERING_UNSPECIFIED: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
-    natgw_pb2.FILTERING_ENDPOINT_INDEPENDENT: ruleset.Filtering.ENDPOINT_INDEPENDENT,
-    natgw_pb2.FILTERING_ADDRESS_DEPENDENT: ruleset.Filtering.ADDRESS_DEPENDENT,
-    natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT: ruleset.Filtering.ADDRESS_AND_PORT_DEPENDENT,
-}
-PORT_PRESERVATIONS = {
-    natgw_pb2.PORT_PRESERVATION_UNSPECIFIED: None,  # the kernel's default for the mapping
-    natgw_pb2.PORT_PRESERVATION_ON: True,
-    natgw_pb2.PORT_PRESERVATION_OFF: False,
-}
-HAIRPINNINGS = {  # RFC 4787 REQ-9: a MUST, so UNSPECIFIED is on (and what translation_off requires)
-    natgw_pb2.HAIRPINNING_UNSPECIFIED: None,
-    natgw_pb2.HAIRPINNING_ON: True,
-    natgw_pb2.HAIRPINNING_OFF: False,
-}
 PR_SET_PDEATHSIG = 1
 DROPS_KEPT = 1_000  # the latest drops WatchDrops replays: a call's own are among them, and memory stays flat
 
@@ -88,7 +66,7 @@ class NatGateway:
         self.log_group = log_group
         self.wan_services = wan_services
         self.events, self.counters = events, counters
-        self.behaviour = ruleset.NatBehaviour()
+        self.behaviour = NatBehaviour().effective()
         self.script = ""
         self.drops: list[natgw_pb2.DroppedPacket] = []
         self._watchers: list[asyncio.Queue[natgw_pb2.DroppedPacket]] = []
@@ -103,7 +81,8 @@ class NatGateway:
         self.injector: FaultInjector | None = None
         self.fault_counts: Counter[str] = Counter()  # over every plan this gateway ran
 
-    def apply(self, behaviour: ruleset.NatBehaviour) -> str:
+    def apply(self, behaviour: NatBehaviour) -> str:
+        behaviour = behaviour.effective()
         script = ruleset.render(
             behaviour,
             lan_if=self.lan_if,
@@ -123,15 +102,17 @@ class NatGateway:
         for setting in ruleset.set_mapping_timeout(behaviour.mapping_timeout):
             self.events.emit("nat.warning", reason=f"cannot set {setting}")
         self.behaviour, self.script = behaviour, script
-        self.events.emit(
-            "nat.configured",
-            mapping=behaviour.mapping.value,
-            filtering=behaviour.filtering.value,
-            mapping_timeout=behaviour.mapping_timeout,
-            port_preservation="on" if behaviour.port_preservation else "off",
-            **({} if behaviour.translate else {"translation": "off"}),
-            **({} if behaviour.hairpinning or not behaviour.translate else {"hairpinning": "off"}),
-        )
+        configured: dict[str, object] = {
+            "mapping": behaviour.mapping.value,
+            "filtering": behaviour.filtering.value,
+            "mapping_timeout": behaviour.mapping_timeout,
+            "port_preservation": "on" if behaviour.preserves_ports else "off",
+        }
+        if not behaviour.translate:
+            configured["translation"] = "off"
+        elif not behaviour.hairpins:
+            configured["hairpinning"] = "off"
+        self.events.emit("nat.configured", attributes=configured)
         return script
 
     async def start_observing(self) -> None:
@@ -302,7 +283,7 @@ class NatGateway:
             rule_hits=nfqueue.queue_rule_hits,
             on_bypass=self._fault_bypassed,
         )
-        path = ruleset.FaultPath(self.fault_queue, {d.value for d in plan.directions()})
+        path = ruleset.FaultPath(self.fault_queue, frozenset(d.value for d in plan.directions()))
         try:
             await asyncio.to_thread(ruleset.apply_faults, path, lan_if=self.lan_if, wan_if=self.wan_if)
         except BaseException:
@@ -429,91 +410,21 @@ class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGat
     def fault_host(self) -> NatGateway:
         return self.gateway
 
-    def _effective(self) -> natgw_pb2.NatConfig:
-        b = self.gateway.behaviour
-        if not b.translate:
-            return natgw_pb2.NatConfig(
-                translation_off=True,
-                mapping_timeout_seconds=b.mapping_timeout,
-                port_preservation=natgw_pb2.PORT_PRESERVATION_ON,
-            )
-        mapping = next(k for k, v in MAPPINGS.items() if v == b.mapping and k != natgw_pb2.MAPPING_UNSPECIFIED)
-        filtering = next(k for k, v in FILTERINGS.items() if v == b.filtering and k != natgw_pb2.FILTERING_UNSPECIFIED)
-        preservation = natgw_pb2.PORT_PRESERVATION_ON if b.port_preservation else natgw_pb2.PORT_PRESERVATION_OFF
-        return natgw_pb2.NatConfig(
-            mapping=mapping,
-            filtering=filtering,
-            mapping_timeout_seconds=b.mapping_timeout,
-            port_preservation=preservation,
-            hairpinning=natgw_pb2.HAIRPINNING_ON if b.hairpinning else natgw_pb2.HAIRPINNING_OFF,
-        )
-
     async def Configure(self, request, context):  # noqa: N802 (gRPC method name)
-        if request.mapping not in MAPPINGS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mapping: unknown value {request.mapping}")
-        if request.filtering not in FILTERINGS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"filtering: unknown value {request.filtering}")
-        if request.port_preservation not in PORT_PRESERVATIONS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"port_preservation: unknown value {request.port_preservation}"
-            )
-        if request.hairpinning not in HAIRPINNINGS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hairpinning: unknown value {request.hairpinning}")
-        if request.translation_off:
-            contradictions = [
-                f"{field} {natgw_pb2.NatConfig.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name}"
-                for field, value, allowed in (
-                    ("mapping", request.mapping, (natgw_pb2.MAPPING_UNSPECIFIED,)),
-                    ("filtering", request.filtering, (natgw_pb2.FILTERING_UNSPECIFIED,)),
-                    (
-                        "port_preservation",
-                        request.port_preservation,
-                        (natgw_pb2.PORT_PRESERVATION_UNSPECIFIED, natgw_pb2.PORT_PRESERVATION_ON),
-                    ),
-                )
-                if value not in allowed
-            ]
-            if contradictions:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"translation_off: no translation contradicts {', '.join(contradictions)} "
-                    "(leave mapping and filtering UNSPECIFIED, port_preservation UNSPECIFIED or ON)",
-                )
-            if request.hairpinning != natgw_pb2.HAIRPINNING_UNSPECIFIED:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "translation_off: without translation there is no mapping to hairpin through "
-                    f"(leave hairpinning UNSPECIFIED, not {natgw_pb2.NatHairpinning.Name(request.hairpinning)})",
-                )
-        timeout = request.mapping_timeout_seconds or ruleset.NatBehaviour.mapping_timeout
-        allowed = f"(allowed: {MIN_MAPPING_TIMEOUT}..{MAX_MAPPING_TIMEOUT}, 0 = the default)"
-        if timeout < MIN_MAPPING_TIMEOUT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"mapping_timeout_seconds: {timeout} is below the {MIN_MAPPING_TIMEOUT} s RFC 4787 REQ-5 requires "
-                + allowed,
-            )
-        if timeout > MAX_MAPPING_TIMEOUT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"mapping_timeout_seconds: {timeout} is above the {MAX_MAPPING_TIMEOUT} s conntrack can keep "
-                + allowed,
-            )
-        behaviour = ruleset.NatBehaviour(
-            mapping=MAPPINGS[request.mapping],
-            filtering=FILTERINGS[request.filtering],
-            mapping_timeout=timeout,
-            port_preservation=PORT_PRESERVATIONS[request.port_preservation],
-            translate=not request.translation_off,
-            hairpinning=HAIRPINNINGS[request.hairpinning],
-        )
+        try:
+            behaviour = NatBehaviour.from_proto(request).require_req5()
+        except NatError as error:
+            if error.field == "mapping_timeout":  # the proto's name, and what it may be
+                allowed = f"(allowed: {MIN_MAPPING_TIMEOUT}..{MAX_MAPPING_TIMEOUT}, 0 = the default)"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mapping_timeout_seconds: {error} {allowed}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error}")
         try:
             script = self.gateway.apply(behaviour)
         except NotImplementedError as error:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
         except (OSError, RuntimeError) as error:
             await context.abort(grpc.StatusCode.INTERNAL, f"loading the ruleset failed: {error}")
-        return natgw_pb2.NatConfigReply(effective=self._effective(), ruleset=script)
+        return natgw_pb2.NatConfigReply(effective=self.gateway.behaviour.to_proto(), ruleset=script)
 
     async def ListMappings(self, request, context):  # noqa: N802
         try:
@@ -594,7 +505,7 @@ async def main() -> None:
     except Exception as error:
         log.warning("removing a stale fault path failed: %s", error)
     await gateway.start_observing()
-    gateway.apply(ruleset.NatBehaviour())
+    gateway.apply(NatBehaviour())
     events.emit("service.started", wan_address=args.wan_address, lan_prefix=args.lan_prefix)
     name = natgw_pb2.DESCRIPTOR.services_by_name["NatGateway"].full_name
 

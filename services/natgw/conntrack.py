@@ -84,7 +84,7 @@ def parse_udp_mappings(text: str, wan_address: str) -> list[NatMapping]:
             inbound = False
             ends = [(orig["src"], orig["sport"]), (reply["dst"], reply["dport"]), (orig["dst"], orig["dport"])]
         elif orig["dst"] == wan and reply["src"] != wan:  # opened from outside, DNATed: Y:y -> X':x', back X:x -> Y:y'
-            inbound = True  # (y' is y unless the kernel had to change it, see ruleset.NatBehaviour)
+            inbound = True  # (y' is y unless the kernel had to change it, see the ruleset's "Kernel limits")
             ends = [(reply["src"], reply["sport"]), (orig["dst"], orig["dport"]), (orig["src"], orig["sport"])]
         else:
             continue

@@ -42,6 +42,17 @@ external port the kernel picked, whatever way it picked it) and refreshed by eve
   off, an unmapped one with it on) is dropped, counted (`hairpin_dropped`) and NFLOG-logged with its
   own prefix, like the inbound drops.
 
+Kernel limits (both measured in tests/test_natgw_kernel.py). Conntrack keeps an external port from being
+used twice only *towards the same remote endpoint*, so a second inside host using the same port gets it
+too towards other remotes (port overloading, which REQ-3 forbids), and another one towards a remote the
+first already talks to (so its mapping is not endpoint-independent); EIF/ADF then deliver new remotes on
+that port to the first host. The lab has one inside host. And with a mapping that is not endpoint-
+independent and EIF/ADF, a remote endpoint that already talks to X:x through one mapping and then sends
+to another of its mappings is admitted, but conntrack cannot hold two sessions with the same inside
+tuple: the kernel gives the second one another remote port, so X:x sees the remote's port rewritten
+(`inbound_remote_port_rewritten` counts those packets); X:x's answers to it still reach the remote, from
+the mapping it sent to.
+
 `render` is pure (text out); `apply`, `remove`, `read_counters`, `read_elements` and
 `set_mapping_timeout` act on the network namespace of the calling thread, or on `netns` when given.
 """
@@ -59,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinhole.nat import MAX_MAPPING_TIMEOUT, Filtering, Mapping
+from pinhole.nat import MAX_MAPPING_TIMEOUT, Filtering, Mapping, NatBehaviour
 from services.natgw.kernel import in_namespace, run_tool
 
 __all__ = [
@@ -73,7 +84,6 @@ __all__ = [
     "Filtering",
     "KernelNatError",
     "Mapping",
-    "NatBehaviour",
     "NftError",
     "RulesetError",
     "SetElement",
@@ -98,7 +108,7 @@ COUNTER_MAPPINGS_CREATED = "mappings_created"  # first packet of each outbound f
 COUNTER_OUTBOUND = "outbound_translated"  # every packet forwarded LAN -> WAN
 COUNTER_INBOUND = "inbound_translated"  # every packet forwarded WAN -> LAN (established/related, or admitted)
 COUNTER_ADMITTED = "inbound_admitted"  # first packet of each inbound flow admitted by EIF/ADF (nat chain)
-# an admitted inbound flow whose remote port the kernel had to change (see NatBehaviour): one per packet
+# an admitted inbound flow whose remote port the kernel had to change (see "Kernel limits" above): one per packet
 COUNTER_REMOTE_PORT_REWRITTEN = "inbound_remote_port_rewritten"
 COUNTER_DROPPED_INPUT = "inbound_dropped_input"  # unsolicited, to the NAT's outside address
 COUNTER_DROPPED_FORWARD = "inbound_dropped_forward"  # unsolicited, routed towards the LAN
@@ -154,88 +164,9 @@ class NftError(KernelNatError):
     """`nft` failed; the message carries its stderr."""
 
 
-@dataclass
-class NatBehaviour:
-    """A NAT in RFC 4787 terms. The default is what §7.3 of RFC 5763 assumes and what Linux
-    masquerading does: endpoint-independent mapping (REQ-1), address-and-port-dependent
-    filtering; `mapping_timeout` in seconds (REQ-5: at least 120, 300 recommended).
-
-    `port_preservation` (§4.1: the NAT tries to keep the internal port as the external one) defaults
-    to what the kernel does for that mapping: on for endpoint-independent mapping (`masquerade`), off
-    otherwise (`masquerade fully-random`). With an address(-and-port)-dependent mapping only the
-    first mapping of an internal endpoint can keep its port.
-
-    Kernel limits (both measured in tests/test_natgw_kernel.py). Conntrack keeps an external port
-    from being used twice only *towards the same remote endpoint*, so a second inside host using
-    the same port gets it too towards other remotes (port overloading, which REQ-3 forbids), and
-    another one towards a remote the first already talks to (so its mapping is not endpoint-
-    independent); EIF/ADF then deliver new remotes on that port to the first host. The lab has
-    one inside host. And with a mapping that is not endpoint-independent and EIF/ADF, a remote
-    endpoint that already talks to X:x through one mapping and then sends to another of its
-    mappings is admitted, but conntrack cannot hold two sessions with the same inside tuple: the
-    kernel gives the second one another remote port, so X:x sees the remote's port rewritten
-    (`inbound_remote_port_rewritten` counts those packets); X:x's answers to it still reach the
-    remote, from the mapping it sent to.
-
-    `hairpinning` (RFC 4787 §6, REQ-9: a MUST, so on by default): a packet from an inside endpoint to
-    the external address and port of a current mapping comes back inside to that mapping's internal
-    endpoint, from the sender's own external mapping (REQ-9 a). Without translation there is no mapping
-    to hairpin through: it is then off, and asking for it is an error.
-    """
-
-    mapping: Mapping = Mapping.ENDPOINT_INDEPENDENT
-    filtering: Filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT
-    mapping_timeout: int = 300
-    port_preservation: bool | None = None  # None: the default for `mapping` (see above)
-    # False: no NAT at all (RFC 5763 §7.1), the gateway routes lan <-> wan unchanged; mapping and filtering
-    # must then be left at their defaults (they mean nothing), and every port is "preserved"
-    translate: bool = True
-    hairpinning: bool | None = None  # None: on when translating (REQ-9), off for a plain router
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.translate, bool):
-            raise RulesetError(f"translate {self.translate!r} is not true or false")
-        if self.hairpinning is None:
-            self.hairpinning = self.translate
-        elif not isinstance(self.hairpinning, bool):
-            raise RulesetError(f"hairpinning {self.hairpinning!r} is not true, false or None")
-        elif self.hairpinning and not self.translate:
-            raise RulesetError("without translation there is no mapping to hairpin through: hairpinning cannot be true")
-        try:
-            self.mapping = Mapping(self.mapping)
-        except ValueError:
-            names = ", ".join(m.value for m in Mapping)
-            raise RulesetError(f"mapping {self.mapping!r} is not one of {names}") from None
-        try:
-            self.filtering = Filtering(self.filtering)
-        except ValueError:
-            names = ", ".join(f.value for f in Filtering)
-            raise RulesetError(f"filtering {self.filtering!r} is not one of {names}") from None
-        _check_timeout(self.mapping_timeout, "mapping_timeout")
-        if not self.translate:
-            if (self.mapping, self.filtering) != (Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT):
-                raise RulesetError(
-                    f"without translation there is no {self.mapping.value} mapping or {self.filtering.value} filtering"
-                )
-            if self.port_preservation is False:
-                raise RulesetError("without translation every port is kept: port_preservation cannot be false")
-        if self.port_preservation is None:
-            self.port_preservation = self.mapping is Mapping.ENDPOINT_INDEPENDENT
-        elif not isinstance(self.port_preservation, bool):
-            raise RulesetError(f"port_preservation {self.port_preservation!r} is not true, false or None")
-
-    def describe(self) -> str:
-        """'endpoint-independent mapping, address-and-port-dependent filtering, ports preserved'."""
-        if not self.translate:
-            return "no translation (a plain router)"
-        ports = "ports preserved" if self.port_preservation else "ports not preserved"
-        hairpinning = "" if self.hairpinning else ", no hairpinning"
-        return f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}{hairpinning}"
-
-
 def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
     """The sets and maps the ruleset of `behaviour` declares, in DYNAMIC_SETS order (pure)."""
-    mapping, preserve = behaviour.mapping, behaviour.port_preservation
+    mapping, preserve = behaviour.mapping, behaviour.preserves_ports
     if not behaviour.translate:
         return []
     wanted = {
@@ -243,7 +174,7 @@ def dynamic_sets(behaviour: NatBehaviour) -> list[str]:
         SET_ADM: mapping is Mapping.ADDRESS_DEPENDENT,
         SET_MAPPED: mapping is not Mapping.ENDPOINT_INDEPENDENT and bool(preserve),
         # the filtering DNAT's and hairpinning's map from an external port to its internal endpoint
-        SET_INBOUND: behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT or bool(behaviour.hairpinning),
+        SET_INBOUND: behaviour.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT or behaviour.hairpins,
         SET_CONTACTED: behaviour.filtering is Filtering.ADDRESS_DEPENDENT,
     }
     return [name for name in DYNAMIC_SETS if wanted[name]]
@@ -254,7 +185,7 @@ def _mapping_rules(behaviour: NatBehaviour, match: str, *, first: str, kernel: s
     a mapping the dynamic sets remember, else the port `kernel` picks (`masquerade`, or `snat ip to` the
     outside address; `fully-random` for a new random port). `first` (a counter) goes on the first rule;
     `remote` is the expression of the remote address an address-dependent mapping is kept for."""
-    mapping, preserve = behaviour.mapping, behaviour.port_preservation
+    mapping, preserve = behaviour.mapping, behaviour.preserves_ports
     head = f"{match} {first}" if first else match
     if mapping is Mapping.ENDPOINT_INDEPENDENT and preserve:
         return [f"{head} {kernel}"]
@@ -344,7 +275,7 @@ def render(
     if not behaviour.translate:
         return _render_router(behaviour, lan_if, wan_if, lan, observe, admitted, unsolicited, log)
 
-    mapping, filtering, preserve = behaviour.mapping, behaviour.filtering, behaviour.port_preservation
+    mapping, filtering, preserve = behaviour.mapping, behaviour.filtering, behaviour.preserves_ports
     outbound = f'oifname "{wan_if}" ip saddr {lan}'
     created = f'counter name "{COUNTER_MAPPINGS_CREATED}"'
     sets = dynamic_sets(behaviour)
@@ -363,7 +294,7 @@ def render(
     # RFC 4787 §6 hairpinning, the packets the prerouting chain turned back inside: still from inside
     # (their source is translated here), and DNATed towards an inside address
     hairpinned = f'oifname "{lan_if}" ip saddr {lan} ct status dnat'
-    if behaviour.hairpinning:
+    if behaviour.hairpins:
         translate.append("# RFC 4787 §6 hairpinned: from the sender's mapping towards the address it sent to (REQ-9 a)")
         translate += _mapping_rules(
             behaviour, hairpinned, first="", kernel=f"snat ip to {wan}", remote="ct original ip daddr"
@@ -394,7 +325,7 @@ def render(
             f'{unsolicited}{services} udp dport @{SET_INBOUND}{contacted} counter name "{COUNTER_ADMITTED}" '
             f"dnat ip to udp dport map @{SET_INBOUND}"
         )
-    if behaviour.hairpinning:
+    if behaviour.hairpins:
         explain += [
             "RFC 4787 §6 hairpinning: a packet from inside to the external port of a mapping goes to its",
             "internal endpoint, whatever the mapping's filtering (§6 asks only for an active mapping)",
@@ -433,25 +364,25 @@ def render(
 
     record = ""
     if sets:
-        rules = []
+        recording: list[str] = []
         for direction in ("original", "reply"):  # reply: X:x answering a flow it was sent (admitted by EIF/ADF)
-            rules.append(
+            recording.append(
                 f'\t\toifname "{wan_if}" ct direction {direction} ct {direction} ip saddr {lan} meta l4proto udp '
                 + updates(direction, "ip daddr", sets)
                 + "\n"
             )
-        if behaviour.hairpinning:
+        if behaviour.hairpins:
             # both ends of a hairpinned flow are inside, each sending through its own mapping (the reply
             # direction: X2 answering X1), to the NAT's outside address, not a contacted remote address
             mapped = [name for name in sets if name != SET_CONTACTED]
             for direction in ("original", "reply"):
-                rules.append(
+                recording.append(
                     f'\t\toifname "{lan_if}" ct direction {direction} ct {direction} ip saddr {lan} ct status dnat '
                     f"meta l4proto udp {updates(direction, f'ct {direction} ip daddr', mapped)}\n"
                 )
         if SET_INBOUND in sets and filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
-            hairpins = f" ct original ip saddr != {lan}" if behaviour.hairpinning else ""  # not one of those
-            rules.append(
+            hairpins = f" ct original ip saddr != {lan}" if behaviour.hairpins else ""  # not one of those
+            recording.append(
                 f'\t\toifname "{lan_if}" ct direction original ct status dnat ct status snat{hairpins} '
                 f'counter name "{COUNTER_REMOTE_PORT_REWRITTEN}"\n'
             )
@@ -460,7 +391,7 @@ def render(
 \t# (RFC 4787 REQ-6) under the external port the kernel gave it
 \tchain record_mappings {{
 \t\ttype filter hook postrouting priority srcnat + 100; policy accept;
-{"".join(rules)}\t}}
+{"".join(recording)}\t}}
 
 """
 
@@ -471,7 +402,7 @@ def render(
     hairpin = (
         f'{inside_to_inside}ct status dnat meta l4proto udp ct state new ct timeout set "mapping"\n'
         f'{inside_to_inside}ct status dnat counter name "{COUNTER_HAIRPINNED}" accept\n'
-        if behaviour.hairpinning
+        if behaviour.hairpins
         else ""
     ) + f'{inside_to_inside}counter name "{COUNTER_HAIRPIN_DROPPED}" {log(DROP_PREFIX_HAIRPIN)} drop\n'
     hairpin_input = (
