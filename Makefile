@@ -68,10 +68,11 @@ clean:
 	-@test -x $(PY) && $(PY) -c "from containers.lab import ContainerLab; print('removed:', ContainerLab.cleanup_stragglers())"
 	rm -rf out .pytest_cache
 
-## lint: ruff over the library, services, lab and tests
+## lint: ruff over the library, services, lab and tests; mypy over the library, services and lab backends
 lint: setup
-	$(PY) -m pip install -q ruff
+	$(PY) -m pip install -q -e '.[lint]'
 	$(VENV)/bin/ruff check pinhole services netns containers bench tests fuzz
+	$(VENV)/bin/mypy
 
 ## fuzz: every parser, FUZZ_INPUTS inputs or FUZZ_SECONDS s each (atheris if it installs); crashes in fuzz/crashes
 FUZZ_INPUTS  ?= 1000000

@@ -85,7 +85,8 @@ def segments(topology: Topology) -> list[Segment]:
         groups.setdefault(label, []).extend(end for end in (link.a, link.b) if end[0] != switch)
     out = []
     for label, ends in groups.items():
-        interfaces = [ipaddress.ip_interface(topology.nodes[n].interfaces[i][0]) for n, i in ends]
+        # IPv4 only: the topology's loader checked every address
+        interfaces = [ipaddress.IPv4Interface(topology.nodes[n].interfaces[i][0]) for n, i in ends]
         subnets = {i.network for i in interfaces}
         if len(subnets) != 1:
             raise LabError(f"segment {label}: its interfaces are on {len(subnets)} subnets, one network needs one")
@@ -218,7 +219,7 @@ class ContainerLab:
             raise LabError(f"{self.run_dir} is in use (a namespace lab of the same name?); pick another --name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o1777)  # unprivileged services create their sockets here
-        state = {"lab": self.name, "backend": "docker", "networks": [], "containers": []}
+        state: dict[str, Any] = {"lab": self.name, "backend": "docker", "networks": [], "containers": []}
         self._save(state)
         try:
             self._start_engine(state)

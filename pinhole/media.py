@@ -41,7 +41,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pinhole import demux, dtls, rtp, srtp, stun
@@ -395,7 +395,12 @@ class MediaSession(asyncio.DatagramProtocol):
         return self._loop.time()
 
     def _emit(
-        self, kind: str, attributes: dict[str, object] | None = None, *, association: int | None = None, **more: object
+        self,
+        kind: str,
+        attributes: Mapping[str, object] | None = None,
+        *,
+        association: int | None = None,
+        **more: object,
     ) -> None:
         """An event of this call, naming the component and (once there is one) the association."""
         index = self.association if association is None else association
@@ -403,8 +408,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self.events.emit(
             kind,
             self.call_id,
-            {**(attributes or {}), "component": self.component_name, "association": index or None, **fork},
-            **more,
+            {**(attributes or {}), "component": self.component_name, "association": index or None, **fork, **more},
         )
 
     @property

@@ -206,6 +206,8 @@ def _controller_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(unary_reply(handler.stream_unary), **codecs)
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(streamed_replies(handler.unary_stream), **codecs)
+    if handler.stream_stream is None:  # grpc's method handlers set exactly one of the four
+        raise ValueError("a gRPC method handler with no behaviour to guard")
     return grpc.stream_stream_rpc_method_handler(streamed_replies(handler.stream_stream), **codecs)
 
 

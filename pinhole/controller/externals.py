@@ -33,7 +33,7 @@ class Externals:
         self.replaced: list[str] = []  # nodes whose pinhole service was stopped for the run
         self.notes: list[str] = []  # what the verdict's notes say of them (stragglers, a missing key log)
         self.ready_s: dict[str, float] = {}  # node -> seconds until it was ready: the run's measurements
-        self.on_started: Callable[[str], None] | None = None  # e.g. the capture following a node's new namespace
+        self.on_started: Callable[[str], object] | None = None  # e.g. the capture following a node's new namespace
 
     def __bool__(self) -> bool:
         return bool(self.externals)
@@ -66,7 +66,7 @@ class Externals:
                 netns=self.lab.ns(node),
                 address=address,
                 log=log,
-                alive=lambda process=process: process.poll() is None,
+                alive=lambda: process.poll() is None,
                 what=f"{node} ({external.label})",
             )
 

@@ -260,9 +260,9 @@ def _arrow(source: str, target: str, label: str, dropped: bool, shown: list[str]
     elif x_to < x_from:
         chars[x_to + 1] = "X" if dropped else "<"
     for node in via:  # captured crossing this column on the way
-        x = shown.index(node) * WIDTH + WIDTH // 2 if node in shown else None
-        if x is not None and lo < x < hi:
-            chars[x] = "+"
+        at = shown.index(node) * WIDTH + WIDTH // 2 if node in shown else None
+        if at is not None and lo < at < hi:
+            chars[at] = "+"
     text = f" {label} "
     crossings = [shown.index(n) * WIDTH + WIDTH // 2 for n in via if n in shown]
     start = lo + 1 + max(0, (hi - lo - 1 - len(text)) // 2)

@@ -183,7 +183,7 @@ def pivot(cells: list[Cell]) -> str:
 
 def _pivot(cells: list[Cell]) -> str:
     knobs = ("nat", "answerer", "stun_check", "latching")
-    by_knobs = {tuple(c.scenario.knobs.get(k) for k in knobs): c for c in cells}
+    by_knobs: dict[tuple[Any, ...], Cell] = {tuple(c.scenario.knobs.get(k) for k in knobs): c for c in cells}
     rows = list(dict.fromkeys(k[:2] for k in by_knobs))  # in the order of the matrix's axes
     columns = [(True, False), (True, True), (False, False), (False, True)]
     lines = [
@@ -198,7 +198,7 @@ def _pivot(cells: list[Cell]) -> str:
                 out.append("")
                 continue
             text = f"{cell.observed} ({cell.media_time:.2f} s)" if cell.media_time is not None else cell.observed
-            out.append(text if cell.matched else f"**{text}** ✗ (expected {cell.scenario.expect.outcome})")
+            out.append(text if cell.matched else f"**{text}** ✗ (expected {cell.row()['expected']})")
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)
 

@@ -546,7 +546,7 @@ def spans_to_events(request: Any, *, trace_id: str | None = None) -> list[dict[s
     "parent_span_id"}; attrs keep every span attribute as a string except pinhole.call_id.
     """
     wanted = _norm_trace_id(trace_id) if trace_id is not None else None
-    events = []
+    events: list[dict[str, Any]] = []
     for s in _iter_spans(_as_resource_spans(request)):
         if wanted is not None and s.trace_id != wanted:
             continue

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -523,11 +523,11 @@ def _restart_steps(
                     record["error"] = f"{record.get('error', '')}; starting {step.node} again failed: {error}"
 
 
-def _unless_unknown(ask: Callable[[], Any]) -> Any:
+def _unless_unknown(method: Callable[[Any], Any], request: Any) -> Any:
     """A user agent's answer about the call (GetCall, GetKeyLog); None where it never saw the call (under
     loss the INVITE may never reach it): that is evidence about the call, not a failure of the lab."""
     try:
-        return ask()
+        return method(request)
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.NOT_FOUND:
             return None
@@ -693,11 +693,12 @@ def drive_call(
         flushed = collector.snapshot()
         for node in kinds:  # every span made so far reaches the receiver
             clients.stub(node).FlushTelemetry(events_pb2.FlushRequest(), timeout=30)
-        calls, key_log = {}, []
+        calls: dict[str, dict[str, Any]] = {}
+        key_log: list[str] = []
         for ua in agents:
             stub = clients.stub(ua)
-            status = _unless_unknown(lambda stub=stub: stub.GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
-            keys = _unless_unknown(lambda stub=stub: stub.GetKeyLog(useragent_pb2.GetKeyLogRequest(call_id=call_id)))
+            status = _unless_unknown(stub.GetCall, useragent_pb2.GetCallRequest(call_id=call_id))
+            keys = _unless_unknown(stub.GetKeyLog, useragent_pb2.GetKeyLogRequest(call_id=call_id))
             calls[ua] = to_dict(status) if status is not None else {}
             key_log += keys.lines if keys is not None else []
         key_log += externals.key_log() if externals else []
@@ -751,7 +752,7 @@ def _hang_up(
     for ua in ("alice", "bob"):
         if ua in agents:
             stub = clients.stub(ua)
-            status = _unless_unknown(lambda stub=stub: stub.GetCall(useragent_pb2.GetCallRequest(call_id=call_id)))
+            status = _unless_unknown(stub.GetCall, useragent_pb2.GetCallRequest(call_id=call_id))
             if status is None:  # it never saw the call (its INVITE lost): nothing of it to end
                 continue
             if status.state not in ("failed", "terminated"):  # its own state, not an event still in flight
@@ -772,6 +773,14 @@ def _decrypting(events: list[dict[str, Any]]) -> bool:
 
 def _failed(events: list[dict[str, Any]]) -> bool:
     return any(e["kind"] in ("dtls.failed", "call.failed") and e["service"] in ("alice", "bob") for e in events)
+
+
+def _switched_or_failed(since: float, events: list[dict[str, Any]]) -> bool:
+    """Both sides switched their SRTP to a new association's keys at `since` or later, or the call failed."""
+    return _failed(events) or all(
+        any(e["service"] == side and e["kind"] == "srtp.switched" and e["t"] >= since for e in events)
+        for side in ("alice", "bob")
+    )
 
 
 REINVITE_SETUPS = {
@@ -816,16 +825,7 @@ def modify_session(
         if reply.modification.status_code != 200:
             return
         if reply.modification.new_association:
-            collector.wait_for(
-                lambda ev, since=since: (
-                    _failed(ev)
-                    or all(
-                        any(e["service"] == side and e["kind"] == "srtp.switched" and e["t"] >= since for e in ev)
-                        for side in ("alice", "bob")
-                    )
-                ),
-                timeout=budget,
-            )
+            collector.wait_for(partial(_switched_or_failed, since), timeout=budget)
 
 
 SRTP_KEYS_ABOUT = (
@@ -881,7 +881,7 @@ def judge_call(
     timers_name: str,
     out_dir: Path,
     capture: pcapng.Capture,
-    measurements: dict[str, float],
+    measurements: Mapping[str, float | str],
     forward_to: str | None = None,
     capture_problems: list[str] | None = None,
     notes: list[str] | None = None,
@@ -1016,7 +1016,7 @@ def run(
     timers = TIMERS[timers_name]
     show = Progress(progress)
     run_id, out_dir = new_run_dir(out_root, scenario)
-    measurements: dict[str, float] = {"backend": backend}
+    measurements: dict[str, float | str] = {"backend": backend}
 
     owned = lab_name not in list_labs(backend)
     if owned:
@@ -1093,6 +1093,9 @@ def run(
 
     if interrupted is not None:
         record = interrupted.record
+    if capture is None:  # stopped before the capture started: there is no wire to judge
+        why = interrupted.why if interrupted is not None else "no reason recorded"
+        raise RuntimeError(f"the run stopped before its capture started: {why}")
     result = judge_call(
         trace_request,
         record,

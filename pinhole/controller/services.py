@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -37,6 +37,8 @@ from pinhole.rpc.v1 import (
     useragent_pb2,
     useragent_pb2_grpc,
 )
+
+T = TypeVar("T")
 
 STUBS = {
     "useragent": useragent_pb2_grpc.UserAgentStub,
@@ -189,6 +191,8 @@ def service_argv(node: Node, run_dir: Path, *, name_interfaces: bool = True) -> 
         if len(node.addresses) > 1:  # a second address: an RFC 5780 server (it copes if it lacks the address)
             argv += ["--alternate", f"{node.addresses[1].split('/')[0]}:{extra.get('stun_alternate_port', port + 1)}"]
     if node.service == "switch":
+        if node.bridge is None:  # the topology gives each switch node a bridge, and only those
+            raise ValueError(f"{node.name}: the switch service runs on a switch node (one with a bridge)")
         argv += ["--bridge", node.bridge]
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
@@ -263,7 +267,7 @@ def wait_healthy(
     for node, target in targets.items():
         health_channel = control_channel(target, node, tls)
         try:
-            stub = health_pb2_grpc.HealthStub(health_channel)
+            stub: Any = health_pb2_grpc.HealthStub(health_channel)  # its stubs declare no Check or Watch
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -316,7 +320,8 @@ class ServiceClients:
         for node, target in self.targets.items():
             with control_channel(target, node, self.tls) as channel:
                 try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                    health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs declare no Check or Watch
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
                 except grpc.RpcError as error:
                     problems.append(f"{node}: {error.code().name} at {target}")
                     continue
@@ -412,7 +417,8 @@ class EventCollector:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float | None) -> bool:
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], T], timeout: float | None) -> T:
+        """Block until predicate(events so far) holds or `timeout` passes; returns its last value."""
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self.events), timeout=timeout)
 

@@ -591,9 +591,8 @@ def _answer(ev: Evidence) -> tuple[str, float | None]:
         problems.append(mismatch)
     if problems:
         raise Failure("; ".join(problems), ok.t)
-    checked = (
-        "matches Bob's certificate on the wire" if a and a.certificate(ev.callee_media) else "(certificate not seen)"
-    )  # type: ignore[arg-type]
+    seen = a and ev.callee_media and a.certificate(ev.callee_media)
+    checked = "matches Bob's certificate on the wire" if seen else "(certificate not seen)"
     text = f"setup {answer.setup}, fingerprint {_fingerprint_text(answer)} {checked}, media {answer.media}"
     if answer.setup == "passive":
         raise Failure(text + "; §7.3 has Bob active (RFC 5763 §5 allows passive, only RECOMMENDS active)", ok.t, FIGURE)
@@ -1106,12 +1105,13 @@ def _s71_m5(ev: Evidence) -> tuple[str, float | None]:
     finished = a.finished(a.client)
     if finished is None:
         missing.append("ChangeCipherSpec + Finished")
-    if missing:
+    if missing or finished is None:  # finished is None only when missing names it
         raise Failure(f"{ev.wire.node(a.client)}'s flight lacks {', '.join(missing)}")
-    delivered = ev.reached(finished[0], ev.caller) if finished else None  # type: ignore[index]
+    delivered = ev.reached(finished[0], ev.caller) if finished else None
     if delivered is None:
-        raise Failure(f"{ev.wire.node(a.client)}'s flight never reached {ev.caller}", finished[0].t)  # type: ignore[index]
-    return f"Certificate, ClientKeyExchange, CertificateVerify, ChangeCipherSpec, Finished ({finished[1]})", delivered.t  # type: ignore[index]
+        raise Failure(f"{ev.wire.node(a.client)}'s flight never reached {ev.caller}", finished[0].t)
+    flight = f"Certificate, ClientKeyExchange, CertificateVerify, ChangeCipherSpec, Finished ({finished[1]})"
+    return flight, delivered.t
 
 
 @check(

@@ -144,8 +144,11 @@ class LinkMap(Protocol):
     """Where a service's queue sits: the links it has, the actions it can carry out, and which
     links a queued packet crosses, in which direction (the link it came in by first)."""
 
-    links: frozenset[str]
-    actions: frozenset[str]
+    @property
+    def links(self) -> frozenset[str]: ...
+
+    @property
+    def actions(self) -> frozenset[str]: ...
 
     def crossings(self, packet: QueuedPacket) -> tuple[Crossing, ...]: ...
 
@@ -722,12 +725,16 @@ def _rule_from_dict(index: int, item: object) -> FaultRule:
             action = Duplicate(item.get("copies", 1))
         elif action_name == "reorder":
             action = Reorder(item.get("max_hold", 1.0))
-        else:
-            action = ACTIONS[action_name]()
+        elif action_name == "drop":
+            action = Drop()
+        elif action_name == "expire-mapping":
+            action = ExpireMapping()
+        else:  # an action added to ACTIONS and not read here
+            raise FaultError(f"action: {action_name!r} cannot be read from a table yet")
         match = Match(
             link=item.get("link") or None,
             direction=item.get("direction") or None,
-            what=item.get("what") or "any",
+            what=item.get("what") or What.parse("any"),
             peer=item.get("peer") or None,
         )
         return FaultRule(

@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, Self
+from typing import Generic, Protocol, Self, TypeVar
 
 NETLINK_NETFILTER = 12
 NFNETLINK_V0 = 0
@@ -66,6 +66,9 @@ class Tally(Protocol):
 
     acks: dict[int, int]
     odd: int
+
+
+BatchT = TypeVar("BatchT", bound=Tally)
 
 
 def walk_messages(data: bytes, tally: Tally) -> Iterator[tuple[int, int, bytes]]:
@@ -121,9 +124,9 @@ def open_socket(rcvbuf: int, netns: str | None = None) -> socket.socket:
     return sock
 
 
-class NfnetlinkClient:
+class NfnetlinkClient(Generic[BatchT]):
     """The socket side both clients share; a subclass sets `_sock`, `_seq`, `odd` and `overruns`
-    and names itself and its errors (`_label`, `_holds`, `_error`)."""
+    and names itself and its errors (`_label`, `_holds`, `_error`). `BatchT` is what its parser returns."""
 
     _sock: socket.socket
     _seq: int
@@ -134,7 +137,7 @@ class NfnetlinkClient:
     _error: type[Exception]
 
     def _configure(
-        self, build: Callable[[int], bytes], what: str, timeout: float, parse: Callable[[bytes], Tally]
+        self, build: Callable[[int], bytes], what: str, timeout: float, parse: Callable[[bytes], BatchT]
     ) -> None:
         """Send `build(seq)` and wait for its ack; what else comes meanwhile goes to `_during_configure`.
 
@@ -166,7 +169,7 @@ class NfnetlinkClient:
                     raise self._error(f"{self._label}: {what} failed: {os.strerror(err)}")
                 return
 
-    def _during_configure(self, batch: Tally) -> None:
+    def _during_configure(self, batch: BatchT) -> None:
         """What to do with the subsystem's messages that arrive before an ack (default: nothing)."""
 
     def _datagrams(self) -> Iterator[bytes]:

@@ -280,7 +280,7 @@ def _parse_now(data: bytes) -> ParsedBatch:
     return parse_messages(data, time.time())
 
 
-class NfQueue(nfnetlink.NfnetlinkClient):
+class NfQueue(nfnetlink.NfnetlinkClient[ParsedBatch]):
     """The packets of NFQUEUE `queue` in the current network namespace (or in `netns`, entered only
     to create the socket), and their verdicts.
 

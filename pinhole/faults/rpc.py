@@ -36,7 +36,7 @@ class FaultsServicer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"finding the links to impair failed: {error}")
         try:
             await host.set_faults(plan)
-        except (nfqueue.QueueRuleError, *self.precondition_errors) as error:  # iptables missing or refused
+        except (nfqueue.QueueRuleError,) + self.precondition_errors as error:  # iptables missing or refused
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"installing the fault queue failed: {error}")
         except (nfqueue.NfqueueError, OSError, RuntimeError) as error:
             await context.abort(grpc.StatusCode.INTERNAL, f"setting up the fault engine failed: {error}")

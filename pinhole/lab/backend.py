@@ -31,6 +31,8 @@ class Process(Protocol):
 
     pid: int
 
+    def poll(self) -> int | None: ...  # its exit status once it has exited, else None (as subprocess.Popen)
+
 
 @runtime_checkable
 class Lab(Protocol):

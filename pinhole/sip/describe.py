@@ -26,8 +26,8 @@ def record_message(events: EventLog, direction: str, message: Request | Response
     """
     kind, call_id, attributes = message_event(direction, message, peer)
     if direction == "recv":
-        carrier = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
-        events.emit(kind, call_id, attributes, parent=telemetry.extract(carrier))
+        received = {name: value for name in TRACE_HEADERS if (value := message.headers.get(name))}
+        events.emit(kind, call_id, attributes, parent=telemetry.extract(received))
         events.bind_call(call_id, events.last_context)
         return
     events.emit(kind, call_id, attributes)

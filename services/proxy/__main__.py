@@ -23,7 +23,7 @@ from pinhole.service import (
     serve,
     setup_observability,
 )
-from pinhole.sip import Request, Response, SipEndpoint, SipTimers
+from pinhole.sip import Request, Response, ServerTransaction, SipEndpoint, SipTimers
 from pinhole.sip.describe import record_message
 from pinhole.sip.message import SipParseError, check_sip_uri
 from services.proxy.proxy import Route, StatefulProxy
@@ -108,20 +108,18 @@ async def main() -> None:
 
     proxy: StatefulProxy | None = None
 
-    def on_request(transaction: object) -> None:
+    def on_request(transaction: ServerTransaction) -> None:
         assert proxy is not None
         proxy.handle(transaction)
 
     endpoint = await SipEndpoint.create(
         (host, port), on_request=on_request, on_message=on_message, on_malformed=on_malformed
     )
-    proxy = StatefulProxy(
-        endpoint,
-        name=args.name,
-        routes=[],
-        on_event=lambda kind, attrs: events.emit(kind, attrs.pop("call_id", ""), attrs),
-        media_events=events,
-    )
+
+    def on_event(kind: str, attrs: dict[str, object]) -> None:
+        events.emit(kind, str(attrs.pop("call_id", "")), attrs)  # StatefulProxy puts the message's Call-ID there
+
+    proxy = StatefulProxy(endpoint, name=args.name, routes=[], on_event=on_event, media_events=events)
     events.emit("service.started", sip=args.sip_listen)
     name = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name
     try:

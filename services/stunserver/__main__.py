@@ -141,7 +141,7 @@ async def main() -> None:
     if responder.alternate is not None:
         started["alternate"] = fmt(responder.alternate)
         started["sockets"] = ",".join(fmt(local) for local in responder.sockets)
-    events.emit("service.started", **started)
+    events.emit("service.started", attributes=started)
     servicer = StunServerServicer(events, counters)
     name = stunserver_pb2.DESCRIPTOR.services_by_name["StunServer"].full_name
     try:

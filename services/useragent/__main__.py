@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
@@ -38,6 +40,8 @@ from services.useragent.agent import (
 )
 
 log = logging.getLogger("useragent")
+
+T = TypeVar("T")
 
 SETUPS = {
     useragent_pb2.DTLS_SETUP_UNSPECIFIED: sdp.Setup.ACTIVE,
@@ -114,7 +118,7 @@ def identity_from_proto(message: useragent_pb2.Identity, aor: str) -> IdentityPo
     """RFC 8224 credentials, each PEM field parsed and checked, and named when it does not fit: a key that
     signs ES256 (P-256), a chain whose first certificate is that key's and covers the aor, trust anchors."""
 
-    def load(name: str, loader, pem: bytes):  # type: ignore[no-untyped-def]
+    def load(name: str, loader: Callable[[bytes], T], pem: bytes) -> T:
         try:
             return loader(pem)
         except ValueError as error:

@@ -58,6 +58,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -80,6 +81,7 @@ from pinhole.sip import (
     SipTimeout,
     SipTimers,
     SipTransactionError,
+    SipUri,
     identity,
     make_cancel,
     make_response,
@@ -411,7 +413,7 @@ class UserAgent:
         self._media_opened(call)
         if "early-srtp-before-verify" in self.config.deviations:
             # the deviation: media once keys exist, verified or not
-            call.media.start_media(self.config.media_packets, keep_on=True)
+            media.start_media(self.config.media_packets, keep_on=True)
         active = "offer-setup-active" in self.config.deviations  # the deviation: not actpass
         offer = sdp.build_offer(
             address=advertised[0],
@@ -453,7 +455,10 @@ class UserAgent:
         )
 
     def _user(self) -> str:
-        return parse_uri(self.config.aor).user or "-"
+        aor = parse_uri(self.config.aor)
+        if not isinstance(aor, SipUri):  # configure() takes only a sip: URI
+            raise ConfigError(f"aor: expected a sip: URI with a user, got {self.config.aor!r}")
+        return aor.user or "-"
 
     def _contact(self) -> str:
         host, port = self.sip_reflexive or self.endpoint.advertised_address  # type: ignore[union-attr]
@@ -703,18 +708,14 @@ class UserAgent:
             self.events.emit(
                 "stun.check_skipped",
                 call.call_id,
-                component=media.component_name,
-                reason="handshake already complete",
-                **fork,
+                {"component": media.component_name, "reason": "handshake already complete", **fork},
             )
             return
         if "no-stun-check" in self.config.deviations:
             self.events.emit(
                 "stun.check_skipped",
                 call.call_id,
-                component=media.component_name,
-                reason="deviation no-stun-check",
-                **fork,
+                {"component": media.component_name, "reason": "deviation no-stun-check", **fork},
             )
             return
         destination = media.remote or sdp_remote  # the SDP address, unless latched elsewhere already
@@ -1055,7 +1056,9 @@ class UserAgent:
             return
         asyncio.get_running_loop().create_task(self._safely(handler, transaction))
 
-    async def _safely(self, handler, transaction: ServerTransaction) -> None:  # type: ignore[no-untyped-def]
+    async def _safely(
+        self, handler: Callable[[ServerTransaction], Awaitable[None]], transaction: ServerTransaction
+    ) -> None:
         try:
             await handler(transaction)
         except Exception as error:
@@ -1106,7 +1109,8 @@ class UserAgent:
         call.remote_media = (offer.address, offer.port)
         call.peer_fingerprints = [(f.hash_function, f.value) for f in sdp.select_fingerprints(offer.fingerprints)]
         self.calls[call_id] = call
-        self.events.start_call(call_id, direction="incoming", **self._deviations())  # under the INVITE's receive span
+        # under the INVITE's receive span
+        self.events.start_call(call_id, parent=None, direction="incoming", **self._deviations())
         self._identity_verified(call_id, verified)
         self.events.emit(
             "call.incoming", call_id, remote_media=fmt(call.remote_media), warnings=";".join(offer.warnings)
@@ -1121,7 +1125,7 @@ class UserAgent:
         request = transaction.request
         call = Call(call_id=request.call_id, direction="incoming", invite_time=time.time())
         self.calls[call.call_id] = call
-        self.events.start_call(call.call_id, direction="incoming", **self._deviations())
+        self.events.start_call(call.call_id, parent=None, direction="incoming", **self._deviations())
         self._identity_rejected(call.call_id, error)
         transaction.respond(make_response(request, error.status, error.reason))
         self._fail(call, f"Identity refused (RFC 8224 §6.2): {error}")
@@ -1134,6 +1138,8 @@ class UserAgent:
             raise KeyError(call_id)
         if call.direction != "incoming" or call.state != "ringing" or call.invite_transaction is None:
             raise CallStateError(f"call {call_id} is {call.direction} and {call.state}: nothing to answer")
+        if call.remote_media is None:  # set from the offer when the INVITE arrived
+            raise CallStateError(f"call {call_id} is ringing without the offer's media address")
         transaction, request = call.invite_transaction, call.invite_transaction.request
         call.invite_transaction = None
         assert call.offer is not None
@@ -1180,7 +1186,7 @@ class UserAgent:
             call.peer_fingerprints,
             role,
             call.remote_media,
-            call.remote_rtcp,  # type: ignore[arg-type]
+            call.remote_rtcp,
         )
         if role == dtls.Role.SERVER:
             self._stun_checks(call)  # §6.7.2: the passive side checks as soon as it has the peer's SDP
