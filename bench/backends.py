@@ -13,9 +13,10 @@ import statistics
 import sys
 import time
 
-from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
+from pinhole.controller.run import Endpoints, Scenario, configure, lab_down, lab_up, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import useragent_pb2
+from pinhole.timers import TIMERS
 
 CALLS = 6
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import procstat
 
 from pinhole.controller.load import LoadPlan, passed_enough, run_load
-from pinhole.controller.run import TIMERS, lab_down, lab_up
+from pinhole.controller.run import lab_down, lab_up
+from pinhole.timers import TIMERS
 
 LAB = "ph-bmem"
 GOAL = 0.10

@@ -30,11 +30,12 @@ import procstat
 
 from netns.lab import pids_in_netns
 from pinhole.controller.externals import Externals
-from pinhole.controller.run import TIMERS, Endpoints, configure, external_variables, lab_down, lab_up, service_kinds
+from pinhole.controller.run import Endpoints, configure, external_variables, lab_down, lab_up, service_kinds
 from pinhole.controller.scenario import Scenario, load
 from pinhole.controller.services import ServiceClients
 from pinhole.lab import Lab, LabError
 from pinhole.lab.external import External, Ready
+from pinhole.timers import TIMERS
 
 HERE = Path(__file__).parent
 KAMAILIO = HERE.parent / "scenarios" / "interop" / "kamailio-proxies.yaml"

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pinhole.controller import ladder, verdict
-from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, TIMERS, lab_down, lab_up, run
+from pinhole.controller.run import DEFAULT_LAB, SCENARIOS, lab_down, lab_up, run
 from pinhole.lab import DEFAULT_BACKEND, LabError, backends, list_labs, load_topology, open_lab
+from pinhole.timers import TIMERS
 
 
 def _require_root() -> None:

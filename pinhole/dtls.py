@@ -46,6 +46,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
 from pinhole.srtp import PROFILES, SrtpKeys, keying_material_length, keys_from_keying_material
+from pinhole.timers import DTLS_INITIAL, DTLS_MAX_TRANSMISSIONS, DTLS_MAXIMUM
 
 # --------------------------------------------------------------------------------------------------
 # Record codec (RFC 6347 §4.1, §4.2.2), pure
@@ -640,9 +641,9 @@ class RetransmitTimer:
     at `maximum`; a flight sent `max_transmissions` times by the timer without an answer fails the
     handshake."""
 
-    initial: float = 1.0
-    maximum: float = 60.0
-    max_transmissions: int = 8
+    initial: float = DTLS_INITIAL
+    maximum: float = DTLS_MAXIMUM
+    max_transmissions: int = DTLS_MAX_TRANSMISSIONS
 
     def __post_init__(self) -> None:
         if not self.initial > 0:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from pinhole import demux, dtls, rtp, srtp, stun
 from pinhole.events import EventLog
+from pinhole.timers import STUN_RTO
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class MediaTimers:
     """Protocol timers, RFC defaults; tests shorten them."""
 
     dtls: dtls.RetransmitTimer = field(default_factory=dtls.RetransmitTimer)
-    stun_rto: float = 0.5
+    stun_rto: float = STUN_RTO
 
 
 #: RFC 5245 §4.1.1.1 component IDs, and the names events carry.

@@ -49,6 +49,7 @@ from typing import Any
 from pinhole import stun
 from pinhole.lab import Lab, Topology
 from pinhole.nat import Filtering, Hairpinning, Mapping, NatBehaviour
+from pinhole.timers import STUN_RC, STUN_RM, STUN_RTO
 
 __all__ = [
     "Decision",
@@ -71,9 +72,9 @@ class ProbeError(RuntimeError):
 class ProbeTimers:
     """RFC 5389 §7.2.1 client transaction timers, and the pace of new transactions (RFC 5780 §5)."""
 
-    rto: float = 0.5
-    rc: int = 7
-    rm: int = 16
+    rto: float = STUN_RTO
+    rc: int = STUN_RC
+    rm: int = STUN_RM
     pace: float = 0.1
 
     def __post_init__(self) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from pinhole.timers import STUN_RC, STUN_RM, STUN_RTO
+
 __all__ = [
     "FINGERPRINT_XOR",
     "HEADER_LENGTH",
@@ -684,7 +686,7 @@ class BindingTransaction:
     transaction per check, and RFC 5763 §6.7.2 sends a single check.
     """
 
-    def __init__(self, request: bytes, *, rto: float = 0.5, rc: int = 7, rm: int = 16) -> None:
+    def __init__(self, request: bytes, *, rto: float = STUN_RTO, rc: int = STUN_RC, rm: int = STUN_RM) -> None:
         message = decode(request)
         if message.message_class != MessageClass.REQUEST:
             raise StunError(f"a client transaction sends a request, not a {message.message_class.name}")
@@ -780,7 +782,7 @@ class BindingClient:
         self,
         send: Callable[[bytes, Address], None],
         *,
-        rto: float = 0.5,
+        rto: float = STUN_RTO,
         on_send: Callable[[bytes, Address, int, str], None] | None = None,
         on_timeout: Callable[[bytes, int, str], None] | None = None,
     ) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 from opentelemetry import trace
 
-from pinhole.controller.run import TIMERS, Endpoints, Progress, Scenario, configure, drive_call, service_kinds
+from pinhole.controller.run import Endpoints, Progress, Scenario, configure, drive_call, service_kinds
 from pinhole.rpc.v1 import faults_pb2
+from pinhole.timers import TIMERS
 
 SHORT = TIMERS["short"]
 

@@ -8,9 +8,10 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, service_kinds
+from pinhole.controller.run import Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, channel
 from pinhole.rpc.v1 import natgw_pb2, proxy_pb2, useragent_pb2
+from pinhole.timers import TIMERS
 
 pytestmark = pytest.mark.lab
 

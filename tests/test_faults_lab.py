@@ -14,10 +14,10 @@ from faulted_calls import assert_works as _works
 from faulted_calls import call_with_faults, injected
 
 from pinhole.controller.run import (
-    TIMERS,
     Endpoints,
 )
 from pinhole.rpc.v1 import natgw_pb2
+from pinhole.timers import TIMERS
 
 pytestmark = pytest.mark.lab
 SHORT = TIMERS["short"]

@@ -17,16 +17,19 @@ from typing import Any
 
 import pytest
 
-from pinhole.controller.run import MEDIA_PACKETS, TIMERS, Endpoints, Scenario, Timers, configure, service_kinds
+from pinhole.controller.run import MEDIA_PACKETS, Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients, to_dict
 from pinhole.rpc.v1 import proxy_pb2, useragent_pb2
+from pinhole.timers import TIMERS, TimerProfile
 
 pytestmark = pytest.mark.lab
 SHORT = TIMERS["short"]
 BOBS = ("bob", "bob2")
 
 
-def configure_forking(clients: ServiceClients, endpoints: Endpoints, timers: Timers, bob2: dict[str, Any]) -> None:
+def configure_forking(
+    clients: ServiceClients, endpoints: Endpoints, timers: TimerProfile, bob2: dict[str, Any]
+) -> None:
     """After `configure`: proxy-b forks bob@b.example to bob and bob2; bob2 answers like bob."""
     reply = clients.stub("proxy-b").Configure(
         proxy_pb2.ProxyConfig(

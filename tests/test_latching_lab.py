@@ -16,7 +16,6 @@ import pytest
 from opentelemetry import trace
 
 from pinhole.controller.run import (
-    TIMERS,
     Endpoints,
     Progress,
     Scenario,
@@ -25,15 +24,12 @@ from pinhole.controller.run import (
     service_kinds,
 )
 from pinhole.media import LATCH_ON_STUN
-from pinhole.rpc.v1 import natgw_pb2
+from pinhole.nat import Mapping, NatBehaviour
+from pinhole.timers import TIMERS
 
 pytestmark = pytest.mark.lab
 
-APDM = natgw_pb2.NatConfig(
-    mapping=natgw_pb2.MAPPING_ADDRESS_AND_PORT_DEPENDENT,
-    filtering=natgw_pb2.FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-    mapping_timeout_seconds=300,
-)
+APDM = NatBehaviour(Mapping.ADDRESS_AND_PORT_DEPENDENT)
 
 
 def _call(lab, clients, *, latching: bool):

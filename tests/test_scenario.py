@@ -555,9 +555,10 @@ def test_identity_key_parses_with_its_defaults_and_refuses_what_cannot_be_staged
 def test_identity_gives_signers_a_key_and_certificate_and_verifiers_the_lab_ca(tmp_path):
     from cryptography.x509 import verification
 
-    from pinhole.controller.run import TIMERS, Endpoints, service_configs
+    from pinhole.controller.run import Endpoints, service_configs
     from pinhole.lab import load_topology
     from pinhole.sip.identity import load_certificates, load_signing_key, signer_problem
+    from pinhole.timers import TIMERS
 
     (scenario,) = load(ROOT / "scenarios" / "rfc8224-identity.yaml")
     endpoints = Endpoints.of_topology(load_topology())

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from pinhole.controller.run import TIMERS, Endpoints, Scenario, configure, service_kinds
+from pinhole.controller.run import Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import useragent_pb2
+from pinhole.timers import TIMERS
 
 pytestmark = pytest.mark.lab
 

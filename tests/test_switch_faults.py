@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from containers.lab import ContainerLab
-from pinhole.controller.run import TIMERS, Endpoints, configure, service_kinds
+from pinhole.controller.run import Endpoints, configure, service_kinds
 from pinhole.controller.scenario import ScenarioError, fault_links, fault_plans, load
 from pinhole.controller.services import service_argv
 from pinhole.lab import load_topology
 from pinhole.rpc.v1 import faults_pb2
+from pinhole.timers import TIMERS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = load_topology()

@@ -18,9 +18,10 @@ import pytest
 from faulted_calls import assert_works as _works
 from faulted_calls import call_with_faults, injected
 
-from pinhole.controller.run import TIMERS, Endpoints
+from pinhole.controller.run import Endpoints
 from pinhole.nsenter import in_netns
 from pinhole.rpc.v1 import events_pb2, faults_pb2, switch_pb2
+from pinhole.timers import TIMERS
 
 pytestmark = pytest.mark.lab
 SHORT = TIMERS["short"]

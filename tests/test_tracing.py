@@ -9,14 +9,15 @@ import pytest
 from pinhole.controller import from_trace
 from pinhole.controller import run as controller
 from pinhole.controller.otlp import spans_to_events, trace_of_call
-from pinhole.controller.run import Endpoints, Scenario, Timers, configure, service_kinds
+from pinhole.controller.run import Endpoints, Scenario, configure, service_kinds
 from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.rpc.v1 import events_pb2, useragent_pb2
+from pinhole.timers import TimerProfile
 
 pytestmark = pytest.mark.lab
 
 CALLS = 20
-TIMERS = Timers(sip_t1=0.1, dtls_initial=0.2, dtls_maximum=1.6, dtls_max_transmissions=8, stun_rto=0.1)
+TIMERS = TimerProfile(sip_t1=0.1, dtls_initial=0.2, dtls_maximum=1.6, dtls_max_transmissions=8, stun_rto=0.1)
 
 
 def _count(events, service: str, kind: str) -> int:

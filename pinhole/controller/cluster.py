@@ -38,7 +38,6 @@ from pinhole.controller import verdict
 from pinhole.controller.otlp import OtlpReceiver, write_otlp_json
 from pinhole.controller.run import (
     SCENARIOS,
-    TIMERS,
     Endpoints,
     Progress,
     RunInterrupted,
@@ -54,6 +53,7 @@ from pinhole.lab import load_topology
 from pinhole.lab.external import External, render
 from pinhole.nat import NatBehaviour, NatError
 from pinhole.rpc.v1 import capture_pb2
+from pinhole.timers import TIMERS
 
 LABEL = "app.kubernetes.io/name"
 GRPC_PORT = 50051

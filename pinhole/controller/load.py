@@ -30,7 +30,6 @@ from pinhole.controller.run import (
     _RECEIVERS,
     AORS,
     DEFAULT_LAB,
-    TIMERS,
     Endpoints,
     configure,
     lab_down,
@@ -45,6 +44,7 @@ from pinhole.controller.services import EventCollector, ServiceClients
 from pinhole.lab import list_labs, load_topology, open_lab
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, useragent_pb2
+from pinhole.timers import TIMERS
 
 AGENTS = ("alice", "bob")
 LADDERS_KEPT = 5  # failed calls whose ladder is drawn

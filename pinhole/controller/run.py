@@ -47,43 +47,10 @@ from pinhole.nat import NatBehaviour
 from pinhole.pcapng import write_pcapng
 from pinhole.rpc.v1 import events_pb2, natgw_pb2, proxy_pb2, useragent_pb2
 from pinhole.sip.message import Request, Response
+from pinhole.timers import TIMERS, TimerProfile
 from pinhole.wire import RunInfo
 
 DEFAULT_LAB = "ph-lab"
-
-
-@dataclass(frozen=True)
-class Timers:
-    """DTLS/STUN/SIP timers of a run. `rfc` are the RFC defaults; `short` lets tests run fast."""
-
-    sip_t1: float = 0.5
-    dtls_initial: float = 1.0
-    dtls_maximum: float = 60.0
-    dtls_max_transmissions: int = 8
-    stun_rto: float = 0.5
-
-    def handshake_budget(self) -> float:
-        """Seconds until the active side gives up on a handshake (sum of its flight timers)."""
-        total, timer = 0.0, self.dtls_initial
-        for _ in range(self.dtls_max_transmissions):
-            total += timer
-            timer = min(timer * 2, self.dtls_maximum)
-        return total
-
-    def proto(self) -> useragent_pb2.Timers:
-        return useragent_pb2.Timers(
-            sip_t1_seconds=self.sip_t1,
-            dtls_initial_seconds=self.dtls_initial,
-            dtls_maximum_seconds=self.dtls_maximum,
-            dtls_max_transmissions=self.dtls_max_transmissions,
-            stun_rto_seconds=self.stun_rto,
-        )
-
-
-TIMERS = {
-    "rfc": Timers(),
-    "short": Timers(sip_t1=0.1, dtls_initial=0.1, dtls_maximum=0.8, dtls_max_transmissions=6, stun_rto=0.1),
-}
 
 
 MEDIA_PACKETS = 50
@@ -278,7 +245,7 @@ def _lab_identities(run: str, signers: tuple[tuple[str, str], ...]) -> tuple[byt
 def service_configs(
     endpoints: Endpoints,
     scenario: Scenario,
-    timers: Timers,
+    timers: TimerProfile,
     nat: NatBehaviour | None = None,
 ) -> dict[str, Any]:
     """Node -> the message its Configure takes to be in the scenario's state (the defaults are §7.3's)."""
@@ -341,7 +308,7 @@ def configure(
     clients: ServiceClients,
     endpoints: Endpoints,
     scenario: Scenario,
-    timers: Timers,
+    timers: TimerProfile,
     nat: NatBehaviour | None = None,
 ) -> None:
     """Put every service in the scenario's state (the defaults are those of §7.3).
@@ -578,7 +545,7 @@ def drive_call(
     clients: ServiceClients,
     kinds: dict[str, str],
     scenario: Scenario,
-    timers: Timers,
+    timers: TimerProfile,
     tracer: Any,
     show: Progress,
     endpoints: Endpoints | None = None,
@@ -795,7 +762,7 @@ def modify_session(
     collector: EventCollector,
     scenario: Scenario,
     call_id: str,
-    timers: Timers,
+    timers: TimerProfile,
     run_context: Any,
     show: Progress,
 ) -> None:
@@ -834,7 +801,7 @@ SRTP_KEYS_ABOUT = (
 )
 
 
-def run_info(endpoints: Endpoints, scenario: Scenario, timers: Timers, timers_name: str, call_id: str) -> RunInfo:
+def run_info(endpoints: Endpoints, scenario: Scenario, timers: TimerProfile, timers_name: str, call_id: str) -> RunInfo:
     """What the capture says about its run (wire.RunInfo), so the verdict can be had from the file alone."""
     addresses = {ip: node for ip, node in endpoints.address_map().items()}
     addresses[endpoints.nat_outside] = addresses[endpoints.nat_inside] = "natgw"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pinhole.sip.message import MAGIC_COOKIE, Request, Response, make_ack
+from pinhole.timers import SIP_T1, SIP_T2, SIP_T4
 
 __all__ = [
     "DEFAULT_TIMERS",
@@ -51,9 +52,9 @@ class SipTimers:
     Every other timer is derived from these three, so tests shorten them all by shrinking T1.
     """
 
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
+    t1: float = SIP_T1
+    t2: float = SIP_T2
+    t4: float = SIP_T4
 
     @classmethod
     def scaled(cls, t1: float) -> SipTimers:

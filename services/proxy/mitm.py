@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pinhole import dtls, sdp
 from pinhole.events import EventLog
 from pinhole.media import MediaSession, MediaTimers
+from pinhole.timers import SIP_T1
 
 PROFILES = ("SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
-RFC_SIP_T1 = 0.5  # the media box's DTLS and STUN timers scale with the proxy's SIP T1 (RFC at 0.5 s)
 
 
 def media_timers(sip_t1: float) -> MediaTimers:
     """The RFC 6347 and RFC 5389 timers, shortened as the proxy's SIP T1 is."""
-    scale = min(1.0, sip_t1 / RFC_SIP_T1)
+    scale = min(1.0, sip_t1 / SIP_T1)  # the media box's DTLS and STUN timers scale as SIP T1 does
     rfc = MediaTimers()
     timer = dtls.RetransmitTimer(initial=rfc.dtls.initial * scale, maximum=rfc.dtls.maximum * scale)
     return MediaTimers(dtls=timer, stun_rto=rfc.stun_rto * scale)
