@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from opentelemetry.context import Context
 
 from pinhole import sdp, telemetry
+from pinhole.address import Address
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.sip import Request, Response, SipParseError, parse_message
 from pinhole.sip.describe import TRACE_HEADERS
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -45,16 +45,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pinhole import demux, dtls, rtp, srtp, stun
+from pinhole.address import Address, fmt
 from pinhole.events import EventLog
 from pinhole.timers import STUN_RTO
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-
-
-def fmt(address: Address | None) -> str:
-    return "" if address is None else f"{address[0]}:{address[1]}"
 
 
 @dataclass

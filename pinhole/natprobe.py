@@ -38,6 +38,7 @@ seconds (§5: no more than ten per second). A response must come from where Tabl
 
 from __future__ import annotations
 
+import functools
 import math
 import select
 import socket
@@ -47,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pinhole import stun
+from pinhole.address import Address
+from pinhole.address import fmt as address_text
 from pinhole.lab import Lab, Topology
 from pinhole.nat import Filtering, Hairpinning, Mapping, NatBehaviour
 from pinhole.timers import STUN_RC, STUN_RM, STUN_RTO
@@ -61,7 +64,7 @@ __all__ = [
     "probe_lab",
 ]
 
-Address = tuple[str, int]
+fmt = functools.partial(address_text, missing="-")  # the probe prints an address not seen as -
 
 
 class ProbeError(RuntimeError):
@@ -98,10 +101,6 @@ class ProbeTimers:
             f"RTO {self.rto:g} s, Rc {self.rc}, Rm {self.rm}: an unanswered test gives up after "
             f"{self.give_up_after:g} s; new tests at most every {self.pace:g} s"
         )
-
-
-def fmt(address: Address | None) -> str:
-    return "-" if address is None else f"{address[0]}:{address[1]}"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from pinhole.address import Address
 from pinhole.timers import STUN_RC, STUN_RM, STUN_RTO
 
 __all__ = [
@@ -757,7 +758,6 @@ class BindingTransaction:
         return True
 
 
-Address = tuple[str, int]
 
 
 @dataclass

@@ -36,6 +36,7 @@ from functools import cached_property
 from typing import Any
 
 from pinhole import demux, dtls, keylog, pcapng, sdp, srtp, stun
+from pinhole.address import Address, fmt
 from pinhole.pcap import PcapError, Reassembler, decode_udp
 from pinhole.sip.message import Request, Response, SipParseError, parse_message
 
@@ -52,19 +53,9 @@ __all__ = [
     "srtp_key_entries",
 ]
 
-Address = tuple[str, int]
 RUN_COMMENT = "pinhole-run "  # the section comment that carries RunInfo as JSON
 MAX_TRANSIT = 5.0  # seconds a datagram may take from one link to the next (injected delays included)
 SIP_PORTS = (5060,)
-
-
-def fmt(address: Address | None) -> str:
-    return "" if address is None else f"{address[0]}:{address[1]}"
-
-
-def parse_address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 # --------------------------------------------------------------------------- links and sightings

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pinhole import labca
-from pinhole.media import Address
+from pinhole.address import Address
 from pinhole.rpc.v1 import useragent_pb2
 from pinhole.sip.identity import load_certificates, load_signing_key
 from services.useragent.__main__ import config_from_proto

@@ -14,8 +14,9 @@ import os
 import pytest
 
 from pinhole import dtls, rtp, stun
+from pinhole.address import Address, fmt
 from pinhole.events import EventLog
-from pinhole.media import LATCH_ON_DTLS, LATCH_ON_SRTP, LATCH_ON_STUN, Address, MediaSession, MediaTimers, fmt
+from pinhole.media import LATCH_ON_DTLS, LATCH_ON_SRTP, LATCH_ON_STUN, MediaSession, MediaTimers
 from services.useragent.__main__ import config_from_proto
 from services.useragent.agent import AgentConfig
 

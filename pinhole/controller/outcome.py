@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinhole.wire import Wire, fmt
+from pinhole.address import fmt
+from pinhole.wire import Wire
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from functools import cached_property
 from typing import Any
 
 from pinhole import dtls, rtp, sdp, stun
+from pinhole.address import Address, fmt
 from pinhole.sip.message import Request, Response, SipParseError, parse_uri
-from pinhole.wire import Address, Association, Call, Datagram, RunInfo, Sighting, Wire, fmt
+from pinhole.wire import Association, Call, Datagram, RunInfo, Sighting, Wire
 
 Event = dict[str, Any]  # a self-report: {"t", "service", "kind", "call_id", "attrs": {...}} (from the trace)
 DEFAULT_FLOW = "rfc5763-7.3"  # the figure a run is judged against unless its scenario names another

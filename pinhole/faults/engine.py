@@ -80,6 +80,7 @@ from enum import Enum
 from typing import Any, ClassVar, Protocol
 
 from pinhole import demux, dtls
+from pinhole.address import Address
 from pinhole.faults.nfqueue import NfQueue, QueuedPacket
 from pinhole.pcap import PcapError, decode_ipv4_udp
 
@@ -112,7 +113,6 @@ __all__ = [
     "render_dup_table",
 ]
 
-Address = tuple[str, int]
 
 MAX_RULES = 64
 MAX_COPIES = 8

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pinhole.address import Address
 from pinhole.sip.message import Headers, Request, Response, SipUri, parse_name_addr, parse_uri
 
 __all__ = ["Dialog", "DialogError"]
 
-Address = tuple[str, int]
 
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 """§12.2.1.1 / RFC 6665: requests that carry a Contact and may change the remote target."""

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pinhole.address import Address
 from pinhole.sip.message import MAGIC_COOKIE, Request, Response, make_ack
 from pinhole.timers import SIP_T1, SIP_T2, SIP_T4
 
@@ -42,7 +43,6 @@ __all__ = [
     "server_transaction_key",
 ]
 
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+from pinhole.address import Address
 from pinhole.sip.describe import TRACE_HEADERS
 from pinhole.sip.message import (
     Request,
@@ -49,7 +50,6 @@ __all__ = ["SipEndpoint", "stamp_via", "response_destination"]
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 RequestHandler = Callable[[ServerTransaction], None]
 MessageTracer = Callable[[str, Request | Response, Address], None]
 MalformedHandler = Callable[[bytes, Address, str], None]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from pinhole.address import Address
 from pinhole.events import EventLog
 from pinhole.sip.message import (
     MAGIC_COOKIE,
@@ -53,7 +54,6 @@ from services.proxy.mitm import MediaInTheMiddle
 
 __all__ = ["Route", "StatefulProxy"]
 
-Address = tuple[str, int]
 EventSink = Callable[[str, dict[str, object]], None]
 
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})

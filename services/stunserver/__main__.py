@@ -21,10 +21,11 @@ import errno
 import logging
 import time
 
+from pinhole.address import Address, fmt
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import stunserver_pb2, stunserver_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
-from services.stunserver.responder import Address, Responder, fmt
+from services.stunserver.responder import Responder
 
 log = logging.getLogger("stunserver")
 
@@ -94,7 +95,7 @@ async def open_sockets(
                 transport = transports.pop(local, None)
                 if transport is not None:
                     transport.close()
-            alternate = fmt(responder.alternate)  # type: ignore[arg-type]  # set while there are others
+            alternate = fmt(responder.alternate)  # set while there are others
             responder.drop_alternate()
             responder.counters["alternate_unavailable"] += 1
             log.warning("alternate address %s unusable (%s): single-address server", alternate, error)

@@ -23,13 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pinhole import stun
+from pinhole.address import Address, fmt
 from pinhole.events import Counters, EventLog
-
-Address = tuple[str, int]
-
-
-def fmt(address: Address) -> str:
-    return f"{address[0]}:{address[1]}"
 
 
 @dataclass(frozen=True)
@@ -161,7 +156,7 @@ class Responder:
         }
         if self.alternate is not None:
             attributes["stun.response_origin"] = fmt(origin)
-            attributes["stun.other_address"] = fmt(other)  # type: ignore[arg-type]  # set with an alternate
+            attributes["stun.other_address"] = fmt(other)  # set with an alternate
         self.events.emit("stun.send", peer=fmt(destination), local=fmt(origin), attributes=attributes)
         return Reply(stun.encode(response), origin, destination, response)
 
