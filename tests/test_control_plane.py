@@ -42,7 +42,7 @@ def test_natgw_rejects_a_short_mapping_timeout_and_unknown_settings(clients):
     natgw = clients.stub("natgw")
     error = _error(natgw.Configure, natgw_pb2.NatConfig(mapping_timeout_seconds=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "mapping_timeout_seconds: 30 is below the 120 s RFC 4787 REQ-5 requires" in error.details()
+    assert "mapping_timeout_seconds: 30: at least 120 (RFC 4787 REQ-5)" in error.details()
     error = _error(natgw.Configure, natgw_pb2.NatConfig(port_preservation=7))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "port_preservation: unknown value 7" in error.details()

@@ -17,21 +17,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ipaddress
-import json
 import logging
 import signal
 import socket
 import time
-from collections import Counter
 
 import grpc
 
 from pinhole import demux
-from pinhole.calls import CallDirectory
+from pinhole.calls import CallDirectory, CallFlow
 from pinhole.events import Counters, EventLog
 from pinhole.faults import engine as faults
-from pinhole.faults import nfqueue
-from pinhole.faults.engine import Bypassed, FaultEngine, FaultInjector, FaultPlan, Injected, RoutedLinks
+from pinhole.faults.engine import FaultPlan, Injected, RoutedLinks
+from pinhole.faults.host import FaultHost
 from pinhole.faults.rpc import FaultsServicer
 from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT, NatBehaviour, NatError
 from pinhole.pcap import decode_ipv4_udp
@@ -46,8 +44,10 @@ PR_SET_PDEATHSIG = 1
 DROPS_KEPT = 1_000  # the latest drops WatchDrops replays: a call's own are among them, and memory stays flat
 
 
-class NatGateway:
+class NatGateway(FaultHost):
     """The kernel NAT of this namespace and what it was seen to drop."""
+
+    kind = "nat"
 
     def __init__(
         self,
@@ -62,10 +62,10 @@ class NatGateway:
         counters: Counters,
         fault_queue: int = 1,
     ) -> None:
+        super().__init__(events=events, counters=counters, fault_queue=fault_queue)
         self.lan_if, self.wan_if, self.wan_address, self.lan_prefix = lan_if, wan_if, wan_address, lan_prefix
         self.log_group = log_group
         self.wan_services = wan_services
-        self.events, self.counters = events, counters
         self.behaviour = NatBehaviour().effective()
         self.script = ""
         self.drops: list[natgw_pb2.DroppedPacket] = []
@@ -76,10 +76,6 @@ class NatGateway:
         self._reported: dict[str, None] = {}  # calls whose translated packets were reported (at their BYE)
         self._tasks: set[asyncio.Task[None]] = set()
         self._conntrack_events: asyncio.subprocess.Process | None = None
-        self.fault_queue = fault_queue
-        self.fault_plan = FaultPlan()
-        self.injector: FaultInjector | None = None
-        self.fault_counts: Counter[str] = Counter()  # over every plan this gateway ran
 
     def apply(self, behaviour: NatBehaviour) -> str:
         behaviour = behaviour.effective()
@@ -259,77 +255,22 @@ class NatGateway:
         for queue in self._watchers:
             queue.put_nowait(drop)
 
-    # -- faults ---------------------------------------------------------------------------------
+    # -- faults (pinhole.faults.host) --------------------------------------------------------------
 
     def fault_links(self) -> RoutedLinks:
         """The fault engine's links: lan (inside) and wan (outside)."""
         return RoutedLinks("lan", socket.if_nametoindex(self.lan_if), "wan", socket.if_nametoindex(self.wan_if))
 
-    async def set_faults(self, plan: FaultPlan) -> None:
-        """Apply `plan` to the packets to come (no rules: clear). The queue socket is bound before
-        the rules feed it, and a new plan replaces the old one's decisions and occurrence counts."""
-        if not plan.rules:
-            await self.clear_faults()
-            return
-        engine = FaultEngine(plan, self.fault_links())
-        self.injector = FaultInjector.running(
-            self.injector,
-            engine,
-            lambda: nfqueue.NfQueue(self.fault_queue),
-            on_fault=self._fault_injected,
-            expire=self._expire_mapping,
-            settle=self._forget_mapping,
-            counts=self.fault_counts,
-            rule_hits=nfqueue.queue_rule_hits,
-            on_bypass=self._fault_bypassed,
-        )
+    def _install_queue(self, plan: FaultPlan) -> dict[str, object]:
         path = ruleset.FaultPath(self.fault_queue, frozenset(d.value for d in plan.directions()))
-        try:
-            await asyncio.to_thread(ruleset.apply_faults, path, lan_if=self.lan_if, wan_if=self.wan_if)
-        except BaseException:
-            await self.clear_faults()
-            raise
-        self.fault_plan = plan
-        self.counters["fault_plans_set"] += 1
-        self.events.emit(
-            "nat.faults_set",
-            rules=len(plan.rules),
-            seed=plan.seed,
-            directions=",".join(sorted(path.directions)),
-            plan=json.dumps(plan.to_dict(), separators=(",", ":")),
-        )
+        ruleset.apply_faults(path, lan_if=self.lan_if, wan_if=self.wan_if)
+        return {"directions": ",".join(sorted(path.directions))}
 
-    async def clear_faults(self) -> None:
-        """Nothing is queued or copied any more; what is held is let go at once, before the fault
-        tables go (deleting their hooks would drop it)."""
-        rule_hits = await asyncio.to_thread(ruleset.remove_faults, hooks=False)
-        had = self._stop_faults(rule_hits)
-        await asyncio.to_thread(ruleset.remove_faults)
-        self.fault_plan = FaultPlan()
-        if had:
-            self.events.emit(
-                "nat.faults_cleared",
-                injected=self.fault_counts["faults_injected"],
-                bypassed=self.fault_counts["faults_queue_bypassed"],
-            )
+    def _remove_queue(self, *, final: bool) -> int | None:
+        return ruleset.remove_faults(hooks=final)
 
-    def _stop_faults(self, rule_hits: int | None = None) -> bool:
-        if self.injector is None:
-            return False
-        self.injector.stop(rule_hits)
-        for name, value in self.injector.stats().items():  # the queue's own counts, kept past its end
-            if name.startswith("faults_queue_"):
-                self.fault_counts[name] += value
-        self.injector = None
-        return True
-
-    def fault_stats(self) -> Counter[str]:
-        out = Counter(self.fault_counts)
-        if self.injector is not None:
-            for name, value in self.injector.stats().items():
-                if name.startswith("faults_queue_") or name == "faults_held":
-                    out[name] += value
-        return out
+    def _injector_hooks(self) -> dict[str, object]:
+        return {"expire": self._expire_mapping, "settle": self._forget_mapping}
 
     async def _expire_mapping(self, internal: tuple[str, int]) -> int:
         """expire-mapping: the conntrack entries of Alice's inside endpoint, and what the ruleset's sets
@@ -341,26 +282,13 @@ class NatGateway:
         """The sets again once the packet passed: an outbound one renews them in postrouting."""
         return await asyncio.to_thread(ruleset.forget_mapping, internal, self.behaviour)
 
-    def _fault_bypassed(self, bypassed: Bypassed) -> None:
-        """Packets that crossed unjudged (NFQUEUE fail-open): at most one event per check interval."""
-        self.events.emit("fault.bypassed", attributes=bypassed.event_attributes())
-
-    def _fault_injected(self, injected: Injected) -> None:
-        """One fault, as an event in the trace of the call it hit: a SIP message names its call; a media
-        packet is found by the far end's address, which the call's SDP announced (as for nat.drop)."""
+    def _flow_of(self, injected: Injected) -> CallFlow | None:
+        """A SIP message names its call; a media packet is found by the far end's address, which the call's
+        SDP announced (as for nat.drop)."""
         if self.sip_reader is not None:
             self._read_sip()  # the SIP forwarded just before (an answer) may tell whose packet this is
-        flow = None
-        if injected.attributes.get("kind") == "sip":
-            flow = self.calls.of_message(injected.payload)
-        flow = flow or self.calls.lookup(injected.peer, injected.internal)
-        self.events.emit(
-            "fault.injected",
-            flow.call_id if flow else "",
-            injected.event_attributes(),
-            parent=flow.context if flow else None,
-            at_ns=int(injected.at * 1e9),
-        )
+        flow = self.calls.of_message(injected.payload) if injected.attributes.get("kind") == "sip" else None
+        return flow or self.calls.lookup(injected.peer, injected.internal)
 
     def watch(self) -> asyncio.Queue[natgw_pb2.DroppedPacket]:
         queue: asyncio.Queue[natgw_pb2.DroppedPacket] = asyncio.Queue()
@@ -371,11 +299,7 @@ class NatGateway:
         self._watchers.remove(queue)
 
     def close(self) -> None:
-        self._stop_faults()
-        try:
-            ruleset.remove_faults()
-        except Exception as error:  # the NAT table must still go
-            log.warning("removing the fault path failed: %s", error)
+        self.close_faults()  # best effort: the NAT table must still go
         for reader in (self.reader, self.sip_reader):
             if reader is not None:
                 asyncio.get_running_loop().remove_reader(reader.fileno())
@@ -446,10 +370,7 @@ class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGat
         )
 
     async def collect_counters(self) -> Counters:
-        if self.gateway.injector is not None:
-            await self.gateway.injector.check_bypass()
-        counters = Counters(self.gateway.counters)
-        counters.update(self.gateway.fault_stats())
+        counters = await self.gateway.fault_counters()
         for name, values in (await asyncio.to_thread(ruleset.read_counters)).items():
             counters[f"nft_{name}_packets"] = values["packets"]
             counters[f"nft_{name}_bytes"] = values["bytes"]

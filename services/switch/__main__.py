@@ -20,18 +20,17 @@ delay and reorder; duplicate and expire-mapping are the NAT gateway's. Packets t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 import grpc
 
-from pinhole.calls import CallDirectory
+from pinhole.calls import CallDirectory, CallFlow
 from pinhole.events import Counters, EventLog
 from pinhole.faults import nfqueue
-from pinhole.faults.engine import BridgePorts, Bypassed, FaultEngine, FaultInjector, FaultPlan, Injected, PacketView
+from pinhole.faults.engine import BridgePorts, FaultPlan, Injected, PacketView
+from pinhole.faults.host import FaultHost
 from pinhole.faults.rpc import FaultsServicer
 from pinhole.rpc.v1 import switch_pb2, switch_pb2_grpc
 from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
@@ -77,16 +76,14 @@ def require_bridge_netfilter() -> None:
         raise SwitchError(f"cannot set {BRIDGE_NF_CALL_IPTABLES} to 1: {error}") from None
 
 
-class Switch:
+class Switch(FaultHost):
     """The bridge of this namespace and the faults it applies to what crosses its ports."""
 
+    kind = "switch"
+
     def __init__(self, *, bridge: str, events: EventLog, counters: Counters, fault_queue: int = 1) -> None:
+        super().__init__(events=events, counters=counters, fault_queue=fault_queue)
         self.bridge = bridge
-        self.events, self.counters = events, counters
-        self.fault_queue = fault_queue
-        self.fault_plan = FaultPlan()
-        self.injector: FaultInjector | None = None
-        self.fault_counts: Counter[str] = Counter()  # over every plan this switch ran
         self.calls = CallDirectory()
 
     async def fault_links(self) -> BridgePorts:
@@ -94,63 +91,16 @@ class Switch:
         ports = await asyncio.to_thread(bridge_ports, self.bridge)
         return BridgePorts({index: link for index, (link, _) in ports.items()})
 
-    async def set_faults(self, plan: FaultPlan) -> None:
-        """Apply `plan` to the datagrams to come (no rules: clear); the queue is bound before the rule
-        feeds it, and a new plan replaces the old one's decisions and occurrence counts."""
-        if not plan.rules:
-            await self.clear_faults()
-            return
-        engine = FaultEngine(plan, await self.fault_links())
+    def _install_queue(self, plan: FaultPlan) -> dict[str, object]:
         require_bridge_netfilter()
-        self.injector = FaultInjector.running(
-            self.injector,
-            engine,
-            lambda: nfqueue.NfQueue(self.fault_queue),
-            on_fault=self._fault_injected,
-            observe=self._observe,
-            counts=self.fault_counts,
-            rule_hits=nfqueue.queue_rule_hits,
-            on_bypass=self._fault_bypassed,
-        )
-        try:
-            await asyncio.to_thread(nfqueue.install_queue_rules, self.fault_queue, [("", "")], bridged=True)
-        except BaseException:
-            await self.clear_faults()
-            raise
-        self.fault_plan = plan
-        self.counters["fault_plans_set"] += 1
-        self.events.emit(
-            "switch.faults_set",
-            rules=len(plan.rules),
-            seed=plan.seed,
-            links=",".join(sorted(plan.links())),
-            plan=json.dumps(plan.to_dict(), separators=(",", ":")),
-        )
+        nfqueue.install_queue_rules(self.fault_queue, [("", "")], bridged=True)
+        return {"links": ",".join(sorted(plan.links()))}
 
-    async def clear_faults(self) -> None:
-        """Nothing is queued any more; what is held is let go at once, before the rule's table goes
-        (deleting its hooks would drop it)."""
-        rule_hits = await asyncio.to_thread(nfqueue.remove_queue_rules, prune=False)
-        self.fault_plan = FaultPlan()
-        injector, self.injector = self.injector, None
-        if injector is not None:
-            injector.stop(rule_hits)
-            for name, value in injector.stats().items():  # the queue's own counts, kept past its end
-                if name.startswith("faults_queue_"):
-                    self.fault_counts[name] += value
-        await asyncio.to_thread(nfqueue.remove_queue_rules)  # the table too, now that nothing is queued
-        if injector is not None:
-            self.events.emit(
-                "switch.faults_cleared",
-                injected=self.fault_counts["faults_injected"],
-                bypassed=self.fault_counts["faults_queue_bypassed"],
-            )
+    def _remove_queue(self, *, final: bool) -> int | None:
+        return nfqueue.remove_queue_rules(prune=final)
 
-    def fault_stats(self) -> Counter[str]:
-        out = Counter(self.fault_counts)
-        if self.injector is not None:
-            out.update({k: v for k, v in self.injector.stats().items() if k.startswith("faults_queue_")})
-        return out
+    def _injector_hooks(self) -> dict[str, object]:
+        return {"observe": self._observe}
 
     def _observe(self, packet: nfqueue.QueuedPacket, view: PacketView) -> None:
         """Learn the calls' media addresses from the SIP going by (before its fate is decided)."""
@@ -160,30 +110,10 @@ class Switch:
         if seen is not None and seen[1] in ("BYE", "rejected"):
             self.calls.forget(seen[0])
 
-    def _fault_bypassed(self, bypassed: Bypassed) -> None:
-        """Packets that crossed unjudged (NFQUEUE fail-open): at most one event per check interval."""
-        self.events.emit("fault.bypassed", attributes=bypassed.event_attributes())
-
-    def _fault_injected(self, injected: Injected) -> None:
-        """One fault, as an event in the trace of the call it hit (see the module's docstring)."""
+    def _flow_of(self, injected: Injected) -> CallFlow | None:
+        """A SIP message names its call; a media packet is found by the addresses its call's SDP announced."""
         is_sip = injected.attributes.get("kind") == "sip"
-        flow = self.calls.call_of(injected.payload, injected.peer, injected.internal, sip=is_sip)
-        self.events.emit(
-            "fault.injected",
-            flow.call_id if flow else "",
-            injected.event_attributes(),
-            parent=flow.context if flow else None,
-            at_ns=int(injected.at * 1e9),
-        )
-
-    def close(self) -> None:
-        if self.injector is not None:
-            self.injector.stop()
-            self.injector = None
-        try:
-            nfqueue.remove_queue_rules()
-        except Exception as error:  # best effort: the rule lets packets pass anyway (--queue-bypass)
-            log.warning("removing the fault queue rule failed: %s", error)
+        return self.calls.call_of(injected.payload, injected.peer, injected.internal, sip=is_sip)
 
 
 class SwitchServicer(FaultsServicer, EvidenceServicer, switch_pb2_grpc.SwitchServicer):
@@ -210,11 +140,7 @@ class SwitchServicer(FaultsServicer, EvidenceServicer, switch_pb2_grpc.SwitchSer
         return self.switch
 
     async def collect_counters(self) -> Counters:
-        if self.switch.injector is not None:
-            await self.switch.injector.check_bypass()
-        counters = Counters(self.switch.counters)
-        counters.update(self.switch.fault_stats())
-        return counters
+        return await self.switch.fault_counters()
 
 
 def in_lab_namespace() -> bool:
@@ -245,7 +171,7 @@ async def main() -> None:
     name = switch_pb2.DESCRIPTOR.services_by_name["Switch"].full_name
 
     async def stop() -> None:
-        switch.close()
+        switch.close_faults()
 
     await serve(args.grpc, [(switch_pb2_grpc.add_SwitchServicer_to_server, SwitchServicer(switch), name)], on_stop=stop)
 
