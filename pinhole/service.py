@@ -43,6 +43,20 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def command_line(parser: argparse.ArgumentParser, values: dict[str, object]) -> list[str]:
+    """The arguments that make `parser` give `values` ({dest: value}; a list repeats its option): the flags
+    are spelled where the service declares them, nowhere else."""
+    options = {action.dest: action for action in parser._actions if action.option_strings}
+    argv: list[str] = []
+    for dest, value in values.items():
+        if dest not in options:
+            raise ValueError(f"{parser.prog}: no option for {dest!r}")
+        option = max(options[dest].option_strings, key=len)  # the long spelling
+        for item in value if isinstance(value, list) else [value]:
+            argv += [option, str(item)]
+    return argv
+
+
 def setup_observability(level: str, name: str) -> None:
     """Logging to stderr and this instance's OpenTelemetry tracer provider (standard OTEL_* settings)."""
     logging.basicConfig(level=level, format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")

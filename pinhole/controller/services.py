@@ -7,6 +7,7 @@ waits for readiness with the standard health Watch (an event, not a sleep).
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import sys
@@ -37,6 +38,7 @@ from pinhole.rpc.v1 import (
     useragent_pb2,
     useragent_pb2_grpc,
 )
+from pinhole.service import command_line
 
 T = TypeVar("T")
 
@@ -165,46 +167,36 @@ def local_targets(run_dir: Path, nodes: Any) -> dict[str, str]:
 
 
 def service_argv(node: Node, run_dir: Path, *, name_interfaces: bool = True) -> list[str]:
-    """The command line of the service a topology node runs (see pinhole/lab/topology.toml).
+    """The command line of the service a topology node runs (see pinhole/lab/topology.toml), rendered with
+    the service's own declaration (services/<service>/cli.py).
 
     `run_dir`: the lab's run directory as the service sees it. `name_interfaces`: false where the
     interfaces do not carry the topology's names (containers: the NAT finds them by address).
     """
     address = node.addresses[0].split("/")[0] if node.addresses else ""  # a switch has none
-    argv = [
-        sys.executable,
-        "-m",
-        f"services.{node.service}",
-        "--name",
-        node.name,
-        "--grpc",
-        f"unix:{socket_path(run_dir, node.name)}",
-    ]
+    values: dict[str, object] = {"name": node.name, "grpc": f"unix:{socket_path(run_dir, node.name)}"}
     extra = node.extra
     if node.service in ("useragent", "proxy"):
-        argv += ["--sip-listen", f"{address}:{extra.get('sip_port', 5060)}"]
+        values["sip_listen"] = f"{address}:{extra.get('sip_port', 5060)}"
     if node.service == "useragent":
-        argv += ["--media-ip", address]
+        values["media_ip"] = address
     if node.service == "stunserver":
         port = extra.get("stun_port", 3478)
-        argv += ["--listen", f"{address}:{port}"]
+        values["listen"] = f"{address}:{port}"
         if len(node.addresses) > 1:  # a second address: an RFC 5780 server (it copes if it lacks the address)
-            argv += ["--alternate", f"{node.addresses[1].split('/')[0]}:{extra.get('stun_alternate_port', port + 1)}"]
+            values["alternate"] = f"{node.addresses[1].split('/')[0]}:{extra.get('stun_alternate_port', port + 1)}"
     if node.service == "switch":
         if node.bridge is None:  # the topology gives each switch node a bridge, and only those
             raise ValueError(f"{node.name}: the switch service runs on a switch node (one with a bridge)")
-        argv += ["--bridge", node.bridge]
+        values["bridge"] = node.bridge
     if node.service == "natgw":
         lan_if, wan_if = extra.get("lan_if", "lan0"), extra.get("wan_if", "wan0")
         if name_interfaces:
-            argv += ["--lan-if", lan_if, "--wan-if", wan_if]
-        argv += [
-            "--wan-address",
-            node.interfaces[wan_if][0].split("/")[0],
-            "--lan-prefix",
-            str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network),
-        ]
-    return argv
+            values.update(lan_if=lan_if, wan_if=wan_if)
+        values["wan_address"] = node.interfaces[wan_if][0].split("/")[0]
+        values["lan_prefix"] = str(ipaddress.ip_interface(node.interfaces[lan_if][0]).network)
+    parser = importlib.import_module(f"services.{node.service}.cli").parser()
+    return [sys.executable, "-m", f"services.{node.service}", *command_line(parser, values)]
 
 
 def service_settings(otlp_endpoint: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:

@@ -34,8 +34,8 @@ from pinhole.faults.rpc import FaultsServicer
 from pinhole.nat import MAX_MAPPING_TIMEOUT, MIN_MAPPING_TIMEOUT, NatBehaviour, NatError
 from pinhole.pcap import decode_ipv4_udp
 from pinhole.rpc.v1 import natgw_pb2, natgw_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
-from services.natgw import conntrack, kernel, ruleset
+from pinhole.service import EvidenceServicer, serve, setup_observability
+from services.natgw import cli, conntrack, kernel, ruleset
 from services.natgw.nflog import LoggedPacket, NflogReader
 
 log = logging.getLogger("natgw")
@@ -389,21 +389,7 @@ class NatGatewayServicer(FaultsServicer, EvidenceServicer, natgw_pb2_grpc.NatGat
 
 
 async def main() -> None:
-    parser = argument_parser("pinhole NAT gateway")
-    parser.add_argument("--lan-if", help="inside interface (default: the one with an address in --lan-prefix)")
-    parser.add_argument("--wan-if", help="outside interface (default: the one holding --wan-address)")
-    parser.add_argument("--wan-address", required=True, help="the NAT's outside address")
-    parser.add_argument("--lan-prefix", required=True, help="the private LAN, e.g. 10.10.1.0/24")
-    parser.add_argument("--log-group", type=int, default=1, help="NFLOG group for dropped packets")
-    parser.add_argument("--fault-queue", type=int, default=1, help="NFQUEUE number of the fault engine (SetFaults)")
-    parser.add_argument(
-        "--wan-allow",
-        action="append",
-        default=[],
-        metavar="PROTO/PORT",
-        help="a port this gateway serves on its outside address (tcp/50051: probes; udp/4789: VXLAN)",
-    )
-    args = parser.parse_args()
+    args = cli.parser().parse_args()
     setup_observability(args.log_level, args.name)
     wan_address, lan_prefix = ipaddress.ip_address(args.wan_address), ipaddress.ip_network(args.lan_prefix)
     # a container engine names interfaces in its own order (eth0, eth1): then find them by address

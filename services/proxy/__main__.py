@@ -17,7 +17,6 @@ from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import proxy_pb2, proxy_pb2_grpc
 from pinhole.service import (
     EvidenceServicer,
-    argument_parser,
     parse_hostport,
     positive_seconds,
     serve,
@@ -26,6 +25,7 @@ from pinhole.service import (
 from pinhole.sip import Request, Response, ServerTransaction, SipEndpoint, SipTimers
 from pinhole.sip.describe import record_message
 from pinhole.sip.message import SipParseError, check_sip_uri
+from services.proxy import cli
 from services.proxy.proxy import Route, StatefulProxy
 
 log = logging.getLogger("proxy")
@@ -93,9 +93,7 @@ class ProxyServicer(EvidenceServicer, proxy_pb2_grpc.ProxyServicer):
 
 
 async def main() -> None:
-    parser = argument_parser("pinhole SIP proxy")
-    parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
-    args = parser.parse_args()
+    args = cli.parser().parse_args()
     setup_observability(args.log_level, args.name)
     events, counters = EventLog(args.name), Counters()
     host, port = parse_hostport(args.sip_listen, "--sip-listen")

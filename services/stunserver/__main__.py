@@ -24,7 +24,8 @@ import time
 from pinhole.address import Address, fmt
 from pinhole.events import Counters, EventLog
 from pinhole.rpc.v1 import stunserver_pb2, stunserver_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, parse_hostport, serve, setup_observability
+from pinhole.service import EvidenceServicer, parse_hostport, serve, setup_observability
+from services.stunserver import cli
 from services.stunserver.responder import Responder
 
 log = logging.getLogger("stunserver")
@@ -105,20 +106,7 @@ async def open_sockets(
 
 
 async def main() -> None:
-    parser = argument_parser("pinhole STUN server")
-    parser.add_argument("--listen", default="0.0.0.0:3478", help="UDP address to answer on (A1:P1)")
-    parser.add_argument(
-        "--alternate",
-        metavar="IP:PORT",
-        help="RFC 5780: this host's second IP and the second port (A2:P2); needs a specific --listen IP",
-    )
-    parser.add_argument(
-        "--alternate-wait",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the --alternate IP to appear on this host before serving without it",
-    )
+    parser = cli.parser()
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     primary = (host, int(port))

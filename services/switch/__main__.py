@@ -33,7 +33,8 @@ from pinhole.faults.engine import BridgePorts, FaultPlan, Injected, PacketView
 from pinhole.faults.host import FaultHost
 from pinhole.faults.rpc import FaultsServicer
 from pinhole.rpc.v1 import switch_pb2, switch_pb2_grpc
-from pinhole.service import EvidenceServicer, argument_parser, serve, setup_observability
+from pinhole.service import EvidenceServicer, serve, setup_observability
+from services.switch import cli
 
 log = logging.getLogger("switch")
 
@@ -150,10 +151,7 @@ def in_lab_namespace() -> bool:
 
 
 async def main() -> None:
-    parser = argument_parser("pinhole switch (the public segment's bridge, impaired per port)")
-    parser.add_argument("--bridge", default="br0", help="the bridge whose ports carry the public links")
-    parser.add_argument("--fault-queue", type=int, default=1, help="NFQUEUE number of the fault engine (SetFaults)")
-    args = parser.parse_args()
+    args = cli.parser().parse_args()
     setup_observability(args.log_level, args.name)
     if not in_lab_namespace():  # it rewrites bridge netfilter settings and FORWARD rules: only in a lab's own
         raise SystemExit("switch: refusing to run outside a lab's network namespace (/run/netns/ph-*)")
