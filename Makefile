@@ -8,6 +8,8 @@ PROTOS    := $(wildcard proto/pinhole/rpc/v1/*.proto)
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 GEN       := pinhole/rpc/v1/.generated
+# apt waits for the dpkg lock (unattended-upgrades holds it for minutes on a fresh machine) instead of failing
+APT       := apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: setup run test unit proto clean lab-up lab-down lint bench fuzz
 
@@ -17,16 +19,16 @@ $(STAMP_APT): Makefile
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && \
+	  $(APT) update -qq && \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq $$missing >/dev/null; \
 	fi
 	@missing=""; for p in $(INTEROP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing the interop recipes' programs:$$missing (no service of theirs is started or enabled)"; \
 	  guard=/usr/sbin/policy-rc.d; made=""; \
 	  if [ ! -e $$guard ]; then printf '#!/bin/sh\nexit 101\n' > $$guard && chmod +x $$guard && made=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  status=$$?; [ -n "$$made" ] && rm -f $$guard; \
 	  case " $$missing " in *" kamailio "*) [ -d /run/systemd/system ] && systemctl disable --now kamailio 2>/dev/null;; esac; \
 	  [ $$status -eq 0 ]; \
@@ -99,8 +101,8 @@ IMAGE_APT_PKGS := podman buildah runc iptables debootstrap
 .PHONY: images base-image image-tools
 image-tools:
 	@missing=""; for p in $(IMAGE_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; $(APT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq $$missing >/dev/null; fi
 
 base-image: setup image-tools
 	containers/images.sh base-image
