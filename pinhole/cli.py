@@ -21,7 +21,18 @@ def _require_root() -> None:
         sys.exit("pinhole: network namespaces and the kernel NAT need root (run as root)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pinhole")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
+    if args.action != "status":
+        args.name = args.name or DEFAULT_LAB
     if args.action == "up":
         _require_root()
         if args.name in list_labs(args.backend):
@@ -42,6 +53,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"lab {name} down in {seconds:.3f}s")
         return 0
     labs = list_labs(args.backend)
+    if args.name is not None:  # that lab only
+        if args.name not in labs:
+            print(f"no {args.backend} lab {args.name} is up", file=sys.stderr)
+            return 1
+        labs = [args.name]
     if not labs:
         print(f"no {args.backend} lab is up")
     for name in labs:
@@ -346,13 +362,20 @@ def cmd_nat_probe(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pinhole", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     backend_help = "netns: network namespaces (default); docker: containers through the docker API (podman)"
-    lab = sub.add_parser("lab", help="bring a lab up or down")
+    lab = sub.add_parser(
+        "lab",
+        help="bring a lab up or down, or show what runs in it",
+        description="up: build the topology (pinhole/lab/topology.toml) and start every node's service; down: stop "
+        "them and remove the networks; status: the labs that are up (with --name, that one only: exit 1 if it is "
+        "not), each node's processes and networks as JSON. Runs reuse a lab that is up.",
+    )
     lab.add_argument("action", choices=["up", "down", "status"])
     lab.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
-    lab.add_argument("--name", default=DEFAULT_LAB, help="lab name, also the namespace prefix (ph-...)")
+    lab.add_argument("--name", help=f"lab name, also the namespace prefix (default {DEFAULT_LAB}; status: every lab)")
     lab.add_argument("--all", action="store_true", help="with down: every pinhole lab on this machine")
     lab.set_defaults(func=cmd_lab)
 
