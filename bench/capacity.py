@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import procstat
+from broken import main_or_broken
 
 from pinhole.controller.load import LoadPlan, passed_enough, run_load
 from pinhole.controller.run import lab_down, lab_up
@@ -93,4 +94,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_or_broken("bench/capacity.py", main))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import procstat
+from broken import main_or_broken
 
 from pinhole.controller.load import LoadPlan, passed_enough, run_load
 from pinhole.controller.run import lab_down, lab_up
@@ -64,4 +65,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_or_broken("bench/memory.py", main))

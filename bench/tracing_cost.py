@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import procstat
+from broken import main_or_broken
 
 from pinhole.controller.load import LoadPlan, passed_enough, run_load
 from pinhole.controller.run import lab_down, lab_up
@@ -69,4 +70,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_or_broken("bench/tracing_cost.py", main))
