@@ -147,6 +147,7 @@ def test_a_run_on_a_lab_with_a_service_stopped_names_it_and_exits_2(lab, tmp_pat
         assert code == 2
         assert err[-1].startswith(f"pinhole: lab {running.name} is up but not whole (bob: UNAVAILABLE"), err
         assert not any("Traceback" in line for line in err)
+        assert list(tmp_path.iterdir()) == []  # refused before it ran: no empty run directory
     finally:
         service_back(running, "bob")
 

@@ -982,7 +982,6 @@ def run(
     scenario = SCENARIOS[scenario_name] if isinstance(scenario_name, str) else scenario_name
     timers = TIMERS[timers_name]
     show = Progress(progress)
-    run_id, out_dir = new_run_dir(out_root, scenario)
     measurements: dict[str, float | str] = {"backend": backend}
 
     owned = lab_name not in list_labs(backend)
@@ -1011,6 +1010,7 @@ def run(
             f"lab {lab_name} is up but not whole ({'; '.join(stopped)}): see {lab.logs_hint()}, "
             f"then pinhole lab down --name {lab_name} and up again"
         )
+    run_id, out_dir = new_run_dir(out_root, scenario)  # once the lab is there: a refused run leaves no empty one
     endpoints = Endpoints.of_topology(topology)
     externals = Externals(
         lab,
