@@ -102,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     evidence = json.loads((out_dir / "evidence.json").read_text())
     cell = judge_cell(scenario, evidence, result.outcome, tuple(c.message for c in result.checks if not c.passed))
     print(f"call: {cell.observed} ({cell.reason}); expected {scenario.expect.outcome}: {scenario.expect.why}")
+    # the last line says what the exit status means: 0 is "as the scenario expects", a pass or an expected failure
+    print(f"{'as expected' if cell.matched else 'NOT as expected'}: the call {cell.observed}")
     return 0 if cell.matched else 1
 
 
