@@ -65,18 +65,28 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+SCENARIO_FILES = Path(__file__).resolve().parent.parent / "scenarios"
+
+
 def _scenario(name: str) -> Any:
-    """A built-in scenario by name, or the one scenario of a file (scenarios/*.yaml)."""
+    """A built-in scenario by name, a file, or a file of scenarios/ by its name (rfc5763-7.1 is
+    scenarios/rfc5763-7.1.yaml, hello-after-check scenarios/deviations/hello-after-check.yaml)."""
     if name in SCENARIOS:
         return SCENARIOS[name]
     from pinhole.controller.scenario import ScenarioError, load
 
     path = Path(name)
     if not path.exists():
-        raise ScenarioError(f"{name}: neither a built-in scenario ({', '.join(sorted(SCENARIOS))}) nor a file")
+        named = sorted(SCENARIO_FILES.rglob(f"{name}.yaml")) if "/" not in name else []
+        if len(named) != 1:
+            raise ScenarioError(
+                f"{name}: neither a built-in scenario ({', '.join(sorted(SCENARIOS))}), a file, "
+                f"nor the name of one in {SCENARIO_FILES}" + (f" (it names {len(named)})" if named else "")
+            )
+        path = named[0]
     scenarios = load(path)
     if len(scenarios) != 1:
-        raise ScenarioError(f"{name}: a matrix of {len(scenarios)} cells; run it with `pinhole matrix {name}`")
+        raise ScenarioError(f"{name}: a matrix of {len(scenarios)} cells; run it with `pinhole matrix {path}`")
     return scenarios[0]
 
 

@@ -587,3 +587,14 @@ def test_keys_that_are_not_text_are_named_not_crashed_on(tmp_path):
                 "name: x\nfaults: [{name: a, peer: '203.0.113.1:\u00b2', action: drop}]\nexpect: {outcome: works}\n",
             )
         )
+
+
+def test_every_scenario_file_runs_by_its_name() -> None:
+    """`pinhole run rfc5763-7.1` is scenarios/rfc5763-7.1.yaml; a name in a subfolder too; a matrix is refused
+    with the command that runs it; an unknown name is refused naming where it looked."""
+    assert cli._scenario("rfc5763-7.1") == load(ROOT / "scenarios" / "rfc5763-7.1.yaml")[0]
+    assert cli._scenario("hello-after-check").name == "deviation-hello-after-check"
+    with pytest.raises(ScenarioError, match="a matrix of 32 cells; run it with `pinhole matrix .*nat-matrix.yaml`"):
+        cli._scenario("nat-matrix")
+    with pytest.raises(ScenarioError, match="nor the name of one in .*scenarios"):
+        cli._scenario("nonesuch")
