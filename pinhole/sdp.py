@@ -912,6 +912,26 @@ def _rtpmaps(payload_types: Iterable[int]) -> list[tuple[str, str | None]]:
     return out
 
 
+def _media_attributes(
+    setup: Setup,
+    fingerprints: Sequence[Fingerprint],
+    rtcp: list[tuple[str, str | None]],
+    payload_types: Iterable[int],
+    ptime: int | None,
+    direction: str,
+) -> list[tuple[str, str | None]]:
+    """The a= lines of our audio m= line, offer or answer alike: a=setup and a=fingerprint (RFC 5763 §5),
+    then the `rtcp` lines (a=rtcp-mux, a=rtcp, a=acfg), the rtpmaps, a=ptime and the direction."""
+    attributes: list[tuple[str, str | None]] = [("setup", setup.value)]
+    attributes += [("fingerprint", str(fp)) for fp in fingerprints]
+    attributes += rtcp
+    attributes += _rtpmaps(payload_types)
+    if ptime is not None:
+        attributes.append(("ptime", str(ptime)))
+    attributes.append((direction, None))
+    return attributes
+
+
 def _session(address: str, session_id: int, session_version: int | None, username: str) -> SessionDescription:
     addrtype = _addrtype(address)
     return SessionDescription(
@@ -949,16 +969,10 @@ def build_offer(
     if not payload_types:
         raise SdpError("an offer needs at least one payload type (RFC 4566 §5.14)")
     sd = _session(address, session_id, session_version, username)
-    attributes: list[tuple[str, str | None]] = [("setup", Setup(setup).value)]
-    attributes += [("fingerprint", str(fp)) for fp in fingerprints]
-    if rtcp_mux:
-        attributes.append(("rtcp-mux", None))
+    lines: list[tuple[str, str | None]] = [("rtcp-mux", None)] if rtcp_mux else []
     if rtcp is not None:
-        attributes.append(_rtcp_attribute(rtcp, address))
-    attributes += _rtpmaps(payload_types)
-    if ptime is not None:
-        attributes.append(("ptime", str(ptime)))
-    attributes.append(("sendrecv", None))
+        lines.append(_rtcp_attribute(rtcp, address))
+    attributes = _media_attributes(Setup(setup), fingerprints, lines, payload_types, ptime, "sendrecv")
     sd.media.append(
         MediaDescription(
             media="audio",
@@ -1026,18 +1040,14 @@ def build_answer(
 
     sd = _session(address, session_id, session_version, username)
     sd.timing = [Timing(t.start, t.stop, list(t.repeats)) for t in offer.timing]
-    attributes: list[tuple[str, str | None]] = [("setup", setup.value)]
-    attributes += [("fingerprint", str(fp)) for fp in fingerprints]
+    lines: list[tuple[str, str | None]] = []
     if rtcp_mux and offered.rtcp_mux:
-        attributes.append(("rtcp-mux", None))
+        lines.append(("rtcp-mux", None))
     elif rtcp is not None:
-        attributes.append(_rtcp_attribute(rtcp, address))
+        lines.append(_rtcp_attribute(rtcp, address))
     if capneg is not None:
-        attributes.append(("acfg", f"{capneg.config} t={capneg.transport}"))
-    attributes += _rtpmaps(int(f) for f in formats)
-    if ptime is not None:
-        attributes.append(("ptime", str(ptime)))
-    attributes.append((direction, None))
+        lines.append(("acfg", f"{capneg.config} t={capneg.transport}"))
+    attributes = _media_attributes(setup, fingerprints, lines, (int(f) for f in formats), ptime, direction)
     for index, offered_media in enumerate(offer.media):
         if index == mi:
             sd.media.append(

@@ -11,13 +11,13 @@ from typing import TypeVar
 import grpc
 
 from pinhole import dtls, sdp, telemetry
+from pinhole.address import Address, fmt
 from pinhole.deviations import USER_AGENT, DeviationError, checked
 from pinhole.events import Counters, EventLog
-from pinhole.media import Address, AssociationRecord, MediaSession, MediaTimers, fmt
+from pinhole.media import AssociationRecord, MediaSession, MediaTimers
 from pinhole.rpc.v1 import useragent_pb2, useragent_pb2_grpc
 from pinhole.service import (
     EvidenceServicer,
-    argument_parser,
     parse_hostport,
     positive_seconds,
     serve,
@@ -25,6 +25,8 @@ from pinhole.service import (
 )
 from pinhole.sip import SipParseError, SipTimers, identity
 from pinhole.sip.message import check_display_name, check_sip_uri
+from pinhole.timers import DTLS_INITIAL, DTLS_MAX_TRANSMISSIONS, DTLS_MAXIMUM, STUN_RTO
+from services.useragent import cli
 from services.useragent.agent import (
     MAX_CALLS,
     AgentConfig,
@@ -68,8 +70,8 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
             positive_seconds(getattr(t, name), f"timers.{name}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    initial = t.dtls_initial_seconds or 1.0
-    maximum = t.dtls_maximum_seconds or 60.0
+    initial = t.dtls_initial_seconds or DTLS_INITIAL
+    maximum = t.dtls_maximum_seconds or DTLS_MAXIMUM
     if maximum < initial:
         raise ConfigError(f"timers.dtls_maximum_seconds: {maximum} is below dtls_initial_seconds {initial}")
     if request.answer_setup not in SETUPS:
@@ -102,9 +104,9 @@ def config_from_proto(request: useragent_pb2.UserAgentConfig) -> AgentConfig:
         sip_timers=SipTimers.scaled(t.sip_t1_seconds) if t.sip_t1_seconds else SipTimers(),
         media_timers=MediaTimers(
             dtls=dtls.RetransmitTimer(
-                initial=initial, maximum=maximum, max_transmissions=t.dtls_max_transmissions or 8
+                initial=initial, maximum=maximum, max_transmissions=t.dtls_max_transmissions or DTLS_MAX_TRANSMISSIONS
             ),
-            stun_rto=t.stun_rto_seconds or 0.5,
+            stun_rto=t.stun_rto_seconds or STUN_RTO,
         ),
         media_packets=request.media_packets or 50,
         latching=request.latching,  # unset: off, RFC 5763 sends to the SDP address
@@ -419,10 +421,7 @@ class UserAgentServicer(EvidenceServicer, useragent_pb2_grpc.UserAgentServicer):
 
 
 async def main() -> None:
-    parser = argument_parser("pinhole SIP user agent")
-    parser.add_argument("--sip-listen", required=True, help="UDP host:port for SIP")
-    parser.add_argument("--media-ip", required=True, help="local address for media sockets")
-    args = parser.parse_args()
+    args = cli.parser().parse_args()
     setup_observability(args.log_level, args.name)
     agent = UserAgent(
         name=args.name,
