@@ -231,12 +231,12 @@ def trace() -> list[bytes]:
 
 def otlp_json(events: list[dict[str, Any]]) -> dict[str, Any]:
     """OTLP/JSON of evidence events, as a run writes trace.json: one resource per service, one span per event
-    carrying its attributes and the call's Call-ID (pinhole/events.py's convention)."""
-    from pinhole.controller.otlp import CALL_ID_ATTR
+    carrying its attributes and the call's Call-ID under their span keys (pinhole/events.py's convention)."""
+    from pinhole import semconv
 
     spans: dict[str, list[dict[str, Any]]] = {}
     for e in events:
-        attrs = {**e["attrs"], CALL_ID_ATTR: e["call_id"]}
+        attrs = semconv.span_attributes({**e["attrs"], semconv.CALL_ID: e["call_id"]})
         nanos = str(round(e["t"] * 1e9))
         span = {
             "traceId": e["trace_id"],

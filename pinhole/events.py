@@ -2,10 +2,11 @@
 
 Each service records what it sent, received and decided as `Event`s (the contract in
 proto/pinhole/rpc/v1/events.proto). Every event is also an OpenTelemetry span in its call's
-trace: span name = event kind, attributes = event attributes (+ pinhole.call_id and the
-semantic-convention network.peer.*). A call's trace context at a service is bound to its
-Call-ID, so media events (STUN, DTLS, SRTP) join the call's trace although packets carry none.
-The controller can therefore judge a call from the events over gRPC or from the trace alone.
+trace: span name = event kind, attributes = event attributes under their span keys (+ pinhole.call_id
+and the semantic-convention network.peer.*), as pinhole/semconv.py declares and maps them. A call's
+trace context at a service is bound to its Call-ID, so media events (STUN, DTLS, SRTP) join the call's
+trace although packets carry none. The controller can therefore judge a call from the events over
+gRPC or from the trace alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
+from pinhole import semconv
 from pinhole.rpc.v1 import events_pb2
 
 _SPAN_KINDS = {"send": SpanKind.PRODUCER, "recv": SpanKind.CONSUMER}
@@ -27,6 +29,11 @@ _SPAN_KINDS = {"send": SpanKind.PRODUCER, "recv": SpanKind.CONSUMER}
 
 def _sequence(event: events_pb2.Event) -> int:
     return event.sequence
+
+
+def _call_attributes(attributes: Mapping[str, object]) -> dict[str, str]:
+    """A call span's attributes: stringified as an event's are, under their span keys."""
+    return semconv.span_attributes({name: str(value) for name, value in attributes.items()})
 
 
 class EventLog:
@@ -91,11 +98,10 @@ class EventLog:
         return event
 
     def _span(self, event: events_pb2.Event, parent: Context | None) -> Context:
-        attributes: dict[str, str | int] = dict(event.attributes)
-        attributes["pinhole.call_id"] = event.call_id
-        host, sep, port = event.attributes.get("peer", "").rpartition(":")
+        attributes: dict[str, str | int] = semconv.span_attributes({**event.attributes, semconv.CALL_ID: event.call_id})
+        host, sep, port = event.attributes.get(semconv.PEER, "").rpartition(":")
         if sep and port.isdigit():
-            attributes["network.peer.address"], attributes["network.peer.port"] = host, int(port)
+            attributes[semconv.NETWORK_PEER_ADDRESS], attributes[semconv.NETWORK_PEER_PORT] = host, int(port)
         span = self._tracer.start_span(
             event.kind,
             context=parent or self._calls.get(event.call_id),
@@ -127,9 +133,9 @@ class EventLog:
         """Open the long "call" span (child of the bound context, else of `parent`: the context
         of the RPC that asked for the call); later spans of the call go under it."""
         span = self._tracer.start_span(
-            "call",
+            semconv.CALL,
             context=self._calls.get(call_id) or parent,
-            attributes={"pinhole.call_id": call_id, **{k: str(v) for k, v in attributes.items()}},
+            attributes=_call_attributes({semconv.CALL_ID: call_id, **attributes}),
         )
         self._call_spans[call_id] = span
         context = trace.set_span_in_context(span)
@@ -139,7 +145,7 @@ class EventLog:
     def end_call(self, call_id: str, **attributes: object) -> None:
         span = self._call_spans.pop(call_id, None)
         if span is not None:
-            span.set_attributes({k: str(v) for k, v in attributes.items()})
+            span.set_attributes(_call_attributes(attributes))
             span.end()
 
     def close(self) -> None:

@@ -120,7 +120,7 @@ def test_two_forks_two_dialogs_two_associations_on_one_port(lab, clients, forkin
     # proxy-b forked: one INVITE per branch, each its own span, and both 2xx went upstream
     forwards = [e for e in _of_call(events, call_id, "proxy-b", "sip.forward") if e["attrs"]["method"] == "INVITE"]
     assert sorted(e["attrs"]["fork"] for e in forwards) == ["0", "1"]
-    assert len({e["attrs"]["branch"] for e in forwards}) == 2 and len({e["span_id"] for e in forwards}) == 2
+    assert len({e["attrs"]["sip.branch"] for e in forwards}) == 2 and len({e["span_id"] for e in forwards}) == 2
     oks = [e for e in _of_call(events, call_id, "proxy-b", "sip.response") if e["attrs"]["status"] == "200"]
     assert {e["attrs"]["fork"] for e in oks if e["attrs"].get("method") == "INVITE"} == {"0", "1"}
     # Alice ACKed each dialog

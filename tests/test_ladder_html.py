@@ -417,3 +417,25 @@ def test_a_dropped_packet_hides_only_its_own_send_and_names_the_fault():
     drawn = arrows(evidence)
     assert [(a.source, a.target, a.dropped) for a in drawn] == [("alice", "natgw", True), ("alice", "bob", False)]
     assert "[fault lose-first-check]" in drawn[0].label and drawn[1].retransmission
+
+
+def test_a_restarted_service_is_marked_on_its_own_column():
+    """The controller's pinhole.kill and pinhole.start spans name the node in an attribute (low-cardinality span
+    names): each is a mark on that node's column, from the services' events as from the wire."""
+    from pinhole.controller.ladder import arrows
+
+    def restart(t: float, kind: str, **attrs: str) -> dict:
+        return {"t": t, "service": "controller", "kind": kind, "attrs": {"node": "proxy-b", **attrs}}
+
+    marks = [restart(1.0, "pinhole.kill", crash="true"), restart(2.0, "pinhole.start")]
+    sent = {"t": 0.5, "service": "alice", "kind": "sip.send", "attrs": {"peer": "203.0.113.40:5060", "summary": "BYE"}}
+    entry = {"t": 0.5, "kind": "sip", "from": "alice", "to": "bob", "summary": "BYE", "links": []}
+    for evidence in (
+        {"events": [sent, *marks], "address_map": {"203.0.113.40": "bob"}},
+        {"events": marks, "wire": [entry]},
+    ):
+        drawn = [(a.source, a.target, a.label) for a in arrows(evidence)][1:]
+        assert drawn == [
+            ("proxy-b", "proxy-b", "proxy-b killed (SIGKILL)"),
+            ("proxy-b", "proxy-b", "proxy-b starting again"),
+        ]

@@ -181,7 +181,7 @@ def _call_flow(endpoint: str) -> tuple[str, str]:
             attributes={
                 "pinhole.call_id": call,
                 "sip.method": "INVITE",
-                "peer": "203.0.113.10:5060",
+                "pinhole.peer": "203.0.113.10:5060",  # an event's `peer`, under its span key (pinhole/semconv.py)
                 "network.peer.address": "203.0.113.10",
                 "network.peer.port": 5060,
             },
@@ -256,6 +256,39 @@ def test_call_flow_edges_events_and_traces(receiver: OtlpReceiver) -> None:
     assert [e["service"] for e in only_call] == ["alice", "proxy-a", "proxy-b", "bob", "alice"]
     assert only_call[1]["parent_span_id"] == only_call[0]["span_id"]
     assert spans_to_events(request, trace_id=other_trace)[0]["call_id"] == "other@x"
+
+
+def _span(name: str, **attributes: str) -> trace_pb2.Span:
+    kvs = [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes.items()]
+    return trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name=name, attributes=kvs)
+
+
+def test_a_trace_saved_before_the_names_were_namespaced_reads_the_same() -> None:
+    """Spans written now (`pinhole.peer`, `pinhole.kill` + `pinhole.node`) and before (`peer`, "pinhole.kill
+    proxy-b") come back as the same events."""
+
+    def events(*spans: trace_pb2.Span) -> list[tuple[str, str, dict[str, str]]]:
+        request = trace_service_pb2.ExportTraceServiceRequest(
+            resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
+        )
+        return [(e["kind"], e["call_id"], e["attrs"]) for e in spans_to_events(request)]
+
+    now = events(
+        _span("sip.send", **{"pinhole.call_id": "c1", "pinhole.peer": "203.0.113.10:5060", "sip.branch": "z9hG4bK1"}),
+        _span("pinhole.kill", **{"pinhole.node": "proxy-b", "pinhole.crash": "true"}),
+        _span("pinhole.run", **{"pinhole.scenario": "rfc5763-7.3", "pinhole.flow": "rfc5763-7.3"}),
+    )
+    before = events(
+        _span("sip.send", **{"pinhole.call_id": "c1", "peer": "203.0.113.10:5060", "sip.branch": "z9hG4bK1"}),
+        _span("pinhole.kill proxy-b", crash="true"),
+        _span("pinhole.run rfc5763-7.3", **{"pinhole.scenario": "rfc5763-7.3", "pinhole.flow": "rfc5763-7.3"}),
+    )
+    assert now == before
+    assert now == [
+        ("sip.send", "c1", {"peer": "203.0.113.10:5060", "sip.branch": "z9hG4bK1"}),
+        ("pinhole.kill", "", {"node": "proxy-b", "crash": "true"}),
+        ("pinhole.run", "", {"scenario": "rfc5763-7.3", "flow": "rfc5763-7.3"}),
+    ]
 
 
 # --------------------------------------------------------------------------- OTLP/JSON

@@ -135,7 +135,7 @@ def test_every_2xx_of_a_forked_invite_goes_upstream() -> None:
             assert invites[0].top_via.branch != invites[1].top_via.branch  # §16.6 step 8: one branch each
             forwards = [a for k, a in t.events if k == "sip.forward" and a["method"] == "INVITE"]
             assert [(a["fork"], a["forks"]) for a in forwards] == [(0, 2), (1, 2)]
-            assert {a["branch"] for a in forwards} == {i.top_via.branch for i in invites}
+            assert {a["sip.branch"] for a in forwards} == {i.top_via.branch for i in invites}
             ended = [a for k, a in t.events if k == "sip.fork_final"]
             assert sorted((a["fork"], a["status"]) for a in ended) == [(0, 200), (1, 200)]
             assert t.proxy.stats["forwarded"] == 2

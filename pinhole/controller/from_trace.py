@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pinhole import semconv
 from pinhole.controller.otlp import TraceError, read_otlp_json, service_name, spans_to_events, trace_of_call
 
 __all__ = ["TraceError", "evidence_from_trace", "load", "lost_spans", "service_name"]
@@ -62,7 +63,7 @@ def evidence_from_trace(request: Any, call_id: str | None = None) -> dict[str, A
         and advertised in (e["attrs"].get("destination"), e["attrs"].get("external"))
     ]
     events.sort(key=lambda e: e["t"])
-    flows = [e["attrs"]["pinhole.flow"] for e in everything if e["attrs"].get("pinhole.flow")]
+    flows = [e["attrs"][semconv.FLOW] for e in everything if e["attrs"].get(semconv.FLOW)]
     return {
         "source": "trace",
         **({"flow": flows[0]} if flows else {}),  # the figure the controller's run judged against
@@ -83,9 +84,9 @@ def address_map(events: list[dict[str, Any]]) -> dict[str, str]:
     """
     mapping: dict[str, str] = {}
     for e in events:  # the controller's run span names the lab's addresses (also for a lab up before the run)
-        if e["kind"].startswith("pinhole.run") and e["attrs"].get("pinhole.address_map"):
+        if e["kind"] == semconv.PINHOLE_RUN and e["attrs"].get(semconv.ADDRESS_MAP):
             with contextlib.suppress(ValueError, RecursionError):  # a file's word: only {IP: column} is taken
-                told = json.loads(e["attrs"]["pinhole.address_map"])
+                told = json.loads(e["attrs"][semconv.ADDRESS_MAP])
                 if isinstance(told, dict):
                     mapping.update((k, v) for k, v in told.items() if isinstance(v, str))
     for e in events:

@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pinhole import semconv
+
 SENT_KINDS = ("sip.send", "stun.send", "dtls.send", "srtp.first_sent")
+RESTART_KINDS = (semconv.PINHOLE_KILL, semconv.PINHOLE_START)  # the controller restarting a service
 PROTOCOLS = {"sip": "SIP", "stun": "STUN", "dtls": "DTLS", "srtp": "SRTP"}
 COLUMNS = ["alice", "natgw", "stun", "proxy-a", "proxy-b", "bob"]
 EXTRA_COLUMNS = ["bob2"]  # drawn only when the call reached them (forking, RFC 5763 §6.3)
@@ -55,9 +58,9 @@ def _label(event: dict[str, Any]) -> str:
         if a.get("attempt", "1") != "1":
             text += " (re)"
         return text
-    if kind.startswith(("pinhole.kill ", "pinhole.start ")):  # the controller restarting a service
-        node = kind.partition(" ")[2]
-        if kind.startswith("pinhole.start "):
+    if kind in RESTART_KINDS:
+        node = a.get(semconv.NODE, "")
+        if kind == semconv.PINHOLE_START:
             return f"{node} starting again"
         return f"{node} killed (SIGKILL)" if a.get("crash") in (True, "True", "true") else f"{node} stopped (SIGTERM)"
     if kind == "fault.injected":  # the fault's rule says why the message went missing
@@ -114,8 +117,8 @@ def _wire_arrows(evidence: dict[str, Any]) -> list[Arrow]:
                 event["attrs"]["fault"] = fault["attrs"].get("rule", "")
         picked.append((event, source, target, dropped, via))
     for e in evidence.get("events", []):
-        if e["kind"].startswith(("pinhole.kill ", "pinhole.start ")):
-            node = e["kind"].partition(" ")[2]
+        if e["kind"] in RESTART_KINDS:
+            node = e.get("attrs", {}).get(semconv.NODE, "")
             picked.append((e, node, node, False, ()))
     picked.sort(key=lambda p: p[0]["t"])
     t0 = picked[0][0]["t"] if picked else 0.0
@@ -176,8 +179,8 @@ def _event_arrows(evidence: dict[str, Any]) -> list[Arrow]:
             target = "natgw" if e["service"] == "natgw" else where.get(_host(a.get("destination", "")), "natgw")
             if source in ALL_COLUMNS and target in ALL_COLUMNS:
                 picked.append((e, source, target, True))
-        elif e["kind"].startswith(("pinhole.kill ", "pinhole.start ")):
-            node = e["kind"].partition(" ")[2]
+        elif e["kind"] in RESTART_KINDS:
+            node = a.get(semconv.NODE, "")
             if node in ALL_COLUMNS:
                 picked.append((e, node, node, False))
     t0 = picked[0][0]["t"] if picked else 0.0

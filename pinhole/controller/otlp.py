@@ -1,12 +1,14 @@
 """OpenTelemetry traces of a run: an embedded OTLP/gRPC receiver and the span ↔ event mapping.
 
 Every service event is also exported as a span (name = event kind, start = event time,
-attributes = event attrs + "pinhole.call_id", resource service.name = the service instance).
+attributes = event attrs under their span keys + "pinhole.call_id", resource service.name = the
+service instance; pinhole/semconv.py declares the names and maps them).
 The controller runs `OtlpReceiver` itself so `pinhole run` needs no collector: the services sit
 in other network namespaces and reach it through a unix socket file in the run directory
 (OTEL_EXPORTER_OTLP_ENDPOINT=unix:/run/dir/otlp.sock, OTEL_EXPORTER_OTLP_INSECURE=true).
 `spans_to_events` turns what arrived back into the evidence dicts that verdict.py and
-ladder.py read, so traces are a second, independent path to the same evidence.
+ladder.py read (event kinds and attribute names, as the services emit them), so traces are a
+second, independent path to the same evidence.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from pinhole import semconv
+
 ExportTraceServiceRequest = trace_service_pb2.ExportTraceServiceRequest
 ResourceSpans = trace_pb2.ResourceSpans
 Span = trace_pb2.Span
 
-CALL_ID_ATTR = "pinhole.call_id"
-SERVICE_NAME_ATTR = "service.name"
+CALL_ID_ATTR = semconv.span_key(semconv.CALL_ID)
+SERVICE_NAME_ATTR = semconv.SERVICE_NAME
 
 # OTLP batches are small, but a long run's forwarded or merged request can exceed gRPC's 4 MiB default.
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -543,20 +547,21 @@ def spans_to_events(request: Any, *, trace_id: str | None = None) -> list[dict[s
     """The evidence events the spans stand for (inverse of the services' span convention), by time.
 
     Each event is {"t", "service", "kind", "call_id", "attrs", "trace_id", "span_id",
-    "parent_span_id"}; attrs keep every span attribute as a string except pinhole.call_id.
+    "parent_span_id"}; attrs keep every span attribute as a string under its event name
+    (semconv.event_key), except pinhole.call_id.
     """
     wanted = _norm_trace_id(trace_id) if trace_id is not None else None
     events: list[dict[str, Any]] = []
     for s in _iter_spans(_as_resource_spans(request)):
         if wanted is not None and s.trace_id != wanted:
             continue
-        attrs = dict(s.attrs)
-        call_id = attrs.pop(CALL_ID_ATTR, "")
+        attrs = {semconv.event_key(key): value for key, value in s.attrs.items()}
+        call_id = attrs.pop(semconv.CALL_ID, "")
         events.append(
             {
                 "t": s.start_time_unix_nano / 1e9,
                 "service": s.service,
-                "kind": s.name,
+                "kind": _event_kind(s.name, attrs),
                 "call_id": call_id,
                 "attrs": attrs,
                 "trace_id": s.trace_id,
@@ -566,6 +571,25 @@ def spans_to_events(request: Any, *, trace_id: str | None = None) -> list[dict[s
         )
     events.sort(key=lambda e: e["t"])  # stable: same-instant events keep arrival order
     return events
+
+
+# What the controller's spans were about, in their names before those were low-cardinality ("pinhole.kill proxy-b")
+_SUBJECTS = {
+    semconv.PINHOLE_RUN: semconv.SCENARIO,
+    semconv.PINHOLE_KILL: semconv.NODE,
+    semconv.PINHOLE_START: semconv.NODE,
+    semconv.PINHOLE_STRANGER: semconv.NODE,
+}
+
+
+def _event_kind(name: str, attrs: dict[str, str]) -> str:
+    """The span's name as an event kind; a trace saved with "pinhole.kill proxy-b" reads as the trace written
+    now: kind pinhole.kill, node proxy-b."""
+    kind, space, subject = name.partition(" ")
+    if not space or kind not in _SUBJECTS:
+        return name
+    attrs.setdefault(_SUBJECTS[kind], subject)
+    return kind
 
 
 def traces(request: Any) -> dict[str, list[dict[str, Any]]]:

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from pinhole import pcapng, telemetry, wire
+from pinhole import pcapng, semconv, telemetry, wire
 from pinhole.capture import LinkCapture
 from pinhole.controller import from_trace, ladder, synthesized, verdict
 from pinhole.controller.externals import Externals
@@ -467,14 +467,20 @@ def _restart_steps(
                 record["error"] = f"{step.kill_after.label()} never happened"
                 return
             with tracer.start_as_current_span(
-                f"pinhole.kill {step.node}", context=run_context, attributes={"crash": step.crash}
+                semconv.PINHOLE_KILL,
+                context=run_context,
+                attributes=semconv.span_attributes({semconv.NODE: step.node, semconv.CRASH: step.crash}),
             ):
                 record["killed"] = time.time()
                 restarter.kill(step.node, step.crash)
             if not _reached(collector, step.start_after, stop, since=record["killed"]):
                 record["error"] = f"{step.start_after.label()} never happened after the kill"
                 return
-            with tracer.start_as_current_span(f"pinhole.start {step.node}", context=run_context):
+            with tracer.start_as_current_span(
+                semconv.PINHOLE_START,
+                context=run_context,
+                attributes=semconv.span_attributes({semconv.NODE: step.node}),
+            ):
                 restarter.start(step.node)
                 record["started"] = time.time()
             collector.follow(step.node)
@@ -528,7 +534,9 @@ def _stranger_steps(
         record["target"] = opened[-1]
         argv = [sys.executable, "-m", "pinhole.stranger", "--send", step.send, "--to", opened[-1]]
         with tracer.start_as_current_span(
-            f"pinhole.stranger {step.node}", context=run_context, attributes={"pinhole.stranger": step.send}
+            semconv.PINHOLE_STRANGER,
+            context=run_context,
+            attributes=semconv.span_attributes({semconv.NODE: step.node, semconv.STRANGER: step.send}),
         ):
             try:
                 result = lab.exec_in(step.node, [*argv, "--count", str(step.count)])
@@ -584,14 +592,14 @@ def drive_call(
         collector.start()
         show.stage("placing the call alice -> bob")
         placed = time.time()
-        attributes = {"pinhole.scenario": scenario.name, "pinhole.flow": scenario.flow}
+        attributes = {semconv.SCENARIO: scenario.name, semconv.FLOW: scenario.flow}
         if scenario.deviations:  # misbehaviour on purpose: nobody must take the run for a real failure
-            attributes["pinhole.deviations"] = scenario.deviations_text()
+            attributes[semconv.DEVIATIONS] = scenario.deviations_text()
         if scenario.external:  # a third party in the lab: judged by its packets only
-            attributes["pinhole.external"] = ", ".join(f"{n}:{x.label}" for n, x in sorted(scenario.external.items()))
+            attributes[semconv.EXTERNALS] = ", ".join(f"{n}:{x.label}" for n, x in sorted(scenario.external.items()))
         if endpoints is not None:
-            attributes["pinhole.address_map"] = json.dumps(endpoints.address_map(), sort_keys=True)
-        run_span = tracer.start_span(f"pinhole.run {scenario.name}", attributes=attributes)
+            attributes[semconv.ADDRESS_MAP] = json.dumps(endpoints.address_map(), sort_keys=True)
+        run_span = tracer.start_span(semconv.PINHOLE_RUN, attributes=semconv.span_attributes(attributes))
         run_context = trace.set_span_in_context(run_span)
         if "alice" in agents:
             handle = clients.stub("alice").PlaceCall(
@@ -600,7 +608,7 @@ def drive_call(
             call_id = handle.call_id
         else:
             call_id = _dial(externals, collector, capture, endpoints, agents, budget)  # type: ignore[arg-type]
-        run_span.set_attribute("pinhole.call_id", call_id)
+        run_span.set_attribute(semconv.span_key(semconv.CALL_ID), call_id)
         if (scenario.restarts or scenario.strangers) and restarter is None:
             raise ValueError(f"{scenario.name}: this backend cannot restart services or run commands in its nodes")
         steps += [  # each kind of step alongside the call, on its own thread and triggers

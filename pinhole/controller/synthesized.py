@@ -3,8 +3,8 @@
 A third party in the lab sends no spans, and a call it places carries no trace context, so pinhole's own
 callee starts a trace of its own. Before the run's trace is written (and forwarded), the call's spans in
 other traces join the run's trace under its root span, and every datagram an external node sent becomes a
-span of that node, marked `pinhole.synthesized = true` with the links it crossed: a trace viewer sees the
-whole call, and can tell what a service said from what the wire showed.
+span of that node, marked `pinhole.synthesized = true` with where the capture saw it (`pinhole.sightings`): a
+trace viewer sees the whole call, and can tell what a service said from what the wire showed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from pinhole import wire
+from pinhole import semconv, wire
 from pinhole.controller.otlp import CALL_ID_ATTR, SERVICE_NAME_ATTR, attributes_to_dict
 
-SYNTHESIZED_ATTR = "pinhole.synthesized"
 SCOPE = "pinhole.synthesized"
 
 
@@ -28,8 +27,8 @@ def _run_span(request: Any, call_id: str) -> Span | None:
         for ss in rs.scope_spans:
             for span in ss.spans:
                 if (
-                    span.name.startswith("pinhole.run ")
-                    and attributes_to_dict(span.attributes).get("pinhole.call_id") == call_id
+                    span.name == semconv.PINHOLE_RUN
+                    and attributes_to_dict(span.attributes).get(CALL_ID_ATTR) == call_id
                 ):
                     return span
     return None
@@ -78,13 +77,15 @@ def synthesize(request: Any, on_the_wire: wire.Wire, call: wire.Call, call_id: s
             if entry["from"] != node:
                 continue
             t = int(entry["t"] * 1e9)
-            attributes = {
-                CALL_ID_ATTR: call_id,
-                SYNTHESIZED_ATTR: "true",
-                "pinhole.links": "; ".join(entry["links"]),
-                "to": entry["to"],
-                **{k: v for k, v in entry.items() if k not in ("t", "from", "to", "links") and v not in (None, "")},
-            }
+            attributes = semconv.span_attributes(
+                {
+                    semconv.CALL_ID: call_id,
+                    semconv.SYNTHESIZED: "true",
+                    semconv.SIGHTINGS: "; ".join(entry["links"]),
+                    semconv.TO: entry["to"],
+                    **{k: v for k, v in entry.items() if k not in ("t", "from", "to", "links") and v not in (None, "")},
+                }
+            )
             spans.append(
                 Span(
                     trace_id=run.trace_id,
@@ -101,7 +102,7 @@ def synthesize(request: Any, on_the_wire: wire.Wire, call: wire.Call, call_id: s
             resource = Resource(
                 attributes=[
                     KeyValue(key=SERVICE_NAME_ATTR, value=_value(node)),
-                    KeyValue(key="pinhole.external", value=_value(label)),
+                    KeyValue(key=semconv.IMPLEMENTATION, value=_value(label)),
                 ]
             )
             scope = ScopeSpans(scope=InstrumentationScope(name=SCOPE), spans=spans)

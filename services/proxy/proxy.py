@@ -32,6 +32,7 @@ from typing import Any
 
 from pinhole.address import Address
 from pinhole.events import EventLog
+from pinhole.semconv import SIP_BRANCH
 from pinhole.sip.message import (
     MAGIC_COOKIE,
     NameAddr,
@@ -114,6 +115,12 @@ class _Forwarded:
     branches: list[_Branch]
     best: Response | None = None  # the best final non-2xx so far (§16.7 step 6)
     two_xx: bool = False  # a 2xx went upstream
+
+
+def _via_branch(client: ClientTransaction) -> dict[str, object]:
+    """`sip.branch` of a request this proxy sent: the branch of the Via it put on top (§16.6 step 8), which
+    names its client transaction (§17.1.3), as the same message's sip.send event names it."""
+    return {SIP_BRANCH: client.key[0]}
 
 
 def _is_ip(host: str) -> bool:
@@ -357,7 +364,7 @@ class StatefulProxy:
                 request,
                 method=request.method,
                 next_hop=f"{next_hop[0]}:{next_hop[1]}",
-                branch=client.key[0],
+                **_via_branch(client),
                 max_forwards=outgoing.headers.get("Max-Forwards"),
                 record_route=outgoing.headers.get("Record-Route") if request.method in DIALOG_CREATING else None,
                 **({"fork": index, "forks": len(copies)} if len(copies) > 1 else {}),
@@ -420,7 +427,7 @@ class StatefulProxy:
         cancel = make_cancel(client.request)
         self.endpoint.send_request(cancel, client.destination, add_via=False)
         self._emit("sip.forward", cancel, method="CANCEL", next_hop=f"{client.destination[0]}:{client.destination[1]}",
-                   branch=client.key[0], **self._fork_attributes(forwarded, branch))  # fmt: skip
+                   **_via_branch(client), **self._fork_attributes(forwarded, branch))  # fmt: skip
 
     # -- responses (§16.7) ---------------------------------------------------------------------
 
@@ -431,7 +438,7 @@ class StatefulProxy:
                 self._forward_response(forwarded, response, branch)
         except SipTimeout:
             self.stats["timeouts"] += 1
-            self._emit("sip.timeout", server.request, method=server.method, branch=branch.client.key[0])
+            self._emit("sip.timeout", server.request, method=server.method, **_via_branch(branch.client))
             # §16.7 step 6 / §16.8: a branch that timed out counts as a 408 from it
             self._branch_final(forwarded, branch, make_response(server.request, 408))
         except SipTransactionError:
@@ -461,7 +468,7 @@ class StatefulProxy:
             return
         branch.final = code
         if len(forwarded.branches) > 1:
-            self._emit("sip.fork_final", forwarded.server.request, status=code, branch=branch.client.key[0],
+            self._emit("sip.fork_final", forwarded.server.request, status=code, **_via_branch(branch.client),
                        next_hop=f"{branch.client.destination[0]}:{branch.client.destination[1]}",
                        **self._fork_attributes(forwarded, branch))  # fmt: skip
 

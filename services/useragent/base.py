@@ -85,6 +85,6 @@ class AgentBase:
         return f"<sip:{self._user()}@{host}:{port}>"
 
     def _deviations(self) -> dict[str, str]:
-        """The call span's pinhole.deviations, when this agent deviates on purpose."""
+        """The call span's deviations (pinhole.deviations on the span), when this agent deviates on purpose."""
         names = ",".join(sorted(self.config.deviations))
-        return {"pinhole.deviations": names} if names else {}
+        return {"deviations": names} if names else {}
