@@ -102,19 +102,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         forward_to=args.otlp_forward,
     )
     _report(result, out_dir)
+    expectation = None
+    if scenario.expect is not None and not result.broken:
+        from pinhole.controller.matrix import judge_cell
+
+        evidence = json.loads((out_dir / "evidence.json").read_text())
+        cell = judge_cell(scenario, evidence, result.outcome, tuple(c.message for c in result.checks if not c.passed))
+        print(f"call: {cell.observed} ({cell.reason}); expected {scenario.expect.outcome}: {scenario.expect.why}")
+        # the last line says what the exit status means: 0 is "as the scenario expects", a pass or an expected failure
+        expectation = (
+            cell.matched,
+            f"{'as expected' if cell.matched else 'NOT as expected'}: the call {cell.observed}",
+        )
+        print(expectation[1])
+    if args.junit:
+        from pinhole.controller import junit
+
+        junit.write(junit.run_report(result, scenario, out_dir, expectation), Path(args.junit))
     if result.broken:  # the lab did not run the scenario (or saw only part of the wire): no verdict
         print(f"pinhole run: broken: {result.broken}", file=sys.stderr)
         return 2
-    if scenario.expect is None:
+    if expectation is None:
         return 0 if result.passed else 1
-    from pinhole.controller.matrix import judge_cell
-
-    evidence = json.loads((out_dir / "evidence.json").read_text())
-    cell = judge_cell(scenario, evidence, result.outcome, tuple(c.message for c in result.checks if not c.passed))
-    print(f"call: {cell.observed} ({cell.reason}); expected {scenario.expect.outcome}: {scenario.expect.why}")
-    # the last line says what the exit status means: 0 is "as the scenario expects", a pass or an expected failure
-    print(f"{'as expected' if cell.matched else 'NOT as expected'}: the call {cell.observed}")
-    return 0 if cell.matched else 1
+    return 0 if expectation[0] else 1
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -129,6 +139,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     )
     print(table(cells))
     print(f"artifacts: {out_dir} (index.html links every cell's ladder; matrix.json, matrix.md)")
+    if args.junit:
+        from pinhole.controller import junit
+
+        junit.write(junit.matrix_report(cells, f"pinhole matrix {args.target}"), Path(args.junit))
     return 0 if all(c.matched for c in cells) else 1
 
 
@@ -401,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
     run_p.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     run_p.add_argument("--out", default="out", help="artifact root; each run writes out/<run-id>/")
+    run_p.add_argument("--junit", metavar="FILE", help="also write JUnit XML there: one test case per check")
     run_p.add_argument(
         "--otlp-forward",
         default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
@@ -528,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--lab", default=DEFAULT_LAB, help="use this lab (brought up and down if not running)")
     matrix.add_argument("--backend", default=DEFAULT_BACKEND, choices=sorted(backends()), help=backend_help)
     matrix.add_argument("--out", default="out", help="artifact root; the matrix writes out/<id>-matrix/")
+    matrix.add_argument("--junit", metavar="FILE", help="also write JUnit XML there: one test case per cell")
     matrix.set_defaults(func=cmd_matrix)
 
     load_p = sub.add_parser(

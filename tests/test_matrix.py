@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pinhole.controller import junit
 from pinhole.controller.matrix import run_matrix, table
 from pinhole.controller.saved import judge_run
 from pinhole.controller.scenario import load_all
@@ -39,6 +40,8 @@ def test_every_scenario_is_as_the_rfcs_predict(lab, tmp_path):
     assert all(r["invite_to_media_s"] for r in rows if r["observed"] == "works")
     html = (out_dir / "index.html").read_text()
     assert html.count("ladder.html") == len(scenarios)
+    report = junit.matrix_report(cells)  # what `pinhole matrix --junit` writes: one case per cell
+    assert (len(report.findall(".//testcase")), report.get("failures"), report.get("errors")) == (len(cells), "0", "0")
     # every cell judged again from its capture and key log alone, and from its trace: the same outcome
     for row in rows:
         run_dir = Path(row["run"])
