@@ -115,6 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{'as expected' if cell.matched else 'NOT as expected'}: the call {cell.observed}",
         )
         print(expectation[1])
+    elif not scenario.expect_pass and not result.broken:  # a built-in negative control: its verdict must fail
+        failed = result.outcome == "fail"
+        expectation = (failed, f"{'as expected' if failed else 'NOT as expected'}: verdict {result.outcome.upper()}")
+        print(expectation[1])
     if args.junit:
         from pinhole.controller import junit
 

@@ -72,3 +72,17 @@ def test_run_writes_junit(lab, tmp_path: Path) -> None:
     root = ET.parse(out).getroot()
     assert int(root.get("tests")) >= 12 and (root.get("failures"), root.get("errors")) == ("0", "0")
     assert "ladder.html" in root.findtext(".//system-out")
+
+
+@pytest.mark.lab
+def test_a_negative_control_fails_as_expected_with_exit_0(lab, tmp_path: Path, capsys) -> None:
+    """`pinhole run no-stun-check` must FAIL (Bob's ClientHellos die at the NAT): that is as expected, exit 0,
+    said in the last line, and its JUnit counts no failure."""
+    running, _, _ = lab
+    out = tmp_path / "junit.xml"
+    args = ["run", "no-stun-check", "--timers", "short", "--lab", running.name, "--out", str(tmp_path), "--junit"]
+    assert cli.main([*args, str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "as expected: verdict FAIL"
+    root = ET.parse(out).getroot()
+    assert (root.get("failures"), root.get("errors")) == ("0", "0")
+    assert "fails as the scenario expects" in ET.tostring(root, encoding="unicode")

@@ -89,9 +89,10 @@ def run_report(
         if not matched:
             ET.SubElement(case, "failure", message=observed, type="not as expected").text = observed
     expected_failing = set(scenario.expect.failing) if scenario.expect else set()
-    expects_failure = scenario.expect is not None and (
-        scenario.expect.outcome == "fails" or scenario.expect.verdict == "fail"
-    )
+    if scenario.expect is None:  # a built-in scenario: a negative control's verdict must fail
+        expects_failure = not scenario.expect_pass
+    else:
+        expects_failure = scenario.expect.outcome == "fails" or scenario.expect.verdict == "fail"
     if result.broken:
         case = _case(suite, f"pinhole.{result.flow}", "run")
         ET.SubElement(case, "error", message=result.broken, type="broken").text = result.broken
