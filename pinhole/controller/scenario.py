@@ -755,6 +755,8 @@ def load(path: Path) -> list[Scenario]:
         raise _fail(where, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise _fail(where, error.strerror or str(error)) from None
+    if len(text) > MAX_CHARACTERS:  # PyYAML reads about 100 KB a second: a 650 KB file took 6.5 s
+        raise _fail(where, f"{len(text):,} characters: a scenario file has at most {MAX_CHARACTERS:,}")
     if _flow_depth(text) > MAX_FLOW_DEPTH:  # PyYAML's scanner is quadratic in it: 2,000 '[' took 4 s
         raise _fail(where, f"nested too deeply to be a scenario ([ or {{ more than {MAX_FLOW_DEPTH} deep)")
     try:
@@ -818,6 +820,7 @@ def load(path: Path) -> list[Scenario]:
 
 
 MAX_VALUES = 100_000  # a scenario file holds a few hundred
+MAX_CHARACTERS = 64 * 1024  # the largest in scenarios/ is about 2 KB
 MAX_FLOW_DEPTH = 100  # [ and { levels; a scenario file uses two or three
 
 
